@@ -1,0 +1,1 @@
+"""The loraplex services: trainer, evaluator, server. They meet only through ``shared`` and HTTP."""

