@@ -182,5 +182,9 @@ def open_store(settings: SharedSettings) -> ArtifactStore:
     if url.startswith("s3://"):
         from shared.artifacts_s3 import S3ArtifactStore
 
-        return S3ArtifactStore(url, cache_dir=settings.data_dir / "cache" / "artifacts")
+        return S3ArtifactStore(
+            url,
+            cache_dir=settings.data_dir / "cache" / "artifacts",
+            endpoint_url=settings.s3_endpoint_url or None,
+        )
     return LocalArtifactStore(Path(url.removeprefix("file://")))

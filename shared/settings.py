@@ -39,6 +39,11 @@ class SharedSettings(BaseSettings):
         default="",
         description="Artifact store: a local directory, or s3://bucket/prefix. Empty: data dir.",
     )
+    s3_endpoint_url: str = Field(
+        default="",
+        description="Endpoint of an S3-compatible store (MinIO, Ceph, moto); empty: AWS itself. "
+        "Credentials come from the usual AWS_* variables.",
+    )
     base_model: str = Field(
         default=EMBEDDED_BASE_MODEL,
         description="Base model: registry name, local HF folder, or hub id (needs network).",

@@ -1,0 +1,132 @@
+"""Servability rules: every reason an adapter cannot be served, found before training and loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from shared.basemodel import ResolvedBaseModel
+from shared.servability import (
+    LoraLimits,
+    adapter_is_noop,
+    base_linear_shapes,
+    check_adapter_dir,
+    check_lora_settings,
+)
+
+MODULE = "model.layers.0.self_attn.q_proj"
+
+
+@pytest.fixture(scope="module")
+def shapes(base_model: ResolvedBaseModel) -> dict[str, tuple[int, ...]]:
+    return base_linear_shapes(base_model.path)
+
+
+def make_adapter(
+    folder: Path,
+    shapes: dict[str, tuple[int, ...]],
+    *,
+    r: int = 8,
+    config: dict[str, Any] | None = None,
+    modules: tuple[str, ...] = (MODULE,),
+    extra: dict[str, torch.Tensor] | None = None,
+    zero_b: bool = False,
+) -> Path:
+    folder.mkdir(parents=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for module in modules:
+        out_f, in_f = shapes.get(module, (64, 64))
+        tensors[f"base_model.model.{module}.lora_A.weight"] = torch.randn(r, in_f)
+        b = torch.zeros(out_f, r) if zero_b else torch.randn(out_f, r)
+        tensors[f"base_model.model.{module}.lora_B.weight"] = b
+    tensors.update(extra or {})
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    cfg = {
+        "peft_type": "LORA",
+        "r": r,
+        "lora_alpha": 16,
+        "target_modules": ["q_proj"],
+        "bias": "none",
+        "base_model_name_or_path": "smollm2-135m-instruct",
+    }
+    cfg.update(config or {})
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_good_adapter_has_no_reasons(tmp_path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    folder = make_adapter(tmp_path / "ok", shapes)
+    assert check_adapter_dir(folder, base_shapes=shapes) == []
+    assert not adapter_is_noop(folder)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"config": {"r": 64}, "r": 64}, "above the server's max LoRA rank 16"),
+        ({"config": {"use_dora": True}}, "DoRA"),
+        ({"config": {"bias": "all"}}, "bias = 'all'"),
+        ({"config": {"modules_to_save": ["lm_head"]}}, "modules_to_save"),
+        ({"config": {"peft_type": "IA3"}}, "only LORA adapters"),
+        ({"config": {"target_modules": ["nonexistent_proj"]}}, "'nonexistent_proj' does not exist"),
+        ({"modules": ("model.layers.99.self_attn.q_proj",)}, "does not exist in the base model"),
+        ({"extra": {"base_model.model.model.embed_tokens.weight": torch.zeros(2, 2)}}, "embedding"),
+    ],
+)
+def test_unservable_adapters_are_refused_with_a_reason(
+    tmp_path: Path, shapes: dict[str, tuple[int, ...]], kwargs: dict[str, Any], needle: str
+) -> None:
+    folder = make_adapter(tmp_path / "bad", shapes, **kwargs)
+    reasons = check_adapter_dir(folder, base_shapes=shapes, limits=LoraLimits(max_rank=16))
+    assert any(needle in r for r in reasons), reasons
+
+
+def test_shapes_of_another_model_are_refused(
+    tmp_path: Path, shapes: dict[str, tuple[int, ...]]
+) -> None:
+    tiny = {MODULE: (64, 64)}
+    folder = make_adapter(tmp_path / "other", tiny)
+    reasons = check_adapter_dir(folder, base_shapes=shapes)
+    assert any("does not fit the base model's" in r for r in reasons), reasons
+
+
+def test_broken_files_are_reported_not_raised(
+    tmp_path: Path, shapes: dict[str, tuple[int, ...]]
+) -> None:
+    folder = make_adapter(tmp_path / "broken", shapes)
+    (folder / "adapter_config.json").write_text("{not json")
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    reasons = check_adapter_dir(folder, base_shapes=shapes)
+    assert any("adapter_config.json is unreadable" in r for r in reasons)
+    assert any("unreadable or truncated" in r for r in reasons)
+    missing = tmp_path / "empty"
+    missing.mkdir()
+    assert len(check_adapter_dir(missing)) == 2
+
+
+def test_all_reasons_are_listed_not_only_the_first(
+    tmp_path: Path, shapes: dict[str, tuple[int, ...]]
+) -> None:
+    folder = make_adapter(
+        tmp_path / "many", shapes, config={"use_dora": True, "bias": "all", "r": 32}, r=32
+    )
+    assert len(check_adapter_dir(folder, base_shapes=shapes)) >= 3
+
+
+def test_zero_b_adapter_is_a_noop(tmp_path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    assert adapter_is_noop(make_adapter(tmp_path / "zero", shapes, zero_b=True))
+
+
+def test_settings_check_before_training() -> None:
+    assert check_lora_settings(r=16) == []
+    reasons = check_lora_settings(
+        r=32, use_dora=True, bias="lora_only", modules_to_save=["embed_tokens"], added_tokens=["x"]
+    )
+    assert len(reasons) == 5
+    assert check_lora_settings(r=32, limits=LoraLimits(max_rank=64)) == []
