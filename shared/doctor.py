@@ -84,7 +84,7 @@ def method_fit(config: dict[str, Any], budget_gib: float, on_gpu: bool) -> list[
     for method in ("full", "lora", "qlora"):
         est = estimate(
             shape,
-            method,  # type: ignore[arg-type]
+            method,
             rank=16,
             batch_size=4,
             seq_len=1024,
