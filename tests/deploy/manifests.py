@@ -1,0 +1,534 @@
+"""Render the kustomize overlays and check what schemas cannot see.
+
+Every ``check_*`` function takes rendered documents and returns a list of problems (empty: fine),
+so the same checks run on the shipped overlays, on mutated copies (to prove they fail), and on
+the training Job that ``services/trainer/k8s_jobs.py`` generates.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+K8S = DEPLOY / "k8s"
+OVERLAYS = ("cpu-dev", "gpu")
+# Oldest Kubernetes the manifests target (podFailurePolicy, HPA v2 behavior) and the newest
+# schema kubernetes-validate ships.
+K8S_VERSIONS = ("1.29", "1.37")
+
+# Secrets the gpu overlay expects the operator to create (docs/deploy.md lists each one).
+EXTERNAL_SECRETS = frozenset({"loraplex-database", "loraplex-server-keys", "loraplex-s3"})
+
+# The service each image command runs, by its first words; "shared" is SharedSettings only.
+SERVICE_OF_COMMAND = {
+    ("serve",): "server",
+    ("train",): "trainer",
+    ("eval",): "evaluator",
+    ("model",): "shared",
+}
+SERVICE_PORTS = {"server": 8000, "trainer": 8001, "evaluator": 8002}
+# The settings that set each service's bind address and port.
+SERVICE_BIND_ENV = {
+    "server": ("LORAPLEX_HOST", "LORAPLEX_PORT"),
+    "trainer": ("LORAPLEX_TRAINER_HOST", "LORAPLEX_TRAINER_PORT"),
+    "evaluator": ("LORAPLEX_EVALUATOR_HOST", "LORAPLEX_EVALUATOR_PORT"),
+}
+# Variables a loraplex container may get that are not LORAPLEX_ settings: read by libraries.
+NON_SETTING_ENV = frozenset(
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+    }
+)
+GPU = "nvidia.com/gpu"
+WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job"})
+ALLOWED_RBAC = {
+    ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "pods/log"): {"get"},
+    ("", "events"): {"get", "list", "watch"},
+}
+
+
+def kubectl() -> str | None:
+    return shutil.which("kubectl")
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize DIR``, parsed; raises with kustomize's message when it fails."""
+    exe = kubectl()
+    if exe is None:
+        raise RuntimeError("kubectl is not installed")
+    done = subprocess.run(
+        [exe, "kustomize", str(directory)], capture_output=True, text=True, timeout=60
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"kubectl kustomize {directory} failed:\n{done.stderr}")
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+@functools.cache
+def _render_cached(directory: str) -> tuple[str, ...]:
+    return tuple(yaml.safe_dump(d) for d in render(Path(directory)))
+
+
+def rendered(overlay: str) -> list[dict[str, Any]]:
+    """A fresh copy of an overlay's rendered documents (rendered once per test session)."""
+    return [yaml.safe_load(d) for d in _render_cached(str(K8S / "overlays" / overlay))]
+
+
+# -- walking the documents --------------------------------------------------------------------
+
+
+def ref(doc: Mapping[str, Any]) -> str:
+    return f"{doc['kind']}/{doc['metadata']['name']}"
+
+
+def pod_spec(doc: Mapping[str, Any]) -> dict[str, Any] | None:
+    if doc.get("kind") not in WORKLOAD_KINDS:
+        return None
+    spec: dict[str, Any] = doc["spec"]["template"]["spec"]
+    return spec
+
+
+def pod_labels(doc: Mapping[str, Any]) -> dict[str, str]:
+    return dict(doc["spec"]["template"].get("metadata", {}).get("labels", {}))
+
+
+def containers(
+    docs: Iterable[Mapping[str, Any]], *, init: bool = True
+) -> Iterator[tuple[Mapping[str, Any], dict[str, Any], bool]]:
+    """(workload, container, is_init) for every container of every workload."""
+    for doc in docs:
+        spec = pod_spec(doc)
+        if spec is None:
+            continue
+        for c in spec.get("containers", []):
+            yield doc, c, False
+        if init:
+            for c in spec.get("initContainers", []):
+                yield doc, c, True
+
+
+def is_loraplex(container: Mapping[str, Any]) -> bool:
+    return "loraplex" in str(container.get("image", "")).rsplit("/", 1)[-1]
+
+
+def service_of(container: Mapping[str, Any]) -> str | None:
+    args = tuple(container.get("args") or ())
+    for prefix, service in SERVICE_OF_COMMAND.items():
+        if args[: len(prefix)] == prefix:
+            return service
+    return None
+
+
+def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """A LabelSelector (matchLabels + matchExpressions) or a plain map against labels."""
+    match_labels = selector.get(
+        "matchLabels", selector if "matchExpressions" not in selector else {}
+    )
+    if any(labels.get(k) != v for k, v in match_labels.items() if isinstance(v, str)):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        value, values = labels.get(expr["key"]), expr.get("values", [])
+        op = expr["operator"]
+        if (op == "In" and value not in values) or (op == "NotIn" and value in values):
+            return False
+        if (op == "Exists" and value is None) or (op == "DoesNotExist" and value is not None):
+            return False
+    return True
+
+
+def by_kind(docs: Iterable[Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def named(docs: Iterable[Mapping[str, Any]], kind: str) -> dict[str, Mapping[str, Any]]:
+    return {d["metadata"]["name"]: d for d in by_kind(docs, kind)}
+
+
+def env_sources(
+    docs: Iterable[Mapping[str, Any]], container: Mapping[str, Any]
+) -> dict[str, tuple[str, str]]:
+    """Every variable a container gets -> (where from, value or '' for secrets)."""
+    docs = list(docs)
+    config_maps, secrets = named(docs, "ConfigMap"), named(docs, "Secret")
+    out: dict[str, tuple[str, str]] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            cm = config_maps.get(source["configMapRef"]["name"])
+            for key, value in ((cm or {}).get("data") or {}).items():
+                out[key] = (f"ConfigMap/{source['configMapRef']['name']}", str(value))
+        if "secretRef" in source:
+            secret = secrets.get(source["secretRef"]["name"])
+            keys = {
+                **((secret or {}).get("data") or {}),
+                **((secret or {}).get("stringData") or {}),
+            }
+            for key in keys:
+                out[key] = (f"Secret/{source['secretRef']['name']}", "")
+    for var in container.get("env", []):
+        out[var["name"]] = ("env", str(var.get("value", "")))
+    return out
+
+
+# -- the checks ---------------------------------------------------------------------------------
+
+
+def check_probes(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """A container that listens on a port has readiness and liveness probes; HTTP ones use HTTP."""
+    problems = []
+    for doc, c, init in containers(docs, init=False):
+        ports = c.get("ports") or []
+        if init or not ports:
+            continue
+        where = f"{ref(doc)} container {c['name']}"
+        for probe in ("readinessProbe", "livenessProbe"):
+            if probe not in c:
+                problems.append(
+                    f"{where}: serves on {ports[0].get('containerPort')} but has no {probe}"
+                )
+        http_ports = {p.get("name") for p in ports if p.get("name") == "http"}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            spec = c.get(probe)
+            if http_ports and spec and "httpGet" not in spec:
+                problems.append(f"{where}: {probe} of an HTTP container is not an httpGet probe")
+    return problems
+
+
+def check_server(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The server: long startup probe, /ready readiness, /health liveness, /dev/shm in memory."""
+    problems = []
+    for doc, c, init in containers(docs, init=False):
+        if init or not is_loraplex(c) or service_of(c) != "server":
+            continue
+        where = f"{ref(doc)} container {c['name']}"
+        startup = c.get("startupProbe") or {}
+        budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+        if budget < 600:
+            problems.append(f"{where}: startupProbe allows {budget}s; model loading needs >= 600s")
+        if (c.get("readinessProbe") or {}).get("httpGet", {}).get("path") != "/ready":
+            problems.append(f"{where}: readinessProbe must GET /ready")
+        if (c.get("livenessProbe") or {}).get("httpGet", {}).get("path") != "/health":
+            problems.append(f"{where}: livenessProbe must GET /health")
+        spec = pod_spec(doc) or {}
+        shm = [m for m in c.get("volumeMounts", []) if m.get("mountPath") == "/dev/shm"]
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        if not shm or volumes.get(shm[0]["name"], {}).get("emptyDir", {}).get("medium") != "Memory":
+            problems.append(f"{where}: /dev/shm must be an emptyDir with medium Memory")
+    return problems
+
+
+def check_resources(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Every container, init containers too: CPU and memory requests, a memory limit, and GPU
+    requests equal to GPU limits."""
+    problems = []
+    for doc, c, _init in containers(docs):
+        where = f"{ref(doc)} container {c['name']}"
+        resources = c.get("resources") or {}
+        requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+        for key in ("cpu", "memory"):
+            if key not in requests:
+                problems.append(f"{where}: no {key} request")
+        if "memory" not in limits:
+            problems.append(f"{where}: no memory limit")
+        if (GPU in requests or GPU in limits) and str(requests.get(GPU)) != str(limits.get(GPU)):
+            problems.append(f"{where}: GPU request {requests.get(GPU)} != limit {limits.get(GPU)}")
+    return problems
+
+
+_PINNED_TAG = re.compile(r"^v?\d+(\.\d+)+([-.+_][0-9A-Za-z.\-_]+)?$")
+
+
+def image_problem(image: str) -> str | None:
+    """None when ``image`` is pinned: a digest, or an exact version tag (never latest)."""
+    if "@sha256:" in image:
+        return None
+    name, _, tag = image.rpartition(":")
+    if not name or "/" in tag:
+        return f"image {image} has no tag"
+    if tag == "latest" or not _PINNED_TAG.match(tag):
+        return f"image {image} is not pinned to an exact version tag or digest"
+    return None
+
+
+def check_images(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    problems = []
+    for doc, c, _init in containers(docs):
+        problem = image_problem(str(c.get("image", "")))
+        if problem:
+            problems.append(f"{ref(doc)} container {c['name']}: {problem}")
+    return problems
+
+
+def check_security(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Restricted Pod Security Standard essentials: non-root, no escalation, no capabilities."""
+    problems = []
+    for doc in docs:
+        spec = pod_spec(doc)
+        if spec is None:
+            continue
+        if not (spec.get("securityContext") or {}).get("runAsNonRoot"):
+            problems.append(f"{ref(doc)}: pod does not set runAsNonRoot")
+    for doc, c, _init in containers(docs):
+        sc = c.get("securityContext") or {}
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{ref(doc)} container {c['name']}: allowPrivilegeEscalation not false")
+        if "ALL" not in (sc.get("capabilities") or {}).get("drop", []):
+            problems.append(f"{ref(doc)} container {c['name']}: capabilities not dropped")
+        if c.get("command"):
+            problems.append(
+                f"{ref(doc)} container {c['name']}: sets command, replacing the image's entrypoint"
+            )
+    return problems
+
+
+def check_selectors(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Workload selectors match their templates; Services and PDBs select a workload; every
+    workload has a PDB; Service target ports exist on the selected pods."""
+    docs = list(docs)
+    problems = []
+    workloads = [d for d in docs if d["kind"] in {"Deployment", "StatefulSet"}]
+    for w in workloads:
+        if not selector_matches(w["spec"]["selector"], pod_labels(w)):
+            problems.append(f"{ref(w)}: spec.selector does not match its pod template labels")
+    for svc in by_kind(docs, "Service"):
+        selected = [
+            w for w in workloads if selector_matches(svc["spec"].get("selector", {}), pod_labels(w))
+        ]
+        if not selected:
+            problems.append(f"{ref(svc)}: selects no workload")
+        for port in svc["spec"].get("ports", []):
+            target = port.get("targetPort", port["port"])
+            for w in selected:
+                ports = [p for c in (pod_spec(w) or {})["containers"] for p in c.get("ports", [])]
+                if not any(target in (p.get("name"), p.get("containerPort")) for p in ports):
+                    problems.append(f"{ref(svc)}: targetPort {target} is not a port of {ref(w)}")
+    pdbs = by_kind(docs, "PodDisruptionBudget")
+    for pdb in pdbs:
+        if not any(selector_matches(pdb["spec"]["selector"], pod_labels(w)) for w in workloads):
+            problems.append(f"{ref(pdb)}: selects no workload")
+    for w in workloads:
+        if not any(selector_matches(p["spec"]["selector"], pod_labels(w)) for p in pdbs):
+            problems.append(f"{ref(w)}: no PodDisruptionBudget selects it")
+    return problems
+
+
+def check_references(
+    docs: Iterable[Mapping[str, Any]], external_secrets: Iterable[str] = ()
+) -> list[str]:
+    """Names that must resolve: ConfigMaps, Secrets, PVCs, service accounts, roles, Ingress
+    backends. Secrets listed in ``external_secrets`` are created by the operator."""
+    docs = list(docs)
+    problems = []
+    config_maps, secrets = set(named(docs, "ConfigMap")), set(named(docs, "Secret"))
+    secrets |= set(external_secrets)
+    claims, accounts = set(named(docs, "PersistentVolumeClaim")), set(named(docs, "ServiceAccount"))
+    for doc, c, _init in containers(docs):
+        where = f"{ref(doc)} container {c['name']}"
+        for source in c.get("envFrom", []):
+            if "configMapRef" in source and source["configMapRef"]["name"] not in config_maps:
+                problems.append(
+                    f"{where}: ConfigMap {source['configMapRef']['name']} does not exist"
+                )
+            optional = source.get("secretRef", {}).get("optional", False)
+            if (
+                "secretRef" in source
+                and source["secretRef"]["name"] not in secrets
+                and not optional
+            ):
+                problems.append(f"{where}: Secret {source['secretRef']['name']} does not exist")
+        volumes = {v["name"] for v in (pod_spec(doc) or {}).get("volumes", [])}
+        volumes |= {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
+        for mount in c.get("volumeMounts", []):
+            if mount["name"] not in volumes:
+                problems.append(f"{where}: mounts undefined volume {mount['name']}")
+    for doc in docs:
+        spec = pod_spec(doc)
+        if spec is None:
+            continue
+        for volume in spec.get("volumes", []):
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim and claim not in claims:
+                problems.append(f"{ref(doc)}: PersistentVolumeClaim {claim} does not exist")
+        account = spec.get("serviceAccountName")
+        if account and account not in accounts:
+            problems.append(f"{ref(doc)}: ServiceAccount {account} does not exist")
+    roles = set(named(docs, "Role"))
+    for binding in by_kind(docs, "RoleBinding"):
+        if binding["roleRef"]["kind"] != "Role" or binding["roleRef"]["name"] not in roles:
+            problems.append(f"{ref(binding)}: binds {binding['roleRef']['name']}, not a Role here")
+        for subject in binding.get("subjects", []):
+            if subject["kind"] == "ServiceAccount" and subject["name"] not in accounts:
+                problems.append(f"{ref(binding)}: ServiceAccount {subject['name']} does not exist")
+    services = named(docs, "Service")
+    for ingress in by_kind(docs, "Ingress"):
+        for rule in ingress["spec"].get("rules", []):
+            for path in rule.get("http", {}).get("paths", []):
+                backend = path["backend"]["service"]
+                svc = services.get(backend["name"])
+                port_names = {p.get("name") for p in (svc or {}).get("spec", {}).get("ports", [])}
+                if svc is None or backend["port"].get("name") not in port_names:
+                    problems.append(f"{ref(ingress)}: backend {backend} does not exist")
+                if path["path"].startswith(("/admin", "/metrics", "/ready", "/health")):
+                    problems.append(f"{ref(ingress)}: exposes internal path {path['path']}")
+    return problems
+
+
+def check_rbac(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Namespaced Roles only, no wildcards, nothing beyond the trainer worker's Job needs."""
+    problems = []
+    for doc in docs:
+        if doc["kind"] in {"ClusterRole", "ClusterRoleBinding"}:
+            problems.append(f"{ref(doc)}: cluster-wide RBAC is not allowed")
+        if doc["kind"] != "Role":
+            continue
+        for rule in doc.get("rules", []):
+            for group in rule.get("apiGroups", []):
+                for resource in rule.get("resources", []):
+                    allowed = ALLOWED_RBAC.get((group, resource), set())
+                    extra = set(rule.get("verbs", [])) - allowed
+                    if extra:
+                        problems.append(f"{ref(doc)}: {extra} on {group or 'core'}/{resource}")
+    return problems
+
+
+def check_autoscalers(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """ScaledObjects and HPAs target existing Deployments (at most one autoscaler each, and the
+    Deployment leaves replicas to it); Prometheus queries filter on their own namespace."""
+    docs = list(docs)
+    problems = []
+    deployments = named(docs, "Deployment")
+    targeted: dict[str, list[str]] = {}
+    for doc in by_kind(docs, "ScaledObject") + by_kind(docs, "HorizontalPodAutoscaler"):
+        target = doc["spec"]["scaleTargetRef"]
+        if target.get("kind", "Deployment") != "Deployment" or target["name"] not in deployments:
+            problems.append(f"{ref(doc)}: scales {target}, which does not exist")
+            continue
+        targeted.setdefault(target["name"], []).append(ref(doc))
+        if "replicas" in deployments[target["name"]]["spec"]:
+            problems.append(
+                f"{ref(doc)}: Deployment {target['name']} sets replicas; the autoscaler owns them"
+            )
+        namespace = doc["metadata"].get("namespace")
+        for trigger in doc["spec"].get("triggers", []):
+            query = trigger.get("metadata", {}).get("query", "")
+            found = re.findall(r'namespace="([^"]*)"', query)
+            if namespace and found != [namespace]:
+                problems.append(f"{ref(doc)}: query filters namespace {found}, not {namespace}")
+    for name, owners in targeted.items():
+        if len(owners) > 1:
+            problems.append(f"Deployment/{name} has several autoscalers: {owners}")
+    return problems
+
+
+def check_service_monitors(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Each ServiceMonitor selects Services in its namespace that have the scraped port."""
+    docs = list(docs)
+    problems = []
+    for sm in by_kind(docs, "ServiceMonitor"):
+        namespace = sm["metadata"].get("namespace")
+        services = [
+            s
+            for s in by_kind(docs, "Service")
+            if s["metadata"].get("namespace") == namespace
+            and selector_matches(sm["spec"]["selector"], s["metadata"].get("labels", {}))
+        ]
+        if not services:
+            problems.append(f"{ref(sm)}: selects no Service in namespace {namespace}")
+        for endpoint in sm["spec"].get("endpoints", []):
+            for svc in services:
+                if endpoint.get("port") not in {p.get("name") for p in svc["spec"]["ports"]}:
+                    problems.append(f"{ref(sm)}: {ref(svc)} has no port {endpoint.get('port')}")
+    return problems
+
+
+def check_env_settings(
+    docs: Iterable[Mapping[str, Any]], allowed: Mapping[str, frozenset[str]]
+) -> list[str]:
+    """Every LORAPLEX_ variable a loraplex container gets is a field of its service's settings
+    (``allowed``: service -> variable names); other variables must be known library ones.
+    Services missing from ``allowed`` are not checked."""
+    docs = list(docs)
+    problems = []
+    for doc, c, _init in containers(docs):
+        if not is_loraplex(c):
+            continue
+        service = service_of(c)
+        where = f"{ref(doc)} container {c['name']}"
+        if service is None:
+            problems.append(f"{where}: args {c.get('args')} name no known loraplex command")
+            continue
+        if service not in allowed:
+            continue
+        for name, (source, _value) in env_sources(docs, c).items():
+            if name.startswith("LORAPLEX_"):
+                if name not in allowed[service]:
+                    problems.append(f"{where}: {name} (from {source}) is not a {service} setting")
+            elif name not in NON_SETTING_ENV:
+                problems.append(f"{where}: {name} (from {source}) is not a known variable")
+    return problems
+
+
+def check_ports(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Each service listens where its LORAPLEX_PORT says, on its agreed port."""
+    docs = list(docs)
+    problems = []
+    for doc, c, init in containers(docs, init=False):
+        if init or not is_loraplex(c) or not c.get("ports"):
+            continue
+        where = f"{ref(doc)} container {c['name']}"
+        service = service_of(c)
+        expected = SERVICE_PORTS.get(service or "")
+        declared = [p["containerPort"] for p in c["ports"]]
+        env = env_sources(docs, c)
+        host_var, port_var = SERVICE_BIND_ENV.get(service or "", ("", ""))
+        configured = env.get(port_var, ("", ""))[1]
+        host = env.get(host_var, ("", ""))[1]
+        if declared != [expected] or configured != str(expected):
+            problems.append(
+                f"{where}: {service} must listen on {expected}; containerPort {declared}, "
+                f"{port_var or 'port setting'} {configured or 'unset'}"
+            )
+        if host not in {"0.0.0.0", "::"}:
+            problems.append(f"{where}: {host_var} is {host or 'unset'}; pods must bind all")
+    return problems
+
+
+ALL_CHECKS = (
+    check_probes,
+    check_server,
+    check_resources,
+    check_images,
+    check_security,
+    check_selectors,
+    check_rbac,
+    check_autoscalers,
+    check_service_monitors,
+    check_ports,
+)
+
+
+# Secrets each overlay may leave to the operator; the dev overlay must be self-contained.
+OVERLAY_EXTERNAL_SECRETS = {"cpu-dev": frozenset(), "gpu": EXTERNAL_SECRETS}
+
+
+def invariant_problems(
+    docs: list[dict[str, Any]], external_secrets: Iterable[str] = ()
+) -> list[str]:
+    """Every settings-independent check on one rendered overlay."""
+    problems = [p for check in ALL_CHECKS for p in check(docs)]
+    return problems + check_references(docs, external_secrets)
