@@ -39,14 +39,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own BEGIN handling defers locks; "BEGIN IMMEDIATE" makes compare-and-set
-        # transactions take the write lock up front so two writers serialise cleanly.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        # transactions take the write lock up front so two writers serialise cleanly. Readers
+        # (the server's reconcile poll) use a deferred BEGIN so they never queue behind writers.
+        begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
 
         @event.listens_for(engine, "connect")
         def _no_autobegin(dbapi_conn: Any, _record: Any) -> None:
@@ -77,11 +79,20 @@ class Registry:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_engine = make_engine(url, read_only=True) if self.is_sqlite else self.engine
+        self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A transaction: committed on success, rolled back on any exception."""
         with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A transaction for reads only: on SQLite it takes no write lock. Never write in it."""
+        # Closing the session rolls the (autobegun) transaction back: nothing can be written.
+        with self._read_sessions() as session:
             yield session
 
     @property
@@ -90,6 +101,7 @@ class Registry:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._read_engine.dispose()
 
 
 def open_registry(settings: SharedSettings, *, migrate_schema: bool = True) -> Registry:

@@ -225,3 +225,14 @@ def test_pins(registry: Registry) -> None:
         reg.unpin(s, v1)
     with registry.session() as s:
         assert reg.list_pins(s) == []
+
+
+def test_read_session_sees_commits_and_writes_nothing(registry: Registry) -> None:
+    _seed_base(registry)
+    vid = _version(registry, SHA_A)
+    with registry.read_session() as s:
+        assert reg.get_version(s, vid).sha256 == SHA_A
+        s.add(BaseModelRow(name="ghost", weights_sha256="0" * 64, path="/", source="x"))
+        s.flush()
+    with registry.session() as s:
+        assert s.get(BaseModelRow, "ghost") is None

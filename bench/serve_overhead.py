@@ -1,0 +1,173 @@
+"""What the server's hop costs: the same engine and workload, direct to vLLM and through loraplex.
+
+One server (one managed engine) is started; the workload (CONCURRENCY streaming completions with
+fixed prompts and lengths) runs alternately against the engine's own port and against the
+server, ROUNDS times each, so drift on a shared machine hits both sides alike. Reports the
+throughput ratio (server / direct) and the added median latency and time to first token.
+
+    python bench/serve_overhead.py [--rounds 3] [--requests 64] [--max-tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.server.loadgen import (
+    completion_bodies,
+    machine,
+    prepare_data_dir,
+    register_adapters,
+    run_streams,
+    server_process,
+    write_result,
+)
+
+BASE = "smollm2-135m-instruct"
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (not its children: the engines)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def sequential_latency(url: str, model: str, n: int) -> list[float]:
+    """One request at a time (1 token, streamed): the hop's latency without CPU contention."""
+    out = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(n):
+            started = time.perf_counter()
+            body = {"model": model, "prompt": "Hi", "max_tokens": 1, "stream": True}
+            async with session.post(url, json=body) as resp:
+                await resp.read()
+            out.append(time.perf_counter() - started)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--port", type=int, default=18311)
+    parser.add_argument("--model", choices=["base", "adapter"], default="base")
+    args = parser.parse_args()
+
+    data_dir = Path(tempfile.mkdtemp(prefix="loraplex-bench-overhead-"))
+    prepare_data_dir(data_dir)
+    served = BASE
+    if args.model == "adapter":
+        served = register_adapters(data_dir, [("bench", 1)])[0]
+    env = {"LORAPLEX_KV_CACHE_GIB": "2", "LORAPLEX_MAX_NUM_SEQS": "32"}
+    started = time.time()
+    with server_process(data_dir, port=args.port, env=env) as server:
+        if served != BASE:
+            server.admin("POST", "/admin/adapters/load", {"model": served})
+        engine = server.engine_url
+        direct_url = engine + "/v1/completions"
+        proxy_url = server.url + "/v1/completions"
+        # The engine knows adapters by version id and the base by name, as the server sends them.
+        bodies = completion_bodies(served, args.requests, args.max_tokens)
+        asyncio.run(run_streams(direct_url, bodies[:16], concurrency=args.concurrency))  # warm-up
+        asyncio.run(run_streams(proxy_url, bodies[:16], concurrency=args.concurrency))
+        sequential: dict[str, list[float]] = {"direct": [], "server": []}
+        for _ in range(3):
+            for name, url in (("direct", direct_url), ("server", proxy_url)):
+                sequential[name] += asyncio.run(sequential_latency(url, served, 10))
+        server_cpu = 0.0
+        server_tokens = 0
+        rounds = []
+        for i in range(args.rounds):
+            order = [("direct", direct_url), ("server", proxy_url)]
+            if i % 2:
+                order.reverse()
+            entry: dict[str, Any] = {}
+            for name, url in order:
+                cpu_before = process_cpu_s(server.process.pid)
+                res = asyncio.run(run_streams(url, bodies, concurrency=args.concurrency))
+                if name == "server":
+                    server_cpu += process_cpu_s(server.process.pid) - cpu_before
+                    server_tokens += res.summary()["tokens"]
+                entry[name] = res.summary()
+                entry[name + "_latencies"] = [r.latency_s for r in res.ok]
+                entry[name + "_ttfts"] = [r.ttft_s for r in res.ok if r.ttft_s is not None]
+            rounds.append(entry)
+            print(
+                f"round {i + 1}: direct {entry['direct']['tokens_per_s']} tok/s, "
+                f"server {entry['server']['tokens_per_s']} tok/s"
+            )
+    direct_tps = [r["direct"]["tokens_per_s"] for r in rounds]
+    server_tps = [r["server"]["tokens_per_s"] for r in rounds]
+    direct_lat = [x for r in rounds for x in r["direct_latencies"]]
+    server_lat = [x for r in rounds for x in r["server_latencies"]]
+    direct_ttft = [x for r in rounds for x in r["direct_ttfts"]]
+    server_ttft = [x for r in rounds for x in r["server_ttfts"]]
+    result = {
+        "benchmark": "serve_overhead",
+        "model": served,
+        "workload": {
+            "requests_per_round": args.requests,
+            "concurrency": args.concurrency,
+            "max_tokens": args.max_tokens,
+            "rounds": args.rounds,
+            "streaming": True,
+        },
+        "machine": machine(),
+        "started_at": started,
+        "direct_tokens_per_s": direct_tps,
+        "server_tokens_per_s": server_tps,
+        "throughput_ratio": round(sum(server_tps) / sum(direct_tps), 4),
+        "median_latency_direct_s": round(statistics.median(direct_lat), 4),
+        "median_latency_server_s": round(statistics.median(server_lat), 4),
+        "added_median_latency_ms": round(
+            1000 * (statistics.median(server_lat) - statistics.median(direct_lat)), 2
+        ),
+        "median_ttft_direct_s": round(statistics.median(direct_ttft), 4),
+        "median_ttft_server_s": round(statistics.median(server_ttft), 4),
+        "added_median_ttft_ms": round(
+            1000 * (statistics.median(server_ttft) - statistics.median(direct_ttft)), 2
+        ),
+        "sequential_median_latency_direct_ms": round(
+            1000 * statistics.median(sequential["direct"]), 2
+        ),
+        "sequential_median_latency_server_ms": round(
+            1000 * statistics.median(sequential["server"]), 2
+        ),
+        "sequential_added_median_latency_ms": round(
+            1000
+            * (statistics.median(sequential["server"]) - statistics.median(sequential["direct"])),
+            2,
+        ),
+        "server_cpu_ms_per_token": round(1000 * server_cpu / max(server_tokens, 1), 4),
+        "failed_requests": sum(r["direct"]["failed"] + r["server"]["failed"] for r in rounds),
+        "rounds": [
+            {k: v for k, v in r.items() if not k.endswith(("latencies", "ttfts"))} for r in rounds
+        ],
+        "targets": {"throughput_ratio_min": 0.98, "added_median_latency_ms_max": 1.0},
+    }
+    path = write_result(f"serve_overhead_{args.model}", result)
+    print(
+        f"throughput ratio {result['throughput_ratio']} (target >= 0.98); added median latency "
+        f"{result['added_median_latency_ms']} ms, added median TTFT "
+        f"{result['added_median_ttft_ms']} ms (target <= 1 ms); failed "
+        f"{result['failed_requests']}; one request at a time the hop adds "
+        f"{result['sequential_added_median_latency_ms']} ms; server CPU "
+        f"{result['server_cpu_ms_per_token']} ms per token; written to {path}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Server: an OpenAI-compatible front for vLLM engines serving many LoRA adapters."""

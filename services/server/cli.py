@@ -1,0 +1,156 @@
+"""``loraplex serve`` and ``loraplex adapters``: run the server; import, export and list adapters.
+
+Heavy imports (uvicorn, torch, peft) stay inside the commands so ``loraplex --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from shared.errors import LoraplexError
+from shared.settings import load_settings
+
+serve_app = typer.Typer(help="Serve adapters behind an OpenAI-compatible API.")
+adapters_app = typer.Typer(help="Adapters: import, export (merged), list.", no_args_is_help=True)
+app = serve_app  # the service's CLI, by the project's convention
+
+
+def _settings(**overrides: Any) -> Any:
+    from services.server.config import ServerSettings
+
+    return load_settings(ServerSettings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@serve_app.callback(invoke_without_command=True)
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (LORAPLEX_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (LORAPLEX_PORT).")] = None,
+    engines: Annotated[
+        int | None, typer.Option(help="Engines to start (LORAPLEX_ENGINE_COUNT).")
+    ] = None,
+    attach: Annotated[
+        list[str] | None,
+        typer.Option(help="Attach to a running vLLM engine URL instead (repeatable)."),
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="Log level.")] = None,
+) -> None:
+    """Start the engines (or attach to them) and serve /v1, /admin, /metrics, /health, /ready."""
+    import logging
+
+    import uvicorn
+
+    from services.server.api.app import create_app
+
+    settings = _settings(
+        host=host,
+        port=port,
+        engine_count=engines,
+        engine_urls=attach or None,
+        log_level=log_level,
+    )
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@adapters_app.command("import")
+def import_cmd(
+    folder: Annotated[Path, typer.Argument(help="PEFT LoRA folder (adapter_config.json, ...).")],
+    name: Annotated[str, typer.Option(help="Adapter name to register it under.")],
+) -> None:
+    """Validate a LoRA adapter trained elsewhere and register it as the next version of NAME."""
+    from services.server.importer import base_identity, import_adapter
+    from services.server.validation import AdapterValidator
+    from shared.artifacts import open_store
+    from shared.registry.db import open_registry
+
+    settings = _settings()
+    registry = open_registry(settings)
+    store = open_store(settings)
+    try:
+        validator = AdapterValidator(
+            store, base_identity(settings, registry), settings.max_lora_rank
+        )
+        info, created = import_adapter(registry, store, validator, folder, name)
+    except LoraplexError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(3) from exc
+    finally:
+        registry.dispose()
+    state = "registered" if created else "already registered as"
+    typer.echo(f"{state} {info.id}  sha256 {info.sha256[:16]}  rank {info.rank}")
+
+
+@adapters_app.command("export")
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="Version id (name@vN) or alias (name:alias).")],
+    merged: Annotated[
+        Path, typer.Option("--merged", help="Write base + adapter merged into this folder.")
+    ],
+    force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+) -> None:
+    """Write the base model with the adapter merged in, loadable without LoRA support."""
+    from services.server.importer import export_merged
+    from shared.artifacts import open_store
+    from shared.registry.db import open_registry
+
+    settings = _settings()
+    registry = open_registry(settings)
+    try:
+        out = export_merged(settings, registry, open_store(settings), model, merged, force=force)
+    except LoraplexError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(3) from exc
+    finally:
+        registry.dispose()
+    typer.echo(f"wrote {out}")
+
+
+@adapters_app.command("list")
+def list_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Registered adapter versions with their aliases and pins."""
+    from shared.registry import adapters as reg
+    from shared.registry.db import open_registry
+
+    registry = open_registry(_settings())
+    try:
+        with registry.session() as session:
+            pins = set(reg.list_pins(session))
+            aliases: dict[str, list[str]] = {}
+            for alias in reg.list_aliases(session):
+                aliases.setdefault(alias.version_id, []).append(
+                    f"{alias.adapter_name}:{alias.alias}"
+                )
+            rows: list[dict[str, Any]] = [
+                {
+                    "id": v.id,
+                    "rank": v.rank,
+                    "base_model": v.base_model,
+                    "sha256": v.sha256,
+                    "aliases": aliases.get(v.id, []),
+                    "pinned": v.id in pins,
+                }
+                for v in reg.list_versions(session)
+            ]
+    finally:
+        registry.dispose()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        extra = " ".join(row["aliases"]) + (" [pinned]" if row["pinned"] else "")
+        typer.echo(f"{row['id']:40} r={row['rank']:<4} {row['sha256'][:12]}  {extra}".rstrip())

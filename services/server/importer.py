@@ -1,0 +1,153 @@
+"""Bring adapters in (trained elsewhere) and take them out (merged into the base model).
+
+Import runs the same checks as loading (servability, base shapes, a non-zero delta) before the
+folder enters the artifact store and the registry, so a registered version is a loadable one.
+Export writes the base model with the adapter merged in (peft ``merge_and_unload``): a plain
+transformers folder that vLLM and transformers load without LoRA support.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from services.server.names import VersionInfo
+from services.server.validation import AdapterValidator, BaseIdentity
+from shared.artifacts import ArtifactStore
+from shared.basemodel import register_base_model, resolve_base_model
+from shared.errors import ConflictError, IntegrityError, NotFoundError, ValidationError
+from shared.registry import adapters as reg
+from shared.registry.db import Registry
+from shared.servability import read_adapter_config
+from shared.settings import SharedSettings
+
+log = logging.getLogger(__name__)
+
+EXPORT_MARKER = "loraplex_export.json"
+
+
+def import_adapter(
+    registry: Registry,
+    store: ArtifactStore,
+    validator: AdapterValidator,
+    folder: Path,
+    name: str,
+    *,
+    source: str = "import",
+) -> tuple[VersionInfo, bool]:
+    """Validate ``folder`` and register it as the next version of ``name``.
+
+    Returns ``(version, created)``; the same content imported twice is one version.
+    """
+    reg.check_adapter_name(name, "name")
+    if not folder.is_dir():
+        raise NotFoundError(f"{folder} is not a directory", param="path")
+    reasons = validator.check_files(folder)
+    if reasons:
+        raise ValidationError(
+            f"{folder} is not an adapter this server can load",
+            param="path",
+            code="adapter_not_servable",
+            details=reasons,
+        )
+    config, _ = read_adapter_config(folder)
+    assert config is not None
+    sha = store.put_dir(folder)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    manifest = {
+        "source": source,
+        "imported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "adapter_config": {
+            k: config.get(k)
+            for k in ("r", "lora_alpha", "target_modules", "base_model_name_or_path", "task_type")
+        },
+    }
+    base = validator.base
+    with registry.session() as session:
+        row, created = reg.register_version(
+            session,
+            reg.NewVersion(
+                adapter_name=name,
+                sha256=sha,
+                base_model=base.name,
+                rank=int(config["r"]),
+                size_bytes=size,
+                manifest=manifest,
+            ),
+        )
+        if row.base_model_sha256 != base.weights_sha256:
+            raise ConflictError(
+                f"base model {base.name!r} is registered with other weights than the served ones",
+                param="base_model",
+            )
+        info = VersionInfo.from_row(row)
+    return info, created
+
+
+def export_merged(
+    settings: SharedSettings,
+    registry: Registry,
+    store: ArtifactStore,
+    model: str,
+    out: Path,
+    *,
+    force: bool = False,
+) -> Path:
+    """Write base + adapter merged into ``out`` (a transformers folder); returns ``out``."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with registry.session() as session:
+        version = VersionInfo.from_row(reg.resolve(session, model))
+        base = resolve_base_model(settings, version.base_model, session=session)
+        register_base_model(session, base)
+    if base.weights_sha256 != version.base_model_sha256:
+        raise IntegrityError(
+            f"{version.id} was trained on base weights {version.base_model_sha256[:12]}, but "
+            f"{base.name!r} now has weights {base.weights_sha256[:12]}",
+            param="model",
+        )
+    folder = store.get_dir(version.sha256)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise ConflictError(f"{out} exists and is not empty; pass --force", param="out")
+        shutil.rmtree(out)
+    config = json.loads((base.path / "config.json").read_text())
+    dtype = getattr(torch, str(config.get("dtype") or config.get("torch_dtype") or "float32"))
+    # Merge in float32 so the sum is not rounded twice, then store in the base's own dtype.
+    model_fp32 = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model_fp32, folder).merge_and_unload()
+    merged.to(dtype)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base.path).save_pretrained(tmp)
+    (tmp / EXPORT_MARKER).write_text(
+        json.dumps(
+            {
+                "merged_from": version.id,
+                "adapter_sha256": version.sha256,
+                "base_model": base.name,
+                "base_model_sha256": base.weights_sha256,
+                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            indent=2,
+        )
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    log.info("exported %s merged into %s", version.id, out)
+    return out
+
+
+def base_identity(settings: SharedSettings, registry: Registry) -> BaseIdentity:
+    """Resolve (and register) the configured base model; prepares the embedded one if needed."""
+    with registry.session() as session:
+        resolved = resolve_base_model(settings, session=session)
+    return BaseIdentity(resolved.name, resolved.weights_sha256, resolved.path)

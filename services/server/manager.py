@@ -1,0 +1,246 @@
+"""Adapter residency on engines: load after validation, lease for requests, drain, unload, evict.
+
+Invariants (all state lives on the event loop, so a check and the change it guards happen with no
+``await`` between them):
+
+- A request takes a :class:`Lease` on (engine, version) in the same step in which it resolved the
+  name, so nothing can unload the version between resolution and use.
+- Only a residency with no leases is unloaded; it is marked ``unloading`` before the engine call, so
+  new requests wait for a fresh load instead of racing the unload.
+- Loads and unloads of one version on one engine are serialised by a per-(engine, version) lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from services.server.config import ServerSettings
+from services.server.engines import Engine, EngineClient, Residency, ResidencyState
+from services.server.errors import EngineError, Unavailable
+from services.server.metrics import ServerMetrics
+from services.server.names import Target, VersionInfo
+from services.server.validation import AdapterValidator
+from shared.errors import LoraplexError, ValidationError
+
+log = logging.getLogger(__name__)
+
+
+class Lease:
+    """One request's hold on an engine (and on an adapter version there)."""
+
+    __slots__ = ("_released", "engine", "residency")
+
+    def __init__(self, engine: Engine, residency: Residency | None) -> None:
+        self.engine = engine
+        self.residency = residency
+        self._released = False
+        engine.in_flight += 1
+        if residency is not None:
+            residency.in_flight += 1
+            residency.last_used = time.time()
+            residency.idle.clear()
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self.engine.in_flight -= 1
+        res = self.residency
+        if res is not None:
+            res.in_flight -= 1
+            res.last_used = time.time()
+            if res.in_flight == 0:
+                res.idle.set()
+
+
+class AdapterManager:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        engines: Sequence[Engine],
+        clients: dict[str, EngineClient],
+        validator: AdapterValidator,
+        metrics: ServerMetrics,
+        *,
+        engine_path: Callable[[Path], str] = str,
+    ) -> None:
+        self.settings = settings
+        self.engines = engines
+        self.clients = clients
+        self.validator = validator
+        self.metrics = metrics
+        self.engine_path = engine_path
+        self.on_change: Callable[[], None] = lambda: None
+        self.canary: Callable[[Engine, VersionInfo], Awaitable[None]] | None = None
+        self._unloads: set[asyncio.Task[None]] = set()
+        self._unloading: set[tuple[str, str]] = set()
+
+    # -- leases ----------------------------------------------------------------------------------
+    def try_lease(self, engine: Engine, target: Target) -> Lease | None:
+        """A lease if ``engine`` can serve ``target`` right now (no waiting)."""
+        if not engine.ready:
+            return None
+        if target.is_base:
+            return Lease(engine, None)
+        res = engine.usable(target.key)
+        return Lease(engine, res) if res is not None else None
+
+    # -- loading ---------------------------------------------------------------------------------
+    async def ensure_loaded(
+        self, engine: Engine, version: VersionInfo, *, desired: bool = False
+    ) -> Residency:
+        """Make ``version`` usable on ``engine`` (validate, make room, load); idempotent."""
+        res = engine.usable(version.id)
+        if res is not None:
+            res.desired = res.desired or desired
+            return res
+        generation = engine.generation
+        async with engine.lock_for(version.id):
+            res = engine.usable(version.id)
+            if res is not None:
+                res.desired = res.desired or desired
+                return res
+            if not engine.ready or engine.generation != generation:
+                raise Unavailable(
+                    f"engine {engine.id} is not ready", retry_after=self.settings.retry_after_s
+                )
+            await self._make_room(engine)
+            started = time.perf_counter()
+            labels = self.metrics.adapter_labels(Target(version))
+            try:
+                folder = await asyncio.to_thread(self.validator.check_version, version)
+            except LoraplexError as exc:
+                self.metrics.load_failures.labels(*labels, "validation").inc()
+                raise exc
+            res = Residency(version=version, desired=desired)
+            engine.adapters[version.id] = res
+            try:
+                await self.clients[engine.id].load_adapter(
+                    version.id, self.engine_path(folder), self.settings.load_timeout_s
+                )
+            except EngineError as exc:
+                self._drop(engine, res)
+                if exc.engine_status is None or not engine.ready or engine.generation != generation:
+                    raise Unavailable(
+                        f"engine {engine.id} failed while loading {version.id}: {exc.message}",
+                        retry_after=self.settings.retry_after_s,
+                    ) from exc
+                self.metrics.load_failures.labels(*labels, "engine").inc()
+                # vLLM answers 500 for adapters it cannot use; the request is what is wrong.
+                raise ValidationError(
+                    f"engine refused adapter version {version.id}",
+                    param="model",
+                    code="adapter_not_servable",
+                    details=[exc.message],
+                ) from exc
+            except BaseException:
+                self._drop(engine, res)
+                raise
+            if self.canary is not None:
+                try:
+                    await self.canary(engine, version)
+                except BaseException as exc:
+                    self._drop(engine, res)
+                    if isinstance(exc, ValidationError):
+                        self.metrics.load_failures.labels(*labels, "canary").inc()
+                    await self._quiet_unload(engine, version.id)
+                    raise
+            if engine.generation != generation:
+                raise Unavailable(f"engine {engine.id} restarted while loading {version.id}")
+            res.state = ResidencyState.LOADED
+            res.loaded_at = time.time()
+            res.load_seconds = time.perf_counter() - started
+            self.metrics.load_duration.labels(*labels, engine.id).observe(res.load_seconds)
+            log.info("engine %s: loaded %s in %.3fs", engine.id, version.id, res.load_seconds)
+        self.on_change()
+        return res
+
+    @staticmethod
+    def _drop(engine: Engine, res: Residency) -> None:
+        if engine.adapters.get(res.version.id) is res:
+            del engine.adapters[res.version.id]
+
+    async def _make_room(self, engine: Engine) -> None:
+        """Evict least-recently-used idle adapters that no alias or pin needs, while full."""
+        while True:
+            resident = list(engine.adapters.values())
+            if len(resident) < self.settings.max_cpu_loras:
+                return
+            candidates = [r for r in resident if r.usable and not r.desired and not r.in_flight]
+            if not candidates:
+                raise Unavailable(
+                    f"engine {engine.id} holds {len(resident)} adapters (max_cpu_loras) and every "
+                    "one is needed by an alias, a pin or a request in flight",
+                    retry_after=self.settings.retry_after_s,
+                )
+            victim = min(candidates, key=lambda r: r.last_used)
+            self.metrics.evictions.labels(engine.id).inc()
+            await self.unload(engine, victim.version.id, drain=False)
+
+    # -- unloading -------------------------------------------------------------------------------
+    async def unload(self, engine: Engine, version_id: str, *, drain: bool = True) -> bool:
+        """Wait for in-flight requests (when ``drain``), then unload. False if it got busy again
+        or became needed meanwhile (then it stays)."""
+        res = engine.adapters.get(version_id)
+        if res is None:
+            return True
+        if drain and res.in_flight:
+            try:
+                await asyncio.wait_for(res.idle.wait(), timeout=self.settings.drain_timeout_s)
+            except TimeoutError:
+                log.warning(
+                    "engine %s: %s still has %d requests after %.0fs; unload postponed",
+                    engine.id,
+                    version_id,
+                    res.in_flight,
+                    self.settings.drain_timeout_s,
+                )
+        if engine.adapters.get(version_id) is not res or not res.usable:
+            return True
+        if res.desired or res.in_flight:
+            return False
+        res.state = ResidencyState.UNLOADING
+        async with engine.lock_for(version_id):
+            try:
+                await self.clients[engine.id].unload_adapter(version_id)
+            finally:
+                if engine.adapters.get(version_id) is res:
+                    del engine.adapters[version_id]
+        log.info("engine %s: unloaded %s", engine.id, version_id)
+        self.on_change()
+        return True
+
+    def schedule_unload(self, engine: Engine, version_id: str) -> None:
+        """Drain and unload in the background, once per (engine, version) at a time."""
+        key = (engine.id, version_id)
+        if key in self._unloading:
+            return
+        self._unloading.add(key)
+        task = asyncio.create_task(self._unload_quietly(engine, version_id))
+        self._unloads.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._unloads.discard(t)
+            self._unloading.discard(key)
+
+        task.add_done_callback(done)
+
+    async def _unload_quietly(self, engine: Engine, version_id: str) -> None:
+        try:
+            await self.unload(engine, version_id)
+        except Exception as exc:
+            log.warning("engine %s: unloading %s failed: %s", engine.id, version_id, exc)
+
+    async def _quiet_unload(self, engine: Engine, version_id: str) -> None:
+        try:
+            await self.clients[engine.id].unload_adapter(version_id)
+        except Exception as exc:
+            log.debug("engine %s: unload of refused %s failed: %s", engine.id, version_id, exc)
+
+    async def wait_unloads(self) -> None:
+        if self._unloads:
+            await asyncio.gather(*list(self._unloads), return_exceptions=True)

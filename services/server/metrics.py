@@ -1,0 +1,173 @@
+"""Prometheus metrics: per adapter version, per engine, and the engines' own ``vllm:*`` series.
+
+vLLM labels every metric with the base model only, so per-adapter figures come from this process,
+which sees each request. Label values are the adapter name and version; the number of distinct
+pairs is capped (``metrics_max_adapters``) and the rest count as ``other``, so a registry with
+thousands of versions cannot blow up the time-series database.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from services.server.engines import Engine
+    from services.server.names import Target
+
+OTHER = "other"
+BASE_VERSION = "base"
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class AdapterLabels:
+    """(adapter, version) label values with a cap on how many distinct pairs get their own."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def of(self, adapter: str, version: str) -> tuple[str, str]:
+        pair = (adapter, version)
+        if pair in self._seen:
+            return pair
+        with self._lock:
+            if pair in self._seen:
+                return pair
+            if len(self._seen) >= self.cap:
+                return (OTHER, OTHER)
+            self._seen.add(pair)
+            return pair
+
+
+class ServerMetrics:
+    def __init__(self, base_name: str, max_adapters: int) -> None:
+        self.base_name = base_name
+        self.registry = CollectorRegistry()
+        self.labels = AdapterLabels(max_adapters)
+        r = self.registry
+        per_adapter = ["adapter", "version"]
+        self.requests = Counter(
+            "loraplex_requests",
+            "Requests by adapter version, endpoint and HTTP status.",
+            [*per_adapter, "endpoint", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "loraplex_request_duration_seconds",
+            "Time from receiving a request to sending its last byte.",
+            per_adapter,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "loraplex_time_to_first_token_seconds",
+            "Time from receiving a streamed request to forwarding its first chunk.",
+            per_adapter,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "loraplex_prompt_tokens", "Prompt tokens processed.", per_adapter, registry=r
+        )
+        self.completion_tokens = Counter(
+            "loraplex_completion_tokens", "Completion tokens generated.", per_adapter, registry=r
+        )
+        self.load_duration = Histogram(
+            "loraplex_adapter_load_duration_seconds",
+            "Validation plus engine load time of an adapter version.",
+            [*per_adapter, "engine"],
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.load_failures = Counter(
+            "loraplex_adapter_load_failures",
+            "Adapter loads refused by validation or by the engine.",
+            [*per_adapter, "reason"],
+            registry=r,
+        )
+        self.evictions = Counter(
+            "loraplex_adapter_evictions", "Adapters unloaded to make room.", ["engine"], registry=r
+        )
+        self.engine_restarts = Counter(
+            "loraplex_engine_restarts", "Engine restarts by the supervisor.", ["engine"], registry=r
+        )
+        self.reconcile_lag = Gauge(
+            "loraplex_reconcile_lag_seconds",
+            "How long the served state has differed from the registry (0: converged).",
+            registry=r,
+        )
+        self.reconcile_runs = Counter(
+            "loraplex_reconcile_runs", "Reconcile passes by outcome.", ["outcome"], registry=r
+        )
+        self.engine_collector = EngineCollector()
+        r.register(self.engine_collector)
+
+    def adapter_labels(self, target: Target) -> tuple[str, str]:
+        if target.version is None:
+            return self.labels.of(self.base_name, BASE_VERSION)
+        return self.labels.of(target.version.adapter, f"v{target.version.version}")
+
+    def attach_engines(self, engines: Sequence[Engine]) -> None:
+        self.engine_collector.engines = engines
+
+    def render(self, engine_texts: dict[str, str]) -> bytes:
+        self.engine_collector.texts = engine_texts
+        return generate_latest(self.registry)
+
+
+class EngineCollector(Collector):
+    """Engine state gauges, plus each engine's own metrics re-labelled with ``engine``."""
+
+    def __init__(self) -> None:
+        self.engines: Sequence[Engine] = ()
+        self.texts: dict[str, str] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        up = Metric("loraplex_engine_up", "1 when the engine answers and is ready.", "gauge")
+        loaded = Metric("loraplex_adapters_loaded", "Adapter versions loaded per engine.", "gauge")
+        inflight = Metric("loraplex_engine_in_flight", "Requests in flight per engine.", "gauge")
+        for engine in self.engines:
+            labels = {"engine": engine.id}
+            up.add_sample("loraplex_engine_up", labels, 1.0 if engine.ready else 0.0)
+            count = sum(1 for res in engine.adapters.values() if res.usable)
+            loaded.add_sample("loraplex_adapters_loaded", labels, float(count))
+            inflight.add_sample("loraplex_engine_in_flight", labels, float(engine.in_flight))
+        yield from (up, loaded, inflight)
+        yield from relabel_engine_metrics(self.texts)
+
+
+def relabel_engine_metrics(texts: dict[str, str]) -> Iterable[Metric]:
+    """Merge the engines' exposition texts into one family per name, each sample labelled with
+    ``engine`` (vLLM's own ``engine`` label, an index inside one server, becomes ``vllm_engine``)."""
+    families: dict[str, Metric] = {}
+    for engine_id, text in texts.items():
+        if not text:
+            continue
+        try:
+            parsed = list(text_string_to_metric_families(text))
+        except ValueError:
+            continue
+        for family in parsed:
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(
+                    family.name, family.documentation, family.type, family.unit
+                )
+            elif merged.type != family.type:
+                continue
+            for sample in family.samples:
+                labels = dict(sample.labels)
+                if "engine" in labels:
+                    labels["vllm_engine"] = labels.pop("engine")
+                labels["engine"] = engine_id
+                merged.add_sample(sample.name, labels, sample.value, sample.timestamp)
+    return families.values()
