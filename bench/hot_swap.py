@@ -152,11 +152,43 @@ def main() -> None:
         "targets": {"failed_requests": 0, "new_version_within_s": 1.0},
     }
     path = write_result("hot_swap", result)
+    publish(result)
     print(
         f"{data['requests']} requests, {data['failed_requests']} failed, answered by "
         f"{data['answered_by']}; new version answered at most "
         f"{data['max_new_version_headers_after_put_s']}s after the alias moved (PUT took at most "
         f"{data['max_put_seconds']}s); written to {path}"
+    )
+
+
+def publish(result: dict[str, Any]) -> None:
+    """The figures for docs/benchmarks.md (see bench/_report.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _report import record
+
+    record(
+        "hot_swap",
+        title="Alias promotion under load (v1 -> v2 -> v1 -> v2)",
+        baseline="requirement: zero failed requests, new version within 1 s of the alias change",
+        figures={
+            "concurrent streaming clients": result["concurrency"],
+            "requests": result["requests"],
+            "failed requests": result["failed_requests"],
+            "answered by": result["answered_by"],
+            "every response named its version": result["every_response_named_a_version"],
+            "alias change call (s, max)": result["max_put_seconds"],
+            "load average at start": result["machine"].get("load_avg_1m_at_start"),
+        },
+        ratios={
+            "failed requests": result["failed_requests"],
+            "new version answered after the alias change (s, max)": result[
+                "max_new_version_headers_after_put_s"
+            ],
+        },
+        targets={
+            "failed requests": "0",
+            "new version answered after the alias change (s, max)": "<= 1",
+        },
     )
 
 

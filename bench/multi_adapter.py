@@ -14,6 +14,7 @@ import asyncio
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -96,7 +97,29 @@ def main() -> None:
     }
     name = "multi_adapter_without_plugin" if args.without_plugin else "multi_adapter"
     path = write_result(name, result)
+    publish(name, result)
     print(f"relative to base: {result['relative_to_base']}; written to {path}")
+
+
+def publish(name: str, result: dict[str, Any]) -> None:
+    """The figures for docs/benchmarks.md (see bench/_report.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _report import record
+
+    w = result["workload"]
+    record(
+        name,
+        title="Multi-adapter throughput" + (" (without the plugin)" if "without" in name else ""),
+        baseline="the base model alone on the same engine and workload",
+        figures={
+            "workload": f"{w['requests']} requests x {w['max_tokens']} tokens, "
+            f"{w['concurrency']} concurrent, rank {w['rank']}, max_loras {w['max_loras']}",
+            **{f"{k} tokens/s": v["tokens_per_s"] for k, v in result["runs"].items()},
+            "load average at start": result["machine"].get("load_avg_1m_at_start"),
+        },
+        ratios={f"{k} / base": v for k, v in result["relative_to_base"].items()},
+        targets={},
+    )
 
 
 if __name__ == "__main__":

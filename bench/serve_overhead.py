@@ -159,6 +159,7 @@ def main() -> None:
         "targets": {"throughput_ratio_min": 0.98, "added_median_latency_ms_max": 1.0},
     }
     path = write_result(f"serve_overhead_{args.model}", result)
+    publish(result, args.model)
     print(
         f"throughput ratio {result['throughput_ratio']} (target >= 0.98); added median latency "
         f"{result['added_median_latency_ms']} ms, added median TTFT "
@@ -166,6 +167,39 @@ def main() -> None:
         f"{result['failed_requests']}; one request at a time the hop adds "
         f"{result['sequential_added_median_latency_ms']} ms; server CPU "
         f"{result['server_cpu_ms_per_token']} ms per token; written to {path}"
+    )
+
+
+def publish(result: dict[str, Any], model: str) -> None:
+    """The figures for docs/benchmarks.md (see bench/_report.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _report import record
+
+    record(
+        f"serve_overhead_{model}",
+        title=f"Server hop overhead ({model} model)",
+        baseline="the same vLLM engine called directly, same workload, interleaved rounds",
+        figures={
+            "workload": "16 concurrent streams, 64 requests x 32 tokens per round, 3 rounds",
+            "direct tokens/s": result["direct_tokens_per_s"],
+            "through server tokens/s": result["server_tokens_per_s"],
+            "added median latency (ms)": result["added_median_latency_ms"],
+            "added median TTFT (ms)": result["added_median_ttft_ms"],
+            "added latency, one request at a time (ms)": result[
+                "sequential_added_median_latency_ms"
+            ],
+            "server CPU per token (ms)": result["server_cpu_ms_per_token"],
+            "failed requests": result["failed_requests"],
+            "load average at start": result["machine"].get("load_avg_1m_at_start"),
+        },
+        ratios={
+            "throughput through server / direct": result["throughput_ratio"],
+            "added median latency (ms)": result["added_median_latency_ms"],
+        },
+        targets={
+            "throughput through server / direct": ">= 0.98",
+            "added median latency (ms)": "<= 1",
+        },
     )
 
 
