@@ -1,0 +1,312 @@
+"""Training throughput: our SFT recipe vs a plain TRL ``SFTTrainer`` script with TRL's defaults.
+
+Both run on the same data (the shipped extraction example), the same model (the embedded
+SmolLM2-135M-Instruct), the same batch size, step count and thread count, each in its own process
+so peak RSS is its own. Reported per run:
+
+- ``tokens_per_second``: non-padding input tokens processed per second of ``trainer.train()``
+  (TRL's own ``num_tokens`` counter, the same definition for both);
+- ``loss_tokens_per_second``: tokens that carry loss (ours: assistant tokens and their stop token;
+  the plain script trains on every token);
+- ``peak_rss_gib``: the process's peak resident memory;
+- ``model_flops_fraction``: 4 x parameters x tokens/s (forward + input-gradient backward of a LoRA
+  step; gradient checkpointing's recomputation is not useful work) over the machine's measured
+  bf16 matmul FLOP/s.
+
+Usage: ``python bench/train_throughput.py [--steps 12 --batch-size 8 --threads 0]``. Writes
+``bench/results/train_throughput.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = REPO / "examples" / "extraction" / "sft_train.jsonl"
+RESULTS = REPO / "bench" / "results" / "train_throughput.json"
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is KiB
+
+
+def rows(n: int) -> list[dict[str, Any]]:
+    lines = DATA.read_text().splitlines()
+    return [json.loads(line) for line in lines[:n]]
+
+
+def model_dir(data_dir: Path) -> Path:
+    from shared.basemodel import prepare_embedded_model
+    from shared.settings import SharedSettings
+
+    return prepare_embedded_model(SharedSettings(data_dir=data_dir)).path
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def run_plain(args: argparse.Namespace) -> dict[str, Any]:
+    """What a user writes from the TRL docs: model id, messages dataset, SFTConfig defaults."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    base = model_dir(Path(args.data_dir))
+    out = tempfile.mkdtemp(prefix="bench-plain-")
+    config = SFTConfig(
+        output_dir=out,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=42,
+        use_cpu=not _cuda(),  # TRL's bf16 default refuses to start on CPU without it
+    )
+    from peft import LoraConfig
+
+    trainer = SFTTrainer(
+        model=str(base),
+        args=config,
+        train_dataset=Dataset.from_list(rows(args.steps * args.batch_size)),
+        peft_config=LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.05,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
+    )
+    output = trainer.train()
+    tokens = max(h.get("num_tokens", 0) for h in trainer.state.log_history)
+    return {
+        "train_seconds": output.metrics["train_runtime"],
+        "tokens": tokens,
+        "loss_tokens": tokens,  # labels == input_ids: every token is trained
+        "settings": {
+            "bf16": config.bf16,
+            "gradient_checkpointing": config.gradient_checkpointing,
+            "padding_free": config.padding_free,
+            "packing": config.packing,
+            "model_dtype": str(getattr(trainer.model, "dtype", "")),
+        },
+    }
+
+
+def run_ours(args: argparse.Namespace) -> dict[str, Any]:
+    from services.trainer.adapters import store_and_register
+    from services.trainer.config import TrainerSettings
+    from services.trainer.recipes.common import DataFile, RecipeContext
+    from services.trainer.recipes.sft import run_sft
+    from services.trainer.schemas import JobSpec
+
+    data_dir = Path(args.data_dir)
+    model_dir(data_dir)
+    work = Path(tempfile.mkdtemp(prefix="bench-ours-"))
+    train = work / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows(args.steps * args.batch_size)))
+    settings = TrainerSettings(data_dir=data_dir, torch_threads=args.threads or None)
+    spec = JobSpec.model_validate(
+        {
+            "training_file": str(train),
+            "method": {
+                "type": "supervised",
+                "supervised": {
+                    "hyperparameters": {
+                        "max_steps": args.steps,
+                        "batch_size": args.batch_size,
+                        "save_steps": 10_000,
+                        "batching": args.batching,
+                        "micro_batch_size": args.micro_batch,
+                    }
+                },
+            },
+            "data": {"validation_fraction": 0},
+        }
+    )
+    timings: dict[str, Any] = {}
+
+    class Reporter:
+        def event(
+            self, message: str, *, level: str = "info", type: str = "message", data: Any = None
+        ) -> None:
+            data = data or {}
+            if type == "metrics" and "step" in data:
+                timings.setdefault("first", time.monotonic())
+                timings["last"] = time.monotonic()
+
+        def should_stop(self) -> str | None:
+            return None
+
+        def phase(self, status: str) -> None:
+            pass
+
+    captured: dict[str, Any] = {}
+
+    def register(folder: Path, manifest: dict[str, Any], base: Any) -> str:
+        captured["manifest"] = manifest
+        return store_and_register(settings, folder, manifest, base, "bench")
+
+    ctx = RecipeContext(
+        spec=spec,
+        settings=settings,
+        train_file=DataFile(train, train.name),
+        validation_file=None,
+        output_dir=work / "out",
+        reporter=Reporter(),
+        register=register,
+        adapter_name="bench",
+    )
+    # Time trainer.train() exactly as the plain script's train_runtime does.
+    import transformers
+
+    original = transformers.Trainer.train
+    result: dict[str, Any] = {}
+
+    def timed_train(self: Any, *a: Any, **kw: Any) -> Any:
+        out = original(self, *a, **kw)
+        result["train_seconds"] = out.metrics["train_runtime"]
+        result["tokens"] = max(h.get("num_tokens", 0) for h in self.state.log_history)
+        return out
+
+    transformers.Trainer.train = timed_train  # type: ignore[method-assign]
+    run_sft(ctx)
+    decisions = captured["manifest"]["config"]["decisions"]
+    result["loss_tokens"] = captured["manifest"]["trained_tokens"]
+    keys = ("precision", "batching", "gradient_checkpointing", "micro_batch_size")
+    result["settings"] = {k: decisions[k] for k in keys}
+    return result
+
+
+def matmul_flops(threads: int) -> dict[str, float]:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(2048, 2048, dtype=dtype)
+        b = torch.randn(2048, 2048, dtype=dtype)
+        a @ b
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        out[name] = 2 * 2048**3 / best
+    return out
+
+
+def child(args: argparse.Namespace) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = run_plain(args) if args.mode == "plain" else run_ours(args)
+    result["peak_rss_gib"] = round(peak_rss_gib(), 3)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def launch(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--mode",
+        mode,
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--threads",
+        str(args.threads),
+        "--data-dir",
+        args.data_dir,
+        "--batching",
+        args.batching,
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return dict(json.loads(line[7:]))
+    raise RuntimeError(f"{mode} run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch default")
+    parser.add_argument("--batching", default="auto")
+    parser.add_argument("--micro-batch", default="auto", help="ours: examples per forward pass")
+    parser.add_argument("--data-dir", default=str(REPO / ".loraplex" / "bench"))
+    parser.add_argument("--mode", choices=["plain", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=1, help="alternate runs; report the best")
+    parser.add_argument("--only", choices=["plain", "ours"], help="run one side (exploration)")
+    args = parser.parse_args()
+    if args.micro_batch != "auto":
+        args.micro_batch = int(args.micro_batch)
+    if args.mode:
+        child(args)
+        return
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "ours": []}
+    for _ in range(args.repeat):
+        for mode in (args.only,) if args.only else ("plain", "ours"):
+            runs[mode].append(launch(mode, args))
+            print(mode, json.dumps(runs[mode][-1]), flush=True)
+    if args.only:
+        return
+    flops = matmul_flops(args.threads)
+    from services.trainer.memory import ModelShape
+    from shared.basemodel import prepare_embedded_model
+    from shared.settings import SharedSettings
+
+    params = ModelShape.from_folder(
+        prepare_embedded_model(SharedSettings(data_dir=Path(args.data_dir))).path
+    ).params
+    summary: dict[str, Any] = {}
+    for mode, results in runs.items():
+        best = max(results, key=lambda r: r["tokens"] / r["train_seconds"])
+        tps = best["tokens"] / best["train_seconds"]
+        summary[mode] = {
+            **best,
+            "tokens_per_second": round(tps, 1),
+            "loss_tokens_per_second": round(best["loss_tokens"] / best["train_seconds"], 1),
+            "model_flops_fraction": round(4 * params * tps / flops["bf16"], 4),
+            "all_tokens_per_second": [round(r["tokens"] / r["train_seconds"], 1) for r in results],
+        }
+    report = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "threads": args.threads or "torch default",
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "matmul_gflops": {k: round(v / 1e9, 1) for k, v in flops.items()},
+        "params": params,
+        "ours": summary["ours"],
+        "plain_trl": summary["plain"],
+        "speedup_tokens_per_second": round(
+            summary["ours"]["tokens_per_second"] / summary["plain"]["tokens_per_second"], 3
+        ),
+        "rss_ratio": round(summary["ours"]["peak_rss_gib"] / summary["plain"]["peak_rss_gib"], 3),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

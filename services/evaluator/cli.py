@@ -1,0 +1,315 @@
+"""``loraplex eval run|submit|status|report|worker`` and ``loraplex gate run``.
+
+Exit codes (both groups): 0 pass (or no policy), 1 fail, 2 inconclusive, 3 error (bad input,
+unreachable endpoint, crashed run, promotion conflict).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from shared.errors import LoraplexError
+
+eval_app = typer.Typer(
+    help="Evaluate an adapter version, alias or the base model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+gate_app = typer.Typer(
+    help="Gate a candidate on a policy; promote on pass.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app = eval_app  # the skeleton's conventional name
+
+ERROR_EXIT = 3
+
+Candidate = Annotated[
+    str, typer.Option("--candidate", "-c", help="name@vN, name:alias, name (its prod), or base")
+]
+Baseline = Annotated[
+    str | None,
+    typer.Option(
+        help="Same forms; default: the adapter's prod, else the base model; 'none': no baseline"
+    ),
+]
+SuiteOpt = Annotated[str | None, typer.Option(help="Built-in suite (default, full, quick) or file")]
+Data = Annotated[
+    str | None,
+    typer.Option(help="Data file or dataset id; default: the candidate's validation split"),
+]
+Limit = Annotated[int | None, typer.Option(help="Use only the first N items")]
+ServerUrl = Annotated[
+    str | None,
+    typer.Option(
+        help="OpenAI-compatible server for generation/judge (default LORAPLEX_SERVER_URL)"
+    ),
+]
+Out = Annotated[
+    Path | None, typer.Option(help="Also copy result.json, junit.xml, report.html here")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result JSON")]
+
+
+def _settings() -> Any:
+    from services.evaluator.config import EvaluatorSettings
+    from shared.settings import load_settings
+
+    return load_settings(EvaluatorSettings)
+
+
+def _fail(exc: BaseException) -> None:
+    if isinstance(exc, LoraplexError):
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    else:
+        typer.secho(f"error: {type(exc).__name__}: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(ERROR_EXIT)
+
+
+def _tracker_factory(quiet: bool) -> Any:
+    from services.evaluator.runner import Tracker, stages
+
+    def make(plan: Any) -> Tracker:
+        if quiet or not sys.stderr.isatty():
+            last = {"label": ""}
+
+            def plain(fraction: float, label: str) -> None:
+                if label != last["label"]:
+                    last["label"] = label
+                    typer.echo(f"[{100 * fraction:5.1f}%] {label}", err=True)
+
+            return Tracker(stages(plan), plain)
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(
+            TextColumn("{task.description:<24}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f}%"),
+            TimeElapsedColumn(),
+            transient=False,
+        )
+        task_id = bar.add_task("starting", total=1.0)
+        bar.start()
+
+        def update(fraction: float, label: str) -> None:
+            bar.update(task_id, completed=fraction, description=label)
+            if fraction >= 1.0:
+                bar.stop()
+
+        return Tracker(stages(plan), update)
+
+    return make
+
+
+def _print_outcome(outcome: Any, as_json: bool, out: Path | None) -> None:
+    from services.evaluator import report
+
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for path in outcome.paths.values():
+            shutil.copy(path, out / path.name)
+    if as_json:
+        typer.echo(
+            json.dumps(report.result_json(outcome.result, outcome.gate), indent=1, default=str)
+        )
+        return
+    res = outcome.result
+    typer.echo(
+        f"run {outcome.run_id}: {res.candidate.model} vs "
+        f"{res.baseline.model if res.baseline else 'no baseline'} "
+        f"({res.data.get('n_used')} items)"
+    )
+    for name, m in res.candidate.metrics.items():
+        b = res.baseline.metrics.get(name) if res.baseline else None
+        value = f"{m.value:.4g}" if m.ok else f"error: {m.error}"
+        base = f"{b.value:.4g}" if b is not None and b.ok else "-"
+        typer.echo(f"  {name:<26} {value:>12}   baseline {base:>10}")
+    if outcome.gate is not None:
+        colour = {"pass": typer.colors.GREEN, "fail": typer.colors.RED}.get(
+            outcome.gate.decision, typer.colors.YELLOW
+        )
+        typer.secho(f"gate: {outcome.gate.decision.upper()}", fg=colour, bold=True)
+        for reason in outcome.gate.reasons:
+            typer.echo(f"  {reason}")
+    if outcome.promotion is not None:
+        typer.echo(f"promotion: {json.dumps(outcome.promotion)}")
+    typer.echo(f"report: {outcome.paths['html']}")
+
+
+def _run(request: Any, as_json: bool, out: Path | None, quiet: bool) -> None:
+    from services.evaluator import service
+    from shared.registry.db import open_registry
+
+    try:
+        settings = _settings()
+        registry = open_registry(settings)
+        outcome = service.run_now(settings, registry, request, _tracker_factory(quiet))
+    except Exception as exc:
+        _fail(exc)
+    _print_outcome(outcome, as_json, out)
+    raise typer.Exit(outcome.exit_code)
+
+
+@eval_app.command("run")
+def eval_run(
+    candidate: Candidate,
+    baseline: Baseline = None,
+    suite: SuiteOpt = None,
+    data: Data = None,
+    policy: Annotated[Path | None, typer.Option(help="Gate policy YAML (optional)")] = None,
+    limit: Limit = None,
+    server_url: ServerUrl = None,
+    prompt_field: Annotated[str | None, typer.Option(help="Custom prompt field")] = None,
+    reference_field: Annotated[str | None, typer.Option(help="Custom reference field")] = None,
+    out: Out = None,
+    as_json: AsJson = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar")] = False,
+) -> None:
+    """Evaluate now, in this process; store results; exit with the gate's code if a policy is given."""
+    from services.evaluator.schemas import EvaluationCreate
+
+    request = EvaluationCreate(
+        candidate=candidate,
+        baseline=baseline,
+        suite=suite,
+        data=data,
+        policy=str(policy) if policy else None,
+        limit=limit,
+        server_url=server_url,
+        prompt_field=prompt_field,
+        reference_field=reference_field,
+    )
+    _run(request, as_json, out, quiet)
+
+
+@gate_app.command("run")
+def gate_run(
+    policy: Annotated[Path, typer.Option(help="Gate policy YAML")],
+    candidate: Candidate,
+    baseline: Baseline = None,
+    promote: Annotated[
+        str | None, typer.Option(help="Alias to move to the candidate on pass")
+    ] = None,
+    suite: SuiteOpt = None,
+    data: Data = None,
+    limit: Limit = None,
+    server_url: ServerUrl = None,
+    out: Out = None,
+    as_json: AsJson = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar")] = False,
+) -> None:
+    """Evaluate the candidate for the policy's metrics and decide; with --promote, move the alias
+    (compare-and-set) only on pass. Exit 0 pass, 1 fail, 2 inconclusive, 3 error."""
+    from services.evaluator.schemas import EvaluationCreate
+
+    request = EvaluationCreate(
+        candidate=candidate,
+        baseline=baseline,
+        suite=suite,
+        data=data,
+        policy=str(policy),
+        promote=promote,
+        limit=limit,
+        server_url=server_url,
+    )
+    _run(request, as_json, out, quiet)
+
+
+@eval_app.command("submit")
+def eval_submit(
+    candidate: Candidate,
+    baseline: Baseline = None,
+    suite: SuiteOpt = None,
+    data: Data = None,
+    policy: Annotated[Path | None, typer.Option(help="Gate policy YAML (optional)")] = None,
+    promote: Annotated[str | None, typer.Option(help="Alias to move on pass")] = None,
+    limit: Limit = None,
+) -> None:
+    """Validate and queue an evaluation for a worker (`loraplex eval worker`); prints its id."""
+    from services.evaluator import service
+    from services.evaluator.schemas import EvaluationCreate
+    from shared.registry.db import open_registry
+
+    request = EvaluationCreate(
+        candidate=candidate,
+        baseline=baseline,
+        suite=suite,
+        data=data,
+        policy=str(policy) if policy else None,
+        promote=promote,
+        limit=limit,
+    )
+    try:
+        settings = _settings()
+        run_id = service.submit(settings, open_registry(settings), request)
+    except Exception as exc:
+        _fail(exc)
+    typer.echo(run_id)
+
+
+@eval_app.command("status")
+def eval_status(
+    run_id: Annotated[str, typer.Argument(help="Evaluation id")],
+    wait: Annotated[bool, typer.Option(help="Wait until it finishes; exit with its code")] = False,
+) -> None:
+    """Show a run's status, progress and results."""
+    from services.evaluator import service
+    from shared.registry.db import open_registry
+
+    try:
+        settings = _settings()
+        registry = open_registry(settings)
+        row = service.get_run(registry, run_id)
+        while wait and row.status in ("queued", "running"):
+            time.sleep(2)
+            row = service.get_run(registry, run_id)
+    except Exception as exc:
+        _fail(exc)
+    pub = service.public(row)
+    typer.echo(pub.model_dump_json(indent=1))
+    if wait:
+        raise typer.Exit(pub.exit_code if pub.exit_code is not None else ERROR_EXIT)
+
+
+@eval_app.command("report")
+def eval_report(
+    run_id: Annotated[str, typer.Argument(help="Evaluation id")],
+    fmt: Annotated[str, typer.Option("--format", help="html, json or junit")] = "html",
+    path_only: Annotated[bool, typer.Option("--path", help="Print the file path only")] = False,
+) -> None:
+    """Print a finished run's report (or its path)."""
+    from services.evaluator import service
+    from shared.registry.db import open_registry
+
+    names = {"html": "report.html", "json": "result.json", "junit": "junit.xml"}
+    try:
+        if fmt not in names:
+            raise typer.BadParameter(f"--format must be one of {', '.join(names)}")
+        settings = _settings()
+        row = service.get_run(open_registry(settings), run_id)
+        if not row.report_path:
+            raise LoraplexError(f"evaluation {run_id} has no report (status {row.status})")
+        path = Path(row.report_path).with_name(names[fmt])
+    except Exception as exc:
+        _fail(exc)
+    typer.echo(str(path) if path_only else path.read_text())
+
+
+@eval_app.command("worker")
+def eval_worker(
+    once: Annotated[bool, typer.Option(help="Process at most one queued run, then exit")] = False,
+) -> None:
+    """Claim queued evaluations from the registry and run them (heartbeats; stale runs requeued)."""
+    from services.evaluator.worker import Worker
+
+    try:
+        Worker(_settings()).serve(once=once)
+    except Exception as exc:
+        _fail(exc)

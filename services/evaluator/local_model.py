@@ -1,0 +1,99 @@
+"""The base model in memory once, with adapters attached by peft and switched per subject.
+
+Candidate and baseline usually share a base, so one load serves both: adapters are added with
+``load_adapter`` and chosen with ``set_adapter``; the base model itself is scored inside
+``disable_adapter()``. This is what lm-eval's ``hf`` backend does with ``peft=`` for one adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from importlib.metadata import version
+from typing import Any
+
+from services.evaluator.subjects import Subject
+from shared.datasets.render import ChatRenderer
+from shared.errors import ValidationError
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "bfloat16")
+
+
+class LocalModels:
+    """One base model plus peft adapters. Not thread-safe: one evaluation at a time."""
+
+    def __init__(self, subject: Subject, *, dtype: str = "float32", threads: int | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if dtype not in DTYPES:
+            raise ValidationError(f"dtype must be one of {', '.join(DTYPES)}", param="dtype")
+        if threads:
+            torch.set_num_threads(threads)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.base = subject.base
+        self.dtype = dtype
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(str(self.base.path))
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model: Any = AutoModelForCausalLM.from_pretrained(
+            str(self.base.path), dtype=getattr(torch, dtype)
+        ).eval()
+        self.renderer = ChatRenderer(self.tokenizer, None)
+        self._peft: Any = None
+        self._names: dict[str, str] = {}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": "transformers+peft (in-process)",
+            "transformers": version("transformers"),
+            "peft": version("peft"),
+            "torch": version("torch"),
+            "dtype": self.dtype,
+            "chat_template_sha256": self.renderer.template_sha256,
+        }
+
+    def _attach(self, subject: Subject) -> str:
+        assert subject.version_id is not None and subject.adapter_path is not None
+        if subject.base.weights_sha256 != self.base.weights_sha256:
+            raise ValidationError(
+                f"{subject.label} uses base {subject.base.name}, not the loaded {self.base.name}",
+                param="baseline",
+            )
+        name = self._names.get(subject.version_id)
+        if name is not None:
+            return name
+        from peft import PeftModel
+
+        name = f"a{len(self._names)}"
+        log.info("attaching adapter %s from %s", subject.version_id, subject.adapter_path)
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(
+                self.model, str(subject.adapter_path), adapter_name=name
+            ).eval()
+        else:
+            self._peft.load_adapter(str(subject.adapter_path), adapter_name=name)
+        self._names[subject.version_id] = name
+        return name
+
+    @contextmanager
+    def activate(self, subject: Subject) -> Iterator[Any]:
+        """The model to call for ``subject``, valid inside the ``with`` block."""
+        import torch
+
+        with torch.inference_mode():
+            if subject.is_base:
+                ctx = self._peft.disable_adapter() if self._peft is not None else nullcontext()
+                with ctx:
+                    yield self._peft if self._peft is not None else self.model
+                return
+            name = self._attach(subject)
+            self._peft.set_adapter(name)
+            yield self._peft
+
+    def prompt_ids(self, messages: list[Any]) -> list[int]:
+        return self.renderer.ids(list(messages), add_generation_prompt=True)

@@ -1,0 +1,246 @@
+"""What is being evaluated: an adapter version, an alias, or the base model, fully identified.
+
+A subject's identity is what makes a cached answer reusable: base weights hash, adapter content
+hash, and (added by the caller) decoding settings and the serving endpoint. lm-eval's own cache key
+lacks the model (lm-eval issue 2715), so every cache here is keyed by this identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from shared.artifacts import open_store
+from shared.basemodel import ResolvedBaseModel, resolve_base_model
+from shared.errors import NotFoundError, ValidationError
+from shared.registry import adapters
+from shared.registry.models import AdapterVersionRow, BaseModelRow, DatasetRow
+from shared.settings import SharedSettings
+
+BASE_KEYWORDS = ("base",)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A model to evaluate. ``label`` is what users typed, resolved (``name@vN`` or base name)."""
+
+    label: str
+    base: ResolvedBaseModel
+    version_id: str | None = None
+    adapter_path: Path | None = None
+    adapter_sha256: str | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    requested: str = ""
+
+    @property
+    def is_base(self) -> bool:
+        return self.version_id is None
+
+    @property
+    def adapter_name(self) -> str | None:
+        return self.version_id.split("@", 1)[0] if self.version_id else None
+
+    @property
+    def served_name(self) -> str:
+        """The ``model`` value our server answers to for exactly this subject."""
+        return self.version_id or self.base.name
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "base_model": self.base.name,
+            "base_weights_sha256": self.base.weights_sha256,
+            "adapter": self.version_id,
+            "adapter_sha256": self.adapter_sha256,
+        }
+
+    def identity_hash(self, **extra: Any) -> str:
+        payload = {**self.identity(), **extra}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _is_base_name(settings: SharedSettings, name: str, session: Session) -> bool:
+    if name in BASE_KEYWORDS or name == settings.base_model:
+        return True
+    return session.get(BaseModelRow, name) is not None
+
+
+def _base_for(settings: SharedSettings, session: Session, name: str) -> ResolvedBaseModel:
+    return resolve_base_model(settings, name, session=session)
+
+
+def _from_version(
+    settings: SharedSettings, session: Session, row: AdapterVersionRow, requested: str
+) -> Subject:
+    base = _base_for(settings, session, row.base_model)
+    if base.weights_sha256 != row.base_model_sha256:
+        raise ValidationError(
+            f"{row.id} was trained on base weights {row.base_model_sha256[:12]}, but base model "
+            f"{row.base_model!r} now has weights {base.weights_sha256[:12]}",
+            param="candidate",
+        )
+    path = open_store(settings).get_dir(row.sha256)
+    return Subject(
+        label=row.id,
+        base=base,
+        version_id=row.id,
+        adapter_path=path,
+        adapter_sha256=row.sha256,
+        manifest=dict(row.manifest or {}),
+        requested=requested,
+    )
+
+
+def resolve_subject(
+    settings: SharedSettings, session: Session, name: str, *, param: str = "candidate"
+) -> Subject:
+    """``name@vN``, ``name:alias``, bare ``name`` (its ``prod``), or a base model name/``base``."""
+    name = name.strip()
+    if not name:
+        raise ValidationError(f"{param} is empty", param=param)
+    if _is_base_name(settings, name, session):
+        base_name = settings.base_model if name in BASE_KEYWORDS else name
+        base = _base_for(settings, session, base_name)
+        return Subject(label=base.name, base=base, requested=name)
+    try:
+        row = adapters.resolve(session, name)
+    except NotFoundError as exc:
+        raise NotFoundError(
+            f"unknown {param} {name!r}: no adapter version (name@vN), alias (name:alias), adapter "
+            f"with a prod alias, or base model of that name",
+            param=param,
+        ) from exc
+    return _from_version(settings, session, row, name)
+
+
+def default_baseline(settings: SharedSettings, session: Session, candidate: Subject) -> Subject:
+    """The adapter's ``prod`` version if it has one other than the candidate, else the base model."""
+    if candidate.adapter_name:
+        alias = adapters.get_alias(session, candidate.adapter_name, adapters.DEFAULT_ALIAS)
+        if alias is not None and alias.version_id != candidate.version_id:
+            row = adapters.get_version(session, alias.version_id)
+            return _from_version(
+                settings, session, row, f"{candidate.adapter_name}:{adapters.DEFAULT_ALIAS}"
+            )
+    return Subject(label=candidate.base.name, base=candidate.base, requested="base")
+
+
+# --------------------------------------------------------------------------------------------
+# lineage in the adapter manifest (written by the trainer)
+
+
+def _dig(data: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _data_file(settings: SharedSettings, session: Session, ref: Any) -> Path | None:
+    """A data file the manifest describes as ``{"id", "name", "sha256"}`` (or a bare id)."""
+    if isinstance(ref, str):
+        ref = {"id": ref}
+    if not isinstance(ref, dict):
+        return None
+    store = open_store(settings)
+    sha = ref.get("sha256")
+    if isinstance(sha, str) and len(sha) == 64 and store.has_file(sha):
+        return store.get_file(sha)
+    dataset_id = ref.get("id")
+    if isinstance(dataset_id, str) and (row := session.get(DatasetRow, dataset_id)) is not None:
+        return store.get_file(row.sha256)
+    return None
+
+
+def validation_dataset_id(manifest: dict[str, Any]) -> str | None:
+    ref = _dig(manifest, "datasets", "validation_file")
+    if isinstance(ref, dict):
+        return str(ref.get("id") or ref.get("sha256") or "") or None
+    return ref if isinstance(ref, str) else None
+
+
+def validation_data_path(settings: SharedSettings, session: Session, subject: Subject) -> Path:
+    """The validation split recorded in the subject's lineage.
+
+    A separate validation file is read from the artifact store. A split held out of the training
+    file is rebuilt with the trainer's own code and the manifest's seed, fraction and
+    near-duplicate threshold (the split is deterministic), and written next to the eval cache.
+    """
+    manifest = subject.manifest
+    if not manifest:
+        raise ValidationError(
+            f"{subject.label} has no lineage (base model or no manifest); pass the data "
+            "explicitly (--data FILE)",
+            param="data",
+        )
+    ref = _dig(manifest, "datasets", "validation_file")
+    if ref:
+        path = _data_file(settings, session, ref)
+        if path is None:
+            raise NotFoundError(
+                f"the validation file {ref} named in {subject.label}'s lineage is not in the "
+                "artifact store or registry",
+                param="data",
+            )
+        return path
+    train_ref = _dig(manifest, "datasets", "training_file")
+    train_path = _data_file(settings, session, train_ref) if train_ref else None
+    if train_path is None:
+        raise ValidationError(
+            f"{subject.label} records no validation file and its training file is not in the "
+            "artifact store, so the held-out split cannot be rebuilt; pass --data FILE",
+            param="data",
+        )
+    return _rebuild_split(settings, subject, manifest, train_path)
+
+
+def _rebuild_split(
+    settings: SharedSettings, subject: Subject, manifest: dict[str, Any], train_path: Path
+) -> Path:
+    from shared.datasets.cleaning import clusters, near_duplicates
+    from shared.datasets.loading import load_examples
+    from shared.datasets.prepare import drop_exact_duplicates, split_validation
+
+    data_cfg = _dig(manifest, "config", "spec", "data") or {}
+    seed = int(_dig(manifest, "config", "hyperparameters", "seed") or 42)
+    fraction = float(data_cfg.get("validation_fraction", 0.1))
+    threshold = float(data_cfg.get("near_duplicate_threshold", 0.85))
+    name = _dig(manifest, "datasets", "training_file", "name") or train_path.name
+    loaded = load_examples(train_path, source=str(name))
+    kept = drop_exact_duplicates(loaded.examples).kept
+    near = near_duplicates([e.text() for e in kept], threshold)
+    _train, validation = split_validation(kept, fraction, seed, clusters(len(kept), near))
+    if not validation:
+        raise ValidationError(
+            f"{subject.label} was trained without a validation split; pass --data FILE",
+            param="data",
+        )
+    out_dir = settings.data_dir / "cache" / "evaluator" / "splits"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{subject.adapter_sha256 or subject.label}-validation.jsonl"
+    tmp = out.with_suffix(".tmp")
+    with tmp.open("w") as fh:
+        for example in validation:
+            fh.write(
+                json.dumps({"id": example.id, **example.to_record()}, ensure_ascii=False) + "\n"
+            )
+    tmp.replace(out)
+    return out
+
+
+def loss_curve(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """``[{"step", "loss"}, ...]`` from the manifest's ``loss_curve`` (``[[step, loss], ...]`` as
+    the trainer writes it, or already as mappings), or empty."""
+    raw = manifest.get("loss_curve") or _dig(manifest, "training", "loss_curve") or []
+    out: list[dict[str, Any]] = []
+    for point in raw if isinstance(raw, list) else []:
+        if isinstance(point, list | tuple) and len(point) >= 2:
+            out.append({"step": point[0], "loss": point[1]})
+        elif isinstance(point, dict) and "step" in point:
+            out.append(point)
+    return out

@@ -1,0 +1,157 @@
+"""Suites: which parts of the evaluator run, with the settings that define their metrics.
+
+Built-in suites are YAML files in ``suites/``; a policy can also name what it needs and
+:func:`suite_for_policy` turns on exactly the parts that produce its metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from services.evaluator.generation import DecodingSettings
+from services.evaluator.metrics import catalogue
+from services.evaluator.perplexity import PerplexitySettings
+from shared.errors import NotFoundError, ValidationError
+
+SUITES_DIR = Path(__file__).with_name("suites")
+TASKS_DIR = Path(__file__).with_name("tasks")
+GENERATION_METRICS = [n for n, s in catalogue.CATALOGUE.items() if s.component == "generation"]
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+
+
+class GenerationPart(_Part):
+    metrics: list[str] = Field(default_factory=lambda: list(GENERATION_METRICS))
+    decoding: DecodingSettings = Field(default_factory=DecodingSettings)
+    backend: Literal["auto", "local", "server"] = "auto"
+    batch_size: int = Field(default=8, ge=1)
+    concurrency: int = Field(default=16, ge=1)
+    rouge_stemmer: bool = False
+    cache: bool = True
+
+
+class PerplexityPart(_Part, PerplexitySettings):
+    pass
+
+
+class JudgePart(_Part):
+    modes: list[Literal["rubric", "pairwise"]] = Field(default=["pairwise"])
+    endpoint: str | None = Field(default=None, description="OpenAI-compatible base URL")
+    model: str | None = Field(default=None, description="judge model name on that endpoint")
+    api_key: str | None = None
+    anchors: int = Field(default=8, ge=0)
+    max_items: int | None = Field(default=None, ge=1)
+    concurrency: int = Field(default=8, ge=1)
+    max_tokens: int = Field(default=256, ge=8)
+
+
+class LmevalPart(_Part):
+    tasks: list[str] = Field(default_factory=lambda: ["loraplex_extract_gen"])
+    backend: Literal["hf", "local-completions"] = "hf"
+    batch_size: int = Field(default=8, ge=1)
+    limit: int | None = Field(default=None, ge=1)
+    num_concurrent: int = Field(default=4, ge=1)
+
+
+class ForgettingPart(_Part):
+    data: str = Field(default=str(TASKS_DIR / "general_mc.jsonl"))
+
+
+class ParityPart(_Part):
+    items: int = Field(default=8, ge=1)
+    max_new_tokens: int = Field(default=24, ge=1)
+    logprob_tolerance: float = Field(default=0.05, gt=0)
+    top_logprobs: int = Field(default=1, ge=0)
+
+
+class Suite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "custom"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    limit: int | None = Field(default=None, ge=1, description="use only the first N items")
+    generation: GenerationPart = Field(default_factory=GenerationPart)
+    perplexity: PerplexityPart = Field(default_factory=PerplexityPart)
+    judge: JudgePart = Field(default_factory=JudgePart)
+    lmeval: LmevalPart = Field(default_factory=LmevalPart)
+    forgetting: ForgettingPart = Field(default_factory=ForgettingPart)
+    parity: ParityPart = Field(default_factory=ParityPart)
+
+    def needs_local_model(self, server: bool) -> bool:
+        gen_local = self.generation.enabled and (
+            self.generation.backend == "local" or (self.generation.backend == "auto" and not server)
+        )
+        return (
+            gen_local or self.perplexity.enabled or self.forgetting.enabled or self.parity.enabled
+        )
+
+
+def builtin_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def parse_suite(data: Any, source: str) -> Suite:
+    try:
+        return Suite.model_validate(data)
+    except PydanticValidationError as exc:
+        details = [
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        ]
+        raise ValidationError(f"invalid suite {source}", param="suite", details=details) from exc
+
+
+def load_suite(spec: str | dict[str, Any] | Suite | None) -> Suite:
+    """A built-in suite name, a YAML file path, a dict, or a Suite."""
+    if isinstance(spec, Suite):
+        return spec
+    if spec is None:
+        spec = "default"
+    if isinstance(spec, dict):
+        return parse_suite(spec, "<inline>")
+    path = Path(spec)
+    if not path.suffix:
+        path = SUITES_DIR / f"{spec}.yaml"
+        if not path.is_file():
+            raise NotFoundError(
+                f"unknown suite {spec!r}; built-in suites: {', '.join(builtin_suites())}",
+                param="suite",
+            )
+    if not path.is_file():
+        raise NotFoundError(f"suite file {path} does not exist", param="suite")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.setdefault("name", path.stem)
+    return parse_suite(data, str(path))
+
+
+def suite_for_policy(policy_metrics: list[str], base: Suite | None = None) -> Suite:
+    """Turn on every part that produces a metric the policy names."""
+    suite = (base or Suite(name="policy")).model_copy(deep=True)
+    tasks: list[str] = []
+    for name in policy_metrics:
+        spec = catalogue.lookup(name)
+        component = spec.component if spec else "lmeval"
+        if component == "lmeval":
+            match = catalogue.LMEVAL_RE.match(name)
+            if match and match["task"] not in tasks:
+                tasks.append(match["task"])
+        getattr(suite, component).enabled = True
+    if tasks:
+        suite.lmeval.tasks = sorted(set(suite.lmeval.tasks) | set(tasks)) if base else tasks
+    if suite.judge.enabled:
+        modes = set(suite.judge.modes)
+        if "judge.score" in policy_metrics:
+            modes.add("rubric")
+        if "judge.win_rate" in policy_metrics:
+            modes.add("pairwise")
+        suite.judge.modes = sorted(modes)
+    return suite

@@ -1,0 +1,80 @@
+"""The trainer's FastAPI app, shaped so the official ``openai`` SDK works against it unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from services.trainer.api import errors
+from services.trainer.api.routes_files import router as files_router
+from services.trainer.api.routes_jobs import router as jobs_router
+from services.trainer.config import TrainerSettings
+from shared.registry.db import open_registry
+from shared.settings import load_settings
+
+# Multipart framing around the file: boundary lines, headers and the ``purpose`` field.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def create_app(settings: TrainerSettings | None = None) -> FastAPI:
+    settings = settings or load_settings(TrainerSettings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.registry = open_registry(settings)
+        try:
+            yield
+        finally:
+            app.state.registry.dispose()
+
+    app = FastAPI(title="loraplex trainer", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    errors.install(app)
+
+    @app.middleware("http")
+    async def upload_limit(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # Refuse an oversized upload before its body is read; the route counts again while
+        # spooling, for clients that send no (or a wrong) Content-Length.
+        if request.method == "POST" and request.url.path.rstrip("/") == "/v1/files":
+            length = request.headers.get("content-length")
+            too_big = settings.max_upload_bytes + MULTIPART_OVERHEAD
+            if length is not None and length.isdigit() and int(length) > too_big:
+                return JSONResponse(
+                    errors.error_body(
+                        "file_too_large",
+                        f"the upload is {length} bytes, above the limit of "
+                        f"{settings.max_upload_bytes} bytes (LORAPLEX_MAX_UPLOAD_BYTES)",
+                        "file",
+                    ),
+                    status_code=413,
+                )
+        return await call_next(request)
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(files_router)
+    app.include_router(jobs_router)
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = load_settings(TrainerSettings)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.trainer_host,
+        port=settings.trainer_port,
+        log_level="info",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Dependency wiring: one registry per app, one transaction per request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from services.trainer.config import TrainerSettings
+from shared.registry.db import Registry
+
+
+def get_settings(request: Request) -> TrainerSettings:
+    settings: TrainerSettings = request.app.state.settings
+    return settings
+
+
+def get_registry(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+def get_session(registry: Annotated[Registry, Depends(get_registry)]) -> Iterator[Session]:
+    with registry.session() as session:
+        yield session
+
+
+SettingsDep = Annotated[TrainerSettings, Depends(get_settings)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+SessionDep = Annotated[Session, Depends(get_session)]

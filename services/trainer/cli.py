@@ -1,0 +1,299 @@
+"""``loraplex train ...``: run a recipe in-process, or drive the trainer service.
+
+``run`` needs no service (notebooks, CI); ``submit``/``status``/``events``/``cancel`` talk to the
+API; ``serve`` and ``worker`` start the two processes of the service. A YAML config and the HTTP
+body are the same :class:`~services.trainer.schemas.JobSpec`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from services.trainer.config import TrainerSettings
+from services.trainer.schemas import JobSpec
+from shared.errors import LoraplexError, ValidationError
+from shared.settings import load_settings
+
+app = typer.Typer(help="Train LoRA adapters (SFT, DPO; LoRA, QLoRA).", no_args_is_help=True)
+
+
+def load_spec(path: Path) -> tuple[JobSpec, Path]:
+    """Read a YAML (or JSON) config into a JobSpec; relative file paths are relative to it."""
+    import pydantic
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValidationError(f"cannot read config {path}: {exc}", param=str(path)) from exc
+    if not isinstance(raw, dict):
+        raise ValidationError(f"config {path} must be a mapping of job fields", param=str(path))
+    try:
+        return JobSpec.model_validate(raw), path.parent
+    except pydantic.ValidationError as exc:
+        details = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ValidationError(
+            f"config {path} is invalid: {details[0]}", param=str(path), details=details
+        ) from exc
+
+
+def _fail(exc: LoraplexError) -> None:
+    typer.secho(f"error: {exc}", fg="red", err=True)
+    raise typer.Exit(2 if exc.user_error else 1)
+
+
+class ConsoleReporter:
+    """Events as lines, training progress as a bar."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.task: Any = None
+
+    def event(
+        self, message: str, *, level: str = "info", type: str = "message", data: Any = None
+    ) -> None:
+        data = data or {}
+        if type == "metrics" and "total_steps" in data and not self.progress.console.is_terminal:
+            # No terminal (CI logs): one line per logged step instead of a bar.
+            self.progress.console.print(
+                f"{message} | lr {data.get('learning_rate') or 0:.2e} | "
+                f"{data.get('tokens_per_second') or 0:.0f} tok/s | {data.get('progress')}% | "
+                f"eta {data.get('eta_seconds') or 0:.0f}s"
+            )
+            return
+        if type == "metrics" and "total_steps" in data:
+            if self.task is None:
+                self.task = self.progress.add_task("training", total=data["total_steps"])
+            tokens = data.get("tokens_per_second")
+            desc = f"loss {data.get('train_loss', 0):.4f}" + (
+                f" | {tokens:.0f} tok/s" if tokens else ""
+            )
+            self.progress.update(self.task, completed=data["step"], description=desc)
+            return
+        colour = {"error": "red", "warn": "yellow"}.get(level)
+        self.progress.console.print(f"[{colour}]{message}[/{colour}]" if colour else message)
+
+    def should_stop(self) -> str | None:
+        return None
+
+    def phase(self, status: str) -> None:
+        self.progress.console.print(f"status: {status}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Job YAML.")],
+    adapter_name: Annotated[str | None, typer.Option(help="Defaults to suffix.")] = None,
+) -> None:
+    """Run the job in this process (no service needed); registers the adapter version."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from services.trainer.adapters import store_and_register
+    from services.trainer.jobs import default_adapter_name
+    from services.trainer.recipes.common import DataFile, RecipeContext
+    from services.trainer.recipes.dpo import run_dpo
+    from services.trainer.recipes.sft import run_sft
+
+    try:
+        settings = load_settings(TrainerSettings)
+        spec, root = load_spec(config)
+        name = adapter_name or default_adapter_name(spec)
+
+        def data_file(value: str | None) -> DataFile | None:
+            if value is None:
+                return None
+            path = (root / value).expanduser()
+            if not path.is_file():
+                raise ValidationError(f"data file {path} does not exist", param=value)
+            return DataFile(path.resolve(), path.name)
+
+        train = data_file(spec.training_file)
+        assert train is not None
+        work = Path(tempfile.mkdtemp(prefix="loraplex-run-"))
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns) as progress:
+            reporter = ConsoleReporter(progress)
+            ctx = RecipeContext(
+                spec=spec,
+                settings=settings,
+                train_file=train,
+                validation_file=data_file(spec.validation_file),
+                output_dir=work,
+                reporter=reporter,
+                register=lambda folder, manifest, base: store_and_register(
+                    settings, folder, manifest, base, name
+                ),
+                adapter_name=name,
+                base_adapter_dir=_base_adapter_dir(settings, spec),
+                base_adapter_lineage={"id": spec.base_adapter} if spec.base_adapter else None,
+            )
+            recipe = run_sft if spec.method.type == "supervised" else run_dpo
+            result = recipe(ctx)
+        shutil.rmtree(work, ignore_errors=True)
+        typer.echo(json.dumps({"version_id": result.version_id, "metrics": result.metrics}))
+    except LoraplexError as exc:
+        _fail(exc)
+
+
+def _base_adapter_dir(settings: TrainerSettings, spec: JobSpec) -> Path | None:
+    if not spec.base_adapter:
+        return None
+    from shared.artifacts import open_store
+    from shared.registry.adapters import get_version
+    from shared.registry.db import open_registry
+
+    registry = open_registry(settings)
+    try:
+        with registry.session() as session:
+            sha = get_version(session, spec.base_adapter).sha256
+    finally:
+        registry.dispose()
+    return open_store(settings).get_dir(sha)
+
+
+# -- talking to the service ---------------------------------------------------------------------
+def _client() -> Any:
+    import httpx
+
+    settings = load_settings(TrainerSettings)
+    return httpx.Client(base_url=settings.api_url, timeout=60)
+
+
+def _check(response: Any) -> Any:
+    if response.status_code >= 400:
+        try:
+            err = response.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            err = {"message": response.text}
+        typer.secho(f"error {response.status_code}: {err.get('message')}", fg="red", err=True)
+        for detail in err.get("details") or []:
+            typer.secho(f"  - {detail}", err=True)
+        raise typer.Exit(2 if response.status_code < 500 else 1)
+    return response.json()
+
+
+def _upload(client: Any, root: Path, value: str | None) -> str | None:
+    if value is None or value.startswith("file-"):
+        return value
+    path = (root / value).expanduser()
+    with path.open("rb") as fh:
+        body = _check(
+            client.post("/v1/files", files={"file": (path.name, fh)}, data={"purpose": "fine-tune"})
+        )
+    typer.echo(f"uploaded {path.name} as {body['id']}")
+    return str(body["id"])
+
+
+@app.command()
+def submit(
+    config: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    follow: Annotated[bool, typer.Option(help="Stream events until the job ends.")] = False,
+) -> None:
+    """Upload the config's data files (if paths) and create a job on the service."""
+    try:
+        spec, root = load_spec(config)
+    except LoraplexError as exc:
+        _fail(exc)
+    with _client() as client:
+        body = spec.model_dump(mode="json", exclude_none=True, exclude={"hyperparameters"})
+        body["training_file"] = _upload(client, root, spec.training_file)
+        if spec.validation_file:
+            body["validation_file"] = _upload(client, root, spec.validation_file)
+        job = _check(client.post("/v1/fine_tuning/jobs", json=body))
+        typer.echo(json.dumps({"id": job["id"], "status": job["status"]}))
+        if follow:
+            _follow(client, job["id"])
+
+
+@app.command()
+def status(job_id: str) -> None:
+    """Print a job."""
+    with _client() as client:
+        typer.echo(json.dumps(_check(client.get(f"/v1/fine_tuning/jobs/{job_id}")), indent=2))
+
+
+def _follow(client: Any, job_id: str) -> None:
+    with client.stream(
+        "GET", f"/v1/fine_tuning/jobs/{job_id}/events", params={"stream": "true"}, timeout=None
+    ) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                if "message" in event:
+                    typer.echo(f"{event['level']:5} {event['message']}")
+    job = _check(client.get(f"/v1/fine_tuning/jobs/{job_id}"))
+    typer.echo(json.dumps({"status": job["status"], "fine_tuned_model": job["fine_tuned_model"]}))
+    if job["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def events(
+    job_id: str,
+    follow: Annotated[bool, typer.Option(help="Stream until the job ends.")] = False,
+    limit: int = 50,
+) -> None:
+    """Print a job's events (oldest first)."""
+    with _client() as client:
+        if follow:
+            _follow(client, job_id)
+            return
+        page = _check(client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": limit}))
+        for event in reversed(page["data"]):
+            stamp = time.strftime("%H:%M:%S", time.localtime(event["created_at"]))
+            typer.echo(f"{stamp} {event['level']:5} {event['message']}")
+
+
+@app.command()
+def cancel(job_id: str) -> None:
+    """Cancel a job (it stops at its next training step; nothing is kept)."""
+    with _client() as client:
+        job = _check(client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel"))
+        typer.echo(json.dumps({"id": job["id"], "status": job["status"]}))
+
+
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option(help="Exit when no job is waiting.")] = False,
+) -> None:
+    """Run a worker: claim queued jobs and train them."""
+    from services.trainer.worker import main
+
+    raise typer.Exit(main(once=once))
+
+
+@app.command("run-job")
+def run_job(job_id: str) -> None:
+    """Run one registry job in this process (e.g. inside a Kubernetes Job), then exit.
+
+    The job is claimed like a worker would; with LORAPLEX_WORKER_ID set to the id of the worker that
+    already holds it, this process acts as that worker instead.
+    """
+    from services.trainer.worker import run_one
+
+    raise typer.Exit(run_one(job_id))
+
+
+@app.command()
+def serve() -> None:
+    """Run the trainer API (LORAPLEX_TRAINER_HOST / _PORT, default 127.0.0.1:8001)."""
+    from services.trainer.api.app import main
+
+    main()
+
+
+if __name__ == "__main__":
+    app(sys.argv[1:])

@@ -1,0 +1,54 @@
+"""Trainer settings (env prefix ``LORAPLEX_``), validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from shared.settings import SharedSettings
+
+
+class TrainerSettings(SharedSettings):
+    """Settings of the trainer API, its workers and ``loraplex train run``."""
+
+    # Prefixed names: LORAPLEX_PORT would be ambiguous between services sharing one environment.
+    trainer_host: str = Field(default="127.0.0.1", description="Address the trainer API binds to.")
+    trainer_port: int = Field(default=8001, ge=1, le=65535, description="Port of the trainer API.")
+    max_upload_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=1, description="Largest data file accepted by POST /v1/files."
+    )
+    max_lora_rank: int = Field(
+        default=16, ge=1, description="Highest LoRA rank the server loads (vLLM --max-lora-rank)."
+    )
+    worker_poll_seconds: float = Field(default=2.0, gt=0, description="Idle wait between claims.")
+    heartbeat_seconds: float = Field(default=5.0, gt=0, description="Worker heartbeat period.")
+    stale_after_seconds: float = Field(
+        default=60.0, gt=0, description="A running job whose heartbeat is older is taken over."
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Claims of one job before it fails as a system error."
+    )
+    memory_limit_bytes: int | None = Field(
+        default=None, description="Memory the planner may use; empty: what the machine has free."
+    )
+    torch_threads: int | None = Field(
+        default=None, description="CPU threads for training; empty: torch's default."
+    )
+
+    trainer_url: str = Field(
+        default="", description="Trainer API base URL for the CLI; empty: http://host:port."
+    )
+
+    @property
+    def api_url(self) -> str:
+        return (self.trainer_url or f"http://{self.trainer_host}:{self.trainer_port}").rstrip("/")
+
+    @property
+    def work_dir(self) -> Path:
+        """Per-job scratch folders (checkpoints); must be shared by workers that take over jobs."""
+        return self.data_dir / "trainer" / "jobs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "trainer" / "uploads"

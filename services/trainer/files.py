@@ -1,0 +1,131 @@
+"""Uploaded data files (OpenAI's "file" objects): validated on upload, stored by content hash.
+
+A ``fine-tune`` file is parsed completely on upload and refused with every problem listed (file,
+line, field) before anything is stored; nothing about a refused upload remains afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.trainer.schemas import FileObject
+from shared.artifacts import open_store
+from shared.datasets import near_duplicates, parse_file
+from shared.errors import NotFoundError, ValidationError
+from shared.registry.models import DatasetRow
+from shared.settings import SharedSettings
+
+FINE_TUNE = "fine-tune"
+# Other services keep their own files in the same table; the trainer stores them but never trains
+# on them.
+PURPOSES = (FINE_TUNE, "evals", "user_data")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()+-]{0,254}$")
+
+
+def check_filename(name: str | None) -> str:
+    """A plain file name: no folders, no ``..``, no control characters."""
+    if not name:
+        raise ValidationError("the upload has no file name", param="file", code="invalid_filename")
+    if "/" in name or "\\" in name or ".." in name or not _SAFE_NAME.match(name):
+        raise ValidationError(
+            f"file name {name!r} is not allowed: use a plain name (letters, digits, '.', '_', "
+            "'-', ' ') without folders or '..'",
+            param="file",
+            code="invalid_filename",
+        )
+    return name
+
+
+def check_purpose(purpose: str) -> str:
+    if purpose not in PURPOSES:
+        raise ValidationError(
+            f"purpose {purpose!r} is not supported; use one of {', '.join(PURPOSES)}",
+            param="purpose",
+            code="invalid_purpose",
+        )
+    return purpose
+
+
+def inspect_training_file(data: bytes, filename: str) -> tuple[str, int, dict[str, Any]]:
+    """(kind, rows, report) of a fine-tune file, or a ValidationError listing every problem."""
+    loaded, problems = parse_file(data, filename)
+    problems.raise_if_any(f"training data {filename}", param="file")
+    near = near_duplicates([e.text() for e in loaded.examples])
+    keys = [e.content_key() for e in loaded.examples]
+    report = {
+        "file_format": loaded.file_format,
+        "kind": loaded.kind,
+        "formats": loaded.formats,
+        "examples": len(loaded.examples),
+        "exact_duplicates": len(keys) - len(set(keys)),
+        "near_duplicates": len(near),
+    }
+    return loaded.kind, len(loaded.examples), report
+
+
+def create_file(
+    session: Session, settings: SharedSettings, *, filename: str, purpose: str, path: Path
+) -> DatasetRow:
+    """Validate and store an uploaded file that has been spooled to ``path``."""
+    check_filename(filename)
+    check_purpose(purpose)
+    data = path.read_bytes()
+    if purpose == FINE_TUNE:
+        kind, rows, report = inspect_training_file(data, filename)
+    else:
+        kind, rows, report = "raw", data.count(b"\n"), {}
+    sha = open_store(settings).put_file(path)
+    row = DatasetRow(
+        id=f"file-{uuid.uuid4().hex[:24]}",
+        filename=filename,
+        purpose=purpose,
+        format=kind,
+        sha256=sha,
+        row_count=rows,
+        bytes=len(data),
+        report=report,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_file(session: Session, file_id: str, param: str = "file_id") -> DatasetRow:
+    row = session.get(DatasetRow, file_id)
+    if row is None:
+        raise NotFoundError(f"file {file_id!r} does not exist", param=param, code="file_not_found")
+    return row
+
+
+def list_files(
+    session: Session, *, purpose: str | None = None, after: str | None = None, limit: int = 100
+) -> tuple[list[DatasetRow], bool]:
+    stmt = select(DatasetRow).order_by(DatasetRow.created_at.desc(), DatasetRow.id.desc())
+    if purpose:
+        stmt = stmt.where(DatasetRow.purpose == purpose)
+    rows = list(session.scalars(stmt))
+    if after:
+        ids = [r.id for r in rows]
+        rows = rows[ids.index(after) + 1 :] if after in ids else []
+    return rows[:limit], len(rows) > limit
+
+
+def file_path(settings: SharedSettings, row: DatasetRow) -> Path:
+    return open_store(settings).get_file(row.sha256)
+
+
+def to_api(row: DatasetRow) -> FileObject:
+    return FileObject(
+        id=row.id,
+        bytes=row.bytes,
+        created_at=int(row.created_at.timestamp()),
+        filename=row.filename,
+        purpose=row.purpose,
+        report=row.report or None,
+    )

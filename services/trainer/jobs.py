@@ -1,0 +1,370 @@
+"""Fine-tuning jobs in the registry: create (with every check that needs no model), read, cancel,
+events and checkpoints. No FastAPI here; the routes and the CLI call these functions.
+
+Status values are OpenAI's: ``validating_files`` (created; a worker checks the data against the
+model's template), ``queued``, ``running``, ``succeeded``, ``failed``, ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.trainer.config import TrainerSettings
+from services.trainer.files import FINE_TUNE, get_file
+from services.trainer.schemas import (
+    Checkpoint,
+    CheckpointMetrics,
+    FineTuningJob,
+    JobError,
+    JobEvent,
+    JobSpec,
+)
+from shared.errors import ConflictError, LoraplexError, NotFoundError, ValidationError
+from shared.registry.adapters import check_adapter_name, get_version
+from shared.registry.models import BaseModelRow, JobEventRow, TrainingJobRow, utcnow
+from shared.servability import LoraLimits, check_lora_settings
+from shared.settings import EMBEDDED_BASE_MODEL
+
+VALIDATING, QUEUED, RUNNING = "validating_files", "queued", "running"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+ACTIVE = (VALIDATING, QUEUED, RUNNING)
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+KIND_FOR_METHOD = {"supervised": "sft", "dpo": "preference"}
+
+
+def new_job_id() -> str:
+    return f"ftjob-{uuid.uuid4().hex[:24]}"
+
+
+def default_adapter_name(spec: JobSpec) -> str:
+    if spec.suffix:
+        return spec.suffix.lower()
+    method = "sft" if spec.method.type == "supervised" else "dpo"
+    return f"{spec.model.lower()}-{method}"[:63]
+
+
+def check_base_model(session: Session, name: str) -> None:
+    """Only names the registry knows (or the embedded model): the API never loads arbitrary paths."""
+    if name == EMBEDDED_BASE_MODEL or session.get(BaseModelRow, name) is not None:
+        return
+    known = sorted({EMBEDDED_BASE_MODEL, *session.scalars(select(BaseModelRow.name))})
+    raise ValidationError(
+        f"unknown base model {name!r}; known base models: {', '.join(known)}",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def _check_data_file(session: Session, file_id: str, param: str, method: str) -> None:
+    try:
+        row = get_file(session, file_id, param=param)
+    except NotFoundError as exc:
+        raise ValidationError(exc.message, param=param, code="file_not_found") from exc
+    if row.purpose != FINE_TUNE:
+        raise ValidationError(
+            f"{param} {file_id} has purpose {row.purpose!r}; upload it with purpose 'fine-tune'",
+            param=param,
+            code="invalid_file_purpose",
+        )
+    want = KIND_FOR_METHOD[method]
+    if row.format != want:
+        label = {"sft": "supervised (chat)", "preference": "preference"}.get(row.format, row.format)
+        raise ValidationError(
+            f"{param} {file_id} holds {label} data, but method {method!r} needs "
+            f"{'preference pairs (prompt, chosen, rejected)' if method == 'dpo' else 'chat data'}",
+            param=param,
+            code="invalid_file_kind",
+        )
+
+
+def validate_spec(session: Session, settings: TrainerSettings, spec: JobSpec) -> list[str]:
+    """Every problem with a job spec that can be found without loading the model."""
+    problems: list[tuple[str, str]] = []
+
+    def attempt(param: str, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except LoraplexError as exc:
+            problems.append((exc.param or param, exc.message))
+
+    attempt("model", check_base_model, session, spec.model)
+    attempt(
+        "training_file",
+        _check_data_file,
+        session,
+        spec.training_file,
+        "training_file",
+        spec.method.type,
+    )
+    if spec.validation_file:
+        attempt(
+            "validation_file",
+            _check_data_file,
+            session,
+            spec.validation_file,
+            "validation_file",
+            spec.method.type,
+        )
+    for reason in check_lora_settings(
+        r=spec.lora.r,
+        lora_alpha=spec.lora.alpha,
+        use_dora=spec.lora.use_dora,
+        bias=spec.lora.bias,
+        modules_to_save=spec.lora.modules_to_save,
+        limits=LoraLimits(max_rank=settings.max_lora_rank),
+    ):
+        problems.append(("lora", reason))
+    attempt("suffix", check_adapter_name, default_adapter_name(spec), "suffix")
+    if spec.base_adapter:
+
+        def check_base_adapter() -> None:
+            try:
+                version = get_version(session, spec.base_adapter or "")
+            except NotFoundError as exc:
+                raise ValidationError(exc.message, param="base_adapter") from exc
+            if version.base_model != spec.model:
+                raise ValidationError(
+                    f"base_adapter {version.id} was trained on {version.base_model!r}, "
+                    f"not {spec.model!r}",
+                    param="base_adapter",
+                )
+
+        attempt("base_adapter", check_base_adapter)
+    return [f"{param}: {message}" for param, message in problems]
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        JobEventRow(job_id=job_id, level=level, type=type, message=message, data=data or {})
+    )
+
+
+def create_job(session: Session, settings: TrainerSettings, spec: JobSpec) -> TrainingJobRow:
+    problems = validate_spec(session, settings, spec)
+    if problems:
+        first_param = problems[0].split(":", 1)[0]
+        raise ValidationError(
+            f"the job cannot be created: {problems[0]}",
+            param=first_param,
+            code="invalid_job",
+            details=problems,
+        )
+    job = TrainingJobRow(
+        id=new_job_id(),
+        status=VALIDATING,
+        base_model=spec.model,
+        adapter_name=default_adapter_name(spec),
+        training_file=spec.training_file,
+        validation_file=spec.validation_file,
+        config=spec.model_dump(mode="json"),
+        job_metadata=spec.metadata or {},
+        attempts=0,
+        cancel_requested=False,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, f"created fine-tuning job {job.id}")
+    add_event(session, job.id, "validating training file: " + spec.training_file)
+    return job
+
+
+def get_job(session: Session, job_id: str) -> TrainingJobRow:
+    job = session.get(TrainingJobRow, job_id)
+    if job is None:
+        raise NotFoundError(
+            f"fine-tuning job {job_id!r} does not exist", param="fine_tuning_job_id"
+        )
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    after: str | None = None,
+    limit: int = 20,
+    metadata: dict[str, str] | None = None,
+) -> tuple[list[TrainingJobRow], bool]:
+    stmt = select(TrainingJobRow).order_by(
+        TrainingJobRow.created_at.desc(), TrainingJobRow.id.desc()
+    )
+    rows = list(session.scalars(stmt))
+    if metadata:
+        rows = [
+            r for r in rows if all((r.job_metadata or {}).get(k) == v for k, v in metadata.items())
+        ]
+    if after:
+        ids = [r.id for r in rows]
+        rows = rows[ids.index(after) + 1 :] if after in ids else []
+    return rows[:limit], len(rows) > limit
+
+
+def cancel_job(session: Session, job_id: str) -> TrainingJobRow:
+    """Cancel now if no worker holds the job; otherwise ask the worker to stop at its next step."""
+    job = get_job(session, job_id)
+    if job.status in (SUCCEEDED, FAILED):
+        raise ConflictError(
+            f"job {job_id} already {job.status}; only unfinished jobs can be cancelled",
+            param="fine_tuning_job_id",
+            code="job_finished",
+        )
+    if job.status == CANCELLED:
+        return job
+    if job.worker_id is None:
+        job.status = CANCELLED
+        job.finished_at = utcnow()
+        add_event(session, job.id, "job cancelled before a worker picked it up")
+    elif not job.cancel_requested:
+        job.cancel_requested = True
+        add_event(session, job.id, "cancellation requested; training stops at its next step")
+    session.flush()
+    return job
+
+
+def list_events(
+    session: Session,
+    job_id: str,
+    *,
+    after: int | None = None,
+    limit: int = 20,
+    newest_first: bool = True,
+) -> tuple[list[JobEventRow], bool]:
+    get_job(session, job_id)
+    stmt = select(JobEventRow).where(JobEventRow.job_id == job_id)
+    if newest_first:
+        if after is not None:
+            stmt = stmt.where(JobEventRow.id < after)
+        stmt = stmt.order_by(JobEventRow.id.desc())
+    else:
+        if after is not None:
+            stmt = stmt.where(JobEventRow.id > after)
+        stmt = stmt.order_by(JobEventRow.id.asc())
+    rows = list(session.scalars(stmt.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def list_checkpoints(session: Session, job_id: str) -> list[JobEventRow]:
+    get_job(session, job_id)
+    stmt = (
+        select(JobEventRow)
+        .where(JobEventRow.job_id == job_id, JobEventRow.type == "checkpoint")
+        .order_by(JobEventRow.id.desc())
+    )
+    return list(session.scalars(stmt))
+
+
+def job_dir(settings: TrainerSettings, job_id: str) -> Path:
+    return settings.work_dir / job_id
+
+
+# -- API shapes ----------------------------------------------------------------------------------
+def _ts(value: datetime | None) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+def event_id(row: JobEventRow) -> str:
+    return f"ftevent-{row.id}"
+
+
+def parse_event_id(value: str | None) -> int | None:
+    if value is None:
+        return None
+    raw = value.removeprefix("ftevent-")
+    if not raw.isdigit():
+        raise ValidationError(f"after={value!r} is not an event id", param="after")
+    return int(raw)
+
+
+def event_to_api(row: JobEventRow) -> JobEvent:
+    # OpenAI's SDK knows the types "message" and "metrics"; ours map onto them.
+    api_type = "metrics" if row.type == "metrics" else "message"
+    return JobEvent(
+        id=event_id(row),
+        created_at=_ts(row.created_at) or 0,
+        level=row.level,
+        message=row.message,
+        type=api_type,
+        data={"kind": row.type, **(row.data or {})}
+        if row.type not in ("message", "metrics")
+        else (row.data or None),
+    )
+
+
+def checkpoint_to_api(row: JobEventRow) -> Checkpoint:
+    data = row.data or {}
+    step = int(data.get("step", 0))
+    metrics = {k: v for k, v in (data.get("metrics") or {}).items() if v is not None}
+    return Checkpoint(
+        id=f"ftckpt-{row.id}",
+        created_at=_ts(row.created_at) or 0,
+        fine_tuned_model_checkpoint=f"{row.job_id}:checkpoint-{step}",
+        fine_tuning_job_id=row.job_id,
+        metrics=CheckpointMetrics(**metrics),
+        step_number=step,
+    )
+
+
+def job_to_api(
+    job: TrainingJobRow,
+    progress: float | None = None,
+    trained_tokens: int | None = None,
+    estimated_finish: int | None = None,
+) -> FineTuningJob:
+    spec = JobSpec.model_validate(job.config)
+    method = spec.method.type
+    hyper = spec.openai_hyperparameters()
+    error = None
+    if job.error:
+        error = JobError(**{k: v for k, v in job.error.items() if k in JobError.model_fields})
+    return FineTuningJob(
+        id=job.id,
+        created_at=_ts(job.created_at) or 0,
+        finished_at=_ts(job.finished_at),
+        error=error,
+        fine_tuned_model=job.result_version_id,
+        hyperparameters=hyper,
+        model=job.base_model,
+        seed=spec.resolved().seed,
+        status=job.status,
+        trained_tokens=trained_tokens,
+        training_file=job.training_file,
+        validation_file=job.validation_file,
+        metadata=job.job_metadata or None,
+        method={"type": method, method: {"hyperparameters": hyper}},
+        suffix=spec.suffix,
+        user_provided_suffix=spec.suffix,
+        lora=spec.lora.model_dump(mode="json"),
+        adapter_name=job.adapter_name,
+        progress=progress,
+        estimated_finish=estimated_finish if job.status == RUNNING else None,
+        cancel_requested=job.cancel_requested,
+    )
+
+
+def job_progress(session: Session, job_id: str) -> tuple[float | None, int | None, int | None]:
+    """(progress %, trained tokens, estimated finish as a unix time) from the newest metrics."""
+    row = session.scalars(
+        select(JobEventRow)
+        .where(JobEventRow.job_id == job_id, JobEventRow.type.in_(("metrics", "result")))
+        .order_by(JobEventRow.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None, None, None
+    data = row.data or {}
+    eta = data.get("eta_seconds")
+    finish = int(row.created_at.timestamp() + eta) if isinstance(eta, int | float) else None
+    return data.get("progress"), data.get("trained_tokens"), finish

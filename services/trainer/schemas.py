@@ -1,0 +1,346 @@
+"""The training job as one typed object, plus the OpenAI-shaped API objects.
+
+``JobSpec`` is what ``POST /v1/fine_tuning/jobs`` takes and what ``loraplex train run config.yaml``
+reads: the same fields, the same validation, the same defaults. OpenAI's fields (``model``,
+``training_file``, ``method``, ``hyperparameters`` with ``"auto"``, ``suffix``, ``seed``,
+``metadata``) keep their meaning; ``lora``, ``data`` and ``base_adapter`` are our extensions (the
+SDK sends them with ``extra_body``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.settings import EMBEDDED_BASE_MODEL
+
+MethodType = Literal["supervised", "dpo"]
+Auto = Literal["auto"]
+
+# Curriculum defaults for LoRA fine-tuning; "auto" resolves to these.
+DEFAULT_LR = {"supervised": 2e-4, "dpo": 5e-5}
+DEFAULT_EPOCHS = 2
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_BETA = 0.1
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraSpec(Strict):
+    """LoRA / QLoRA settings (extension field ``lora``)."""
+
+    r: int = Field(default=16, ge=1, description="LoRA rank.")
+    alpha: int = Field(default=32, gt=0, alias="lora_alpha", description="LoRA alpha.")
+    dropout: float = Field(default=0.05, ge=0, lt=1, alias="lora_dropout")
+    target_modules: str | list[str] = Field(default="all-linear")
+    quantization: Literal["none", "nf4"] = Field(
+        default="none", description="'nf4': QLoRA (4-bit NF4 base, double quantisation)."
+    )
+    # Accepted so a request that asks for them gets a clear refusal rather than a schema error.
+    use_dora: bool = False
+    bias: str = "none"
+    modules_to_save: list[str] | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Hyperparameters(Strict):
+    """OpenAI's hyperparameters (``"auto"`` allowed) plus ours; all have curriculum defaults."""
+
+    n_epochs: int | Auto = "auto"
+    batch_size: int | Auto = "auto"
+    learning_rate_multiplier: float | Auto = "auto"
+    beta: float | Auto = "auto"
+    learning_rate: float | None = Field(default=None, gt=0, description="Overrides the multiplier.")
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    micro_batch_size: int | Auto = Field(
+        default="auto",
+        description="Examples per forward pass; batch_size is reached by accumulation. 'auto': "
+        "on CPU the smallest divisor of batch_size giving ~256 tokens per pass (less activation "
+        "memory at the same speed), on GPU batch_size.",
+    )
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps.")
+    max_length: int = Field(default=1024, ge=16, description="Longest example in tokens.")
+    save_steps: int | None = Field(default=None, ge=1, description="Checkpoint period (steps).")
+    logging_steps: int = Field(default=1, ge=1)
+    batching: Literal["auto", "padding_free", "group_by_length", "padded"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    gradient_checkpointing: bool | Auto = "auto"
+
+    @field_validator("n_epochs", "batch_size", "micro_batch_size")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1 or 'auto'")
+        return value
+
+    @model_validator(mode="after")
+    def _micro_divides_batch(self) -> Hyperparameters:
+        micro, batch = self.micro_batch_size, self.batch_size
+        if isinstance(micro, int) and isinstance(batch, int) and batch % micro:
+            raise ValueError("micro_batch_size must divide batch_size")
+        return self
+
+    @field_validator("learning_rate_multiplier", "beta")
+    @classmethod
+    def _positive_float(cls, value: float | str) -> float | str:
+        if isinstance(value, float | int) and not (value > 0 and math.isfinite(value)):
+            raise ValueError("must be a positive number or 'auto'")
+        return value
+
+
+class MethodParams(Strict):
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+class Method(Strict):
+    type: MethodType = "supervised"
+    supervised: MethodParams | None = None
+    dpo: MethodParams | None = None
+
+    @model_validator(mode="after")
+    def _matching_block(self) -> Method:
+        other = "dpo" if self.type == "supervised" else "supervised"
+        if getattr(self, other) is not None:
+            raise ValueError(f"method.type is {self.type!r} but method.{other} is set")
+        return self
+
+
+class DataSpec(Strict):
+    """How the data is prepared (extension field ``data``)."""
+
+    validation_fraction: float = Field(default=0.1, ge=0, lt=1)
+    truncation: Literal["drop", "truncate"] = "drop"
+    near_duplicate_threshold: float = Field(default=0.85, gt=0, le=1)
+
+
+class JobSpec(BaseModel):
+    """A fine-tuning job: the HTTP body of ``POST /v1/fine_tuning/jobs`` and the YAML of ``run``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(default=EMBEDDED_BASE_MODEL, min_length=1, max_length=200)
+    training_file: str = Field(min_length=1)
+    validation_file: str | None = None
+    method: Method = Field(default_factory=Method)
+    hyperparameters: Hyperparameters | None = Field(
+        default=None, description="Deprecated OpenAI top-level form of method hyperparameters."
+    )
+    suffix: str | None = Field(default=None, min_length=1, max_length=64)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    base_adapter: str | None = Field(
+        default=None, description="Adapter version (name@vN) to continue from, e.g. SFT before DPO."
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None:
+            if len(value) > 16:
+                raise ValueError("at most 16 metadata keys")
+            for k, v in value.items():
+                if len(k) > 64 or len(v) > 512:
+                    raise ValueError(f"metadata {k!r}: keys up to 64 and values up to 512 chars")
+        return value
+
+    @field_validator("integrations")
+    @classmethod
+    def _no_integrations(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if value:
+            raise ValueError("integrations are not supported; events carry the metrics")
+        return value
+
+    @model_validator(mode="after")
+    def _hyperparameters_in_one_place(self) -> JobSpec:
+        if self.hyperparameters is not None:
+            if self.method.type != "supervised" or self.method.supervised is not None:
+                raise ValueError(
+                    "give hyperparameters either at the top level (supervised only) or in "
+                    "method.<type>.hyperparameters, not both"
+                )
+            self.method.supervised = MethodParams(hyperparameters=self.hyperparameters)
+            self.hyperparameters = None
+        return self
+
+    @property
+    def params(self) -> Hyperparameters:
+        block = self.method.supervised if self.method.type == "supervised" else self.method.dpo
+        return block.hyperparameters if block is not None else Hyperparameters()
+
+    def resolved(self) -> ResolvedHyperparameters:
+        hp = self.params
+        mtype = self.method.type
+        multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
+        return ResolvedHyperparameters(
+            n_epochs=DEFAULT_EPOCHS if hp.n_epochs == "auto" else hp.n_epochs,
+            batch_size=DEFAULT_BATCH_SIZE if hp.batch_size == "auto" else hp.batch_size,
+            learning_rate=hp.learning_rate or DEFAULT_LR[mtype] * float(multiplier),
+            beta=DEFAULT_BETA if hp.beta == "auto" else float(hp.beta),
+            lr_scheduler_type=hp.lr_scheduler_type,
+            warmup_ratio=hp.warmup_ratio,
+            weight_decay=hp.weight_decay,
+            gradient_accumulation_steps=hp.gradient_accumulation_steps,
+            micro_batch_size=hp.micro_batch_size,
+            max_steps=hp.max_steps,
+            max_length=hp.max_length,
+            save_steps=hp.save_steps,
+            logging_steps=hp.logging_steps,
+            batching=hp.batching,
+            precision=hp.precision,
+            gradient_checkpointing=hp.gradient_checkpointing,
+            seed=42 if self.seed is None else self.seed,
+        )
+
+    def openai_hyperparameters(self) -> dict[str, Any]:
+        r = self.resolved()
+        out: dict[str, Any] = {
+            "n_epochs": r.n_epochs,
+            "batch_size": r.batch_size,
+            "learning_rate_multiplier": r.learning_rate / DEFAULT_LR[self.method.type],
+        }
+        if self.method.type == "dpo":
+            out["beta"] = r.beta
+        return out
+
+
+class ResolvedHyperparameters(BaseModel):
+    """Every knob with its final value; stored in the job and the adapter manifest."""
+
+    n_epochs: int
+    batch_size: int
+    learning_rate: float
+    beta: float
+    lr_scheduler_type: str
+    warmup_ratio: float
+    weight_decay: float
+    gradient_accumulation_steps: int
+    micro_batch_size: int | str
+    max_steps: int | None
+    max_length: int
+    save_steps: int | None
+    logging_steps: int
+    batching: str
+    precision: str
+    gradient_checkpointing: bool | str
+    seed: int
+
+
+# -- API objects (OpenAI shapes) ----------------------------------------------------------------
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str = "processed"
+    status_details: str | None = None
+    # Ours: what validation found (format, rows, duplicates, ...).
+    report: dict[str, Any] | None = None
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+    # Ours: user errors are the caller's to fix (bad data); system errors are ours (retryable).
+    type: Literal["user_error", "system_error"] = "user_error"
+    details: list[str] | None = None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    finished_at: int | None = None
+    error: JobError | None = None
+    fine_tuned_model: str | None = None
+    hyperparameters: dict[str, Any]
+    model: str
+    organization_id: str = "org-loraplex"
+    result_files: list[str] = Field(default_factory=list)
+    seed: int
+    status: str
+    trained_tokens: int | None = None
+    training_file: str
+    validation_file: str | None = None
+    estimated_finish: int | None = None
+    integrations: list[Any] | None = None
+    metadata: dict[str, str] | None = None
+    method: dict[str, Any]
+    suffix: str | None = None
+    user_provided_suffix: str | None = None
+    # Ours.
+    lora: dict[str, Any] | None = None
+    adapter_name: str | None = None
+    progress: float | None = None
+    cancel_requested: bool = False
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJob]
+    has_more: bool = False
+
+
+class JobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str = "message"
+    data: dict[str, Any] | None = None
+
+
+class EventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobEvent]
+    has_more: bool = False
+
+
+class CheckpointMetrics(BaseModel):
+    step: float | None = None
+    train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+
+
+class Checkpoint(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: CheckpointMetrics
+    step_number: int
+
+
+class CheckpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Checkpoint]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None

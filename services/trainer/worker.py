@@ -1,0 +1,396 @@
+"""The job worker: claims queued jobs from the registry and runs their recipe.
+
+Safe with several workers on one registry:
+
+- **Claiming** is a compare-and-set: ``UPDATE ... WHERE id = ? AND attempts = ? AND <claimable>``.
+  ``attempts`` grows with every claim, so it doubles as a version number; of two workers racing for
+  a job exactly one update matches a row.
+- **Heartbeats** refresh ``heartbeat_at`` every few seconds while the job runs, again guarded by
+  ``worker_id``. A job whose heartbeat is older than ``stale_after_seconds`` is claimable by anyone:
+  that is how a job survives ``kill -9`` of its worker. The new worker resumes from the job's newest
+  complete checkpoint.
+- **Finishing** registers the adapter version and marks the job succeeded in one transaction, under
+  the same guard, so a job yields exactly one version even if two workers ever ran it.
+- **Cancel** is a flag the training loop checks after every step; nothing is saved or registered
+  afterwards and the job's scratch folder is removed.
+
+Run it as ``python -m services.trainer.worker`` or ``loraplex train worker``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from services.trainer.adapters import store_and_register
+from services.trainer.config import TrainerSettings
+from services.trainer.files import get_file
+from services.trainer.jobs import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    VALIDATING,
+    add_event,
+    job_dir,
+)
+from services.trainer.recipes.common import DataFile, RecipeContext, RecipeResult, Stopped
+from services.trainer.schemas import JobSpec
+from shared.artifacts import open_store
+from shared.basemodel import ResolvedBaseModel
+from shared.errors import LoraplexError
+from shared.registry.adapters import get_version
+from shared.registry.db import Registry, open_registry
+from shared.registry.models import AdapterVersionRow, TrainingJobRow, utcnow
+from shared.settings import load_settings
+
+log = logging.getLogger("loraplex.trainer.worker")
+
+CLAIM_LOST = "claim lost"
+WORKER_STOPPING = "worker stopping"
+
+
+class JobReporter:
+    """Events to the registry; stop requests from it (cancel, lost claim, shutdown)."""
+
+    def __init__(self, worker: Worker, job_id: str) -> None:
+        self.worker = worker
+        self.job_id = job_id
+        self.lost = threading.Event()
+
+    def event(
+        self, message: str, *, level: str = "info", type: str = "message", data: Any = None
+    ) -> None:
+        with self.worker.registry.session() as session:
+            add_event(session, self.job_id, message, level=level, type=type, data=data)
+
+    def should_stop(self) -> str | None:
+        if self.lost.is_set():
+            return CLAIM_LOST
+        if self.worker.stopping.is_set():
+            return WORKER_STOPPING
+        with self.worker.registry.session() as session:
+            job = session.get(TrainingJobRow, self.job_id)
+            if job is None or job.worker_id != self.worker.worker_id:
+                self.lost.set()
+                return CLAIM_LOST
+            return CANCELLED if job.cancel_requested else None
+
+    def phase(self, status: str) -> None:
+        with self.worker.registry.session() as session:
+            if self.worker.guarded_update(session, self.job_id, status=status):
+                add_event(session, self.job_id, f"job status: {status}")
+
+
+class Worker:
+    def __init__(self, settings: TrainerSettings, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.registry: Registry = open_registry(settings)
+        self.stopping = threading.Event()
+
+    # -- registry operations -----------------------------------------------------------------------
+    def guarded_update(self, session: Session, job_id: str, **values: Any) -> bool:
+        """Update the job only while this worker holds it and it is unfinished."""
+        result = session.execute(
+            update(TrainingJobRow)
+            .where(
+                TrainingJobRow.id == job_id,
+                TrainingJobRow.worker_id == self.worker_id,
+                TrainingJobRow.status.in_((VALIDATING, QUEUED, RUNNING)),
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def claim(self, only: str | None = None) -> str | None:
+        """Claim the oldest claimable job (compare-and-set); None when there is none."""
+        now = utcnow()
+        stale = now - timedelta(seconds=self.settings.stale_after_seconds)
+        claimable = or_(
+            and_(
+                TrainingJobRow.status.in_((VALIDATING, QUEUED)),
+                TrainingJobRow.worker_id.is_(None),
+            ),
+            and_(
+                TrainingJobRow.status.in_((VALIDATING, QUEUED, RUNNING)),
+                TrainingJobRow.worker_id.is_not(None),
+                TrainingJobRow.heartbeat_at < stale,
+            ),
+        )
+        stmt = select(TrainingJobRow.id, TrainingJobRow.attempts, TrainingJobRow.worker_id).where(
+            claimable
+        )
+        if only is not None:
+            stmt = stmt.where(TrainingJobRow.id == only)
+        with self.registry.session() as session:
+            candidates = session.execute(stmt.order_by(TrainingJobRow.created_at).limit(5)).all()
+        for job_id, attempts, previous in candidates:
+            with self.registry.session() as session:
+                result = session.execute(
+                    update(TrainingJobRow)
+                    .where(
+                        TrainingJobRow.id == job_id, TrainingJobRow.attempts == attempts, claimable
+                    )
+                    .values(
+                        worker_id=self.worker_id,
+                        heartbeat_at=now,
+                        attempts=attempts + 1,
+                        started_at=now,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    continue  # another worker won this one
+                note = (
+                    f" (taking over from {previous}, whose heartbeat stopped)" if previous else ""
+                )
+                add_event(
+                    session,
+                    job_id,
+                    f"worker {self.worker_id} claimed the job, attempt {attempts + 1}{note}",
+                    data={"worker_id": self.worker_id, "attempt": attempts + 1},
+                )
+                return str(job_id)
+        return None
+
+    def _heartbeat(self, job_id: str, reporter: JobReporter, done: threading.Event) -> None:
+        while not done.wait(self.settings.heartbeat_seconds):
+            try:
+                with self.registry.session() as session:
+                    if not self.guarded_update(session, job_id, heartbeat_at=utcnow()):
+                        reporter.lost.set()
+                        return
+            except Exception:  # a busy database must not kill training; the next beat retries
+                log.warning("heartbeat for %s failed", job_id, exc_info=True)
+
+    def _finish(self, job_id: str, status: str, message: str, **values: Any) -> None:
+        with self.registry.session() as session:
+            if self.guarded_update(session, job_id, status=status, finished_at=utcnow(), **values):
+                level = "error" if status == FAILED else "info"
+                add_event(session, job_id, message, level=level, data=values.get("error"))
+
+    def _release(self, job_id: str) -> None:
+        """Give the job back (worker shutting down): the next worker resumes from its checkpoint."""
+        with self.registry.session() as session:
+            if self.guarded_update(
+                session, job_id, worker_id=None, heartbeat_at=None, status=QUEUED
+            ):
+                add_event(session, job_id, "worker stopped; job queued again to resume")
+
+    # -- running a job -------------------------------------------------------------------------------
+    def _context(self, job: TrainingJobRow, reporter: JobReporter) -> RecipeContext:
+        spec = JobSpec.model_validate(job.config)
+        store = open_store(self.settings)
+        with self.registry.session() as session:
+            train_row = get_file(session, job.training_file, "training_file")
+            train = DataFile(
+                store.get_file(train_row.sha256), train_row.filename, train_row.id, train_row.sha256
+            )
+            validation = None
+            if job.validation_file:
+                vrow = get_file(session, job.validation_file, "validation_file")
+                validation = DataFile(
+                    store.get_file(vrow.sha256), vrow.filename, vrow.id, vrow.sha256
+                )
+            adapter_dir, lineage = None, None
+            if spec.base_adapter:
+                version = get_version(session, spec.base_adapter)
+                adapter_dir = store.get_dir(version.sha256)
+                lineage = {"id": version.id, "sha256": version.sha256}
+        out = job_dir(self.settings, job.id)
+        out.mkdir(parents=True, exist_ok=True)
+        return RecipeContext(
+            spec=spec,
+            settings=self.settings,
+            train_file=train,
+            validation_file=validation,
+            output_dir=out,
+            reporter=reporter,
+            register=self._registrar(job.id, job.adapter_name),
+            adapter_name=job.adapter_name,
+            job_id=job.id,
+            base_adapter_dir=adapter_dir,
+            base_adapter_lineage=lineage,
+        )
+
+    def _registrar(self, job_id: str, adapter_name: str) -> Any:
+        def register(folder: Path, manifest: dict[str, Any], base: ResolvedBaseModel) -> str:
+            def mark_succeeded(session: Session, row: AdapterVersionRow, created: bool) -> None:
+                job = session.get(TrainingJobRow, job_id)
+                if job is not None and job.cancel_requested:
+                    raise Stopped(CANCELLED)  # rolls the registration back
+                if not self.guarded_update(
+                    session,
+                    job_id,
+                    status=SUCCEEDED,
+                    finished_at=utcnow(),
+                    result_version_id=row.id,
+                ):
+                    raise Stopped(CLAIM_LOST)
+                add_event(
+                    session,
+                    job_id,
+                    f"fine-tuned adapter registered as {row.id}"
+                    + ("" if created else " (identical content was already registered)"),
+                    type="result",
+                    data={
+                        "version_id": row.id,
+                        "sha256": row.sha256,
+                        "trained_tokens": manifest.get("trained_tokens"),
+                        "metrics": manifest.get("metrics"),
+                        "progress": 100.0,
+                    },
+                )
+
+            return store_and_register(
+                self.settings,
+                folder,
+                manifest,
+                base,
+                adapter_name,
+                job_id=job_id,
+                in_session=mark_succeeded,
+            )
+
+        return register
+
+    def process(self, job_id: str) -> None:
+        from services.trainer.recipes.dpo import run_dpo
+        from services.trainer.recipes.sft import run_sft
+
+        with self.registry.session() as session:
+            job = session.get(TrainingJobRow, job_id)
+            assert job is not None
+            session.expunge(job)
+        reporter = JobReporter(self, job_id)
+        if job.attempts > self.settings.max_attempts:
+            self._finish(
+                job_id,
+                FAILED,
+                "job failed: its worker stopped too often",
+                error={
+                    "code": "too_many_attempts",
+                    "message": f"the job was interrupted {job.attempts - 1} times; giving up",
+                    "type": "system_error",
+                },
+            )
+            return
+        done = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job_id, reporter, done), daemon=True)
+        beat.start()
+        out = job_dir(self.settings, job_id)
+        try:
+            ctx = self._context(job, reporter)
+            recipe = run_sft if ctx.spec.method.type == "supervised" else run_dpo
+            result: RecipeResult = recipe(ctx)
+            log.info("job %s succeeded: %s", job_id, result.version_id)
+            shutil.rmtree(out, ignore_errors=True)
+        except Stopped as stop:
+            if stop.reason == CANCELLED:
+                shutil.rmtree(out, ignore_errors=True)
+                self._finish(job_id, CANCELLED, "job cancelled; nothing was saved")
+            elif stop.reason == WORKER_STOPPING:
+                self._release(job_id)
+            else:
+                log.warning("job %s: %s; leaving it to its new worker", job_id, stop.reason)
+        except LoraplexError as exc:
+            error = {**exc.to_dict(), "type": "user_error" if exc.user_error else "system_error"}
+            self._finish(job_id, FAILED, f"job failed: {exc.message}", error=error)
+            if exc.user_error:
+                shutil.rmtree(out, ignore_errors=True)
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            error = {
+                "code": "internal_error",
+                "message": f"training failed: {type(exc).__name__}: {exc}",
+                "type": "system_error",
+            }
+            self._finish(job_id, FAILED, f"job failed: {error['message']}", error=error)
+        finally:
+            done.set()
+            beat.join(timeout=5)
+
+    def run(self, *, once: bool = False, max_jobs: int | None = None) -> int:
+        """Claim and run jobs until stopped (or until idle, with ``once``). Returns jobs run."""
+        ran = 0
+        while not self.stopping.is_set():
+            job_id = self.claim()
+            if job_id is None:
+                if once:
+                    break
+                self.stopping.wait(self.settings.worker_poll_seconds)
+                continue
+            self.process(job_id)
+            ran += 1
+            if max_jobs is not None and ran >= max_jobs:
+                break
+        return ran
+
+
+def run_one(job_id: str) -> int:
+    """Run one job: as the worker named by LORAPLEX_WORKER_ID if it holds it, else by claiming it."""
+    settings = load_settings(TrainerSettings)
+    logging.basicConfig(level=settings.log_level)
+    worker = Worker(settings, worker_id=os.environ.get("LORAPLEX_WORKER_ID") or None)
+    try:
+        with worker.registry.session() as session:
+            job = session.get(TrainingJobRow, job_id)
+            holder = job.worker_id if job is not None else None
+        if job is None:
+            log.error("job %s does not exist", job_id)
+            return 2
+        if holder != worker.worker_id and worker.claim(only=job_id) is None:
+            log.error("job %s is held by %s or already finished", job_id, holder)
+            return 1
+        worker.process(job_id)
+        with worker.registry.session() as session:
+            final = session.get(TrainingJobRow, job_id)
+            return 0 if final is not None and final.status == SUCCEEDED else 1
+    finally:
+        worker.registry.dispose()
+
+
+def main(once: bool = False, max_jobs: int | None = None) -> int:
+    settings = load_settings(TrainerSettings)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    worker = Worker(settings)
+
+    def stop(signum: int, _frame: Any) -> None:
+        log.info("signal %s: finishing the current step, then releasing the job", signum)
+        worker.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("worker %s polling %s", worker.worker_id, settings.database_url.split("@")[-1])
+    started = time.monotonic()
+    ran = worker.run(once=once, max_jobs=max_jobs)
+    log.info("worker %s ran %d job(s) in %.0fs", worker.worker_id, ran, time.monotonic() - started)
+    worker.registry.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(once="--once" in sys.argv))

@@ -1,0 +1,468 @@
+"""Read JSONL/JSON/CSV data files and convert every supported format to :class:`Example`.
+
+Supported record formats (detected per record, by their fields):
+
+- chat: ``{"messages": [{"role", "content", "weight"?}, ...]}`` (OpenAI's fine-tuning format)
+- prompt/completion: ``{"prompt", "completion"}`` (strings, or message lists)
+- Alpaca: ``{"instruction", "input"?, "output", "system"?}``
+- preference: ``{"prompt", "chosen", "rejected"}`` (strings or message lists; without ``prompt``
+  the shared leading messages of ``chosen`` and ``rejected`` are the prompt)
+- OpenAI preference: ``{"input": {"messages"}, "preferred_output", "non_preferred_output"}``
+
+Every problem is collected with its file, line and field; :func:`load_examples` raises one
+:class:`~shared.errors.ValidationError` that lists all of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.datasets.cleaning import clean_text
+from shared.datasets.records import ROLES, Example, Location, Message
+from shared.errors import ValidationError
+
+MAX_LISTED_PROBLEMS = 50
+FILE_FORMATS = ("jsonl", "json", "csv")
+# CSV cells that hold message lists are JSON strings.
+_JSON_COLUMNS = ("messages", "prompt", "completion", "chosen", "rejected", "input")
+
+
+class Problems:
+    """Collects every problem of a file, each prefixed with where it is."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[int, int, str]] = []
+
+    def add(self, where: Location | str, message: str) -> None:
+        line = where.line if isinstance(where, Location) else 0
+        self._items.append((line, len(self._items), f"{where}: {message}"))
+
+    @property
+    def items(self) -> list[str]:
+        """All problems, in file order."""
+        return [text for _, _, text in sorted(self._items)]
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def raise_if_any(self, what: str, param: str | None = None) -> None:
+        if not self.items:
+            return
+        listed = self.items[:MAX_LISTED_PROBLEMS]
+        if len(self.items) > MAX_LISTED_PROBLEMS:
+            listed.append(f"... and {len(self.items) - MAX_LISTED_PROBLEMS} more problems")
+        first = self.items[0]
+        count = len(self.items)
+        raise ValidationError(
+            f"{what} has {count} problem{'s' if count != 1 else ''}; first: {first}",
+            param=param,
+            code="invalid_file",
+            details=listed,
+        )
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    location: Location
+    data: Any
+
+
+@dataclass
+class LoadedFile:
+    """The examples of one file plus what loading found out about it."""
+
+    source: str
+    file_format: str
+    examples: list[Example]
+    formats: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        kinds = {e.kind for e in self.examples}
+        return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "empty")
+
+
+# -- reading -----------------------------------------------------------------------------------
+def detect_file_format(name: str, head: bytes) -> str:
+    suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if suffix in ("jsonl", "ndjson"):
+        return "jsonl"
+    if suffix in FILE_FORMATS:
+        return suffix
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if stripped.startswith(b"["):
+        return "json"
+    if stripped.startswith(b"{"):
+        return "jsonl"
+    return "csv"
+
+
+def read_records(data: bytes, source: str, problems: Problems) -> tuple[str, list[RawRecord]]:
+    """Parse a file's bytes into raw records, each with its location."""
+    file_format = detect_file_format(source, data[:64])
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        problems.add(Location(source, line), f"not valid UTF-8 text (byte {exc.start})")
+        return file_format, []
+    if file_format == "jsonl":
+        return file_format, list(_read_jsonl(text, source, problems))
+    if file_format == "json":
+        return file_format, _read_json(text, source, problems)
+    return file_format, _read_csv(text, source, problems)
+
+
+def _read_jsonl(text: str, source: str, problems: Problems) -> Iterator[RawRecord]:
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        loc = Location(source, number)
+        try:
+            yield RawRecord(loc, json.loads(line))
+        except json.JSONDecodeError as exc:
+            problems.add(loc, f"invalid JSON ({exc.msg} at column {exc.colno})")
+
+
+def _read_json(text: str, source: str, problems: Problems) -> list[RawRecord]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        problems.add(
+            Location(source, exc.lineno), f"invalid JSON ({exc.msg} at column {exc.colno})"
+        )
+        return []
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        problems.add(Location(source, 1), "a .json data file must hold a list of records")
+        return []
+    return [RawRecord(Location(source, i, "record"), item) for i, item in enumerate(data, start=1)]
+
+
+def _read_csv(text: str, source: str, problems: Problems) -> list[RawRecord]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    records: list[RawRecord] = []
+    try:
+        start = 2
+        for row in reader:
+            loc = Location(source, start)
+            start = reader.line_num + 1
+            if None in row:
+                problems.add(loc, "row has more cells than the header has columns")
+                continue
+            record: dict[str, Any] = {}
+            for key, value in row.items():
+                if key is None:
+                    continue
+                key = key.strip()
+                if value is None or value == "":
+                    continue
+                if key in _JSON_COLUMNS and value.lstrip().startswith(("[", "{")):
+                    try:
+                        record[key] = json.loads(value)
+                        continue
+                    except json.JSONDecodeError as exc:
+                        problems.add(loc, f"column `{key}` holds invalid JSON ({exc.msg})")
+                        continue
+                record[key] = value
+            records.append(RawRecord(loc, record))
+    except csv.Error as exc:
+        problems.add(Location(source, reader.line_num), f"invalid CSV ({exc})")
+    return records
+
+
+# -- converting ---------------------------------------------------------------------------------
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
+
+
+def _text(
+    value: Any, field: str, loc: Location, problems: Problems, *, required: bool
+) -> str | None:
+    """A cleaned string from a string or a list of OpenAI text parts; None after a problem."""
+    if value is None:
+        if required:
+            problems.add(loc, f"`{field}` is missing")
+        return None
+    if isinstance(value, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        for p in value
+    ):
+        value = "".join(p["text"] for p in value)
+    if not isinstance(value, str):
+        problems.add(loc, f"`{field}` must be a string; got {_type_name(value)}")
+        return None
+    cleaned = clean_text(value)
+    if required and not cleaned:
+        problems.add(loc, f"`{field}` is empty" + (" after cleaning" if value.strip() else ""))
+        return None
+    return cleaned
+
+
+def _messages(value: Any, field: str, loc: Location, problems: Problems) -> list[Message] | None:
+    if not isinstance(value, list):
+        problems.add(loc, f"`{field}` must be a list of messages; got {_type_name(value)}")
+        return None
+    if not value:
+        problems.add(loc, f"`{field}` is an empty list")
+        return None
+    out: list[Message] = []
+    ok = True
+    for i, item in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(item, dict):
+            problems.add(loc, f"`{where}` must be an object with `role` and `content`")
+            ok = False
+            continue
+        role = item.get("role")
+        if role not in ROLES:
+            got = "nothing" if role is None else repr(role)
+            problems.add(loc, f"`{where}.role` must be one of user, assistant, system; got {got}")
+            ok = False
+        if item.get("tool_calls") or item.get("function_call"):
+            problems.add(loc, f"`{where}`: tool calls are not supported for training")
+            ok = False
+        content = _text(item.get("content"), f"{where}.content", loc, problems, required=True)
+        weight = item.get("weight", 1)
+        if weight not in (0, 1) or isinstance(weight, bool):
+            problems.add(loc, f"`{where}.weight` must be 0 or 1; got {weight!r}")
+            ok = False
+        elif weight == 0 and role != "assistant":
+            problems.add(loc, f"`{where}.weight` applies to assistant messages only")
+            ok = False
+        if content is None or role not in ROLES:
+            ok = False
+            continue
+        out.append(Message(str(role), content, train=weight == 1))
+    return out if ok else None
+
+
+def _check_conversation(msgs: list[Message], field: str, loc: Location, problems: Problems) -> bool:
+    ok = True
+    for i, m in enumerate(msgs):
+        if m.role == "system" and i != 0:
+            problems.add(loc, f"`{field}[{i}]`: a system message may only come first")
+            ok = False
+    first_assistant = next((i for i, m in enumerate(msgs) if m.role == "assistant"), None)
+    if first_assistant is None:
+        problems.add(loc, f"`{field}` has no assistant message, so nothing would be trained")
+        return False
+    if not any(m.role == "user" for m in msgs[:first_assistant]):
+        problems.add(
+            loc,
+            f"`{field}[{first_assistant}]`: the first assistant message needs a user "
+            "message before it",
+        )
+        ok = False
+    if not any(m.role == "assistant" and m.train for m in msgs):
+        problems.add(loc, f"`{field}`: every assistant message has weight 0, so nothing is trained")
+        ok = False
+    return ok
+
+
+def _prompt(value: Any, field: str, loc: Location, problems: Problems) -> list[Message] | None:
+    if isinstance(value, list):
+        msgs = _messages(value, field, loc, problems)
+        if msgs is not None and msgs[-1].role != "user":
+            problems.add(loc, f"`{field}` must end with a user message")
+            return None
+        return msgs
+    text = _text(value, field, loc, problems, required=True)
+    return None if text is None else [Message("user", text)]
+
+
+def _reply(value: Any, field: str, loc: Location, problems: Problems) -> str | None:
+    """One assistant reply from a string, a message, or a one-message list."""
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        msgs = _messages(value, field, loc, problems)
+        if msgs is None:
+            return None
+        if len(msgs) != 1 or msgs[0].role != "assistant":
+            problems.add(loc, f"`{field}` must be a single assistant message")
+            return None
+        return msgs[0].content
+    return _text(value, field, loc, problems, required=True)
+
+
+def _missing(loc: Location, problems: Problems, data: dict[str, Any], *names: str) -> bool:
+    absent = [n for n in names if n not in data or data[n] is None]
+    for name in absent:
+        problems.add(loc, f"missing field `{name}`")
+    return bool(absent)
+
+
+def detect_record_format(data: dict[str, Any]) -> str | None:
+    keys = set(data)
+    if "messages" in keys:
+        return "chat"
+    if "preferred_output" in keys or "non_preferred_output" in keys:
+        return "openai_preference"
+    if keys & {"chosen", "rejected"}:
+        return "preference"
+    if "instruction" in keys or ("output" in keys and "completion" not in keys):
+        return "alpaca"
+    if keys & {"prompt", "completion"}:
+        return "prompt_completion"
+    return None
+
+
+def convert_record(raw: RawRecord, problems: Problems) -> Example | None:
+    """Convert one raw record to an :class:`Example`, or record its problems and return None."""
+    loc, data = raw.location, raw.data
+    if not isinstance(data, dict):
+        problems.add(loc, f"each record must be a JSON object; got {_type_name(data)}")
+        return None
+    fmt = detect_record_format(data)
+    before = len(problems.items)
+    example_id = f"{loc.source}:{loc.line}"
+    if fmt is None:
+        fields = ", ".join(sorted(data)) or "none"
+        problems.add(
+            loc,
+            "cannot tell the record format: expected `messages`, `prompt`+`completion`, "
+            f"`instruction`+`output`, or `prompt`+`chosen`+`rejected`; got fields {fields}",
+        )
+        return None
+    if fmt == "chat":
+        msgs = _messages(data["messages"], "messages", loc, problems)
+        if msgs is None or not _check_conversation(msgs, "messages", loc, problems):
+            return None
+        return Example(example_id, loc, fmt, tuple(msgs))
+    if fmt == "prompt_completion":
+        if _missing(loc, problems, data, "prompt", "completion"):
+            return None
+        prompt = _prompt(data["prompt"], "prompt", loc, problems)
+        completion = _reply(data["completion"], "completion", loc, problems)
+        if prompt is None or completion is None:
+            return None
+        return Example(example_id, loc, fmt, (*prompt, Message("assistant", completion)))
+    if fmt == "alpaca":
+        if _missing(loc, problems, data, "instruction", "output"):
+            return None
+        instruction = _text(data["instruction"], "instruction", loc, problems, required=True)
+        extra = _text(data.get("input"), "input", loc, problems, required=False)
+        output = _text(data["output"], "output", loc, problems, required=True)
+        system = _text(data.get("system"), "system", loc, problems, required=False)
+        if instruction is None or output is None or len(problems.items) > before:
+            return None
+        user = f"{instruction}\n\n{extra}" if extra else instruction
+        msgs = ([Message("system", system)] if system else []) + [
+            Message("user", user),
+            Message("assistant", output),
+        ]
+        return Example(example_id, loc, fmt, tuple(msgs))
+    if fmt == "openai_preference":
+        if _missing(loc, problems, data, "input", "preferred_output", "non_preferred_output"):
+            return None
+        inp = data["input"]
+        if not isinstance(inp, dict) or "messages" not in inp:
+            problems.add(loc, "`input` must be an object with `messages`")
+            return None
+        prompt = _prompt(inp["messages"], "input.messages", loc, problems)
+        chosen = _reply(data["preferred_output"], "preferred_output", loc, problems)
+        rejected = _reply(data["non_preferred_output"], "non_preferred_output", loc, problems)
+        return _preference(example_id, loc, fmt, prompt, chosen, rejected, problems)
+    # preference
+    if _missing(loc, problems, data, "chosen", "rejected"):
+        return None
+    if data.get("prompt") is None:
+        return _implicit_preference(example_id, loc, data, problems)
+    prompt = _prompt(data["prompt"], "prompt", loc, problems)
+    chosen = _reply(data["chosen"], "chosen", loc, problems)
+    rejected = _reply(data["rejected"], "rejected", loc, problems)
+    return _preference(example_id, loc, fmt, prompt, chosen, rejected, problems)
+
+
+def _preference(
+    example_id: str,
+    loc: Location,
+    fmt: str,
+    prompt: list[Message] | None,
+    chosen: str | None,
+    rejected: str | None,
+    problems: Problems,
+) -> Example | None:
+    if prompt is None or chosen is None or rejected is None:
+        return None
+    if chosen == rejected:
+        problems.add(loc, "`chosen` and `rejected` are identical, so the pair teaches nothing")
+        return None
+    return Example(example_id, loc, fmt, tuple(prompt), chosen=chosen, rejected=rejected)
+
+
+def _implicit_preference(
+    example_id: str, loc: Location, data: dict[str, Any], problems: Problems
+) -> Example | None:
+    """``chosen``/``rejected`` as whole conversations: their shared leading messages are the prompt."""
+    if not (isinstance(data["chosen"], list) and isinstance(data["rejected"], list)):
+        problems.add(
+            loc,
+            "missing field `prompt`: give a `prompt`, or make `chosen` and `rejected` whole "
+            "conversations that share their leading messages",
+        )
+        return None
+    chosen = _messages(data["chosen"], "chosen", loc, problems)
+    rejected = _messages(data["rejected"], "rejected", loc, problems)
+    if chosen is None or rejected is None:
+        return None
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    prompt, c_rest, r_rest = chosen[:shared], chosen[shared:], rejected[shared:]
+    if not prompt or prompt[-1].role != "user":
+        problems.add(loc, "missing prompt: `chosen` and `rejected` share no leading user turn")
+        return None
+    if len(c_rest) != 1 or len(r_rest) != 1 or {c_rest[0].role, r_rest[0].role} != {"assistant"}:
+        problems.add(loc, "`chosen` and `rejected` must differ only in their last assistant reply")
+        return None
+    return _preference(
+        example_id, loc, "preference", prompt, c_rest[0].content, r_rest[0].content, problems
+    )
+
+
+def parse_file(data: bytes, source: str) -> tuple[LoadedFile, Problems]:
+    """Read and convert a whole file, collecting all problems (does not raise)."""
+    problems = Problems()
+    file_format, records = read_records(data, source, problems)
+    examples: list[Example] = []
+    formats: Counter[str] = Counter()
+    for raw in records:
+        example = convert_record(raw, problems)
+        if example is not None:
+            examples.append(example)
+            formats[example.format] += 1
+    if not records and not problems:
+        problems.add(Location(source, 1), "the file holds no records")
+    kinds = Counter(e.kind for e in examples)
+    if len(kinds) > 1:
+        majority = kinds.most_common(1)[0][0]
+        for e in examples:
+            if e.kind != majority:
+                problems.add(
+                    e.location,
+                    f"a {e.kind} record in a file of {majority} records; one file holds one kind",
+                )
+    loaded = LoadedFile(source, file_format, examples, dict(formats), problems.items)
+    return loaded, problems
+
+
+def load_examples(path: Path | str, *, source: str | None = None) -> LoadedFile:
+    """Load a data file; raise a ValidationError listing every problem if there is any."""
+    path = Path(path)
+    name = source or path.name
+    loaded, problems = parse_file(path.read_bytes(), name)
+    problems.raise_if_any(f"data file {name}", param=name)
+    return loaded

