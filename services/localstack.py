@@ -1,0 +1,206 @@
+"""Run the three services on this machine as separate processes: for ``make demo`` and the
+end-to-end tests.
+
+Each service is the real command a deployment runs (``loraplex train api``, ``loraplex train
+worker``, ``loraplex eval api``, ``loraplex eval worker``, ``loraplex serve``), with its own log file,
+started with one shared environment (data directory, registry, ports) and stopped with SIGTERM
+(SIGKILL after a grace period). Nothing here is a fake: the processes talk HTTP and share only the
+registry and the artifact store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from shared.errors import SystemFailure
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Service:
+    name: str
+    args: list[str]
+    health_url: str | None
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *self.args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() reaches vLLM's children too
+        )
+        log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        if self.health_url is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise SystemFailure(
+                    f"{self.name} exited with {self.proc.returncode if self.proc else '?'} while "
+                    f"starting; last log lines:\n{self.tail()}"
+                )
+            try:
+                if httpx.get(self.health_url, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise SystemFailure(
+            f"{self.name} was not healthy at {self.health_url} within {timeout_s:.0f} s; "
+            f"last log lines:\n{self.tail()}"
+        )
+
+    def signal(self, sig: int) -> None:
+        if self.alive() and self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        if self.proc is None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        # Children (vLLM engines) live in the same process group; make sure none is left.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def kill9(self, *, group: bool = False) -> None:
+        """Kill the service as a crash would: its main process, or (``group``) every process it
+        started, as when a container dies."""
+        if self.proc is None or not self.alive():
+            return
+        if group:
+            self.signal(signal.SIGKILL)
+        else:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@dataclass
+class LocalStack:
+    """Trainer (API + worker), evaluator (API + worker) and server, on free loopback ports."""
+
+    data_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    admin_key: str = "demo-admin-key"
+    trainer_port: int = field(default_factory=free_port)
+    evaluator_port: int = field(default_factory=free_port)
+    server_port: int = field(default_factory=free_port)
+    services: dict[str, Service] = field(default_factory=dict)
+
+    @property
+    def trainer_url(self) -> str:
+        return f"http://127.0.0.1:{self.trainer_port}"
+
+    @property
+    def evaluator_url(self) -> str:
+        return f"http://127.0.0.1:{self.evaluator_port}"
+
+    @property
+    def server_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LORAPLEX_")}
+        env.update(
+            {
+                "LORAPLEX_DATA_DIR": str(self.data_dir),
+                "LORAPLEX_TRAINER_PORT": str(self.trainer_port),
+                "LORAPLEX_EVALUATOR_PORT": str(self.evaluator_port),
+                "LORAPLEX_PORT": str(self.server_port),
+                "LORAPLEX_SERVER_URL": self.server_url,
+                "LORAPLEX_ADMIN_KEY": self.admin_key,
+                "HF_HUB_OFFLINE": "1",
+                "HF_DATASETS_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def _service(self, name: str, args: list[str], health: str | None) -> Service:
+        service = Service(name, args, health, self.data_dir / "logs" / f"{name}.log")
+        self.services[name] = service
+        return service
+
+    def start(
+        self, *, server: bool = True, trainer: bool = True, evaluator: bool = True
+    ) -> LocalStack:
+        env = self.env()
+        plan: list[Service] = []
+        if server:
+            plan.append(self._service("server", ["serve"], f"{self.server_url}/ready"))
+        if trainer:
+            plan.append(
+                self._service("trainer-api", ["train", "api"], f"{self.trainer_url}/health")
+            )
+            plan.append(self._service("trainer-worker", ["train", "worker"], None))
+        if evaluator:
+            plan.append(
+                self._service("evaluator-api", ["eval", "api"], f"{self.evaluator_url}/health")
+            )
+            plan.append(self._service("evaluator-worker", ["eval", "worker"], None))
+        for service in plan:
+            service.start(env)
+        for service in plan:
+            # The server starts a vLLM engine (about 30-60 s on 2 CPU cores).
+            service.wait_healthy(600 if service.name == "server" else 120)
+        return self
+
+    def restart(self, name: str) -> None:
+        service = self.services[name]
+        service.stop()
+        service.start(self.env())
+        service.wait_healthy(600 if name == "server" else 120)
+
+    def stop(self) -> None:
+        for service in reversed(list(self.services.values())):
+            service.stop()
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,376 @@
+"""``loraplex release run release.yaml``: train, evaluate against the release, gate, promote.
+
+One typed config drives the whole release flow. Two ways to run it, same stages, same exit codes:
+
+- **over HTTP** (``services:`` set in the config, or ``--trainer-url``/``--evaluator-url``): the file
+  goes to the trainer's ``/v1/files``, the job to ``/v1/fine_tuning/jobs``, the evaluation with its
+  policy and ``promote`` to the evaluator's ``/v1/evaluations``; on pass the evaluator moves the alias
+  (compare-and-set) and the command waits until the server answers the alias with the new version.
+- **in-process** (no services): ``loraplex train run`` then ``loraplex gate run --promote``, each as
+  its own process, so one service's libraries never load into another's.
+
+Exit codes are the gate's: 0 pass (promoted), 1 fail, 2 inconclusive, 3 error.
+
+This module orchestrates; it imports the services' request *schemas* only, to validate the one
+config up front, never their logic.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from services.evaluator.schemas import EvaluationCreate
+from services.trainer.schemas import JobSpec
+from shared.errors import ConfigError, LoraplexError, SystemFailure
+from shared.registry.adapters import check_adapter_name, check_alias
+
+app = typer.Typer(help="Train, evaluate, gate and promote in one command.", no_args_is_help=True)
+
+EXIT = {"pass": 0, "fail": 1, "inconclusive": 2}
+ERROR_EXIT = 3
+
+
+class Services(BaseModel):
+    """URLs of running services; when set, the release goes over HTTP."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trainer_url: str = Field(description="e.g. http://127.0.0.1:8001")
+    evaluator_url: str = Field(description="e.g. http://127.0.0.1:8002")
+    server_url: str | None = Field(
+        default=None, description="When set, wait until it serves the promoted alias."
+    )
+    server_api_key: str | None = None
+    reconcile_deadline_s: float = Field(default=60.0, gt=0)
+    poll_s: float = Field(default=1.0, gt=0)
+
+
+class Evaluation(BaseModel):
+    """What decides the release. Fields as the evaluator's ``POST /v1/evaluations``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: str | dict[str, Any] = Field(description="Gate policy: YAML file path or mapping.")
+    suite: str | dict[str, Any] | None = None
+    baseline: str | None = None
+    data: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+
+
+class ReleaseConfig(BaseModel):
+    """``release.yaml``. Relative paths are relative to the file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str = Field(description="Adapter name; versions become <adapter>@vN.")
+    training: JobSpec
+    evaluation: Evaluation
+    promote: str = Field(default="prod", description="Alias moved to the new version on pass.")
+    services: Services | None = None
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_name(cls, value: str) -> str:
+        return check_adapter_name(value, "adapter")
+
+    @field_validator("promote")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        return check_alias(value, "promote")
+
+
+def load_config(path: Path) -> tuple[ReleaseConfig, Path]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}", param=str(path)) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping (adapter, training, evaluation, ...)")
+    try:
+        return ReleaseConfig.model_validate(raw), path.parent.resolve()
+    except ValidationError as exc:
+        details = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{path} is invalid", param=str(path), details=details) from exc
+
+
+def _abs(root: Path, value: str | None) -> str | None:
+    if value is None:
+        return None
+    path = (root / value).expanduser()
+    return str(path.resolve()) if path.exists() else value
+
+
+def _policy_mapping(root: Path, policy: str | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(policy, dict):
+        return policy
+    path = (root / policy).expanduser()
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read policy {path}: {exc}", param="evaluation.policy") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"policy {path} must be a mapping", param="evaluation.policy")
+    return loaded
+
+
+Say = Callable[[str], None]
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+# -- over HTTP ------------------------------------------------------------------------------------
+class HttpRelease:
+    """The release flow as a CI system would drive it: plain HTTP calls, then an exit code."""
+
+    def __init__(self, cfg: ReleaseConfig, root: Path, say: Say = _say) -> None:
+        assert cfg.services is not None
+        self.cfg, self.root, self.svc, self.say = cfg, root, cfg.services, say
+        self.http = httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0))
+
+    def _json(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            try:
+                err = response.json().get("error", {})
+            except ValueError:
+                err = {"message": response.text[:500]}
+            raise SystemFailure(
+                f"{response.request.method} {response.request.url} answered "
+                f"{response.status_code}: {err.get('message')}",
+                details=list(err.get("details") or []),
+            )
+        data: dict[str, Any] = response.json()
+        return data
+
+    def upload(self, path: str) -> str:
+        file = Path(path)
+        with file.open("rb") as fh:
+            body = self._json(
+                self.http.post(
+                    f"{self.svc.trainer_url}/v1/files",
+                    data={"purpose": "fine-tune"},
+                    files={"file": (file.name, fh, "application/jsonl")},
+                )
+            )
+        self.say(f"  uploaded {file.name} -> {body['id']} ({body.get('bytes')} bytes)")
+        return str(body["id"])
+
+    def train(self) -> str:
+        spec = self.cfg.training
+        train_path = _abs(self.root, spec.training_file)
+        assert train_path is not None
+        body = spec.model_dump(mode="json", exclude_none=True, by_alias=True)
+        body["training_file"] = self.upload(train_path)
+        if spec.validation_file:
+            valid = _abs(self.root, spec.validation_file)
+            assert valid is not None
+            body["validation_file"] = self.upload(valid)
+        body["suffix"] = self.cfg.adapter
+        job = self._json(self.http.post(f"{self.svc.trainer_url}/v1/fine_tuning/jobs", json=body))
+        job_id = job["id"]
+        self.say(f"  job {job_id} {job['status']}")
+        after: str | None = None
+        last_progress = -1.0
+        while True:
+            params: dict[str, Any] = {"limit": 100}
+            if after:
+                params["after"] = after
+            events = self._json(
+                self.http.get(
+                    f"{self.svc.trainer_url}/v1/fine_tuning/jobs/{job_id}/events", params=params
+                )
+            )["data"]
+            # The API lists newest first, like OpenAI's.
+            for event in reversed(events):
+                after = event["id"] if after is None or event["id"] > after else after
+                if event.get("type") != "metrics":
+                    self.say(f"    {event['message']}")
+            job = self._json(self.http.get(f"{self.svc.trainer_url}/v1/fine_tuning/jobs/{job_id}"))
+            progress = float(job.get("progress") or 0.0)
+            if progress - last_progress >= 0.1:
+                last_progress = progress
+                self.say(f"  training {progress * 100:.0f}%")
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(self.svc.poll_s)
+        if job["status"] != "succeeded":
+            err = job.get("error") or {}
+            raise SystemFailure(
+                f"training job {job_id} {job['status']}: {err.get('message')}",
+                details=list(err.get("details") or []),
+            )
+        version = str(job["fine_tuned_model"])
+        self.say(f"  trained {version}")
+        return version
+
+    def evaluate(self, version: str) -> dict[str, Any]:
+        ev = self.cfg.evaluation
+        request = EvaluationCreate(
+            candidate=version,
+            baseline=ev.baseline,
+            suite=ev.suite,
+            data=_abs(self.root, ev.data),
+            policy=_policy_mapping(self.root, ev.policy),
+            promote=self.cfg.promote,
+            limit=ev.limit,
+        )
+        run = self._json(
+            self.http.post(
+                f"{self.svc.evaluator_url}/v1/evaluations",
+                json=request.model_dump(mode="json", exclude_none=True),
+            )
+        )
+        run_id = run["id"]
+        self.say(f"  evaluation {run_id} against {run.get('baseline') or 'the base model'}")
+        shown = ""
+        while run["status"] not in ("succeeded", "failed"):
+            time.sleep(self.svc.poll_s)
+            run = self._json(self.http.get(f"{self.svc.evaluator_url}/v1/evaluations/{run_id}"))
+            line = f"  {run.get('stage') or run['status']} {float(run.get('progress') or 0) * 100:.0f}%"
+            if line != shown:
+                self.say(line)
+                shown = line
+        return run
+
+    def wait_for_alias(self, version: str) -> float:
+        """Seconds until the server answered ``adapter:alias`` with ``version``."""
+        assert self.svc.server_url is not None
+        name = f"{self.cfg.adapter}:{self.cfg.promote}"
+        headers = {"Authorization": f"Bearer {self.svc.server_api_key or 'none'}"}
+        start = time.monotonic()
+        while time.monotonic() - start < self.svc.reconcile_deadline_s:
+            try:
+                response = self.http.post(
+                    f"{self.svc.server_url}/v1/completions",
+                    json={"model": name, "prompt": "ping", "max_tokens": 1},
+                    headers=headers,
+                )
+                if response.headers.get("x-loraplex-adapter-version") == version:
+                    return time.monotonic() - start
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise SystemFailure(
+            f"the server did not answer {name} with {version} within "
+            f"{self.svc.reconcile_deadline_s:.0f} s (reconcile deadline)"
+        )
+
+    def run(self) -> int:
+        self.say(f"[1/3] train {self.cfg.adapter} on {self.cfg.training.model}")
+        version = self.train()
+        self.say(f"[2/3] evaluate and gate {version}")
+        run = self.evaluate(version)
+        if run["status"] == "failed":
+            err = run.get("error") or {}
+            raise SystemFailure(f"evaluation {run['id']} failed: {err.get('message')}")
+        decision = str(run.get("decision") or "error")
+        self.say(f"[3/3] decision: {decision}")
+        for line in (run.get("results") or {}).get("gate", {}).get("reasons", []) or []:
+            self.say(f"  - {line}")
+        report = run.get("report_url")
+        if report:
+            self.say(f"  report: {self.svc.evaluator_url}{report}")
+        if decision == "pass" and self.svc.server_url:
+            seconds = self.wait_for_alias(version)
+            self.say(
+                f"  {self.cfg.adapter}:{self.cfg.promote} -> {version} (served after {seconds:.1f} s)"
+            )
+        typer.echo(
+            json.dumps(
+                {
+                    "version": version,
+                    "evaluation": run["id"],
+                    "decision": decision,
+                    "report": report,
+                    "alias": f"{self.cfg.adapter}:{self.cfg.promote}",
+                    "promoted": decision == "pass",
+                }
+            )
+        )
+        return EXIT.get(decision, ERROR_EXIT)
+
+
+# -- in-process -----------------------------------------------------------------------------------
+def _loraplex(*args: str) -> list[str]:
+    return [sys.executable, "-m", "services.cli", *args]
+
+
+def run_in_process(cfg: ReleaseConfig, root: Path, say: Say = _say) -> int:
+    with tempfile.TemporaryDirectory(prefix="loraplex-release-") as tmp:
+        spec = cfg.training.model_dump(mode="json", exclude_none=True, by_alias=True)
+        spec["training_file"] = _abs(root, cfg.training.training_file)
+        if cfg.training.validation_file:
+            spec["validation_file"] = _abs(root, cfg.training.validation_file)
+        spec["suffix"] = cfg.adapter
+        job_yaml = Path(tmp) / "job.yaml"
+        job_yaml.write_text(yaml.safe_dump(spec))
+        say(f"[1/3] train {cfg.adapter} on {cfg.training.model} (in-process)")
+        train = subprocess.run(
+            _loraplex("train", "run", str(job_yaml), "--adapter-name", cfg.adapter),
+            stdout=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        if train.returncode != 0:
+            raise SystemFailure(f"training failed (exit {train.returncode})")
+        version = json.loads(train.stdout.strip().splitlines()[-1])["version_id"]
+        say(f"  trained {version}")
+        policy = Path(tmp) / "policy.yaml"
+        policy.write_text(yaml.safe_dump(_policy_mapping(root, cfg.evaluation.policy)))
+        args = ["gate", "run", "--policy", str(policy), "--candidate", version]
+        args += ["--promote", cfg.promote]
+        ev = cfg.evaluation
+        for flag, value in (
+            ("--baseline", ev.baseline),
+            ("--suite", ev.suite if isinstance(ev.suite, str) else None),
+            ("--data", _abs(root, ev.data)),
+            ("--limit", str(ev.limit) if ev.limit else None),
+        ):
+            if value is not None:
+                args += [flag, value]
+        say(f"[2/3] evaluate and gate {version}")
+        gate = subprocess.run(_loraplex(*args), check=False)
+        decision = {v: k for k, v in EXIT.items()}.get(gate.returncode, "error")
+        say(
+            f"[3/3] decision: {decision}; {cfg.adapter}:{cfg.promote} "
+            + (f"-> {version}" if decision == "pass" else "unchanged")
+        )
+        return gate.returncode
+
+
+@app.command("run")
+def run_cmd(
+    config: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="release.yaml")],
+    trainer_url: Annotated[str | None, typer.Option(help="Drive a running trainer.")] = None,
+    evaluator_url: Annotated[str | None, typer.Option(help="Drive a running evaluator.")] = None,
+    server_url: Annotated[str | None, typer.Option(help="Wait until it serves the alias.")] = None,
+) -> None:
+    """Train, evaluate against the current release (or the base model), gate, and promote on pass.
+
+    Exit 0 pass, 1 fail, 2 inconclusive, 3 error."""
+    try:
+        cfg, root = load_config(config)
+        if trainer_url or evaluator_url:
+            if not (trainer_url and evaluator_url):
+                raise ConfigError("give both --trainer-url and --evaluator-url, or neither")
+            cfg.services = Services(
+                trainer_url=trainer_url, evaluator_url=evaluator_url, server_url=server_url
+            )
+        code = HttpRelease(cfg, root).run() if cfg.services else run_in_process(cfg, root)
+    except LoraplexError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(ERROR_EXIT) from exc
+    raise typer.Exit(code)
