@@ -166,3 +166,7 @@ def main() -> None:
 
 
 _mount_services()
+
+
+if __name__ == "__main__":
+    main()

@@ -313,3 +313,11 @@ def eval_worker(
         Worker(_settings()).serve(once=once)
     except Exception as exc:
         _fail(exc)
+
+
+@eval_app.command("api")
+def eval_api() -> None:
+    """Run the evaluator API (LORAPLEX_EVALUATOR_HOST / _PORT, default 127.0.0.1:8002)."""
+    from services.evaluator.api.app import main
+
+    main()

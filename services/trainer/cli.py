@@ -295,5 +295,11 @@ def serve() -> None:
     main()
 
 
+@app.command("api")
+def api() -> None:
+    """Run the trainer API; the name deployments use (same as ``serve``)."""
+    serve()
+
+
 if __name__ == "__main__":
     app(sys.argv[1:])
