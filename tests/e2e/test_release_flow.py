@@ -18,13 +18,14 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from sqlalchemy import select
 
 from services.localstack import LocalStack
 from services.release import HttpRelease, Services, load_config
 from shared.basemodel import ResolvedBaseModel
 from shared.registry import adapters as reg
 from shared.registry.db import open_registry
-from shared.registry.models import AliasEventRow, EvaluationRunRow
+from shared.registry.models import AliasEventRow, EvaluationRunRow, TrainingJobRow
 from shared.settings import SharedSettings
 
 pytestmark = pytest.mark.slow
@@ -114,7 +115,7 @@ def test_release_promote_survive_kills_and_roll_back(stack: LocalStack, tmp_path
     # -- version 1: trained, evaluated against the base model, promoted ------------------------
     assert _release(stack, _release_yaml(tmp_path, seed=1), lines) == 0, "\n".join(lines)
     registry = _registry(stack)
-    with registry.session() as s:
+    with registry.read_session() as s:
         v1 = reg.resolve(s, "flow:prod")
         event = reg.alias_history(s, "flow", "prod")[0]
         run = s.get(EvaluationRunRow, event.evaluation_run_id)
@@ -130,24 +131,18 @@ def test_release_promote_survive_kills_and_roll_back(stack: LocalStack, tmp_path
     )
     release.start()
     deadline = time.monotonic() + 300
-    with registry.session() as s:
-        from sqlalchemy import select
-
-        from shared.registry.models import TrainingJobRow
-
-        while time.monotonic() < deadline:
-            running = s.scalars(
-                select(TrainingJobRow).where(TrainingJobRow.status == "running")
-            ).first()
-            if running is not None:
+    while time.monotonic() < deadline:
+        # A read session: holding a write transaction here would block the trainer's own writes.
+        with registry.read_session() as s:
+            running = s.scalars(select(TrainingJobRow).where(TrainingJobRow.status == "running"))
+            if running.first() is not None:
                 break
-            s.expire_all()
-            time.sleep(0.5)
+        time.sleep(0.5)
     worker.kill9()
     worker.start(stack.env())
     release.join(timeout=900)
     assert result.get("code") == 0, "\n".join(lines)
-    with registry.session() as s:
+    with registry.read_session() as s:
         v2 = reg.resolve(s, "flow:prod")
         assert v2.version == 2
         # Exactly one version per job, even though the worker died during it.
