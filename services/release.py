@@ -182,20 +182,21 @@ class HttpRelease:
         job = self._json(self.http.post(f"{self.svc.trainer_url}/v1/fine_tuning/jobs", json=body))
         job_id = job["id"]
         self.say(f"  job {job_id} {job['status']}")
-        after: str | None = None
+        seen: set[str] = set()
         last_progress = -1.0
         while True:
-            params: dict[str, Any] = {"limit": 100}
-            if after:
-                params["after"] = after
+            # Like OpenAI's, the events list is newest first and `after` pages towards older
+            # events, so poll the newest page and print what has not been printed yet.
             events = self._json(
                 self.http.get(
-                    f"{self.svc.trainer_url}/v1/fine_tuning/jobs/{job_id}/events", params=params
+                    f"{self.svc.trainer_url}/v1/fine_tuning/jobs/{job_id}/events",
+                    params={"limit": 100},
                 )
             )["data"]
-            # The API lists newest first, like OpenAI's.
             for event in reversed(events):
-                after = event["id"] if after is None or event["id"] > after else after
+                if event["id"] in seen:
+                    continue
+                seen.add(event["id"])
                 if event.get("type") != "metrics":
                     self.say(f"    {event['message']}")
             job = self._json(self.http.get(f"{self.svc.trainer_url}/v1/fine_tuning/jobs/{job_id}"))
