@@ -200,10 +200,10 @@ class HttpRelease:
                 if event.get("type") != "metrics":
                     self.say(f"    {event['message']}")
             job = self._json(self.http.get(f"{self.svc.trainer_url}/v1/fine_tuning/jobs/{job_id}"))
-            progress = float(job.get("progress") or 0.0)
-            if progress - last_progress >= 0.1:
+            progress = float(job.get("progress") or 0.0)  # percent
+            if progress - last_progress >= 10:
                 last_progress = progress
-                self.say(f"  training {progress * 100:.0f}%")
+                self.say(f"  training {progress:.0f}%")
             if job["status"] in ("succeeded", "failed", "cancelled"):
                 break
             time.sleep(self.svc.poll_s)
