@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.trainer.schemas import FileObject
+from services.trainer.schemas import FileObject, unix_time
 from shared.artifacts import open_store
 from shared.datasets import near_duplicates, parse_file
 from shared.errors import NotFoundError, ValidationError
@@ -124,7 +124,7 @@ def to_api(row: DatasetRow) -> FileObject:
     return FileObject(
         id=row.id,
         bytes=row.bytes,
-        created_at=int(row.created_at.timestamp()),
+        created_at=unix_time(row.created_at) or 0,
         filename=row.filename,
         purpose=row.purpose,
         report=row.report or None,

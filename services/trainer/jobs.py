@@ -8,7 +8,6 @@ model's template), ``queued``, ``running``, ``succeeded``, ``failed``, ``cancell
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from services.trainer.schemas import (
     JobError,
     JobEvent,
     JobSpec,
+    unix_time,
 )
 from shared.errors import ConflictError, LoraplexError, NotFoundError, ValidationError
 from shared.registry.adapters import check_adapter_name, get_version
@@ -271,10 +271,6 @@ def job_dir(settings: TrainerSettings, job_id: str) -> Path:
 
 
 # -- API shapes ----------------------------------------------------------------------------------
-def _ts(value: datetime | None) -> int | None:
-    return int(value.timestamp()) if value is not None else None
-
-
 def event_id(row: JobEventRow) -> str:
     return f"ftevent-{row.id}"
 
@@ -293,7 +289,7 @@ def event_to_api(row: JobEventRow) -> JobEvent:
     api_type = "metrics" if row.type == "metrics" else "message"
     return JobEvent(
         id=event_id(row),
-        created_at=_ts(row.created_at) or 0,
+        created_at=unix_time(row.created_at) or 0,
         level=row.level,
         message=row.message,
         type=api_type,
@@ -309,7 +305,7 @@ def checkpoint_to_api(row: JobEventRow) -> Checkpoint:
     metrics = {k: v for k, v in (data.get("metrics") or {}).items() if v is not None}
     return Checkpoint(
         id=f"ftckpt-{row.id}",
-        created_at=_ts(row.created_at) or 0,
+        created_at=unix_time(row.created_at) or 0,
         fine_tuned_model_checkpoint=f"{row.job_id}:checkpoint-{step}",
         fine_tuning_job_id=row.job_id,
         metrics=CheckpointMetrics(**metrics),
@@ -331,8 +327,8 @@ def job_to_api(
         error = JobError(**{k: v for k, v in job.error.items() if k in JobError.model_fields})
     return FineTuningJob(
         id=job.id,
-        created_at=_ts(job.created_at) or 0,
-        finished_at=_ts(job.finished_at),
+        created_at=unix_time(job.created_at) or 0,
+        finished_at=unix_time(job.finished_at),
         error=error,
         fine_tuned_model=job.result_version_id,
         hyperparameters=hyper,
@@ -366,5 +362,6 @@ def job_progress(session: Session, job_id: str) -> tuple[float | None, int | Non
         return None, None, None
     data = row.data or {}
     eta = data.get("eta_seconds")
-    finish = int(row.created_at.timestamp() + eta) if isinstance(eta, int | float) else None
+    created = unix_time(row.created_at) or 0
+    finish = int(created + eta) if isinstance(eta, int | float) else None
     return data.get("progress"), data.get("trained_tokens"), finish

@@ -10,6 +10,7 @@ SDK sends them with ``extra_body``).
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -24,6 +25,14 @@ DEFAULT_LR = {"supervised": 2e-4, "dpo": 5e-5}
 DEFAULT_EPOCHS = 2
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_BETA = 0.1
+
+
+def unix_time(value: datetime | None) -> int | None:
+    """Seconds since the epoch, as OpenAI's objects carry them."""
+    if value is None:
+        return None
+    # SQLite hands back naive datetimes; the registry stores UTC.
+    return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp())
 
 
 class Strict(BaseModel):
@@ -63,7 +72,7 @@ class Hyperparameters(Strict):
     micro_batch_size: int | Auto = Field(
         default="auto",
         description="Examples per forward pass; batch_size is reached by accumulation. 'auto': "
-        "on CPU the smallest divisor of batch_size giving ~256 tokens per pass (less activation "
+        "on CPU the smallest divisor of batch_size giving ~160 tokens per pass (less activation "
         "memory at the same speed), on GPU batch_size.",
     )
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps.")

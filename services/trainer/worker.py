@@ -47,6 +47,7 @@ from services.trainer.jobs import (
     add_event,
     job_dir,
 )
+from services.trainer.k8s_jobs import KubernetesJobRunner, KubernetesJobSettings
 from services.trainer.recipes.common import DataFile, RecipeContext, RecipeResult, Stopped
 from services.trainer.schemas import JobSpec
 from shared.artifacts import open_store
@@ -101,6 +102,11 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.registry: Registry = open_registry(settings)
         self.stopping = threading.Event()
+        # With LORAPLEX_K8S_ENABLED each job trains in its own Kubernetes Job (k8s_jobs.py).
+        self.kubernetes: KubernetesJobRunner | None = None
+        k8s = KubernetesJobSettings()
+        if k8s.enabled:
+            self.kubernetes = KubernetesJobRunner.in_cluster(k8s, data_dir=str(settings.data_dir))
 
     # -- registry operations -----------------------------------------------------------------------
     def guarded_update(self, session: Session, job_id: str, **values: Any) -> bool:
@@ -295,6 +301,9 @@ class Worker:
         beat.start()
         out = job_dir(self.settings, job_id)
         try:
+            if self.kubernetes is not None:
+                self._process_in_kubernetes(job_id)
+                return
             ctx = self._context(job, reporter)
             recipe = run_sft if ctx.spec.method.type == "supervised" else run_dpo
             result: RecipeResult = recipe(ctx)
@@ -325,6 +334,33 @@ class Worker:
             done.set()
             beat.join(timeout=5)
 
+    def _process_in_kubernetes(self, job_id: str) -> None:
+        """Train in a Kubernetes Job whose ``run-job`` acts as this worker; follow it here (and
+        keep heartbeating), then fail the job if the pod ended without finishing it."""
+        assert self.kubernetes is not None
+        runner = self.kubernetes
+        name = runner.submit(job_id, worker_id=self.worker_id)
+        with self.registry.session() as session:
+            add_event(session, job_id, f"training in Kubernetes Job {name}")
+        state = runner.follow(name)
+        with self.registry.session() as session:
+            job = session.get(TrainingJobRow, job_id)
+            unfinished = job is not None and job.status in (VALIDATING, QUEUED, RUNNING)
+        if unfinished:
+            reasons = runner.diagnose(name)
+            self._finish(
+                job_id,
+                FAILED,
+                f"Kubernetes Job {name} ended ({state.phase}) without finishing the job",
+                error={
+                    "code": "kubernetes_job_failed",
+                    "message": f"Kubernetes Job {name}: {state.reason or state.phase} "
+                    f"{state.message}".strip(),
+                    "type": "system_error",
+                    "details": reasons[:20],
+                },
+            )
+
     def run(self, *, once: bool = False, max_jobs: int | None = None) -> int:
         """Claim and run jobs until stopped (or until idle, with ``once``). Returns jobs run."""
         ran = 0
@@ -347,6 +383,7 @@ def run_one(job_id: str) -> int:
     settings = load_settings(TrainerSettings)
     logging.basicConfig(level=settings.log_level)
     worker = Worker(settings, worker_id=os.environ.get("LORAPLEX_WORKER_ID") or None)
+    worker.kubernetes = None  # this process is where the job trains
     try:
         with worker.registry.session() as session:
             job = session.get(TrainingJobRow, job_id)

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from services.evaluator.config import EvaluatorSettings
 from tests.evaluator.conftest import EXAMPLES
 
-pytestmark = pytest.mark.slow
+# Two trainings plus three generation passes: minutes on an idle 2-core CPU, far more when shared.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 STEPS = 24
 POLICY = """

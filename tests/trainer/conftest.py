@@ -77,16 +77,20 @@ def trainer_settings(settings: SharedSettings) -> TrainerSettings:
 
 
 @pytest.fixture
-def trainer_model_settings(model_settings: SharedSettings) -> TrainerSettings:
+def trainer_model_settings(model_settings: SharedSettings) -> Iterator[TrainerSettings]:
     """Trainer settings whose data dir holds the prepared embedded model."""
+    import torch
+
+    threads = torch.get_num_threads()
     # One torch thread: the test machine is shared, and an oversubscribed 2-thread OpenMP pool
-    # runs about 10x slower than one thread.
-    return TrainerSettings(
+    # runs about 10x slower than one thread. Restored afterwards for other tests in the session.
+    yield TrainerSettings(
         data_dir=model_settings.data_dir,
         heartbeat_seconds=0.5,
         stale_after_seconds=3,
         torch_threads=1,
     )
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

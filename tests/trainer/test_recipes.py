@@ -144,7 +144,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(
 def test_memory_plan_refuses_with_a_suggestion(
     trainer_model_settings: TrainerSettings, sft_file: Path
 ) -> None:
-    small = trainer_model_settings.model_copy(update={"memory_limit_bytes": 2_000_000_000})
+    small = trainer_model_settings.model_copy(update={"memory_limit_bytes": 1_500_000_000})
     with pytest.raises(ValidationError) as info:
         run_in_process(small, sft_spec(batch_size=64, gradient_checkpointing=False), sft_file)
     assert info.value.code == "insufficient_memory"

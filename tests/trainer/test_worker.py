@@ -141,3 +141,36 @@ def test_a_job_whose_files_vanished_fails_cleanly(tsettings: TrainerSettings) ->
         assert row is not None and row.status == "failed"
         assert row.error is not None and "file-x" in row.error["message"]
     w.registry.dispose()
+
+
+def test_kubernetes_mode_follows_the_job_and_fails_it_if_the_pod_did_not_finish(
+    tsettings: TrainerSettings,
+) -> None:
+    from services.trainer.k8s_jobs import JobPhase, JobState
+
+    class FakeRunner:
+        def __init__(self) -> None:
+            self.submitted: list[tuple[str, str | None]] = []
+
+        def submit(self, job_id: str, *, worker_id: str | None = None) -> str:
+            self.submitted.append((job_id, worker_id))
+            return "loraplex-train-x"
+
+        def follow(self, name: str) -> JobState:
+            return JobState(name, JobPhase.FAILED, reason="BackoffLimitExceeded")
+
+        def diagnose(self, name: str) -> list[str]:
+            return ["pod p: OOMKilled (exit code 137)"]
+
+    w = Worker(tsettings, "w")
+    runner = FakeRunner()
+    w.kubernetes = runner  # type: ignore[assignment]
+    (job_id,) = make_jobs(w, 1)
+    assert w.claim() == job_id
+    w.process(job_id)
+    assert runner.submitted == [(job_id, "w")]
+    with w.registry.session() as s:
+        row = s.get(TrainingJobRow, job_id)
+        assert row is not None and row.status == "failed" and row.error is not None
+        assert row.error["type"] == "system_error" and "OOMKilled" in row.error["details"][0]
+    w.registry.dispose()

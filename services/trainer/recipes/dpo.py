@@ -16,12 +16,14 @@ from services.trainer.recipes.common import (
     RecipeContext,
     RecipeResult,
     check_lora_servable,
+    choose_attention,
     choose_micro_batch,
     choose_precision,
     common_args,
     finish,
     latest_checkpoint,
     load_model,
+    longest_sequence,
     lora_config,
     make_progress_callback,
     mean_sequence,
@@ -67,7 +69,8 @@ def run_dpo(ctx: RecipeContext) -> RecipeResult:
     train_rows = rows([e for e in data.train if e.id in kept])
     kept_val = {p.example_id for p in data.validation_pairs}
     eval_rows = rows([e for e in data.validation if e.id in kept_val])
-    model = load_model(ctx, base, precision)
+    attention = choose_attention(longest_sequence(data))
+    model = load_model(ctx, base, precision, attention)
 
     # 3. Train.
     args = DPOConfig(
@@ -112,6 +115,7 @@ def run_dpo(ctx: RecipeContext) -> RecipeResult:
         "precision": precision,
         "gradient_checkpointing": gradient_checkpointing,
         "micro_batch_size": micro_batch,
+        "attention": attention,
         "total_steps": steps,
         "reference": "base adapter (frozen copy)" if ctx.base_adapter_dir else "base, adapter off",
         "memory_plan_gib": plan.summary(),

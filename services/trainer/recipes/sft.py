@@ -17,12 +17,14 @@ from services.trainer.recipes.common import (
     RecipeContext,
     RecipeResult,
     check_lora_servable,
+    choose_attention,
     choose_micro_batch,
     choose_precision,
     common_args,
     finish,
     latest_checkpoint,
     load_model,
+    longest_sequence,
     lora_config,
     make_progress_callback,
     mean_sequence,
@@ -57,7 +59,8 @@ def run_sft(ctx: RecipeContext) -> RecipeResult:
     batching = "group_by_length" if hp.batching == "auto" else hp.batching
     train_rows = [{"input_ids": r.input_ids, "labels": r.labels} for r in data.train_rendered]
     eval_rows = [{"input_ids": r.input_ids, "labels": r.labels} for r in data.validation_rendered]
-    model = load_model(ctx, base, precision)
+    attention = choose_attention(longest_sequence(data), batching)
+    model = load_model(ctx, base, precision, attention)
 
     # 3. Train.
     args = SFTConfig(
@@ -103,6 +106,7 @@ def run_sft(ctx: RecipeContext) -> RecipeResult:
         "batching": batching,
         "gradient_checkpointing": gradient_checkpointing,
         "micro_batch_size": micro_batch,
+        "attention": attention,
         "total_steps": steps,
         "memory_plan_gib": plan.summary(),
     }
