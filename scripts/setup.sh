@@ -58,6 +58,12 @@ if failed:
     sys.exit("setup: imports failed:\n  " + "\n  ".join(failed))
 print("setup: transformers, vllm, peft, trl, bitsandbytes, lm_eval import fine")
 PY
+# Headless Chromium renders the evaluator's HTML report in its test (Debian package; best effort).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing Debian chromium for the HTML report test"
+  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+    || echo "setup: chromium not installed; the report screenshot test will be skipped"
+fi
 rm -f "$VENV"/.setup-stamp-*
 touch "$stamp"
 echo "setup: done ($extra)"
