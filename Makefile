@@ -19,10 +19,10 @@ demo: setup ## Run the release flow end to end on the embedded defaults
 	@$(PY) -m services.demo
 
 test: setup ## The CI test suite (includes a real vLLM + training + evaluation path)
-	@$(PY) -m pytest -m "not gpu and not manual" -q
+	@$(PY) -m pytest -m "not gpu and not heavy" -q
 
 test-fast: setup ## Only the fast tests
-	@$(PY) -m pytest -m "not slow and not gpu and not manual" -q
+	@$(PY) -m pytest -m "not slow and not gpu and not heavy" -q
 
 test-all: setup ## Everything, GPU tests too (skipped without a GPU)
 	@$(PY) -m pytest -q

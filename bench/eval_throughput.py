@@ -7,7 +7,8 @@
    ``loglikelihood_rolling`` (``hf`` backend, same batch size) on the same texts, both measured
    after the model is loaded (target: at least equal tokens/s).
 
-Writes ``bench/results/eval_throughput-<timestamp>.json`` and prints it.
+Writes ``bench/results/eval_throughput-<timestamp>.json`` (and ``eval_throughput.json``, the
+newest) and prints it.
 
     python bench/eval_throughput.py [--items 32] [--max-new-tokens 48] [--concurrency 16]
         [--ppl-items 96] [--skip-server] [--adapter DIR]
@@ -169,6 +170,8 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"eval_throughput-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
+    # The newest result under a stable name, as the other benchmarks publish theirs.
+    (out_dir / "eval_throughput.json").write_text(path.read_text())
     print(json.dumps(result, indent=2))
     print(f"written to {path}")
 

@@ -18,7 +18,7 @@ from services.evaluator.config import EvaluatorSettings
 from tests.evaluator.conftest import EXAMPLES
 
 # Two trainings plus three generation passes: minutes on an idle 2-core CPU, far more when shared.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(3600)]
 
 STEPS = 24
 POLICY = """
