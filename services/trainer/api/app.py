@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -12,27 +11,25 @@ from services.trainer.api import errors
 from services.trainer.api.routes_files import router as files_router
 from services.trainer.api.routes_jobs import router as jobs_router
 from services.trainer.config import TrainerSettings
-from shared.registry.db import open_registry
+from services.trainer.jobs import QUEUED, RUNNING, VALIDATING
+from shared.registry.models import TrainingJobRow
+from shared.service_app import QueueSpec, create_service_app, serve
 from shared.settings import load_settings
 
 # Multipart framing around the file: boundary lines, headers and the ``purpose`` field.
 MULTIPART_OVERHEAD = 64 * 1024
+QUEUE = QueueSpec("trainer", TrainingJobRow, waiting=(VALIDATING, QUEUED), running=(RUNNING,))
 
 
 def create_app(settings: TrainerSettings | None = None) -> FastAPI:
     settings = settings or load_settings(TrainerSettings)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.registry = open_registry(settings)
-        try:
-            yield
-        finally:
-            app.state.registry.dispose()
-
-    app = FastAPI(title="loraplex trainer", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
-    errors.install(app)
+    app = create_service_app(
+        "loraplex trainer",
+        settings,
+        routers=[files_router, jobs_router],
+        install_errors=errors.install,
+        queue=QUEUE,
+    )
 
     @app.middleware("http")
     async def upload_limit(
@@ -55,24 +52,16 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
                 )
         return await call_next(request)
 
-    @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    app.include_router(files_router)
-    app.include_router(jobs_router)
     return app
 
 
 def main() -> None:
-    import uvicorn
-
     settings = load_settings(TrainerSettings)
-    uvicorn.run(
+    serve(
         create_app(settings),
         host=settings.trainer_host,
         port=settings.trainer_port,
-        log_level="info",
+        log_level=settings.log_level,
     )
 
 
