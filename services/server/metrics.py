@@ -48,9 +48,42 @@ class AdapterLabels:
             return pair
 
 
+class AdapterSeries:
+    """The per-request series of one (adapter, version) label pair, looked up once and kept: the
+    proxy records every request, and ``labels()`` costs a lock and a dict lookup per call."""
+
+    __slots__ = (
+        "_counter",
+        "_requests",
+        "completion_tokens",
+        "duration",
+        "labels",
+        "prompt_tokens",
+        "ttft",
+    )
+
+    def __init__(self, metrics: ServerMetrics, labels: tuple[str, str]) -> None:
+        self.labels = labels
+        self._counter = metrics.requests
+        self.duration = metrics.duration.labels(*labels)
+        self.ttft = metrics.ttft.labels(*labels)
+        self.prompt_tokens = metrics.prompt_tokens.labels(*labels)
+        self.completion_tokens = metrics.completion_tokens.labels(*labels)
+        self._requests: dict[tuple[str, int], Counter] = {}
+
+    def requests(self, endpoint: str, status: int) -> Counter:
+        """The request counter for ``endpoint`` and HTTP ``status``."""
+        child = self._requests.get((endpoint, status))
+        if child is None:
+            child = self._counter.labels(*self.labels, endpoint, str(status))
+            self._requests[(endpoint, status)] = child
+        return child
+
+
 class ServerMetrics:
     def __init__(self, base_name: str, max_adapters: int) -> None:
         self.base_name = base_name
+        self._series: dict[tuple[str, str], AdapterSeries] = {}
         self.registry = CollectorRegistry()
         self.labels = AdapterLabels(max_adapters)
         r = self.registry
@@ -115,6 +148,14 @@ class ServerMetrics:
         if target.version is None:
             return self.labels.of(self.base_name, BASE_VERSION)
         return self.labels.of(target.version.adapter, f"v{target.version.version}")
+
+    def series(self, labels: tuple[str, str]) -> AdapterSeries:
+        """Cached children for ``labels`` (from :meth:`adapter_labels`, so their number is
+        capped)."""
+        found = self._series.get(labels)
+        if found is None:
+            found = self._series[labels] = AdapterSeries(self, labels)
+        return found
 
     def attach_engines(self, engines: Sequence[Engine]) -> None:
         self.engine_collector.engines = engines

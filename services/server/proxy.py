@@ -3,7 +3,8 @@
 The request body is parsed once to read and rewrite ``model`` (and to ask the engine for token
 usage); everything else, including chat templating, sampling and the protocol, is vLLM's. Streamed
 responses are forwarded event by event as they arrive. When the client goes away, the upstream
-connection is closed, which makes vLLM abort the request.
+connection is closed, which makes vLLM abort the request. The engine connections are
+:mod:`services.server.upstream`'s (the hot path), not aiohttp's.
 """
 
 from __future__ import annotations
@@ -13,20 +14,19 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
-from services.server.auth import Access
+from services.server.auth import OPEN, Access
 from services.server.config import ServerSettings
 from services.server.engines import Engine
 from services.server.errors import ModelNotFound, Unavailable
 from services.server.manager import AdapterManager, Lease
-from services.server.metrics import ServerMetrics
+from services.server.metrics import AdapterSeries, ServerMetrics
 from services.server.names import Names, Target, VersionInfo, parse_name
 from services.server.routing import choose
+from services.server.upstream import EnginePool, Exchange, UpstreamError
 from shared.errors import LoraplexError, NotFoundError, ValidationError
 from shared.registry import adapters as reg
 from shared.registry.db import Registry
@@ -36,34 +36,54 @@ log = logging.getLogger(__name__)
 VERSION_HEADER = "x-loraplex-adapter-version"
 MODEL_HEADER = "x-loraplex-model"
 ENGINE_HEADER = "x-loraplex-engine"
+VERSION_HEADER_B = VERSION_HEADER.encode()
+MODEL_HEADER_B = MODEL_HEADER.encode()
+ENGINE_HEADER_B = ENGINE_HEADER.encode()
 ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 _NEGATIVE_TTL_S = 1.0
+_NO_LABELS = ("none", "none")
 
 
 @dataclass
 class Reply:
     status: int
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytes = b""
     stream: Relay | None = None
 
 
 class Relay:
-    """An upstream SSE stream, forwarded event by event.
+    """An engine's SSE stream, forwarded as it arrives (whole events; pieces that end inside an
+    event wait for the rest).
 
-    ``aclose`` always releases the engine lease and records metrics exactly once, also when the
-    client left before the first byte (the generator then never ran its own ``finally``).
+    ``close`` always releases the engine lease and records metrics exactly once, also when the
+    client left before the first byte.
     """
+
+    __slots__ = (
+        "_ended",
+        "_finished",
+        "_first",
+        "_pending",
+        "complete",
+        "engine_id",
+        "exchange",
+        "on_finish",
+        "on_first",
+        "status",
+        "strip_usage",
+        "usage",
+    )
 
     def __init__(
         self,
-        resp: aiohttp.ClientResponse,
+        exchange: Exchange,
         engine_id: str,
         strip_usage: bool,
         on_first: Callable[[], None],
         on_finish: Callable[[int, dict[str, Any] | None, bool], None],
     ) -> None:
-        self.resp = resp
+        self.exchange = exchange
         self.engine_id = engine_id
         self.strip_usage = strip_usage
         self.on_first = on_first
@@ -72,59 +92,71 @@ class Relay:
         self.usage: dict[str, Any] | None = None
         self.complete = False
         self._finished = False
-        self._gen = self._run()
+        self._ended = False
+        self._first = True
+        self._pending = b""
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._gen
+    async def next(self) -> bytes | None:
+        """The next bytes to forward, None when the stream is over."""
+        if self._ended:
+            return None
+        while True:
+            try:
+                data = await self.exchange.read()
+            except UpstreamError as exc:
+                # The engine died mid-stream: end the stream with an error event the SDKs surface.
+                self._ended = True
+                self.status = 502
+                log.warning("engine %s failed mid-stream: %s", self.engine_id, exc)
+                return _stream_error(exc)
+            if data is None:
+                self._ended = True
+                self.status = 200
+                self.complete = True
+                rest, self._pending = self._pending, b""
+                return rest or None
+            if self._first:
+                self._first = False
+                self.on_first()
+            if self._pending:
+                data = self._pending + data
+                self._pending = b""
+            if not data.endswith(b"\n\n"):
+                cut = data.rfind(b"\n\n")
+                if cut < 0:
+                    self._pending = data
+                    continue
+                data, self._pending = data[: cut + 2], data[cut + 2 :]
+            # vLLM sends usage only in the last event (streamed chunks omit unset fields), so
+            # this finds one event per stream to parse; a plain substring search costs nothing.
+            if b'"usage"' in data:
+                data, found = _take_usage(data, self.strip_usage)
+                if found is not None:
+                    self.usage = found
+                if not data:
+                    continue
+            return data
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
         try:
-            await self._gen.aclose()
+            self.exchange.close()  # reused when complete, else dropped: vLLM aborts the request
         finally:
-            self._finish()
-
-    def _finish(self) -> None:
-        if not self._finished:
-            self._finished = True
             self.on_finish(self.status, self.usage, self.complete)
 
-    async def _run(self) -> AsyncGenerator[bytes, None]:
-        pending = b""
-        first = True
-        try:
-            async for chunk in self.resp.content.iter_any():
-                if first:
-                    first = False
-                    self.on_first()
-                pending += chunk
-                cut = pending.rfind(b"\n\n")
-                if cut < 0:
-                    continue
-                ready, pending = pending[: cut + 2], pending[cut + 2 :]
-                if b'"usage"' in ready:
-                    ready, found = _take_usage(ready, self.strip_usage)
-                    self.usage = found or self.usage
-                if ready:
-                    yield ready
-            if pending:
-                yield pending
-            self.status = 200
-            self.complete = True
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            # The engine died mid-stream: end the stream with an error event the SDKs surface.
-            self.status = 502
-            log.warning("engine %s failed mid-stream: %r", self.engine_id, exc)
-            error = {
-                "error": {
-                    "message": f"engine failed mid-stream ({exc.__class__.__name__}); retry",
-                    "type": "server_error",
-                    "code": "engine_error",
-                    "param": None,
-                }
-            }
-            yield b"data: " + json.dumps(error).encode() + b"\n\n"
-        finally:
-            self._finish()
+
+def _stream_error(exc: Exception) -> bytes:
+    error = {
+        "error": {
+            "message": f"engine failed mid-stream ({exc.__class__.__name__}); retry",
+            "type": "server_error",
+            "code": "engine_error",
+            "param": None,
+        }
+    }
+    return b"data: " + json.dumps(error).encode() + b"\n\n"
 
 
 def needs_prompt_logprobs(endpoint: str, payload: dict[str, Any]) -> bool:
@@ -143,7 +175,6 @@ class Proxy:
         self,
         settings: ServerSettings,
         engines: Sequence[Engine],
-        session: aiohttp.ClientSession,
         names: Names,
         manager: AdapterManager,
         registry: Registry,
@@ -152,7 +183,6 @@ class Proxy:
     ) -> None:
         self.settings = settings
         self.engines = engines
-        self.session = session
         self.names = names
         self.manager = manager
         self.registry = registry
@@ -160,31 +190,39 @@ class Proxy:
         self.metrics = metrics
         self._unknown: dict[str, float] = {}
         self._versions: dict[str, VersionInfo] = {}
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=10, sock_read=settings.request_timeout_s
-        )
+        self._pools: dict[str, EnginePool] = {}
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
 
     # -- entry -----------------------------------------------------------------------------------
     async def handle(self, endpoint: str, raw: bytes, authorization: str | None) -> Reply:
+        """Answer one request: a complete answer, or a :class:`Relay` to stream (then the caller
+        must ``close`` it). Raises :class:`LoraplexError` for answers of our own (4xx, 503)."""
         started = time.perf_counter()
-        labels = ("none", "none")
+        series = None
         try:
             payload = _parse(raw)
             model = payload["model"]
             scope = self.access.inference_scope(authorization)
-            self.access.check_model(scope, model)
+            if scope is not OPEN:
+                self.access.check_model(scope, model)
             target = self.names.table.lookup(model)
             if target is None:
                 target = await self._resolve_unknown(model)
-            labels = self.metrics.adapter_labels(target)
-            return await self._forward(endpoint, payload, target, labels, started)
+            series = self.metrics.series(self.metrics.adapter_labels(target))
+            return await self._forward(endpoint, payload, target, series, started)
         except LoraplexError as exc:
-            self.metrics.requests.labels(*labels, endpoint, str(exc.status_code)).inc()
+            series = series or self.metrics.series(_NO_LABELS)
+            series.requests(endpoint, exc.status_code).inc()
             raise
         except asyncio.CancelledError:
             # The client left before the answer (499, nginx's "client closed request").
-            self.metrics.requests.labels(*labels, endpoint, "499").inc()
-            self.metrics.duration.labels(*labels).observe(time.perf_counter() - started)
+            series = series or self.metrics.series(_NO_LABELS)
+            series.requests(endpoint, 499).inc()
+            series.duration.observe(time.perf_counter() - started)
             raise
 
     # -- names -----------------------------------------------------------------------------------
@@ -278,12 +316,20 @@ class Proxy:
             engine.shared_idle.set()
 
     # -- forwarding ------------------------------------------------------------------------------
+    def _pool(self, engine: Engine) -> EnginePool:
+        pool = self._pools.get(engine.url)
+        if pool is None:
+            pool = self._pools[engine.url] = EnginePool(
+                engine.url, timeout=self.settings.request_timeout_s
+            )
+        return pool
+
     async def _forward(
         self,
         endpoint: str,
         payload: dict[str, Any],
         target: Target,
-        labels: tuple[str, str],
+        series: AdapterSeries,
         started: float,
     ) -> Reply:
         lease = await self._lease(target)
@@ -300,7 +346,8 @@ class Proxy:
         try:
             if gated:
                 await self._gate(engine, exclusive)
-            payload["model"] = target.key or engine.served_name or self.names.table.base_name
+            key = target.key
+            payload["model"] = key or engine.served_name or self.names.table.base_name
             stream = bool(payload.get("stream"))
             strip_usage = False
             if stream:
@@ -311,48 +358,42 @@ class Proxy:
                     strip_usage = True
                 payload["stream_options"] = options
             body = json.dumps(payload, separators=(",", ":")).encode()
-            headers = {
-                VERSION_HEADER: target.key or "base",
-                MODEL_HEADER: target.key or self.names.table.base_name,
-                ENGINE_HEADER: engine.id,
-            }
+            headers = [
+                (VERSION_HEADER_B, key.encode() if key else b"base"),
+                (MODEL_HEADER_B, (key or self.names.table.base_name).encode()),
+                (ENGINE_HEADER_B, engine.id.encode()),
+            ]
             try:
-                resp = await self.session.post(
-                    engine.url + ENDPOINTS[endpoint],
-                    data=body,
-                    headers={"content-type": "application/json"},
-                    timeout=self._timeout,
-                )
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                exchange = await self._pool(engine).post_json(ENDPOINTS[endpoint], body)
+            except UpstreamError as exc:
                 raise Unavailable(
-                    f"engine {engine.id} did not answer ({exc.__class__.__name__}); retry shortly",
+                    f"engine {engine.id} did not answer ({exc}); retry shortly",
                     retry_after=self.settings.retry_after_s,
                 ) from exc
-            if not stream or resp.status != 200:
+            status = exchange.status
+            if not stream or status != 200:
                 try:
-                    data = await resp.read()
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    resp.close()
+                    data = await exchange.read_all()
+                except UpstreamError as exc:
                     raise Unavailable(
                         f"engine {engine.id} failed mid-answer; retry shortly",
                         retry_after=self.settings.retry_after_s,
                     ) from exc
-                except BaseException:
-                    # Cancelled (the client left): drop the connection so vLLM aborts.
-                    resp.close()
-                    raise
-                resp.release()
-                headers["content-type"] = resp.headers.get("content-type", "application/json")
-                self._record(endpoint, labels, resp.status, started, _usage(data, resp.status))
-                return Reply(resp.status, headers, data)
-            headers["content-type"] = resp.headers.get("content-type", "text/event-stream")
-            headers["cache-control"] = "no-cache"
+                finally:
+                    # Complete: back to the pool. Failed or cancelled (the client left): the
+                    # connection is dropped, so vLLM aborts the request.
+                    exchange.close()
+                headers.append((b"content-type", exchange.content_type or b"application/json"))
+                self._record(endpoint, series, status, started, _usage(data, status))
+                return Reply(status, headers, data)
+            headers.append((b"content-type", exchange.content_type or b"text/event-stream"))
+            headers.append((b"cache-control", b"no-cache"))
             handed_over = True
             return Reply(
                 200,
                 headers,
                 stream=self._relay(
-                    resp, lease, gated, exclusive, endpoint, labels, started, strip_usage
+                    exchange, lease, gated, exclusive, endpoint, series, started, strip_usage
                 ),
             )
         finally:
@@ -363,48 +404,43 @@ class Proxy:
 
     def _relay(
         self,
-        resp: aiohttp.ClientResponse,
+        exchange: Exchange,
         lease: Lease,
         gated: bool,
         exclusive: bool,
         endpoint: str,
-        labels: tuple[str, str],
+        series: AdapterSeries,
         started: float,
         strip_usage: bool,
     ) -> Relay:
         def finish(status: int, usage: dict[str, Any] | None, complete: bool) -> None:
-            if complete:
-                resp.release()
-            else:
-                resp.close()  # drops the connection: vLLM aborts the request
             if gated:
                 self._ungate(lease.engine, exclusive)
             lease.release()
-            self._record(endpoint, labels, status, started, usage)
+            self._record(endpoint, series, status, started, usage)
 
         def first_chunk() -> None:
-            self.metrics.ttft.labels(*labels).observe(time.perf_counter() - started)
+            series.ttft.observe(time.perf_counter() - started)
 
-        return Relay(resp, lease.engine.id, strip_usage, first_chunk, finish)
+        return Relay(exchange, lease.engine.id, strip_usage, first_chunk, finish)
 
+    @staticmethod
     def _record(
-        self,
         endpoint: str,
-        labels: tuple[str, str],
+        series: AdapterSeries,
         status: int,
         started: float,
         usage: dict[str, Any] | None,
     ) -> None:
-        m = self.metrics
-        m.requests.labels(*labels, endpoint, str(status)).inc()
-        m.duration.labels(*labels).observe(time.perf_counter() - started)
+        series.requests(endpoint, status).inc()
+        series.duration.observe(time.perf_counter() - started)
         if usage:
             prompt = usage.get("prompt_tokens")
             completion = usage.get("completion_tokens")
             if isinstance(prompt, int):
-                m.prompt_tokens.labels(*labels).inc(prompt)
+                series.prompt_tokens.inc(prompt)
             if isinstance(completion, int):
-                m.completion_tokens.labels(*labels).inc(completion)
+                series.completion_tokens.inc(completion)
 
 
 def _parse(raw: bytes) -> dict[str, Any]:
@@ -436,7 +472,11 @@ def _take_usage(block: bytes, strip: bool) -> tuple[bytes, dict[str, Any] | None
     for event in block.split(b"\n\n"):
         if not event:
             continue
-        if event.startswith(b"data: {") and b'"usage"' in event:
+        if (
+            event.startswith(b"data: {")
+            and b'"usage"' in event
+            and not (b'"usage":null' in event and b'"usage":{' not in event)
+        ):
             try:
                 data = json.loads(event[6:])
             except ValueError:

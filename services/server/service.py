@@ -104,7 +104,9 @@ class ServerService:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+        # Control calls only (health, loads, metrics); requests go through services.server.upstream.
+        # Idle connections are dropped before vLLM (uvicorn) closes them after 5 s.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=4)
         self.session = aiohttp.ClientSession(connector=connector)
         for engine in self.engines:
             self.clients[engine.id] = EngineClient(self.session, engine.url)
@@ -130,7 +132,6 @@ class ServerService:
         self.proxy = Proxy(
             self.settings,
             self.engines,
-            self.session,
             self.names,
             self.manager,
             self.registry,
@@ -167,6 +168,8 @@ class ServerService:
         if hasattr(self, "reconciler"):
             await self.reconciler.stop()
         await asyncio.gather(*(s.stop() for s in self.supervisors), return_exceptions=True)
+        if hasattr(self, "proxy"):
+            self.proxy.close()
         if self.session is not None:
             await self.session.close()
         self.registry.dispose()

@@ -8,21 +8,38 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from services.server.api import admin, openai, ops
+from services.server.api.responses import error_reply, serve_proxied
 from services.server.config import ServerSettings
-from services.server.errors import Unavailable, error_body
+from services.server.errors import error_body
 from services.server.service import ServerService
 from shared.errors import LoraplexError
 
 log = logging.getLogger(__name__)
 
+# Served without FastAPI's routing and middleware (see api/responses.py); the FastAPI routes of
+# the same paths document them in the OpenAPI schema and answer identically.
+PROXIED = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+
+
+class ServerApp(FastAPI):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = PROXIED.get(scope["path"])
+            service = getattr(self.state, "service", None)
+            if endpoint is not None and service is not None:
+                await serve_proxied(service, endpoint, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
 
 def create_app(
     settings: ServerSettings, *, service_factory: Callable[[], ServerService] | None = None
-) -> FastAPI:
+) -> ServerApp:
     """Build the app; the service (base model, engines, reconciler) starts with the lifespan."""
 
     @asynccontextmanager
@@ -35,7 +52,7 @@ def create_app(
         finally:
             await service.stop()
 
-    app = FastAPI(
+    app = ServerApp(
         title="loraplex server",
         version="0.1.0",
         description="OpenAI-compatible API over vLLM engines serving many LoRA adapters.",
@@ -47,13 +64,13 @@ def create_app(
         app.include_router(admin.router)
 
     @app.exception_handler(LoraplexError)
-    async def _domain_error(_: Request, exc: LoraplexError) -> JSONResponse:
-        headers = {}
-        if isinstance(exc, Unavailable):
-            headers["Retry-After"] = str(exc.retry_after)
-        if exc.status_code >= 500 and not isinstance(exc, Unavailable):
-            log.error("request failed: %s", exc)
-        return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
+    async def _domain_error(_: Request, exc: LoraplexError) -> Response:
+        status, headers, body = error_reply(exc)
+        return Response(
+            body,
+            status_code=status,
+            headers={name.decode(): value.decode() for name, value in headers},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,58 +1,175 @@
-"""Responses that need more than Starlette gives: the relay of an engine's SSE stream."""
+"""The proxied routes as plain ASGI: what every request and every streamed chunk goes through.
+
+FastAPI's routing, dependency injection and middleware cost more per request than the hop itself,
+and on a CPU machine every cycle here is taken from the engine, so ``POST /v1/chat/completions``
+and ``POST /v1/completions`` are served by :func:`serve_proxied` straight from the application's
+``__call__`` (see ``app.py``). The FastAPI routes stay (OpenAPI schema, and a fallback) and run
+the same function.
+
+One task per request watches for the client leaving; when it does, the request's own task is
+cancelled, which closes the engine connection, and vLLM aborts the request. Starlette's
+StreamingResponse would notice only at its next write, many seconds later during a long prefill.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import json
+import logging
 
-import anyio
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from services.server.proxy import Relay
+from services.server.errors import TooLarge, Unavailable, error_body
+from services.server.proxy import Reply
+from services.server.service import ServerService
+from shared.errors import LoraplexError
+
+log = logging.getLogger(__name__)
+
+JSON_TYPE = (b"content-type", b"application/json")
 
 
-class RelayResponse(Response):
-    """Streams a :class:`Relay` and stops it as soon as the client disconnects.
+def error_reply(exc: LoraplexError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """OpenAI's error envelope with the status (and ``Retry-After`` for 503) of ``exc``."""
+    headers = [JSON_TYPE]
+    if isinstance(exc, Unavailable):
+        headers.append((b"retry-after", str(exc.retry_after).encode()))
+    if exc.status_code >= 500 and not isinstance(exc, Unavailable):
+        log.error("request failed: %s", exc)
+    body = json.dumps(error_body(exc), ensure_ascii=False, separators=(",", ":")).encode()
+    return exc.status_code, headers, body
 
-    Starlette's StreamingResponse (ASGI >= 2.4) only notices a disconnect at the next write, which
-    for a long prefill can be many seconds; here a listener cancels the relay at once, and the relay
-    closes the engine connection, which makes vLLM abort the request.
-    """
 
-    def __init__(self, relay: Relay, status_code: int, headers: dict[str, str]) -> None:
-        self.relay = relay
-        self.status_code = status_code
+async def _send_whole(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class _Watch:
+    """Cancels the request's task when the client disconnects, until ``done``."""
+
+    __slots__ = ("done", "gone", "task")
+
+    def __init__(self, receive: Receive) -> None:
+        self.done = False
+        self.gone = False
+        owner = asyncio.current_task()
+        assert owner is not None
+        self.task = asyncio.get_running_loop().create_task(self._run(receive, owner))
+
+    async def _run(self, receive: Receive, owner: asyncio.Task[object]) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+        if not self.done:
+            self.gone = True
+            owner.cancel()
+
+    def stop(self) -> None:
+        self.done = True
+        self.task.cancel()
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, None when the client left while sending it."""
+    chunks = []
+    size = 0
+    more = True
+    while more:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body = message.get("body", b"")
+        if body:
+            size += len(body)
+            if size > limit:
+                raise TooLarge(f"request body above the limit of {limit} bytes", param="body")
+            chunks.append(body)
+        more = message.get("more_body", False)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def serve_proxied(
+    service: ServerService, endpoint: str, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Answer one proxied request (``endpoint``: ``chat`` or ``completions``) over raw ASGI."""
+    authorization = None
+    limit = service.settings.max_body_bytes
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+        elif name == b"content-length" and value.isdigit() and int(value) > limit:
+            exc = TooLarge(
+                f"request body of {int(value)} bytes is above the limit of {limit}", param="body"
+            )
+            await _send_whole(send, *error_reply(exc))
+            return
+    try:
+        raw = await _read_body(receive, limit)
+    except LoraplexError as exc:
+        await _send_whole(send, *error_reply(exc))
+        return
+    if raw is None:
+        return
+    watch = _Watch(receive)
+    reply: Reply | None = None
+    started = False
+    try:
+        try:
+            reply = await service.proxy.handle(endpoint, raw, authorization)
+        except LoraplexError as exc:
+            watch.done = True
+            await _send_whole(send, *error_reply(exc))
+            return
+        relay = reply.stream
+        if relay is None:
+            watch.done = True
+            await _send_whole(send, reply.status, reply.headers, reply.body)
+            return
+        started = True
+        await send(
+            {"type": "http.response.start", "status": reply.status, "headers": reply.headers}
+        )
+        while (data := await relay.next()) is not None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+        watch.done = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except asyncio.CancelledError:
+        if not watch.gone:
+            raise  # the server is shutting down
+        # The client left: nothing to answer. The relay's close drops the engine connection.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+    except Exception:
+        log.exception("proxied request failed")
+        if not started and not watch.gone:
+            await _send_whole(send, *error_reply(_internal_error()))
+    finally:
+        watch.stop()
+        if reply is not None and reply.stream is not None:
+            reply.stream.close()
+
+
+def _internal_error() -> LoraplexError:
+    err = LoraplexError("internal error while proxying the request", code="internal_error")
+    err.status_code = 500
+    err.user_error = False
+    return err
+
+
+class ProxiedResponse(Response):
+    """For the FastAPI routes: runs :func:`serve_proxied` with the request's own receive/send."""
+
+    def __init__(self, service: ServerService, endpoint: str) -> None:
+        self.service = service
+        self.endpoint = endpoint
         self.background = None
-        self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            async with anyio.create_task_group() as group:
-
-                async def stream() -> None:
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": self.status_code,
-                            "headers": self.raw_headers,
-                        }
-                    )
-                    async for chunk in self.relay:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    group.cancel_scope.cancel()
-
-                async def watch() -> None:
-                    while True:
-                        message = await receive()
-                        if message["type"] == "http.disconnect":
-                            group.cancel_scope.cancel()
-                            return
-
-                group.start_soon(stream)
-                group.start_soon(watch)
-        except OSError:
-            pass  # the client went away mid-write
-        finally:
-            with contextlib.suppress(Exception):
-                await self.relay.aclose()
+        await serve_proxied(self.service, self.endpoint, scope, receive, send)
