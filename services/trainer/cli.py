@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -22,6 +22,9 @@ from services.trainer.config import TrainerSettings
 from services.trainer.schemas import JobSpec
 from shared.errors import LoraplexError, ValidationError
 from shared.settings import load_settings
+
+if TYPE_CHECKING:
+    from services.trainer.recipes.common import DataFile
 
 app = typer.Typer(help="Train LoRA adapters (SFT, DPO; LoRA, QLoRA).", no_args_is_help=True)
 
@@ -98,7 +101,7 @@ def run(
 
     from services.trainer.adapters import store_and_register
     from services.trainer.jobs import default_adapter_name
-    from services.trainer.recipes.common import DataFile, RecipeContext
+    from services.trainer.recipes.common import RecipeContext
     from services.trainer.recipes.dpo import run_dpo
     from services.trainer.recipes.sft import run_sft
 
@@ -107,16 +110,10 @@ def run(
         spec, root = load_spec(config)
         name = adapter_name or default_adapter_name(spec)
 
-        def data_file(value: str | None) -> DataFile | None:
-            if value is None:
-                return None
-            path = (root / value).expanduser()
-            if not path.is_file():
-                raise ValidationError(f"data file {path} does not exist", param=value)
-            return DataFile(path.resolve(), path.name)
-
-        train = data_file(spec.training_file)
+        train = _register_data(settings, spec, root, spec.training_file, "training_file")
         assert train is not None
+        validation = _register_data(settings, spec, root, spec.validation_file, "validation_file")
+        base_dir, lineage = _base_adapter(settings, spec)
         work = Path(tempfile.mkdtemp(prefix="loraplex-run-"))
         columns = [
             TextColumn("{task.description}"),
@@ -130,15 +127,15 @@ def run(
                 spec=spec,
                 settings=settings,
                 train_file=train,
-                validation_file=data_file(spec.validation_file),
+                validation_file=validation,
                 output_dir=work,
                 reporter=reporter,
                 register=lambda folder, manifest, base: store_and_register(
                     settings, folder, manifest, base, name
                 ),
                 adapter_name=name,
-                base_adapter_dir=_base_adapter_dir(settings, spec),
-                base_adapter_lineage={"id": spec.base_adapter} if spec.base_adapter else None,
+                base_adapter_dir=base_dir,
+                base_adapter_lineage=lineage,
             )
             recipe = run_sft if spec.method.type == "supervised" else run_dpo
             result = recipe(ctx)
@@ -148,20 +145,62 @@ def run(
         _fail(exc)
 
 
-def _base_adapter_dir(settings: TrainerSettings, spec: JobSpec) -> Path | None:
-    if not spec.base_adapter:
+def _register_data(
+    settings: TrainerSettings, spec: JobSpec, root: Path, value: str | None, param: str
+) -> DataFile | None:
+    """The config's data file (a path, or the id of an uploaded file) as a registered file.
+
+    Like the API path (upload, then the worker reads the stored copy): the adapter's lineage then
+    names a file id and hash that the registry and artifact store can give back, which is what the
+    evaluator needs to rebuild the validation split. Training reads the stored copy, so the bytes
+    trained on are the bytes recorded.
+    """
+    if value is None:
         return None
+    from services.trainer.files import get_file, register_local_file
+    from services.trainer.jobs import _check_data_file
+    from services.trainer.recipes.common import DataFile
     from shared.artifacts import open_store
-    from shared.registry.adapters import get_version
     from shared.registry.db import open_registry
 
     registry = open_registry(settings)
     try:
         with registry.session() as session:
-            sha = get_version(session, spec.base_adapter).sha256
+            path = (root / value).expanduser()
+            if path.is_file():
+                row = register_local_file(session, settings, path)
+                name = path.name
+            elif value.startswith("file-"):
+                _check_data_file(session, value, param, spec.method.type)
+                row = get_file(session, value, param)
+                name = row.filename
+            else:
+                raise ValidationError(f"data file {path} does not exist", param=param)
+            file_id, sha = row.id, row.sha256
     finally:
         registry.dispose()
-    return open_store(settings).get_dir(sha)
+    return DataFile(open_store(settings).get_file(sha), name, file_id, sha)
+
+
+def _base_adapter(
+    settings: TrainerSettings, spec: JobSpec
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The folder and lineage of the registered adapter the job continues from, if any."""
+    if not spec.base_adapter:
+        return None, None
+    from shared.artifacts import open_store
+    from shared.registry.adapters import resolve
+    from shared.registry.db import open_registry
+
+    registry = open_registry(settings)
+    try:
+        with registry.session() as session:
+            # A version id or an alias (name:alias), like the API accepts.
+            version = resolve(session, spec.base_adapter)
+            lineage = {"id": version.id, "sha256": version.sha256}
+    finally:
+        registry.dispose()
+    return open_store(settings).get_dir(lineage["sha256"]), lineage
 
 
 # -- talking to the service ---------------------------------------------------------------------

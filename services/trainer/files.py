@@ -96,6 +96,42 @@ def create_file(
     return row
 
 
+def local_filename(path: Path) -> str:
+    """``path``'s name made acceptable to :func:`check_filename` (other characters become ``_``)."""
+    name = re.sub(r"[^A-Za-z0-9._ ()+-]", "_", path.name).replace("..", "_").lstrip("._ -+()")
+    return (name or "data")[:255]
+
+
+def register_local_file(
+    session: Session, settings: SharedSettings, path: Path, purpose: str = FINE_TUNE
+) -> DatasetRow:
+    """A local data file as a registry file, exactly as if it had been uploaded.
+
+    ``loraplex train run`` trains on files that never went through ``POST /v1/files``; without a
+    row and a stored copy, the adapter's lineage would name a file nobody can read back, and the
+    evaluator could not rebuild its validation split. A file already registered with the same
+    content, name and purpose is reused, so running the same config twice records the same
+    lineage (and the registry recognises the same adapter version).
+    """
+    from shared.artifacts import file_sha256
+
+    filename = local_filename(path)
+    sha = file_sha256(path)
+    existing = session.scalars(
+        select(DatasetRow)
+        .where(
+            DatasetRow.sha256 == sha,
+            DatasetRow.filename == filename,
+            DatasetRow.purpose == purpose,
+        )
+        .order_by(DatasetRow.created_at, DatasetRow.id)
+        .limit(1)
+    ).first()
+    if existing is not None and open_store(settings).has_file(sha):
+        return existing
+    return create_file(session, settings, filename=filename, purpose=purpose, path=path)
+
+
 def get_file(session: Session, file_id: str, param: str = "file_id") -> DatasetRow:
     row = session.get(DatasetRow, file_id)
     if row is None:

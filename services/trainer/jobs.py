@@ -26,7 +26,7 @@ from services.trainer.schemas import (
     unix_time,
 )
 from shared.errors import ConflictError, LoraplexError, NotFoundError, ValidationError
-from shared.registry.adapters import check_adapter_name, get_version
+from shared.registry.adapters import check_adapter_name, resolve
 from shared.registry.models import BaseModelRow, JobEventRow, TrainingJobRow, utcnow
 from shared.servability import LoraLimits, check_lora_settings
 from shared.settings import EMBEDDED_BASE_MODEL
@@ -125,9 +125,11 @@ def validate_spec(session: Session, settings: TrainerSettings, spec: JobSpec) ->
 
         def check_base_adapter() -> None:
             try:
-                version = get_version(session, spec.base_adapter or "")
-            except NotFoundError as exc:
+                version = resolve(session, spec.base_adapter or "")
+            except (NotFoundError, ValidationError) as exc:
                 raise ValidationError(exc.message, param="base_adapter") from exc
+            # An alias moves; the job records the version it resolved to when it was created.
+            spec.base_adapter = version.id
             if version.base_model != spec.model:
                 raise ValidationError(
                     f"base_adapter {version.id} was trained on {version.base_model!r}, "

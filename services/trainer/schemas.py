@@ -149,7 +149,9 @@ class JobSpec(BaseModel):
     lora: LoraSpec = Field(default_factory=LoraSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     base_adapter: str | None = Field(
-        default=None, description="Adapter version (name@vN) to continue from, e.g. SFT before DPO."
+        default=None,
+        description="Adapter version (name@vN) or alias (name:alias) to continue from, e.g. SFT "
+        "before DPO; an alias is resolved to its version when the job is created.",
     )
 
     @field_validator("metadata")

@@ -231,6 +231,10 @@ def load_model(
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, ctx.base_adapter_dir, is_trainable=True)
+        # Its config names the base by registry name; peft's checkpoint saving looks that up as a
+        # path, so point it at the folder (the saved adapter gets the registry name back).
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = str(base.path)
     return model
 
 
