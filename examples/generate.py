@@ -11,7 +11,7 @@ Files written:
   duplicate, so the data report has something to show)
 - ``test.jsonl``       held-out examples: ``{"id", "messages": [system, user], "expected": {...}}``
 - ``dpo_train.jsonl``  preference pairs ``{"prompt", "chosen", "rejected"}``: correct JSON versus
-  a typical failure (prose, a wrong field, markdown fences, a missing key)
+  a typical failure (prose, markdown fences, a wrong value, not stopping after the object)
 
 Usage: ``python examples/generate.py [--train 320 --test 60 --dpo 160 --seed 7]``.
 """
@@ -195,17 +195,25 @@ def answer(expected: dict[str, Any]) -> str:
 
 
 def wrong_answer(rng: random.Random, text: str, expected: dict[str, Any]) -> str:
+    """A typical failure. The kinds are balanced in length (some longer than the right answer,
+    some shorter), so DPO cannot learn "longer is better" instead of "correct is better"."""
     kind = rng.randrange(4)
-    if kind == 0:
+    if kind == 0:  # prose instead of JSON (shorter)
         return f"Sure! {expected['name']} ordered some {expected['item']}s for {expected['city']}."
-    if kind == 1:
+    if kind == 1:  # markdown fences around pretty-printed JSON (longer)
         return "```json\n" + json.dumps(expected, indent=2) + "\n```"
-    broken = dict(expected)
-    if kind == 2:
-        broken["quantity"] = expected["quantity"] + rng.randint(1, 3)
-    else:
-        broken.pop(rng.choice(["size", "color", "city"]))
-    return json.dumps(broken)
+    if kind == 2:  # one wrong value (same length)
+        broken = dict(expected)
+        field = rng.choice(["quantity", "city", "color"])
+        if field == "quantity":
+            broken["quantity"] = expected["quantity"] % 8 + 1
+        elif field == "city":
+            broken["city"] = rng.choice([c for c in CITIES if c != expected["city"]])
+        else:
+            broken["color"] = rng.choice([c for c in COLORS if c != expected["color"]])
+        return json.dumps(broken)
+    # the right object, then it does not stop (longer)
+    return json.dumps(expected) + " " + json.dumps({"note": text[:40]})
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -63,7 +64,13 @@ def _chat(client: Any, model: str) -> tuple[str, str]:
 
 
 class Traffic:
-    """A background client calling the alias in a loop, recording every outcome."""
+    """A background client calling the alias in a loop, recording every outcome.
+
+    Paced (``interval_s`` between requests) so that on a 2-core machine it does not starve the
+    training it runs alongside; the promotion itself is what it watches.
+    """
+
+    interval_s = 0.5
 
     def __init__(self, base_url: str, model: str) -> None:
         from openai import OpenAI
@@ -85,6 +92,7 @@ class Traffic:
             except Exception as exc:  # every failure counts, whatever its type
                 self.outcomes["failed"] += 1
                 self.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+            self._stop.wait(self.interval_s)
 
     def __enter__(self) -> Traffic:
         self._thread.start()
@@ -93,6 +101,23 @@ class Traffic:
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=120)
+
+
+def _summary(outcome: dict[str, Any]) -> str:
+    """One line per release: the task metric for candidate and baseline, the decision."""
+    run = outcome.get("run") or {}
+    results = run.get("results") or {}
+    cand, base = results.get("candidate") or {}, results.get("baseline") or {}
+    scores = ", ".join(
+        f"{m} {cand[m]:.2f} vs {base.get(m, float('nan')):.2f}"
+        for m in ("json_match", "json_valid")
+        if isinstance(cand.get(m), float | int)
+    )
+    promoted = "promoted to prod" if outcome.get("decision") == "pass" else "not promoted"
+    return (
+        f"{outcome.get('version')}: {scores} (baseline {run.get('baseline') or 'base model'}); "
+        f"gate {outcome.get('decision')}, {promoted}"
+    )
 
 
 def run() -> int:
@@ -110,14 +135,27 @@ def run() -> int:
     with registry.session() as session:
         register_base_model(session, prepare_embedded_model(demo_settings))
     registry.dispose()
-    subprocess.run([sys.executable, str(EXAMPLES / "generate.py")], check=True)
+    # The demo's own copy of the example data and release configs: nothing in the checkout changes.
+    examples = demo_dir / "examples"
+    shutil.copytree(EXAMPLES / "release", examples / "release")
+    subprocess.run(
+        [sys.executable, str(EXAMPLES / "generate.py"), "--out", str(examples / "extraction")],
+        check=True,
+    )
 
     step(2, total, "start trainer, evaluator and server (vLLM) as separate processes", t0)
-    with LocalStack(demo_dir) as stack:
-        stack.start()
+    with LocalStack(demo_dir, split_cpus=True) as stack:
+        # The server's engine loads while v1 trains; the release waits for it before evaluating.
+        stack.start(wait_for_server=False)
         say(
             f"trainer {stack.trainer_url}  evaluator {stack.evaluator_url}  server {stack.server_url}"
+            " (starting its vLLM engine in the background)"
         )
+        split = stack.cpu_plan()
+        if split:
+            say(
+                f"cores: vLLM engine {sorted(split[0])}, training and evaluation {sorted(split[1])}"
+            )
         services = Services(
             trainer_url=stack.trainer_url,
             evaluator_url=stack.evaluator_url,
@@ -126,9 +164,10 @@ def run() -> int:
         )
 
         step(3, total, f"release {ADAPTER} v1: train, evaluate against the base model, gate", t0)
-        cfg, root = load_config(EXAMPLES / "release" / "v1.yaml")
+        cfg, root = load_config(examples / "release" / "v1.yaml")
         cfg.services = services
-        code = HttpRelease(cfg, root, say=say).run()
+        release1 = HttpRelease(cfg, root, say=say)
+        code = release1.run()
         if code != 0:
             say(f"release v1 did not pass (exit {code}); see the report above")
             return code
@@ -144,10 +183,11 @@ def run() -> int:
         say(f"{model.name}:   {base_answer}")
 
         step(5, total, f"release {ADAPTER} v2 while a client keeps calling '{ADAPTER}'", t0)
-        cfg2, root2 = load_config(EXAMPLES / "release" / "v2.yaml")
+        cfg2, root2 = load_config(examples / "release" / "v2.yaml")
         cfg2.services = services
+        release2 = HttpRelease(cfg2, root2, say=say)
         with Traffic(stack.server_url, ADAPTER) as traffic:
-            code = HttpRelease(cfg2, root2, say=say).run()
+            code = release2.run()
             time.sleep(3)  # a few more requests on the new version
         say(
             f"requests during the release: {traffic.outcomes['ok']} ok, "
@@ -164,12 +204,21 @@ def run() -> int:
     for report in reports:
         say(f"  {report}")
     say(f"logs: {demo_dir / 'logs'}")
+    say("\nsummary")
+    for outcome in (release1.outcome, release2.outcome):
+        say(f"  {_summary(outcome)}")
+    say(
+        f"  requests to '{ADAPTER}' during the v2 release: {traffic.outcomes['ok']} ok, "
+        f"{traffic.outcomes['failed']} failed"
+    )
     say(f"\ndemo finished in {time.monotonic() - t0:.0f} s")
     failed = traffic.outcomes["failed"]
     return code if code != 0 else (1 if failed else 0)
 
 
 def main() -> None:
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the services are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         sys.exit(run())
     except LoraplexError as exc:

@@ -54,6 +54,9 @@ class Services(BaseModel):
     )
     server_api_key: str | None = None
     reconcile_deadline_s: float = Field(default=60.0, gt=0)
+    server_ready_timeout_s: float = Field(
+        default=600.0, gt=0, description="How long evaluation waits for the server's /ready."
+    )
     poll_s: float = Field(default=1.0, gt=0)
 
 
@@ -140,6 +143,7 @@ class HttpRelease:
         assert cfg.services is not None
         self.cfg, self.root, self.svc, self.say = cfg, root, cfg.services, say
         self.http = httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0))
+        self.outcome: dict[str, Any] = {}  # version, evaluation run, decision (after run())
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         if response.status_code >= 400:
@@ -269,10 +273,37 @@ class HttpRelease:
             f"{self.svc.reconcile_deadline_s:.0f} s (reconcile deadline)"
         )
 
+    def wait_for_server(self) -> None:
+        """The evaluator generates through the server: wait for it to be ready (it may still be
+        loading its engine when a release starts right after the stack)."""
+        if not self.svc.server_url:
+            return
+        url = f"{self.svc.server_url}/ready"
+        start = time.monotonic()
+        told = False
+        while True:
+            try:
+                if self.http.get(url, timeout=5.0).status_code == 200:
+                    if told:
+                        self.say(f"  server ready after {time.monotonic() - start:.0f} s")
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - start > self.svc.server_ready_timeout_s:
+                raise SystemFailure(
+                    f"the server at {self.svc.server_url} was not ready within "
+                    f"{self.svc.server_ready_timeout_s:.0f} s (GET /ready)"
+                )
+            if not told:
+                self.say(f"  waiting for the server at {self.svc.server_url} to be ready")
+                told = True
+            time.sleep(1.0)
+
     def run(self) -> int:
         self.say(f"[1/3] train {self.cfg.adapter} on {self.cfg.training.model}")
         version = self.train()
         self.say(f"[2/3] evaluate and gate {version}")
+        self.wait_for_server()
         run = self.evaluate(version)
         if run["status"] == "failed":
             err = run.get("error") or {}
@@ -284,8 +315,10 @@ class HttpRelease:
         report = run.get("report_url")
         if report:
             self.say(f"  report: {self.svc.evaluator_url}{report}")
+        self.outcome = {"version": version, "run": run, "decision": decision}
         if decision == "pass" and self.svc.server_url:
             seconds = self.wait_for_alias(version)
+            self.outcome["served_after_s"] = seconds
             self.say(
                 f"  {self.cfg.adapter}:{self.cfg.promote} -> {version} (served after {seconds:.1f} s)"
             )
