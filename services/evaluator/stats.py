@@ -180,17 +180,46 @@ def newcombe_paired_interval(table: PairTable, confidence: float) -> tuple[float
     return max(-1.0, low), min(1.0, high)
 
 
+def exact_conditional_interval(table: PairTable, confidence: float) -> tuple[float, float]:
+    """Interval for ``p_candidate - p_baseline`` that inverts the exact McNemar test.
+
+    Given the discordant pairs ``m = cand_only + base_only``, ``cand_only`` is binomial with
+    share ``pi``; Clopper-Pearson bounds on ``pi`` map to ``(m / n) * (2 * pi - 1)``. It excludes 0
+    exactly when the two-sided exact McNemar p-value is below ``1 - confidence``; it holds the
+    discordant share at its observed value, so alone it is too narrow away from 0.
+    """
+    _z(confidence)  # validates
+    n, m = table.n, table.cand_only + table.base_only
+    if n == 0:
+        return -1.0, 1.0
+    if m == 0:
+        return 0.0, 0.0
+    alpha = 1.0 - confidence
+    k = table.cand_only
+    pi_low = 0.0 if k == 0 else float(sps.beta.ppf(alpha / 2, k, m - k + 1))
+    pi_high = 1.0 if k == m else float(sps.beta.ppf(1 - alpha / 2, k + 1, m - k))
+    return (m / n) * (2 * pi_low - 1), (m / n) * (2 * pi_high - 1)
+
+
 def compare_binary(
     candidate: ArrayLike, baseline: ArrayLike, *, confidence: float = 0.95, power: float = 0.8
 ) -> PairedResult:
+    """Paired pass/fail comparison.
+
+    The interval the gate judges is the union of Newcombe's score interval (good coverage for any
+    margin) and the exact conditional interval (the inversion of exact McNemar): a decision is
+    only taken when both agree, so the gate never calls a difference that exact McNemar does not.
+    """
     table = PairTable.from_outcomes(candidate, baseline)
     n = table.n
     if n == 0:
         raise ValueError("no paired items to compare")
-    low, high = newcombe_paired_interval(table, confidence)
+    n_low, n_high = newcombe_paired_interval(table, confidence)
+    e_low, e_high = exact_conditional_interval(table, confidence)
+    low, high = min(n_low, e_low), max(n_high, e_high)
     diffs = np.asarray(candidate, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
     return PairedResult(
-        method="newcombe",
+        method="newcombe+exact McNemar",
         n=n,
         confidence=confidence,
         candidate=(table.both + table.cand_only) / n,
@@ -204,7 +233,10 @@ def compare_binary(
         p_value=mcnemar_exact(table.cand_only, table.base_only),
         details={
             "test": "exact McNemar (two-sided)",
-            "interval": "Newcombe hybrid score (10)",
+            "interval": "union of Newcombe hybrid score (10) and exact conditional "
+            "(Clopper-Pearson on the discordant pairs)",
+            "newcombe": [n_low, n_high],
+            "exact_conditional": [e_low, e_high],
             **asdict(table),
         },
     )

@@ -128,6 +128,15 @@ def test_min_improvement_superiority() -> None:
     assert gate.decide(policy, same).decision == "fail"
 
 
+def test_binary_superiority_is_not_passed_against_exact_mcnemar() -> None:
+    # 5 of 30 items flip to pass, none back: exact McNemar p = 0.0625, not significant at 95%.
+    policy = _policy("metrics:\n  exact_match: {min_improvement: 0.0}\nmin_items: 10\n")
+    res = run({"exact_match": [1] * 15 + [0] * 15}, {"exact_match": [1] * 10 + [0] * 20})
+    out = gate.decide(policy, res)
+    assert out.decision == "inconclusive", out.reasons
+    assert any("McNemar p=0.0625" in r for r in out.reasons)
+
+
 def _judge(flip: float, anchors: float) -> JudgeReliability:
     return JudgeReliability(
         judge_model="j",

@@ -47,6 +47,30 @@ def test_newcombe_interval_contains_estimate_and_stays_wide_without_disagreement
     assert low < -0.1 and high > 0.1
 
 
+def test_exact_conditional_interval_excludes_zero_exactly_when_mcnemar_rejects() -> None:
+    for m in range(1, 31):
+        for k in range(m + 1):
+            table = stats.PairTable(both=5, cand_only=k, base_only=m - k, neither=5)
+            low, high = stats.exact_conditional_interval(table, 0.95)
+            assert low <= (k - (m - k)) / table.n <= high
+            assert (low > 0 or high < 0) == (stats.mcnemar_exact(k, m - k) < 0.05), (k, m)
+
+
+def test_binary_comparison_never_calls_what_exact_mcnemar_does_not() -> None:
+    # Five discordant pairs, all for the candidate: Newcombe's interval excludes 0 but the exact
+    # McNemar p is 2 / 32 = 0.0625, so the judged interval must include 0.
+    table = stats.PairTable(both=10, cand_only=5, base_only=0, neither=15)
+    assert stats.newcombe_paired_interval(table, 0.95)[0] > 0
+    cand = [1] * 15 + [0] * 15
+    base = [1] * 10 + [0] * 20
+    res = stats.compare_binary(cand, base)
+    assert res.p_value == pytest.approx(0.0625)
+    assert res.ci_low <= 0 < res.ci_high
+    # With clear evidence both agree and the interval excludes 0.
+    res = stats.compare_binary([1] * 25 + [0] * 5, [1] * 5 + [0] * 25)
+    assert res.p_value < 1e-4 and res.ci_low > 0
+
+
 def test_newcombe_coverage_in_simulation() -> None:
     rng = np.random.default_rng(7)
     n, reps, covered = 60, 400, 0
