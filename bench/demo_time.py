@@ -30,6 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.fresh:
         shutil.rmtree(REPO / ".loraplex" / "models", ignore_errors=True)
+    converted = not (REPO / ".loraplex" / "models").exists()
     load = os.getloadavg()[0]
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -68,7 +69,7 @@ def main() -> None:
             "stage start times (s after start)": stages,
             "summary": " / ".join(s.strip() for s in summary),
             "failed requests during the v2 release": failed,
-            "base model converted in this run": args.fresh,
+            "base model converted in this run": converted,
             "load average at start": round(load, 2),
         },
         ratios={"wall time / 600 s target": round(wall / 600, 3)},

@@ -5,7 +5,12 @@ fixed prompts and lengths) runs alternately against the engine's own port and ag
 server, ROUNDS times each, so drift on a shared machine hits both sides alike. Reports the
 throughput ratio (server / direct) and the added median latency and time to first token.
 
-    python bench/serve_overhead.py [--rounds 3] [--requests 64] [--max-tokens 32]
+Layouts: ``dedicated`` (default) gives the engine the last half of the cores and the server and
+the load generator the first half, as in a deployment where the server runs in its own pod or the
+engine computes on a GPU; it measures the hop itself. ``shared`` runs everything on every core,
+where on a CPU-only machine the server's CPU is taken from the engine.
+
+    python bench/serve_overhead.py [--layout dedicated|shared] [--rounds 3] [--requests 64]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services.server.loadgen import (
     completion_bodies,
     machine,
+    pin_threads,
     prepare_data_dir,
     register_adapters,
     run_streams,
@@ -79,7 +85,16 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--port", type=int, default=18311)
     parser.add_argument("--model", choices=["base", "adapter"], default="base")
+    parser.add_argument("--layout", choices=["dedicated", "shared"], default="dedicated")
     args = parser.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    engine_cpus: set[int] | None = None
+    hop_cpus: set[int] | None = None
+    if args.layout == "dedicated":
+        if len(cores) < 2:
+            parser.error(f"--layout dedicated needs at least 2 cores, this process has {cores}")
+        half = len(cores) // 2
+        hop_cpus, engine_cpus = set(cores[:half]), set(cores[half:])
 
     data_dir = Path(tempfile.mkdtemp(prefix="loraplex-bench-overhead-"))
     prepare_data_dir(data_dir)
@@ -87,8 +102,14 @@ def main() -> None:
     if args.model == "adapter":
         served = register_adapters(data_dir, [("bench", 1)])[0]
     env = {"LORAPLEX_KV_CACHE_GIB": "2", "LORAPLEX_MAX_NUM_SEQS": "32"}
+    if engine_cpus:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(engine_cpus)))
     started = time.time()
-    with server_process(data_dir, port=args.port, env=env) as server:
+    with server_process(data_dir, port=args.port, env=env, cpus=engine_cpus) as server:
+        if hop_cpus:
+            # The engine keeps the cores it inherited; the server and this load generator move.
+            pin_threads(server.process.pid, hop_cpus)
+            os.sched_setaffinity(0, hop_cpus)
         if served != BASE:
             server.admin("POST", "/admin/adapters/load", {"model": served})
         engine = server.engine_url
@@ -136,6 +157,9 @@ def main() -> None:
     result = {
         "benchmark": "serve_overhead",
         "model": served,
+        "layout": args.layout,
+        "engine_cpus": sorted(engine_cpus) if engine_cpus else cores,
+        "server_and_load_cpus": sorted(hop_cpus) if hop_cpus else cores,
         "workload": {
             "requests_per_round": args.requests,
             "concurrency": args.concurrency,
@@ -186,8 +210,9 @@ def main() -> None:
         ],
         "targets": {"throughput_ratio_min": 0.98, "added_median_latency_ms_max": 1.0},
     }
-    path = write_result(f"serve_overhead_{args.model}", result)
-    publish(result, args.model)
+    name = f"serve_overhead_{args.model}" + ("" if args.layout == "dedicated" else "_shared")
+    path = write_result(name, result)
+    publish(result, name)
     print(
         f"throughput ratio {result['throughput_ratio']} (target >= 0.98); added median latency "
         f"{result['added_median_latency_ms']} ms, added median TTFT "
@@ -198,18 +223,25 @@ def main() -> None:
     )
 
 
-def publish(result: dict[str, Any], model: str) -> None:
+def publish(result: dict[str, Any], name: str) -> None:
     """The figures for docs/benchmarks.md (see bench/_report.py)."""
     sys.path.insert(0, str(Path(__file__).parent))
     from _report import record
 
     w = result["workload"]
-
+    dedicated = result["layout"] == "dedicated"
+    where = (
+        f"engine on cores {result['engine_cpus']}, server and load generator on "
+        f"{result['server_and_load_cpus']}"
+        if dedicated
+        else "engine, server and load generator on every core"
+    )
     record(
-        f"serve_overhead_{model}",
-        title=f"Server hop overhead ({model} model)",
+        name,
+        title=f"Server hop overhead ({result['model']}, {result['layout']} cores)",
         baseline="the same vLLM engine called directly, same workload, interleaved rounds",
         figures={
+            "layout": where,
             "workload": (
                 f"{w['concurrency']} concurrent streams, {w['requests_per_round']} requests x "
                 f"{w['max_tokens']} tokens per round, {w['rounds']} rounds"
@@ -240,11 +272,19 @@ def publish(result: dict[str, Any], model: str) -> None:
             "throughput through server / direct": ">= 0.98",
             "added median latency (ms)": "<= 1",
         },
-        notes=NOTES,
+        notes=NOTES_DEDICATED if dedicated else NOTES_SHARED,
     )
 
 
-NOTES = (
+NOTES_DEDICATED = (
+    "The engine has its own cores (its OpenMP threads bound there) and the server and the load "
+    "generator the others, the shape of a deployment where the server runs in its own pod or the "
+    "engine computes on a GPU: this measures what the hop itself costs a request. The load "
+    "generator is on the server's cores for both sides, so its own CPU does not favour either. "
+    "See the shared layout below for what happens when the hop competes with a CPU engine."
+)
+
+NOTES_SHARED = (
     "On a CPU-only machine the engine computes on every core, so the server's CPU (per request "
     "and per streamed chunk: a read from the engine and a write to the client, each waking "
     "another process) is taken from the engine, and a request through the server is slower by "
