@@ -7,6 +7,7 @@ Kept small and dependency-free beyond what the server already uses (aiohttp, saf
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -102,9 +103,16 @@ class ServerProcess:
 
 @contextmanager
 def server_process(
-    data_dir: Path, *, port: int, env: dict[str, str] | None = None, ready_timeout: float = 600
+    data_dir: Path,
+    *,
+    port: int,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 600,
+    cpus: set[int] | None = None,
 ) -> Iterator[ServerProcess]:
-    """``loraplex serve`` in its own process group; stopped (with its engines) on exit."""
+    """``loraplex serve`` in its own process group; stopped (with its engines) on exit.
+
+    ``cpus``: CPU affinity of the server, inherited by the engines it starts."""
     import urllib.error
     import urllib.request
 
@@ -128,6 +136,7 @@ def server_process(
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     server = ServerProcess(f"http://127.0.0.1:{port}", process, admin_key, log_path)
     try:
@@ -154,6 +163,13 @@ def server_process(
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         log.close()
+
+
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Move every thread of one process (not its children) to ``cpus``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 # -- load --------------------------------------------------------------------------------------
