@@ -75,7 +75,7 @@ def register_statistic(name: str, fn: Statistic) -> None:
 class PairedResult:
     """One paired comparison. ``delta = candidate - baseline`` on the metric's own scale."""
 
-    method: Literal["bootstrap", "newcombe"]
+    method: Literal["bootstrap", "newcombe+exact McNemar"]
     n: int
     confidence: float
     candidate: float
