@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import statistics
@@ -48,6 +49,32 @@ def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of one process (not its children: the engines)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the engines and their workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def engines_cpu_s(server_pid: int) -> float:
+    """CPU seconds of every engine process (including their threads) under the server."""
+    total = 0.0
+    for pid in descendants(server_pid):
+        with contextlib.suppress(OSError, IndexError):
+            total += process_cpu_s(pid)
+    return total
 
 
 async def sequential_latency(url: str, model: str, n: int) -> list[float]:
@@ -124,6 +151,8 @@ def main() -> None:
             for name, url in (("direct", direct_url), ("server", proxy_url)):
                 sequential[name] += asyncio.run(sequential_latency(url, served, 10))
         server_cpu = 0.0
+        engine_cpu = {"direct": 0.0, "server": 0.0}
+        engine_tokens = {"direct": 0, "server": 0}
         server_tokens = 0
         server_wall = 0.0
         rounds = []
@@ -134,7 +163,10 @@ def main() -> None:
             entry: dict[str, Any] = {}
             for name, url in order:
                 cpu_before = process_cpu_s(server.process.pid)
+                engine_before = engines_cpu_s(server.process.pid)
                 res = asyncio.run(run_streams(url, bodies, concurrency=args.concurrency))
+                engine_cpu[name] += engines_cpu_s(server.process.pid) - engine_before
+                engine_tokens[name] += res.summary()["tokens"]
                 if name == "server":
                     server_cpu += process_cpu_s(server.process.pid) - cpu_before
                     server_tokens += res.summary()["tokens"]
@@ -200,6 +232,11 @@ def main() -> None:
             2,
         ),
         "server_cpu_ms_per_token": round(1000 * server_cpu / max(server_tokens, 1), 4),
+        # The engines' own CPU per token with each client: tells whether the hop changes the
+        # engine's work (its HTTP front end serves a different client).
+        "engine_cpu_ms_per_token": {
+            k: round(1000 * engine_cpu[k] / max(engine_tokens[k], 1), 4) for k in engine_cpu
+        },
         # The server process's CPU while proxying, in cores: on a CPU-only machine this is taken
         # from the engine, which slows every request by about this fraction of its latency.
         "server_cpu_cores_while_proxying": round(server_cpu / max(server_wall, 1e-9), 4),
@@ -257,6 +294,10 @@ def publish(result: dict[str, Any], name: str) -> None:
                 "sequential_added_median_latency_ms"
             ],
             "server CPU per token (ms)": result["server_cpu_ms_per_token"],
+            "engine CPU per token (ms), direct / through server": [
+                result["engine_cpu_ms_per_token"]["direct"],
+                result["engine_cpu_ms_per_token"]["server"],
+            ],
             "server CPU while proxying (cores)": result["server_cpu_cores_while_proxying"],
             "failed requests": result["failed_requests"],
             "load average at start / end": [
@@ -281,12 +322,13 @@ NOTES_DEDICATED = (
     "generator the others, the shape of a deployment where the server runs in its own pod or the "
     "engine computes on a GPU: this measures what the hop itself costs a request. The load "
     "generator is on the server's cores for both sides, so its own CPU does not favour either. "
-    "See the shared layout below for what happens when the hop competes with a CPU engine. "
-    "Through the server has come out faster than direct here (2026-11-24: every round, "
-    "bootstrap interval of the median entirely below 0). Not profiled; the likely cause is that "
-    "the engine's HTTP front end shares the engine's core, and the server's kept-alive engine "
-    "connections and one-write requests cost it less than the load generator's fresh ones. "
-    "The hop's own latency is the one-request-at-a-time figure."
+    "The engine's CPU per token is the same with either client, so the hop does not add engine "
+    "work. Under 16 streams the added median latency is not a precise measure of the hop: a CPU "
+    "decode step for 16 sequences takes about 60 ms, a new request waits for the next step, and "
+    "in a closed loop the hop's fraction of a millisecond shifts every arrival's phase against "
+    "the steps, most likely why the figure moves by up to a step between runs (2026-11-24, same command: "
+    "-66, +21 ms). The hop's own latency is the one-request-at-a-time figure. See the shared "
+    "layout below for what happens when the hop competes with a CPU engine."
 )
 
 NOTES_SHARED = (
