@@ -10,7 +10,7 @@ the load generator the first half, as in a deployment where the server runs in i
 engine computes on a GPU; it measures the hop itself. ``shared`` runs everything on every core,
 where on a CPU-only machine the server's CPU is taken from the engine.
 
-    python bench/serve_overhead.py [--layout dedicated|shared] [--rounds 3] [--requests 64]
+    python bench/serve_overhead.py [--layout dedicated|shared] [--rounds 20] [--requests 64]
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def median_difference_interval(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -322,13 +322,14 @@ NOTES_DEDICATED = (
     "generator the others, the shape of a deployment where the server runs in its own pod or the "
     "engine computes on a GPU: this measures what the hop itself costs a request. The load "
     "generator is on the server's cores for both sides, so its own CPU does not favour either. "
-    "The engine's CPU per token is the same with either client, so the hop does not add engine "
-    "work. Under 16 streams the added median latency is not a precise measure of the hop: a CPU "
-    "decode step for 16 sequences takes about 60 ms, a new request waits for the next step, and "
-    "in a closed loop the hop's fraction of a millisecond shifts every arrival's phase against "
-    "the steps, most likely why the figure moves by up to a step between runs (2026-11-24, same command: "
-    "-66, +21 ms). The hop's own latency is the one-request-at-a-time figure. See the shared "
-    "layout below for what happens when the hop competes with a CPU engine."
+    "The engine's CPU per token is the same with either client, so the hop adds no engine work, "
+    "and the first token is not later through the server. The added latency under 16 streams "
+    "comes from the engine's steps: a CPU decode step for 16 sequences takes about 60 ms, and a "
+    "request that reaches the engine after the step's scheduling waits for the next one. In a "
+    "closed loop the next request is sent when the last token arrives, so the hop's fraction of "
+    "a millisecond, paid on the way out and back, makes some requests miss a step they would "
+    "have caught (most likely explanation; not traced). With 3 rounds the figure moved by up to "
+    "a step between runs (-66 and +21 ms on 2026-11-24); the default is 20 rounds, for a stable median."
 )
 
 NOTES_SHARED = (
