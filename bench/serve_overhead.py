@@ -322,14 +322,12 @@ NOTES_DEDICATED = (
     "generator the others, the shape of a deployment where the server runs in its own pod or the "
     "engine computes on a GPU: this measures what the hop itself costs a request. The load "
     "generator is on the server's cores for both sides, so its own CPU does not favour either. "
-    "The engine's CPU per token is the same with either client, so the hop adds no engine work, "
-    "and the first token is not later through the server. The added latency under 16 streams "
-    "comes from the engine's steps: a CPU decode step for 16 sequences takes about 60 ms, and a "
-    "request that reaches the engine after the step's scheduling waits for the next one. In a "
-    "closed loop the next request is sent when the last token arrives, so the hop's fraction of "
-    "a millisecond, paid on the way out and back, makes some requests miss a step they would "
-    "have caught (most likely explanation; not traced). With 3 rounds the figure moved by up to "
-    "a step between runs (-66 and +21 ms on 2026-11-24); the default is 20 rounds, for a stable median."
+    "The engine's CPU per token is the same with either client and the first token is not later "
+    "through the server, so the added latency under 16 streams accrues while the requests "
+    "decode, about 0.5% of a request. Not traced; a CPU decode step for 16 sequences takes about "
+    "60 ms, so a hop that shifts when requests arrive, by a fraction of a millisecond, can change "
+    "which steps carry prefills and how long a request's steps take. With 3 rounds the figure "
+    "moved by up to a step between runs (-66 and +21 ms on 2026-11-24); the default is 20 rounds."
 )
 
 NOTES_SHARED = (
