@@ -17,19 +17,31 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 
 from shared.errors import SystemFailure
+from shared.processes import die_with_parent
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _child_setup(cpus: set[int] | None, on_parent_death: Callable[[], None] | None) -> None:
+    """In the service's process before exec: its CPUs, and SIGTERM when the stack's process dies
+    (so a killed test run or demo does not leave services and engines behind)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    if on_parent_death is not None:
+        on_parent_death()
 
 
 @dataclass
@@ -50,7 +62,7 @@ class Service:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() reaches vLLM's children too
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if (cpus := self.cpus) else None,
+            preexec_fn=partial(_child_setup, self.cpus, die_with_parent()),
         )
         log.close()
 

@@ -31,6 +31,7 @@ from services.server.config import ServerSettings
 from services.server.errors import EngineError
 from services.server.names import VersionInfo
 from services.server.vllm_plugin import MARKER
+from shared.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -417,6 +418,7 @@ class EngineSupervisor:
             stderr=asyncio.subprocess.STDOUT,
             env=self.env,
             start_new_session=True,  # its own process group: we can kill every child at once
+            preexec_fn=die_with_parent(),
         )
         self._reader = asyncio.create_task(self._read_output(self.process))
 

@@ -1,0 +1,36 @@
+"""Child processes that do not outlive their parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send ``sig`` to the child when this process dies,
+    also by SIGKILL (Linux; None elsewhere).
+
+    A child in its own process group (a vLLM engine, a service started by the local stack) would
+    otherwise outlive a parent killed by the OOM killer or ``kill -9``: an engine keeps its port and
+    gigabytes of memory while a restarted server starts a second one. SIGTERM lets the child stop
+    its own children (vLLM's API server stops its engine core). The signal is tied to the thread
+    that starts the child: start children from a thread that lives as long as they should.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+_PR_SET_PDEATHSIG = 1
