@@ -39,12 +39,9 @@ GIB = 1024**3
 
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    import transformers
+    from _recipe import run_sft_in_process
 
-    from services.trainer.adapters import store_and_register
     from services.trainer.config import TrainerSettings
-    from services.trainer.recipes.common import DataFile, RecipeContext
-    from services.trainer.recipes.sft import run_sft
     from services.trainer.schemas import JobSpec
     from shared.basemodel import prepare_embedded_model
     from shared.settings import SharedSettings
@@ -79,52 +76,26 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     )
     result: dict[str, Any] = {}
 
-    class Reporter:
-        def event(
-            self, message: str, *, level: str = "info", type: str = "message", data: Any = None
-        ) -> None:
-            if message.startswith("training started"):
-                result["weights_gib"] = round(torch.cuda.memory_allocated() / GIB, 4)
+    def on_event(message: str, type: str, data: dict[str, Any]) -> None:
+        if message.startswith("training started"):
+            result["weights_gib"] = round(torch.cuda.memory_allocated() / GIB, 4)
 
-        def should_stop(self) -> str | None:
-            return None
-
-        def phase(self, status: str) -> None:
-            pass
-
-    captured: dict[str, Any] = {}
-
-    def register(folder: Path, manifest: dict[str, Any], base: Any) -> str:
-        captured["manifest"] = manifest
-        return store_and_register(settings, folder, manifest, base, f"bench-{args.method}")
-
-    ctx = RecipeContext(
-        spec=spec,
-        settings=settings,
-        train_file=DataFile(DATA, DATA.name),
-        validation_file=None,
-        output_dir=work / "out",
-        reporter=Reporter(),
-        register=register,
-        adapter_name=f"bench-{args.method}",
-    )
-    original = transformers.Trainer.train
-
-    def timed_train(self: Any, *a: Any, **kw: Any) -> Any:
-        out = original(self, *a, **kw)
-        torch.cuda.synchronize()
-        result["train_seconds"] = out.metrics["train_runtime"]
-        result["tokens"] = max(h.get("num_tokens", 0) for h in self.state.log_history)
-        losses = [h["loss"] for h in self.state.log_history if "loss" in h]
-        result["first_loss"], result["last_loss"] = losses[0], losses[-1]
-        return out
-
-    transformers.Trainer.train = timed_train  # type: ignore[method-assign]
     torch.cuda.reset_peak_memory_stats()
-    run_sft(ctx)
+    run = run_sft_in_process(
+        settings,
+        spec,
+        DATA,
+        name=f"bench-{args.method}",
+        work=work,
+        on_event=on_event,
+        after_train=torch.cuda.synchronize,
+    )
     result["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 4)
     result["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 4)
-    decisions = captured["manifest"]["config"]["decisions"]
+    result["train_seconds"] = run.train_seconds
+    result["tokens"] = run.tokens
+    result["first_loss"], result["last_loss"] = run.losses[0], run.losses[-1]
+    decisions = run.manifest["config"]["decisions"]
     result["plan_gib"] = decisions["memory_plan_gib"]
     keys = ("precision", "gradient_checkpointing", "micro_batch_size", "attention")
     result["settings"] = {k: decisions[k] for k in keys}

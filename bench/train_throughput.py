@@ -34,6 +34,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).parent))
 DATA = REPO / "examples" / "extraction" / "sft_train.jsonl"
 RESULTS = REPO / "bench" / "results" / "train_throughput.json"
 
@@ -111,10 +112,9 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from services.trainer.adapters import store_and_register
+    from _recipe import run_sft_in_process
+
     from services.trainer.config import TrainerSettings
-    from services.trainer.recipes.common import DataFile, RecipeContext
-    from services.trainer.recipes.sft import run_sft
     from services.trainer.schemas import JobSpec
 
     data_dir = Path(args.data_dir)
@@ -141,60 +141,17 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
             "data": {"validation_fraction": 0},
         }
     )
-    timings: dict[str, Any] = {}
-
-    class Reporter:
-        def event(
-            self, message: str, *, level: str = "info", type: str = "message", data: Any = None
-        ) -> None:
-            data = data or {}
-            if type == "metrics" and "step" in data:
-                timings.setdefault("first", time.monotonic())
-                timings["last"] = time.monotonic()
-
-        def should_stop(self) -> str | None:
-            return None
-
-        def phase(self, status: str) -> None:
-            pass
-
-    captured: dict[str, Any] = {}
-
-    def register(folder: Path, manifest: dict[str, Any], base: Any) -> str:
-        captured["manifest"] = manifest
-        return store_and_register(settings, folder, manifest, base, "bench")
-
-    ctx = RecipeContext(
-        spec=spec,
-        settings=settings,
-        train_file=DataFile(train, train.name),
-        validation_file=None,
-        output_dir=work / "out",
-        reporter=Reporter(),
-        register=register,
-        adapter_name="bench",
-    )
-    # Time trainer.train() exactly as the plain script's train_runtime does.
-    import transformers
-
-    original = transformers.Trainer.train
-    result: dict[str, Any] = {}
-
-    def timed_train(self: Any, *a: Any, **kw: Any) -> Any:
-        cpu = time.process_time()
-        out = original(self, *a, **kw)
-        result["train_cpu_seconds"] = time.process_time() - cpu
-        result["train_seconds"] = out.metrics["train_runtime"]
-        result["tokens"] = max(h.get("num_tokens", 0) for h in self.state.log_history)
-        return out
-
-    transformers.Trainer.train = timed_train  # type: ignore[method-assign]
-    run_sft(ctx)
-    decisions = captured["manifest"]["config"]["decisions"]
-    result["loss_tokens"] = captured["manifest"]["trained_tokens"]
+    # Times trainer.train() exactly as the plain script's train_runtime does.
+    run = run_sft_in_process(settings, spec, train, name="bench", work=work)
+    decisions = run.manifest["config"]["decisions"]
     keys = ("precision", "batching", "gradient_checkpointing", "micro_batch_size", "attention")
-    result["settings"] = {k: decisions[k] for k in keys}
-    return result
+    return {
+        "train_cpu_seconds": run.train_cpu_seconds,
+        "train_seconds": run.train_seconds,
+        "tokens": run.tokens,
+        "loss_tokens": run.manifest["trained_tokens"],
+        "settings": {k: decisions[k] for k in keys},
+    }
 
 
 def matmul_flops(threads: int) -> dict[str, float]:
