@@ -157,10 +157,8 @@ def _register_data(
     """
     if value is None:
         return None
-    from services.trainer.files import get_file, register_local_file
+    from services.trainer.files import data_file, get_file, register_local_file
     from services.trainer.jobs import _check_data_file
-    from services.trainer.recipes.common import DataFile
-    from shared.artifacts import open_store
     from shared.registry.db import open_registry
 
     registry = open_registry(settings)
@@ -168,18 +166,13 @@ def _register_data(
         with registry.session() as session:
             path = (root / value).expanduser()
             if path.is_file():
-                row = register_local_file(session, settings, path)
-                name = path.name
-            elif value.startswith("file-"):
+                return data_file(settings, register_local_file(session, settings, path), path.name)
+            if value.startswith("file-"):
                 _check_data_file(session, value, param, spec.method.type)
-                row = get_file(session, value, param)
-                name = row.filename
-            else:
-                raise ValidationError(f"data file {path} does not exist", param=param)
-            file_id, sha = row.id, row.sha256
+                return data_file(settings, get_file(session, value, param))
+            raise ValidationError(f"data file {path} does not exist", param=param)
     finally:
         registry.dispose()
-    return DataFile(open_store(settings).get_file(sha), name, file_id, sha)
 
 
 def _base_adapter(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,6 +20,9 @@ from shared.datasets import near_duplicates, parse_file
 from shared.errors import NotFoundError, ValidationError
 from shared.registry.models import DatasetRow
 from shared.settings import SharedSettings
+
+if TYPE_CHECKING:
+    from services.trainer.recipes.common import DataFile
 
 FINE_TUNE = "fine-tune"
 # Other services keep their own files in the same table; the trainer stores them but never trains
@@ -154,6 +157,14 @@ def list_files(
 
 def file_path(settings: SharedSettings, row: DatasetRow) -> Path:
     return open_store(settings).get_file(row.sha256)
+
+
+def data_file(settings: SharedSettings, row: DatasetRow, name: str | None = None) -> DataFile:
+    """A registered file as a recipe reads it: the stored copy, with the id and hash its lineage
+    records (``name``: what errors call it, the stored file name by default)."""
+    from services.trainer.recipes.common import DataFile
+
+    return DataFile(file_path(settings, row), name or row.filename, row.id, row.sha256)
 
 
 def to_api(row: DatasetRow) -> FileObject:

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from services.trainer.adapters import store_and_register
 from services.trainer.config import TrainerSettings
-from services.trainer.files import get_file
+from services.trainer.files import data_file, get_file
 from services.trainer.jobs import (
     CANCELLED,
     FAILED,
@@ -48,7 +48,7 @@ from services.trainer.jobs import (
     job_dir,
 )
 from services.trainer.k8s_jobs import KubernetesJobRunner, KubernetesJobSettings
-from services.trainer.recipes.common import DataFile, RecipeContext, RecipeResult, Stopped
+from services.trainer.recipes.common import RecipeContext, RecipeResult, Stopped
 from services.trainer.schemas import JobSpec
 from shared.artifacts import open_store
 from shared.basemodel import ResolvedBaseModel
@@ -201,22 +201,17 @@ class Worker:
     # -- running a job -------------------------------------------------------------------------------
     def _context(self, job: TrainingJobRow, reporter: JobReporter) -> RecipeContext:
         spec = JobSpec.model_validate(job.config)
-        store = open_store(self.settings)
         with self.registry.session() as session:
-            train_row = get_file(session, job.training_file, "training_file")
-            train = DataFile(
-                store.get_file(train_row.sha256), train_row.filename, train_row.id, train_row.sha256
-            )
+            train = data_file(self.settings, get_file(session, job.training_file, "training_file"))
             validation = None
             if job.validation_file:
-                vrow = get_file(session, job.validation_file, "validation_file")
-                validation = DataFile(
-                    store.get_file(vrow.sha256), vrow.filename, vrow.id, vrow.sha256
+                validation = data_file(
+                    self.settings, get_file(session, job.validation_file, "validation_file")
                 )
             adapter_dir, lineage = None, None
             if spec.base_adapter:
                 version = get_version(session, spec.base_adapter)
-                adapter_dir = store.get_dir(version.sha256)
+                adapter_dir = open_store(self.settings).get_dir(version.sha256)
                 lineage = {"id": version.id, "sha256": version.sha256}
         out = job_dir(self.settings, job.id)
         out.mkdir(parents=True, exist_ok=True)
