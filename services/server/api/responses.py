@@ -23,7 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 from services.server.errors import TooLarge, Unavailable, error_body
 from services.server.proxy import Reply
 from services.server.service import ServerService
-from shared.errors import LoraplexError
+from shared.errors import LoraplexError, SystemFailure
 
 log = logging.getLogger(__name__)
 
@@ -149,18 +149,14 @@ async def serve_proxied(
     except Exception:
         log.exception("proxied request failed")
         if not started and not watch.gone:
-            await _send_whole(send, *error_reply(_internal_error()))
+            failure = SystemFailure(
+                "internal error while proxying the request", code="internal_error"
+            )
+            await _send_whole(send, *error_reply(failure))
     finally:
         watch.stop()
         if reply is not None and reply.stream is not None:
             reply.stream.close()
-
-
-def _internal_error() -> LoraplexError:
-    err = LoraplexError("internal error while proxying the request", code="internal_error")
-    err.status_code = 500
-    err.user_error = False
-    return err
 
 
 class ProxiedResponse(Response):
