@@ -41,6 +41,7 @@ from services.server.loadgen import (
     server_process,
     write_result,
 )
+from shared.processes import omp_bind, split_cores
 
 BASE = "smollm2-135m-instruct"
 
@@ -118,10 +119,10 @@ def main() -> None:
     engine_cpus: set[int] | None = None
     hop_cpus: set[int] | None = None
     if args.layout == "dedicated":
-        if len(cores) < 2:
+        split = split_cores()
+        if split is None:
             parser.error(f"--layout dedicated needs at least 2 cores, this process has {cores}")
-        half = len(cores) // 2
-        hop_cpus, engine_cpus = set(cores[:half]), set(cores[half:])
+        engine_cpus, hop_cpus = split
 
     data_dir = Path(tempfile.mkdtemp(prefix="loraplex-bench-overhead-"))
     prepare_data_dir(data_dir)
@@ -130,7 +131,7 @@ def main() -> None:
         served = register_adapters(data_dir, [("bench", 1)])[0]
     env = {"LORAPLEX_KV_CACHE_GIB": "2", "LORAPLEX_MAX_NUM_SEQS": "32"}
     if engine_cpus:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(engine_cpus)))
+        env["VLLM_CPU_OMP_THREADS_BIND"] = omp_bind(engine_cpus)
     started = time.time()
     with server_process(data_dir, port=args.port, env=env, cpus=engine_cpus) as server:
         if hop_cpus:

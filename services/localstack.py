@@ -26,7 +26,7 @@ from types import TracebackType
 import httpx
 
 from shared.errors import SystemFailure
-from shared.processes import die_with_parent
+from shared.processes import die_with_parent, omp_bind, split_cores
 
 
 def free_port() -> int:
@@ -144,11 +144,7 @@ class LocalStack:
 
     def cpu_plan(self) -> tuple[set[int], set[int]] | None:
         """(engine cores, worker cores) when ``split_cpus`` and there are at least two."""
-        cores = sorted(os.sched_getaffinity(0))
-        if not self.split_cpus or len(cores) < 2:
-            return None
-        half = len(cores) // 2
-        return set(cores[half:]), set(cores[:half])
+        return split_cores() if self.split_cpus else None
 
     @property
     def trainer_url(self) -> str:
@@ -181,7 +177,7 @@ class LocalStack:
         split = self.cpu_plan()
         if split:
             engine_cpus, worker_cpus = split
-            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(engine_cpus)))
+            env["VLLM_CPU_OMP_THREADS_BIND"] = omp_bind(engine_cpus)
             env["LORAPLEX_TORCH_THREADS"] = str(len(worker_cpus))
             env["LORAPLEX_EVAL_THREADS"] = str(len(worker_cpus))
         env.update(self.extra_env)

@@ -1,4 +1,4 @@
-"""Child processes that do not outlive their parent."""
+"""Child processes: which CPUs they run on, and that they do not outlive their parent."""
 
 from __future__ import annotations
 
@@ -34,3 +34,22 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] 
 
 
 _PR_SET_PDEATHSIG = 1
+
+
+def split_cores() -> tuple[set[int], set[int]] | None:
+    """This process's CPUs split in two: (last half, first half), for a CPU vLLM engine and for
+    everything else; None with fewer than two.
+
+    On a small CPU machine two OpenMP pools (an engine, training) or an engine and busy Python
+    processes that share cores spin against each other and all run several times slower.
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None
+    half = len(cores) // 2
+    return set(cores[half:]), set(cores[:half])
+
+
+def omp_bind(cpus: set[int]) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for a CPU engine on ``cpus``."""
+    return ",".join(map(str, sorted(cpus)))
