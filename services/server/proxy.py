@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.server.auth import OPEN, Access
+from services.server.auth import Access
 from services.server.config import ServerSettings
 from services.server.engines import Engine
 from services.server.errors import ModelNotFound, Unavailable
@@ -207,8 +207,7 @@ class Proxy:
             payload = _parse(raw)
             model = payload["model"]
             scope = self.access.inference_scope(authorization)
-            if scope is not OPEN:
-                self.access.check_model(scope, model)
+            self.access.check_model(scope, model)
             target = self.names.table.lookup(model)
             if target is None:
                 target = await self._resolve_unknown(model)
