@@ -293,6 +293,44 @@ async def run_streams(
     return result
 
 
+@dataclass
+class PairedResult:
+    """Requests of one same-batch round, keyed (pair, position) on each side."""
+
+    sides: dict[str, dict[tuple[int, int], RequestResult]]
+    wall_s: float
+
+
+async def run_paired(
+    urls: dict[str, str], bodies: Sequence[dict[str, Any]], *, concurrency: int, swap: bool
+) -> PairedResult:
+    """``concurrency`` streams on one engine at once, half to each of the two ``urls``: stream
+    ``p`` of the first half and stream ``p`` of the second run the same bodies in the same order,
+    so each request has a twin that shares its engine steps. ``swap`` flips which half goes where
+    (alternate it between rounds)."""
+    names = list(urls)
+    if len(names) != 2 or concurrency % 2:
+        raise ValueError("run_paired needs two urls and an even concurrency")
+    half = concurrency // 2
+    per_stream = max(1, len(bodies) // concurrency)
+    sides: dict[str, dict[tuple[int, int], RequestResult]] = {n: {} for n in names}
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def stream(k: int) -> None:
+            name = names[(k >= half) != swap]
+            pair = k % half
+            for position, body in enumerate(bodies[pair::half][:per_stream]):
+                full = {**body, "stream": True, "stream_options": {"include_usage": True}}
+                sides[name][(pair, position)] = await _one(session, urls[name], full, {})
+
+        started = time.perf_counter()
+        await asyncio.gather(*(stream(k) for k in range(concurrency)))
+        wall = time.perf_counter() - started
+    return PairedResult(sides, wall)
+
+
 def completion_bodies(model: str | Sequence[str], n: int, max_tokens: int) -> list[dict[str, Any]]:
     """Fixed prompts and lengths (``ignore_eos``), so runs are comparable."""
     models = [model] if isinstance(model, str) else list(model)
