@@ -1,4 +1,5 @@
-"""Shared by the training benchmarks: our SFT recipe run in this process, timed like TRL times it.
+"""Shared by the training benchmarks: our SFT recipe run in this process, timed like TRL times it,
+and each side of a comparison run in a fresh interpreter (``run_child`` / ``emit_result``).
 
 The recipe runs exactly as the worker runs it (same ``RecipeContext``, registration into the
 registry); ``trainer.train()`` is wrapped so the figures are TRL's own (``train_runtime``,
@@ -7,11 +8,17 @@ registry); ``trainer.train()`` is wrapped so the figures are TRL's own (``train_
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+_RESULT = "RESULT "
 
 # (message, type, data) of each event the recipe reports.
 OnEvent = Callable[[str, str, dict[str, Any]], None]
@@ -99,3 +106,19 @@ def run_sft_in_process(
         tokens=max(h.get("num_tokens", 0) for h in history),
         losses=[h["loss"] for h in history if "loss" in h],
     )
+
+
+def emit_result(result: dict[str, Any]) -> None:
+    """The child's side of :func:`run_child`: print the result on its own line."""
+    print(_RESULT + json.dumps(result), flush=True)
+
+
+def run_child(script: str, args: list[str], label: str) -> dict[str, Any]:
+    """Run ``script`` with ``args`` in a fresh interpreter (so each side starts from the same
+    clean state) and return what it passed to :func:`emit_result`."""
+    cmd = [sys.executable, script, *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith(_RESULT):
+            return dict(json.loads(line[len(_RESULT) :]))
+    raise RuntimeError(f"{label} run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -22,16 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).parent))
+
+from _recipe import REPO, emit_result, run_child
+
 DATA = REPO / "examples" / "extraction" / "sft_train.jsonl"
 NAME = "train_gpu"
 GIB = 1024**3
@@ -103,23 +104,20 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def launch(method: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
+    return run_child(
         __file__,
-        "--method",
+        [
+            "--method",
+            method,
+            "--steps",
+            str(args.steps),
+            "--batch-size",
+            str(args.batch_size),
+            "--data-dir",
+            args.data_dir,
+        ],
         method,
-        "--steps",
-        str(args.steps),
-        "--batch-size",
-        str(args.batch_size),
-        "--data-dir",
-        args.data_dir,
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return dict(json.loads(line[7:]))
-    raise RuntimeError(f"{method} run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    )
 
 
 def publish(path: Path) -> None:
@@ -158,7 +156,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("bench/train_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False)")
     if args.method:
-        print("RESULT " + json.dumps(run_one(args)), flush=True)
+        emit_result(run_one(args))
         return
 
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)

@@ -25,16 +25,17 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).parent))
+
+from _recipe import REPO, emit_result, run_child
+
 DATA = REPO / "examples" / "extraction" / "sft_train.jsonl"
 RESULTS = REPO / "bench" / "results" / "train_throughput.json"
 
@@ -181,31 +182,28 @@ def child(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     result = run_plain(args) if args.mode == "plain" else run_ours(args)
     result["peak_rss_gib"] = round(peak_rss_gib(), 3)
-    print("RESULT " + json.dumps(result), flush=True)
+    emit_result(result)
 
 
 def launch(mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
+    return run_child(
         __file__,
-        "--mode",
+        [
+            "--mode",
+            mode,
+            "--steps",
+            str(args.steps),
+            "--batch-size",
+            str(args.batch_size),
+            "--threads",
+            str(args.threads),
+            "--data-dir",
+            args.data_dir,
+            "--batching",
+            args.batching,
+        ],
         mode,
-        "--steps",
-        str(args.steps),
-        "--batch-size",
-        str(args.batch_size),
-        "--threads",
-        str(args.threads),
-        "--data-dir",
-        args.data_dir,
-        "--batching",
-        args.batching,
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return dict(json.loads(line[7:]))
-    raise RuntimeError(f"{mode} run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    )
 
 
 def main() -> None:
