@@ -201,6 +201,8 @@ def launch(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             args.data_dir,
             "--batching",
             args.batching,
+            "--micro-batch",
+            str(args.micro_batch),
         ],
         mode,
     )
