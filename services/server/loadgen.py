@@ -265,6 +265,19 @@ async def _one(
         )
 
 
+def _client() -> aiohttp.ClientSession:
+    """No connection limit (the concurrency is the caller's), no total timeout (long streams)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
+    )
+
+
+def _streamed(body: dict[str, Any]) -> dict[str, Any]:
+    """Streamed, with usage, so token counts are the engine's."""
+    return {**body, "stream": True, "stream_options": {"include_usage": True}}
+
+
 async def run_streams(
     url: str,
     bodies: Sequence[dict[str, Any]],
@@ -276,11 +289,9 @@ async def run_streams(
     token counts are the engine's."""
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for body in bodies:
-        queue.put_nowait({**body, "stream": True, "stream_options": {"include_usage": True}})
+        queue.put_nowait(_streamed(body))
     result = LoadResult()
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with _client() as session:
 
         async def worker() -> None:
             while not queue.empty():
@@ -298,7 +309,6 @@ class PairedResult:
     """Requests of one same-batch round, keyed (pair, position) on each side."""
 
     sides: dict[str, dict[tuple[int, int], RequestResult]]
-    wall_s: float
 
 
 async def run_paired(
@@ -314,21 +324,16 @@ async def run_paired(
     half = concurrency // 2
     per_stream = max(1, len(bodies) // concurrency)
     sides: dict[str, dict[tuple[int, int], RequestResult]] = {n: {} for n in names}
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with _client() as session:
 
         async def stream(k: int) -> None:
             name = names[(k >= half) != swap]
             pair = k % half
             for position, body in enumerate(bodies[pair::half][:per_stream]):
-                full = {**body, "stream": True, "stream_options": {"include_usage": True}}
-                sides[name][(pair, position)] = await _one(session, urls[name], full, {})
+                sides[name][(pair, position)] = await _one(session, urls[name], _streamed(body), {})
 
-        started = time.perf_counter()
         await asyncio.gather(*(stream(k) for k in range(concurrency)))
-        wall = time.perf_counter() - started
-    return PairedResult(sides, wall)
+    return PairedResult(sides)
 
 
 def completion_bodies(model: str | Sequence[str], n: int, max_tokens: int) -> list[dict[str, Any]]:
