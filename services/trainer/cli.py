@@ -110,10 +110,7 @@ def run(
         spec, root = load_spec(config)
         name = adapter_name or default_adapter_name(spec)
 
-        train = _register_data(settings, spec, root, spec.training_file, "training_file")
-        assert train is not None
-        validation = _register_data(settings, spec, root, spec.validation_file, "validation_file")
-        base_dir, lineage = _base_adapter(settings, spec)
+        train, validation, base_dir, lineage = _job_inputs(settings, spec, root)
         work = Path(tempfile.mkdtemp(prefix="loraplex-run-"))
         columns = [
             TextColumn("{task.description}"),
@@ -145,55 +142,51 @@ def run(
         _fail(exc)
 
 
-def _register_data(
-    settings: TrainerSettings, spec: JobSpec, root: Path, value: str | None, param: str
-) -> DataFile | None:
-    """The config's data file (a path, or the id of an uploaded file) as a registered file.
+def _job_inputs(
+    settings: TrainerSettings, spec: JobSpec, root: Path
+) -> tuple[DataFile, DataFile | None, Path | None, dict[str, Any] | None]:
+    """The config's data files (paths, or ids of uploaded files) as registered files, and the
+    folder and lineage of the adapter the job continues from; one transaction, so a missing file
+    or adapter leaves nothing registered.
 
     Like the API path (upload, then the worker reads the stored copy): the adapter's lineage then
     names a file id and hash that the registry and artifact store can give back, which is what the
     evaluator needs to rebuild the validation split. Training reads the stored copy, so the bytes
     trained on are the bytes recorded.
     """
-    if value is None:
-        return None
     from services.trainer.files import data_file, get_file, register_local_file
-    from services.trainer.jobs import _check_data_file
-    from shared.registry.db import open_registry
-
-    registry = open_registry(settings)
-    try:
-        with registry.session() as session:
-            path = (root / value).expanduser()
-            if path.is_file():
-                return data_file(settings, register_local_file(session, settings, path), path.name)
-            if value.startswith("file-"):
-                _check_data_file(session, value, param, spec.method.type)
-                return data_file(settings, get_file(session, value, param))
-            raise ValidationError(f"data file {path} does not exist", param=param)
-    finally:
-        registry.dispose()
-
-
-def _base_adapter(
-    settings: TrainerSettings, spec: JobSpec
-) -> tuple[Path | None, dict[str, Any] | None]:
-    """The folder and lineage of the registered adapter the job continues from, if any."""
-    if not spec.base_adapter:
-        return None, None
+    from services.trainer.jobs import _check_data_file, resolve_base_adapter
     from shared.artifacts import open_store
-    from shared.registry.adapters import resolve
     from shared.registry.db import open_registry
 
     registry = open_registry(settings)
     try:
         with registry.session() as session:
-            # A version id or an alias (name:alias), like the API accepts.
-            version = resolve(session, spec.base_adapter)
-            lineage = {"id": version.id, "sha256": version.sha256}
+
+            def registered(value: str | None, param: str) -> DataFile | None:
+                if value is None:
+                    return None
+                path = (root / value).expanduser()
+                if path.is_file():
+                    row = register_local_file(session, settings, path)
+                    return data_file(settings, row, path.name)
+                if value.startswith("file-"):
+                    _check_data_file(session, value, param, spec.method.type)
+                    return data_file(settings, get_file(session, value, param))
+                raise ValidationError(f"data file {path} does not exist", param=param)
+
+            train = registered(spec.training_file, "training_file")
+            validation = registered(spec.validation_file, "validation_file")
+            lineage = None
+            if spec.base_adapter:
+                # A version id or an alias (name:alias), checked as the API checks it.
+                version = resolve_base_adapter(session, spec)
+                lineage = {"id": version.id, "sha256": version.sha256}
     finally:
         registry.dispose()
-    return open_store(settings).get_dir(lineage["sha256"]), lineage
+    assert train is not None
+    base_dir = open_store(settings).get_dir(lineage["sha256"]) if lineage else None
+    return train, validation, base_dir, lineage
 
 
 # -- talking to the service ---------------------------------------------------------------------

@@ -27,7 +27,13 @@ from services.trainer.schemas import (
 )
 from shared.errors import ConflictError, LoraplexError, NotFoundError, ValidationError
 from shared.registry.adapters import check_adapter_name, resolve
-from shared.registry.models import BaseModelRow, JobEventRow, TrainingJobRow, utcnow
+from shared.registry.models import (
+    AdapterVersionRow,
+    BaseModelRow,
+    JobEventRow,
+    TrainingJobRow,
+    utcnow,
+)
 from shared.servability import LoraLimits, check_lora_settings
 from shared.settings import EMBEDDED_BASE_MODEL
 
@@ -83,6 +89,23 @@ def _check_data_file(session: Session, file_id: str, param: str, method: str) ->
         )
 
 
+def resolve_base_adapter(session: Session, spec: JobSpec) -> AdapterVersionRow:
+    """The adapter version the job continues from (a version id or an alias), trained on the
+    job's base model. An alias moves: ``spec.base_adapter`` is set to the version it resolved to,
+    so the job records that version."""
+    try:
+        version = resolve(session, spec.base_adapter or "")
+    except (NotFoundError, ValidationError) as exc:
+        raise ValidationError(exc.message, param="base_adapter") from exc
+    spec.base_adapter = version.id
+    if version.base_model != spec.model:
+        raise ValidationError(
+            f"base_adapter {version.id} was trained on {version.base_model!r}, not {spec.model!r}",
+            param="base_adapter",
+        )
+    return version
+
+
 def validate_spec(session: Session, settings: TrainerSettings, spec: JobSpec) -> list[str]:
     """Every problem with a job spec that can be found without loading the model."""
     problems: list[tuple[str, str]] = []
@@ -122,22 +145,7 @@ def validate_spec(session: Session, settings: TrainerSettings, spec: JobSpec) ->
         problems.append(("lora", reason))
     attempt("suffix", check_adapter_name, default_adapter_name(spec), "suffix")
     if spec.base_adapter:
-
-        def check_base_adapter() -> None:
-            try:
-                version = resolve(session, spec.base_adapter or "")
-            except (NotFoundError, ValidationError) as exc:
-                raise ValidationError(exc.message, param="base_adapter") from exc
-            # An alias moves; the job records the version it resolved to when it was created.
-            spec.base_adapter = version.id
-            if version.base_model != spec.model:
-                raise ValidationError(
-                    f"base_adapter {version.id} was trained on {version.base_model!r}, "
-                    f"not {spec.model!r}",
-                    param="base_adapter",
-                )
-
-        attempt("base_adapter", check_base_adapter)
+        attempt("base_adapter", resolve_base_adapter, session, spec)
     return [f"{param}: {message}" for param, message in problems]
 
 

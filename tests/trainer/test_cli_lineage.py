@@ -166,6 +166,58 @@ def test_train_run_with_a_missing_file_names_it(
     assert "validation" not in fake_training
 
 
+def test_train_run_with_a_missing_validation_file_registers_nothing(
+    model_settings: SharedSettings, fake_training: dict[str, Any], tmp_path: Path
+) -> None:
+    from shared.registry.db import open_registry
+    from shared.registry.models import DatasetRow
+
+    write_jsonl(tmp_path / "train.jsonl", [order_chat(i) for i in range(12)])
+    config = tmp_path / "job.yaml"
+    config.write_text("training_file: train.jsonl\nvalidation_file: nowhere.jsonl\n")
+    result = CliRunner().invoke(cli.app, ["run", str(config)])
+    assert result.exit_code == 2
+    assert "nowhere.jsonl" in result.output and "does not exist" in result.output
+    registry = open_registry(model_settings)
+    try:
+        with registry.session() as session:
+            assert session.query(DatasetRow).count() == 0  # the training file was not kept either
+    finally:
+        registry.dispose()
+
+
+def test_train_run_continues_from_a_base_adapter_and_refuses_an_unknown_one(
+    model_settings: SharedSettings, fake_training: dict[str, Any], tmp_path: Path
+) -> None:
+    from shared.registry.db import open_registry
+    from shared.registry.models import AdapterVersionRow, DatasetRow
+
+    write_jsonl(tmp_path / "train.jsonl", [order_chat(i) for i in range(12)])
+    job = "training_file: train.jsonl\nmethod: {type: supervised}\n"
+    (tmp_path / "v1.yaml").write_text(job)
+    first = _train(tmp_path / "v1.yaml")
+    (tmp_path / "v2.yaml").write_text(job + f"base_adapter: '{first}'\n")
+    second = _train(tmp_path / "v2.yaml")
+    (tmp_path / "bad.yaml").write_text(
+        job.replace("train.jsonl", "other.jsonl") + "base_adapter: 'orders@v9'\n"
+    )
+    write_jsonl(tmp_path / "other.jsonl", [order_chat(i) for i in range(20, 32)])
+    result = CliRunner().invoke(cli.app, ["run", str(tmp_path / "bad.yaml")])
+    assert result.exit_code == 2
+    assert "orders@v9" in result.output
+
+    registry = open_registry(model_settings)
+    try:
+        with registry.session() as session:
+            row = session.get(AdapterVersionRow, second)
+            assert row is not None and second != first
+            assert row.manifest["base_adapter"]["id"] == first
+            # The refused run registered nothing: only train.jsonl is known.
+            assert session.query(DatasetRow).count() == 1
+    finally:
+        registry.dispose()
+
+
 @pytest.mark.parametrize(
     "name", ["orders.jsonl", "my data:v2 (ü).jsonl", "..hidden.jsonl", "a..b.jsonl", "ü" * 300]
 )
