@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from shared.errors import LoraplexError
+from shared.logs import configure as configure_logging
 from shared.settings import SharedSettings, load_settings
 
 app = typer.Typer(
@@ -157,7 +158,8 @@ def migrate_cmd() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Interactive commands print their own output; services raise their level in their entry.
+    configure_logging("loraplex", os.environ.get("LORAPLEX_LOG_LEVEL") or "WARNING")
     try:
         app()
     except LoraplexError as exc:

@@ -8,6 +8,7 @@ depth, which is what KEDA and the HPA scale the workers on (``deploy/k8s/compone
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -129,10 +130,20 @@ def create_service_app(
     return app
 
 
-def serve(app: Any, *, host: str, port: int, log_level: str = "info") -> None:
-    """Run an app under uvicorn until SIGTERM/SIGINT (which drains in-flight requests)."""
+def serve(app: Any, *, service: str, host: str, port: int, log_level: str = "info") -> None:
+    """Run an app under uvicorn until SIGTERM/SIGINT (which drains in-flight requests), logging
+    through :mod:`shared.logs` (``log_config=None``: uvicorn's lines get the same format)."""
     import uvicorn
 
+    from shared.logs import configure, event
+
+    configure(service, log_level)
+    event(logging.getLogger(service), "service.started", service=service, host=host, port=port)
     uvicorn.run(
-        app, host=host, port=port, log_level=log_level.lower(), timeout_graceful_shutdown=30
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        log_config=None,
+        timeout_graceful_shutdown=30,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pydantic
 from pydantic import Field, field_validator, model_validator
@@ -49,6 +49,11 @@ class SharedSettings(BaseSettings):
         description="Base model: registry name, local HF folder, or hub id (needs network).",
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: one readable line per event; json: one JSON object per line "
+        "(ts, level, service, event, fields) for log collectors.",
+    )
 
     @field_validator("data_dir")
     @classmethod

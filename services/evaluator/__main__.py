@@ -3,13 +3,14 @@ worker (the same as ``loraplex eval worker``)."""
 
 from __future__ import annotations
 
-import logging
 import sys
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from shared.logs import configure
+
     if sys.argv[1:2] == ["worker"]:
+        configure("evaluator-worker")
         from services.evaluator.config import EvaluatorSettings
         from services.evaluator.worker import Worker
         from shared.settings import load_settings

@@ -308,9 +308,12 @@ def eval_worker(
 ) -> None:
     """Claim queued evaluations from the registry and run them (heartbeats; stale runs requeued)."""
     from services.evaluator.worker import Worker
+    from shared.logs import configure
 
     try:
-        Worker(_settings()).serve(once=once)
+        settings = _settings()
+        configure("evaluator-worker", settings.log_level)
+        Worker(settings).serve(once=once)
     except Exception as exc:
         _fail(exc)
 

@@ -33,6 +33,7 @@ from services.evaluator.results import ItemResult, RunResult, SubjectResult
 from services.evaluator.subjects import Subject, loss_curve
 from services.evaluator.suite import Suite
 from shared.errors import SystemFailure, ValidationError
+from shared.logs import event
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,13 @@ class Tracker:
     """Stages with item counts; reports overall fraction and the current stage to a callback."""
 
     def __init__(
-        self, stages: list[tuple[str, int]], on_update: Callable[[float, str], None] | None = None
+        self,
+        stages: list[tuple[str, int]],
+        on_update: Callable[[float, str], None] | None = None,
+        run_id: str = "",
     ) -> None:
         self.stages = stages
+        self.run_id = run_id
         self.total = sum(max(n, 1) for _, n in stages) or 1
         self.done = 0
         self.on_update = on_update
@@ -59,6 +64,8 @@ class Tracker:
     def stage(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
         self.current, self._stage_done, self._stage_total = label, 0, max(total, 1)
         self._emit()
+        event(log, "evaluation.stage_started", run=self.run_id, stage=label, items=total)
+        started = time.perf_counter()
 
         def advance(n: int = 1) -> None:
             self._stage_done += n
@@ -66,6 +73,14 @@ class Tracker:
             self._emit()
 
         yield advance
+        event(
+            log,
+            "evaluation.stage_finished",
+            run=self.run_id,
+            stage=label,
+            items=total,
+            seconds=round(time.perf_counter() - started, 2),
+        )
         # Count the whole stage even if a part reported fewer units (cache hits).
         self.done += max(self._stage_total - self._stage_done, 0)
         self._emit()
@@ -283,7 +298,7 @@ def perplexity_metrics(
 class Runner:
     def __init__(self, plan: RunPlan, tracker: Tracker | None = None) -> None:
         self.plan = plan
-        self.tracker = tracker or Tracker(stages(plan))
+        self.tracker = tracker or Tracker(stages(plan), run_id=plan.run_id)
         self._models: LocalModels | None = None
         self.timings: dict[str, float] = {}
 

@@ -34,6 +34,7 @@ from services.evaluator.subjects import (
 )
 from services.evaluator.suite import load_suite, suite_for_policy
 from shared.errors import ConflictError, LoraplexError, NotFoundError, ValidationError
+from shared.logs import event
 from shared.registry import adapters
 from shared.registry.db import Registry
 from shared.registry.models import (
@@ -339,8 +340,29 @@ def execute(
     plan = prepared.plan
     out_dir = settings.evaluations_dir / plan.run_id
     try:
-        result = Runner(plan, tracker or Tracker(stages(plan))).run()
+        event(
+            log,
+            "evaluation.started",
+            run=plan.run_id,
+            candidate=plan.candidate.label,
+            baseline=plan.baseline.label if plan.baseline else None,
+            items=len(plan.items),
+            promote=prepared.promote,
+        )
+        result = Runner(plan, tracker or Tracker(stages(plan), run_id=plan.run_id)).run()
         gate = gate_mod.decide(prepared.policy, result) if prepared.policy else None
+        if gate is not None:
+            event(
+                log,
+                "gate.decision",
+                run=plan.run_id,
+                candidate=plan.candidate.label,
+                baseline=plan.baseline.label if plan.baseline else None,
+                decision=gate.decision,
+                policy=gate.policy_name,
+                policy_sha256=gate.policy_sha256[:12],
+                reasons=gate.reasons,
+            )
         limits = prepared.policy.judge.model_dump() if prepared.policy else None
         paths = report.write_outputs(out_dir, result, gate, limits)
         summary = report.result_json(result, gate)
@@ -349,7 +371,22 @@ def execute(
         shutil.rmtree(out_dir, ignore_errors=True)
         fail_run(registry, plan.run_id, exc)
         raise
+    event(
+        log,
+        "evaluation.finished",
+        run=plan.run_id,
+        decision=gate.decision if gate else None,
+        seconds=round(result.timings.get("total_s", 0.0), 1),
+    )
     promotion = promote(registry, prepared, plan.run_id, gate)
+    if promotion is not None and not promotion.get("moved"):
+        event(
+            log,
+            "promotion.skipped",
+            run=plan.run_id,
+            alias=promotion.get("alias"),
+            why=promotion.get("why") or promotion.get("error"),
+        )
     if promotion is not None:
         with registry.session() as session:
             row = session.get(EvaluationRunRow, plan.run_id)

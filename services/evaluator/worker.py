@@ -21,6 +21,7 @@ from services.evaluator import service
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.runner import Tracker, stages
 from services.evaluator.schemas import EvaluationCreate
+from shared.logs import event, mask_url
 from shared.registry.db import Registry, open_registry
 from shared.registry.models import EvaluationRunRow, utcnow
 
@@ -64,6 +65,14 @@ class Worker:
                     row.finished_at = utcnow()
                 else:
                     row.status = "queued"
+                    event(
+                        log,
+                        "evaluation.requeued",
+                        logging.WARNING,
+                        run=row.id,
+                        stale_worker=row.worker_id,
+                        attempts=attempts,
+                    )
                     row.worker_id = None
                     moved += 1
         return moved
@@ -88,10 +97,18 @@ class Worker:
                 )
                 if result.rowcount == 1:  # type: ignore[attr-defined]
                     row = session.get(EvaluationRunRow, run_id)
+                    attempt = 1
                     if row is not None:
                         cfg = dict(row.config or {})
-                        cfg["attempts"] = int(cfg.get("attempts", 0)) + 1
+                        attempt = cfg["attempts"] = int(cfg.get("attempts", 0)) + 1
                         row.config = cfg
+                    event(
+                        log,
+                        "evaluation.claimed",
+                        run=run_id,
+                        worker=self.worker_id,
+                        attempt=attempt,
+                    )
                     return run_id
         return None
 
@@ -119,11 +136,13 @@ class Worker:
         try:
             prepared = service.prepare(self.settings, self.registry, request, run_id)
             tracker = Tracker(
-                stages(prepared.plan), lambda f, s: setattr(self, "_progress", (f, s))
+                stages(prepared.plan),
+                lambda f, s: setattr(self, "_progress", (f, s)),
+                run_id=run_id,
             )
             service.execute(self.settings, self.registry, prepared, tracker)
         except Exception as exc:
-            log.warning("evaluation %s failed: %s", run_id, exc)
+            event(log, "evaluation.failed", logging.WARNING, run=run_id, error=str(exc)[:500])
             if service.get_run(self.registry, run_id).status != "failed":
                 service.fail_run(self.registry, run_id, exc)
         finally:
@@ -131,7 +150,12 @@ class Worker:
             beat.join(timeout=5)
 
     def serve(self, *, once: bool = False) -> None:
-        log.info("evaluation worker %s polling %s", self.worker_id, self.settings.database_url)
+        event(
+            log,
+            "worker.started",
+            worker=self.worker_id,
+            registry=mask_url(self.settings.database_url),
+        )
         while True:
             self.requeue_stale()
             run_id = self.claim()

@@ -39,7 +39,6 @@ def serve(
     log_level: Annotated[str | None, typer.Option(help="Log level.")] = None,
 ) -> None:
     """Start the engines (or attach to them) and serve /v1, /admin, /metrics, /health, /ready."""
-    import logging
 
     import uvicorn
 
@@ -52,9 +51,9 @@ def serve(
         engine_urls=attach or None,
         log_level=log_level,
     )
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from shared.logs import configure
+
+    configure("server", settings.log_level)
     uvicorn.run(create_app(settings), **uvicorn_options(settings))
 
 
@@ -65,6 +64,7 @@ def uvicorn_options(settings: Any) -> dict[str, Any]:
         "port": settings.port,
         "log_level": settings.log_level.lower(),
         "access_log": False,
+        "log_config": None,  # keep shared.logs' handler: one format for every line
         "loop": "uvloop",
         "http": "httptools",
         "server_header": False,

@@ -85,6 +85,13 @@ class ServerSettings(SharedSettings):
         'its name). JSON, e.g. {"sk-a": ["*"], "sk-b": ["support-bot"]}. Empty: /v1 is open.',
     )
 
+    request_summary_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How often the log gets a requests.summary line (counts since the last one, "
+        "only when there was traffic); 0 turns it off.",
+    )
+
     # -- adapters --------------------------------------------------------------------------------
     reconcile_interval_s: float = Field(
         default=1.0, gt=0, description="How often the registry (desired state) is read."

@@ -25,6 +25,7 @@ from services.server.metrics import ServerMetrics
 from services.server.names import Target, VersionInfo
 from services.server.validation import AdapterValidator
 from shared.errors import LoraplexError, ValidationError
+from shared.logs import event
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class AdapterManager:
                 folder = await asyncio.to_thread(self.validator.check_version, version)
             except LoraplexError as exc:
                 self.metrics.load_failures.labels(*labels, "validation").inc()
+                _refused(engine, version.id, "validation", exc)
                 raise exc
             res = Residency(version=version, desired=desired)
             engine.adapters[version.id] = res
@@ -130,6 +132,7 @@ class AdapterManager:
                         retry_after=self.settings.retry_after_s,
                     ) from exc
                 self.metrics.load_failures.labels(*labels, "engine").inc()
+                _refused(engine, version.id, "engine", exc)
                 # vLLM answers 500 for adapters it cannot use; the request is what is wrong.
                 raise ValidationError(
                     f"engine refused adapter version {version.id}",
@@ -147,6 +150,7 @@ class AdapterManager:
                     self._drop(engine, res)
                     if isinstance(exc, ValidationError):
                         self.metrics.load_failures.labels(*labels, "canary").inc()
+                        _refused(engine, version.id, "canary", exc)
                     await self._quiet_unload(engine, version.id)
                     raise
             if engine.generation != generation:
@@ -155,7 +159,14 @@ class AdapterManager:
             res.loaded_at = time.time()
             res.load_seconds = time.perf_counter() - started
             self.metrics.load_duration.labels(*labels, engine.id).observe(res.load_seconds)
-            log.info("engine %s: loaded %s in %.3fs", engine.id, version.id, res.load_seconds)
+            event(
+                log,
+                "adapter.loaded",
+                engine=engine.id,
+                version=version.id,
+                load_s=round(res.load_seconds, 3),
+                desired=res.desired,
+            )
         self.on_change()
         return res
 
@@ -179,6 +190,14 @@ class AdapterManager:
                 )
             victim = min(candidates, key=lambda r: r.last_used)
             self.metrics.evictions.labels(engine.id).inc()
+            event(
+                log,
+                "adapter.evicted",
+                engine=engine.id,
+                version=victim.version.id,
+                idle_s=round(time.time() - victim.last_used, 1),
+                resident=len(resident),
+            )
             await self.unload(engine, victim.version.id, drain=False)
 
     # -- unloading -------------------------------------------------------------------------------
@@ -210,7 +229,7 @@ class AdapterManager:
             finally:
                 if engine.adapters.get(version_id) is res:
                     del engine.adapters[version_id]
-        log.info("engine %s: unloaded %s", engine.id, version_id)
+        event(log, "adapter.unloaded", engine=engine.id, version=version_id, drained=drain)
         self.on_change()
         return True
 
@@ -244,3 +263,18 @@ class AdapterManager:
     async def wait_unloads(self) -> None:
         if self._unloads:
             await asyncio.gather(*list(self._unloads), return_exceptions=True)
+
+
+def _refused(engine: Engine, version_id: str, stage: str, exc: BaseException) -> None:
+    message = exc.message if isinstance(exc, LoraplexError) else str(exc)
+    details = exc.details if isinstance(exc, LoraplexError) else []
+    event(
+        log,
+        "adapter.refused",
+        logging.WARNING,
+        engine=engine.id,
+        version=version_id,
+        stage=stage,
+        reason=message,
+        details=list(details)[:5],
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import Metric
@@ -212,3 +212,41 @@ def relabel_engine_metrics(texts: dict[str, str]) -> Iterable[Metric]:
                 labels["engine"] = engine_id
                 merged.add_sample(sample.name, labels, sample.value, sample.timestamp)
     return families.values()
+
+
+class RequestSummary:
+    """Counts of ``loraplex_requests`` since the previous call, for the periodic log line."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+        self._last: dict[tuple[str, str, str], float] = {}
+
+    def _totals(self) -> dict[tuple[str, str, str], float]:
+        out: dict[tuple[str, str, str], float] = {}
+        for family in self.metrics.requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    labels = sample.labels
+                    key = (labels["adapter"], labels["version"], labels["status"])
+                    out[key] = sample.value
+        return out
+
+    def since_last(self) -> dict[str, Any] | None:
+        """``{"requests", "client_errors", "server_errors", "by_model"}``, None when idle."""
+        now = self._totals()
+        delta = {k: v - self._last.get(k, 0.0) for k, v in now.items()}
+        self._last = now
+        total = int(sum(delta.values()))
+        if total == 0:
+            return None
+        by_model: dict[str, int] = {}
+        for (adapter, version, _), n in delta.items():
+            if n:
+                name = adapter if version == BASE_VERSION else f"{adapter}@{version}"
+                by_model[name] = by_model.get(name, 0) + int(n)
+        return {
+            "requests": total,
+            "client_errors": int(sum(n for k, n in delta.items() if k[2].startswith("4"))),
+            "server_errors": int(sum(n for k, n in delta.items() if k[2].startswith("5"))),
+            "by_model": dict(sorted(by_model.items())),
+        }

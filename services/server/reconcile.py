@@ -25,6 +25,7 @@ from services.server.manager import AdapterManager
 from services.server.metrics import ServerMetrics
 from services.server.names import Names, NameTable, VersionInfo
 from shared.errors import LoraplexError
+from shared.logs import event
 from shared.registry import adapters as reg
 from shared.registry.db import Registry
 
@@ -165,7 +166,15 @@ class Reconciler:
                     log.info("reconcile: %s not loaded on %s: %s", vid, engine.id, exc.message)
                 except LoraplexError as exc:
                     self.failures[vid] = Failure(exc.message, list(exc.details), time.time())
-                    log.warning("reconcile: %s refused: %s %s", vid, exc.message, exc.details)
+                    event(
+                        log,
+                        "reconcile.refused",
+                        logging.WARNING,
+                        version=vid,
+                        reason=exc.message,
+                        details=list(exc.details)[:5],
+                        retry_in_s=FAILURE_RETRY_S,
+                    )
                     break
         self.rebuild_table()
         self._retire()
@@ -233,6 +242,17 @@ class Reconciler:
         if loaded == dict(current.versions) and aliases == dict(current.aliases):
             return
         self._generation += 1
+        for key in sorted(set(aliases) | set(current.aliases)):
+            before, after = current.aliases.get(key), aliases.get(key)
+            if before != after:
+                event(
+                    log,
+                    "alias.serving",
+                    alias=f"{key[0]}:{key[1]}",
+                    previous=before,
+                    version=after,
+                    table_generation=self._generation,
+                )
         self.names.swap(NameTable(current.base_name, loaded, aliases, self._generation))
 
     def _retire(self) -> None:

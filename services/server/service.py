@@ -31,7 +31,7 @@ from services.server.engines import (
 )
 from services.server.importer import base_identity, import_adapter
 from services.server.manager import AdapterManager
-from services.server.metrics import ServerMetrics
+from services.server.metrics import RequestSummary, ServerMetrics
 from services.server.names import Names, VersionInfo
 from services.server.proxy import Proxy
 from services.server.reconcile import Reconciler
@@ -47,6 +47,7 @@ from services.server.schemas import (
 from services.server.validation import AdapterValidator, BaseIdentity
 from shared.artifacts import ArtifactStore, open_store
 from shared.errors import ConflictError, NotFoundError, ValidationError
+from shared.logs import event
 from shared.registry import adapters as reg
 from shared.registry.db import Registry, open_registry
 from shared.registry.models import EvaluationRunRow
@@ -77,6 +78,7 @@ class ServerService:
         self.supervisors: list[EngineSupervisor] = []
         self.clients: dict[str, EngineClient] = {}
         self.session: aiohttp.ClientSession | None = None
+        self._summary_task: asyncio.Task[None] | None = None
         self.started_at = time.time()
         self._build_engines()
         self.metrics.attach_engines(self.engines)
@@ -159,12 +161,24 @@ class ServerService:
             self.supervisors.append(supervisor)
             supervisor.start()
         self.reconciler.start()
+        if self.settings.request_summary_s > 0:
+            self._summary_task = asyncio.create_task(self._summarize(), name="request-summary")
+
+    async def _summarize(self) -> None:
+        summary = RequestSummary(self.metrics)
+        while True:
+            await asyncio.sleep(self.settings.request_summary_s)
+            counts = summary.since_last()
+            if counts is not None:
+                event(log, "requests.summary", period_s=self.settings.request_summary_s, **counts)
 
     def _on_restart(self, engine: Engine) -> None:
         self.metrics.engine_restarts.labels(engine.id).inc()
         self.reconciler.rebuild_table()
 
     async def stop(self) -> None:
+        if self._summary_task is not None:
+            self._summary_task.cancel()
         if hasattr(self, "reconciler"):
             await self.reconciler.stop()
         await asyncio.gather(*(s.stop() for s in self.supervisors), return_exceptions=True)

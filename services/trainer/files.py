@@ -6,6 +6,7 @@ line, field) before anything is stored; nothing about a refused upload remains a
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from pathlib import Path
@@ -18,8 +19,11 @@ from services.trainer.schemas import FileObject, unix_time
 from shared.artifacts import open_store
 from shared.datasets import near_duplicates, parse_file
 from shared.errors import NotFoundError, ValidationError
+from shared.logs import event
 from shared.registry.models import DatasetRow
 from shared.settings import SharedSettings
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from services.trainer.recipes.common import DataFile
@@ -96,6 +100,19 @@ def create_file(
     )
     session.add(row)
     session.flush()
+    event(
+        log,
+        "file.validated",
+        file=row.id,
+        filename=filename,
+        purpose=purpose,
+        kind=kind,
+        rows=rows,
+        bytes=len(data),
+        sha256=sha[:12],
+        exact_duplicates=report.get("exact_duplicates"),
+        near_duplicates=report.get("near_duplicates"),
+    )
     return row
 
 

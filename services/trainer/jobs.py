@@ -7,6 +7,7 @@ model's template), ``queued``, ``running``, ``succeeded``, ``failed``, ``cancell
 
 from __future__ import annotations
 
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from services.trainer.schemas import (
     unix_time,
 )
 from shared.errors import ConflictError, LoraplexError, NotFoundError, ValidationError
+from shared.logs import event
 from shared.registry.adapters import check_adapter_name, resolve
 from shared.registry.models import (
     AdapterVersionRow,
@@ -36,6 +38,8 @@ from shared.registry.models import (
 )
 from shared.servability import LoraLimits, check_lora_settings
 from shared.settings import EMBEDDED_BASE_MODEL
+
+log = logging.getLogger(__name__)
 
 VALIDATING, QUEUED, RUNNING = "validating_files", "queued", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -189,6 +193,16 @@ def create_job(session: Session, settings: TrainerSettings, spec: JobSpec) -> Tr
     session.flush()
     add_event(session, job.id, f"created fine-tuning job {job.id}")
     add_event(session, job.id, "validating training file: " + spec.training_file)
+    event(
+        log,
+        "job.created",
+        job=job.id,
+        adapter=job.adapter_name,
+        base_model=spec.model,
+        method=spec.method.type,
+        training_file=spec.training_file,
+        base_adapter=spec.base_adapter,
+    )
     return job
 
 

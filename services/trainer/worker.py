@@ -53,6 +53,8 @@ from services.trainer.schemas import JobSpec
 from shared.artifacts import open_store
 from shared.basemodel import ResolvedBaseModel
 from shared.errors import LoraplexError
+from shared.logs import configure as configure_logging
+from shared.logs import event, mask_url
 from shared.registry.adapters import get_version
 from shared.registry.db import Registry, open_registry
 from shared.registry.models import AdapterVersionRow, TrainingJobRow, utcnow
@@ -71,12 +73,46 @@ class JobReporter:
         self.worker = worker
         self.job_id = job_id
         self.lost = threading.Event()
+        self.last_metrics: dict[str, Any] = {}  # the latest loss and tokens/s, for job.* lines
 
     def event(
         self, message: str, *, level: str = "info", type: str = "message", data: Any = None
     ) -> None:
         with self.worker.registry.session() as session:
             add_event(session, self.job_id, message, level=level, type=type, data=data)
+        self._log(message, type, data if isinstance(data, dict) else {})
+
+    def _log(self, message: str, type: str, data: dict[str, Any]) -> None:
+        job = self.job_id
+        if type == "metrics" and "train_loss" in data:
+            self.last_metrics.update(
+                train_loss=data.get("train_loss"), tokens_per_s=data.get("tokens_per_second")
+            )
+            event(
+                log,
+                "job.progress",
+                job=job,
+                step=data.get("step"),
+                total_steps=data.get("total_steps"),
+                train_loss=data.get("train_loss"),
+                tokens_per_s=data.get("tokens_per_second"),
+            )
+        elif type == "metrics" and "valid_loss" in data:
+            self.last_metrics["valid_loss"] = data.get("valid_loss")
+        elif type == "checkpoint":
+            metrics = data.get("metrics") or {}
+            event(
+                log,
+                "job.checkpoint",
+                job=job,
+                step=data.get("step"),
+                train_loss=metrics.get("train_loss"),
+                valid_loss=metrics.get("valid_loss"),
+            )
+        elif message.startswith("training started"):
+            event(log, "job.started", job=job, step=data.get("step"), total=data.get("total_steps"))
+        elif message.startswith("validated"):
+            event(log, "job.data_validated", job=job, detail=message)
 
     def should_stop(self) -> str | None:
         if self.lost.is_set():
@@ -171,6 +207,15 @@ class Worker:
                     f"worker {self.worker_id} claimed the job, attempt {attempts + 1}{note}",
                     data={"worker_id": self.worker_id, "attempt": attempts + 1},
                 )
+                took_over: dict[str, Any] = {"took_over_from": previous} if previous else {}
+                event(
+                    log,
+                    "job.claimed",
+                    job=job_id,
+                    worker=self.worker_id,
+                    attempt=attempts + 1,
+                    **took_over,
+                )
                 return str(job_id)
         return None
 
@@ -186,9 +231,23 @@ class Worker:
 
     def _finish(self, job_id: str, status: str, message: str, **values: Any) -> None:
         with self.registry.session() as session:
-            if self.guarded_update(session, job_id, status=status, finished_at=utcnow(), **values):
+            updated = self.guarded_update(
+                session, job_id, status=status, finished_at=utcnow(), **values
+            )
+            if updated:
                 level = "error" if status == FAILED else "info"
                 add_event(session, job_id, message, level=level, data=values.get("error"))
+        if not updated:
+            return  # not ours any more: its new holder says what happened
+        error = values.get("error") or {}
+        event(
+            log,
+            f"job.{status}",
+            logging.ERROR if status == FAILED else logging.INFO,
+            job=job_id,
+            error=error.get("message"),
+            code=error.get("code"),
+        )
 
     def _release(self, job_id: str) -> None:
         """Give the job back (worker shutting down): the next worker resumes from its checkpoint."""
@@ -197,6 +256,7 @@ class Worker:
                 session, job_id, worker_id=None, heartbeat_at=None, status=QUEUED
             ):
                 add_event(session, job_id, "worker stopped; job queued again to resume")
+        event(log, "job.released", job=job_id, worker=self.worker_id)
 
     # -- running a job -------------------------------------------------------------------------------
     def _context(self, job: TrainingJobRow, reporter: JobReporter) -> RecipeContext:
@@ -295,6 +355,7 @@ class Worker:
         beat = threading.Thread(target=self._heartbeat, args=(job_id, reporter, done), daemon=True)
         beat.start()
         out = job_dir(self.settings, job_id)
+        started = time.monotonic()
         try:
             if self.kubernetes is not None:
                 self._process_in_kubernetes(job_id)
@@ -302,7 +363,14 @@ class Worker:
             ctx = self._context(job, reporter)
             recipe = run_sft if ctx.spec.method.type == "supervised" else run_dpo
             result: RecipeResult = recipe(ctx)
-            log.info("job %s succeeded: %s", job_id, result.version_id)
+            event(
+                log,
+                "job.succeeded",
+                job=job_id,
+                version=result.version_id,
+                seconds=round(time.monotonic() - started, 1),
+                **reporter.last_metrics,
+            )
             shutil.rmtree(out, ignore_errors=True)
         except Stopped as stop:
             if stop.reason == CANCELLED:
@@ -311,7 +379,7 @@ class Worker:
             elif stop.reason == WORKER_STOPPING:
                 self._release(job_id)
             else:
-                log.warning("job %s: %s; leaving it to its new worker", job_id, stop.reason)
+                event(log, "job.abandoned", logging.WARNING, job=job_id, reason=stop.reason)
         except LoraplexError as exc:
             error = {**exc.to_dict(), "type": "user_error" if exc.user_error else "system_error"}
             self._finish(job_id, FAILED, f"job failed: {exc.message}", error=error)
@@ -376,7 +444,7 @@ class Worker:
 def run_one(job_id: str) -> int:
     """Run one job: as the worker named by LORAPLEX_WORKER_ID if it holds it, else by claiming it."""
     settings = load_settings(TrainerSettings)
-    logging.basicConfig(level=settings.log_level)
+    configure_logging("trainer-job", settings.log_level)
     worker = Worker(settings, worker_id=os.environ.get("LORAPLEX_WORKER_ID") or None)
     worker.kubernetes = None  # this process is where the job trains
     try:
@@ -399,9 +467,7 @@ def run_one(job_id: str) -> int:
 
 def main(once: bool = False, max_jobs: int | None = None) -> int:
     settings = load_settings(TrainerSettings)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging("trainer-worker", settings.log_level)
     if settings.torch_threads:
         import torch
 
@@ -414,10 +480,16 @@ def main(once: bool = False, max_jobs: int | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("worker %s polling %s", worker.worker_id, settings.database_url.split("@")[-1])
+    event(log, "worker.started", worker=worker.worker_id, registry=mask_url(settings.database_url))
     started = time.monotonic()
     ran = worker.run(once=once, max_jobs=max_jobs)
-    log.info("worker %s ran %d job(s) in %.0fs", worker.worker_id, ran, time.monotonic() - started)
+    event(
+        log,
+        "worker.stopped",
+        worker=worker.worker_id,
+        jobs=ran,
+        seconds=round(time.monotonic() - started),
+    )
     worker.registry.dispose()
     return 0
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
 from shared.errors import ConflictError, NotFoundError, ValidationError
+from shared.logs import event
 from shared.registry.models import (
     AdapterRow,
     AdapterVersionRow,
@@ -20,6 +23,8 @@ from shared.registry.models import (
     PinRow,
     utcnow,
 )
+
+log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -214,6 +219,21 @@ def set_alias(
         )
     )
     session.flush()
+    fields: dict[str, Any] = {
+        "alias": f"{adapter_name}:{alias}",
+        "from_version": previous,
+        "to_version": to_version,
+        "actor": actor,
+        "reason": reason,
+        "evaluation": evaluation_run_id,
+    }
+    # Logged when the move is committed, so a rolled-back transaction never shows as a move.
+    sa_event.listen(
+        session,
+        "after_commit",
+        lambda _s: event(log, "alias.moved", logging.INFO, **fields),
+        once=True,
+    )
     return row
 
 

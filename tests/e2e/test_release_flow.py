@@ -4,7 +4,8 @@ Real vLLM engine, real training (a few steps on a tiny data set), real evaluatio
 promoted version is the job's, that the evaluation recorded is the one that justified the move,
 that the alias answers with the new version within the reconcile deadline, that killing the trainer
 worker or the server mid-flow and starting it again lets the flow finish, and that a rollback puts
-the old version back.
+the old version back, and that the services' logs tell all of it (text form; the JSON form is
+``test_event_logs.py``).
 """
 
 from __future__ import annotations
@@ -17,83 +18,33 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from sqlalchemy import select
 
 from services.localstack import LocalStack
-from services.release import HttpRelease, Services, load_config
 from shared.basemodel import ResolvedBaseModel
 from shared.registry import adapters as reg
 from shared.registry.db import open_registry
 from shared.registry.models import AliasEventRow, EvaluationRunRow, TrainingJobRow
 from shared.settings import SharedSettings
+from tests.e2e.releases import DEADLINE_S, local_stack, release_yaml, run_release
+from tests.events import parse_lines
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[2]
-TRAIN = REPO / "examples" / "extraction" / "sft_train.jsonl"
-TEST = REPO / "examples" / "extraction" / "test.jsonl"
-DEADLINE_S = 30.0
 
 
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, base_model: ResolvedBaseModel
 ) -> Iterator[LocalStack]:
-    data_dir = tmp_path_factory.mktemp("e2e") / "data"
-    models = data_dir / "models" / base_model.path.name
-    models.mkdir(parents=True)
-    for item in base_model.path.iterdir():
-        (models / item.name).hardlink_to(item)
     env = {
         "LORAPLEX_KV_CACHE_GIB": "1",
         "LORAPLEX_RECONCILE_INTERVAL_S": "0.5",
         "LORAPLEX_STALE_AFTER_SECONDS": "5",
         "LORAPLEX_HEARTBEAT_SECONDS": "1",
+        "LORAPLEX_REQUEST_SUMMARY_S": "2",
     }
-    with LocalStack(data_dir, extra_env=env) as local:
-        local.start()
+    with local_stack(tmp_path_factory.mktemp("e2e") / "data", base_model, env) as local:
         yield local
-
-
-def _release_yaml(tmp: Path, seed: int) -> Path:
-    train = tmp / "train.jsonl"
-    train.write_text("".join(TRAIN.read_text().splitlines(keepends=True)[:24]))
-    policy = {
-        "version": 1,
-        "min_items": 4,
-        "metrics": {"perplexity": {"max": 10_000}, "bits_per_byte": {"max": 100}},
-    }
-    config = {
-        "adapter": "flow",
-        "promote": "prod",
-        "training": {
-            "model": "smollm2-135m-instruct",
-            "training_file": str(train),
-            "seed": seed,
-            "method": {
-                "type": "supervised",
-                "supervised": {"hyperparameters": {"max_steps": 4, "batch_size": 4}},
-            },
-            "lora": {"r": 8, "lora_alpha": 16},
-        },
-        "evaluation": {"data": str(TEST), "limit": 6, "suite": "quick", "policy": policy},
-    }
-    path = tmp / f"release-{seed}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def _release(stack: LocalStack, path: Path, lines: list[str]) -> int:
-    cfg, root = load_config(path)
-    cfg.services = Services(
-        trainer_url=stack.trainer_url,
-        evaluator_url=stack.evaluator_url,
-        server_url=stack.server_url,
-        reconcile_deadline_s=DEADLINE_S,
-        poll_s=0.5,
-    )
-    return HttpRelease(cfg, root, say=lines.append).run()
 
 
 def _answering_version(stack: LocalStack, model: str) -> str | None:
@@ -113,7 +64,7 @@ def _registry(stack: LocalStack) -> Any:
 def test_release_promote_survive_kills_and_roll_back(stack: LocalStack, tmp_path: Path) -> None:
     lines: list[str] = []
     # -- version 1: trained, evaluated against the base model, promoted ------------------------
-    assert _release(stack, _release_yaml(tmp_path, seed=1), lines) == 0, "\n".join(lines)
+    assert run_release(stack, release_yaml(tmp_path, seed=1), lines) == 0, "\n".join(lines)
     registry = _registry(stack)
     with registry.read_session() as s:
         v1 = reg.resolve(s, "flow:prod")
@@ -127,7 +78,9 @@ def test_release_promote_survive_kills_and_roll_back(stack: LocalStack, tmp_path
     worker = stack.services["trainer-worker"]
     result: dict[str, int] = {}
     release = threading.Thread(
-        target=lambda: result.setdefault("code", _release(stack, _release_yaml(tmp_path, 2), lines))
+        target=lambda: result.setdefault(
+            "code", run_release(stack, release_yaml(tmp_path, 2), lines)
+        )
     )
     release.start()
     deadline = time.monotonic() + 300
@@ -172,3 +125,55 @@ def test_release_promote_survive_kills_and_roll_back(stack: LocalStack, tmp_path
         assert time.monotonic() - start < DEADLINE_S, "rollback did not reach the server in time"
         time.sleep(0.25)
     registry.dispose()
+
+
+# Events each process must log for an operator to reconstruct the release from the logs alone.
+EXPECTED_EVENTS = {
+    "trainer-api": ["file.validated", "job.created"],
+    "trainer-worker": [
+        "worker.started",
+        "job.claimed",
+        "job.started",
+        "job.progress",
+        "job.checkpoint",
+        "job.succeeded",
+    ],
+    "evaluator-worker": [
+        "evaluation.claimed",
+        "evaluation.started",
+        "evaluation.stage_started",
+        "evaluation.stage_finished",
+        "gate.decision",
+        "evaluation.finished",
+        "alias.moved",
+    ],
+    "server": [
+        "engine.started",
+        "engine.ready",
+        "adapter.loaded",
+        "adapter.unloaded",
+        "alias.serving",
+        "alias.moved",
+        "requests.summary",
+    ],
+}
+
+
+def test_logs_tell_the_release(stack: LocalStack) -> None:
+    """Runs after the release above, on the same stack's log files (text, the default form)."""
+    logs = stack.data_dir / "logs"
+    for service, names in EXPECTED_EVENTS.items():
+        text = (logs / f"{service}.log").read_text(errors="replace")
+        seen = {e["event"] for e in parse_lines(text)}
+        missing = [n for n in names if n not in seen]
+        assert not missing, f"{service}.log lacks {missing}; it has {sorted(seen)}"
+    worker = (logs / "evaluator-worker.log").read_text()
+    moved = [ln for ln in worker.splitlines() if " alias.moved " in ln]
+    assert any("actor=loraplex-gate" in ln and "from_version=flow@v1" in ln for ln in moved)
+    server = (logs / "server.log").read_text()
+    # The rollback went through the admin API: the server logs who moved the alias back.
+    assert any("alias.moved" in ln and "to_version=flow@v1" in ln for ln in server.splitlines())
+    trainer = (logs / "trainer-worker.log").read_text()
+    assert "took_over_from=" in trainer  # the killed worker's job was taken over, and it says so
+    for path in logs.glob("*.log"):
+        assert stack.admin_key not in path.read_text(errors="replace"), path.name

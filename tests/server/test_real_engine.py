@@ -7,6 +7,7 @@ test, which runs last. Adapters are built with peft on the real base (random, no
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -29,6 +30,7 @@ from shared.artifacts import open_store
 from shared.basemodel import ResolvedBaseModel
 from shared.registry import adapters as reg
 from shared.registry.db import open_registry
+from tests.events import assert_event
 from tests.server.conftest import ADMIN
 from tests.server.fakes import ThreadServer
 from tests.server.test_validation import BAD_KINDS
@@ -224,7 +226,9 @@ def test_prompt_logprobs_for_adapters_work_and_the_engine_survives(live: Live) -
         assert c.get("/ready").status_code == 200
 
 
-def test_bad_adapters_are_refused_while_serving_continues(live: Live) -> None:
+def test_bad_adapters_are_refused_while_serving_continues(
+    live: Live, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = live.settings
     registry = open_registry(settings)
     store = open_store(settings)
@@ -268,6 +272,8 @@ def test_bad_adapters_are_refused_while_serving_continues(live: Live) -> None:
         registry.dispose()
         shutil.rmtree(shim.tmp, ignore_errors=True)
     assert refused >= 8
+    refusal = assert_event(caplog.records, "adapter.refused", engine="engine-0")
+    assert refusal["reason"] and refusal["version"].startswith("bad@")
 
 
 def test_hot_swap_under_16_streaming_clients(live: Live) -> None:
@@ -399,7 +405,10 @@ def test_export_merged_matches_the_adapter(live: Live, tmp_path: Path) -> None:
     assert (plain - want).abs().max() > 1.0
 
 
-def test_kill_9_of_the_engine_recovers_within_60_s(live: Live) -> None:
+def test_kill_9_of_the_engine_recovers_within_60_s(
+    live: Live, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     service = live.service
     supervisor = service.supervisors[0]
     pid = supervisor.pid
@@ -417,5 +426,8 @@ def test_kill_9_of_the_engine_recovers_within_60_s(live: Live) -> None:
         r = c.post("/v1/completions", json={"model": "support", "prompt": "x", "max_tokens": 2})
         assert r.status_code == 200
     assert service.engines[0].restarts == 1
+    assert_event(caplog.records, "engine.unhealthy", engine="engine-0")
+    assert_event(caplog.records, "engine.restarted", engine="engine-0", restarts=1)
+    assert_event(caplog.records, "engine.ready", engine="engine-0", restarts=1)
     print(f"ready again {recovered:.1f}s after kill -9")
     assert recovered < 60, f"took {recovered:.1f}s"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 import httpx
+import pytest
 
 from services.server.proxy import VERSION_HEADER
+from tests.events import assert_event
 from tests.server.conftest import ADMIN, Stack
 
 
@@ -116,7 +119,10 @@ def test_refused_version_leaves_the_alias_where_it_was(stack: Stack) -> None:
         assert bad in ready["refused"]
 
 
-def test_versions_load_on_demand_and_the_least_recently_used_is_evicted(one_engine: Stack) -> None:
+def test_versions_load_on_demand_and_the_least_recently_used_is_evicted(
+    one_engine: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     s = one_engine  # max_cpu_loras = 3
     engine = s.engines[0]
     vids = [s.register(s.adapter(), f"a{i}") for i in range(4)]
@@ -132,6 +138,8 @@ def test_versions_load_on_demand_and_the_least_recently_used_is_evicted(one_engi
         assert r.status_code == 200 and r.headers[VERSION_HEADER] == vids[3]
     assert set(engine.loras) == {vids[0], vids[1], vids[3]}
     assert engine.unloads == [vids[2]]
+    assert_event(caplog.records, "adapter.evicted", version=vids[2], engine=engine.id)
+    assert_event(caplog.records, "adapter.loaded", version=vids[3])
 
 
 def test_pins_keep_versions_loaded_and_unpin_releases_them(stack: Stack) -> None:

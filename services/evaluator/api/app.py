@@ -29,6 +29,7 @@ def main() -> None:
     settings = load_settings(EvaluatorSettings)
     serve(
         create_app(settings),
+        service="evaluator-api",
         host=settings.evaluator_host,
         port=settings.evaluator_port,
         log_level=settings.log_level,

@@ -59,6 +59,7 @@ def main() -> None:
     settings = load_settings(TrainerSettings)
     serve(
         create_app(settings),
+        service="trainer-api",
         host=settings.trainer_host,
         port=settings.trainer_port,
         log_level=settings.log_level,
