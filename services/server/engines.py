@@ -31,6 +31,8 @@ from services.server.config import ServerSettings
 from services.server.errors import EngineError
 from services.server.names import VersionInfo
 from services.server.vllm_plugin import MARKER
+from shared.doctor import engine_dtype
+from shared.logs import event
 from shared.processes import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -236,7 +238,7 @@ def engine_command(
         "--max-num-seqs",
         str(settings.max_num_seqs),
         "--dtype",
-        settings.dtype,
+        engine_dtype(settings.dtype)[0],
         "--disable-uvicorn-access-log",
     ]
     if settings.engine_executor_backend:
@@ -332,11 +334,14 @@ class EngineSupervisor:
                 self.settings.engine_restart_backoff_s * (2 ** max(failures - 1, 0)),
                 self.settings.engine_restart_backoff_max_s,
             )
-            log.warning(
-                "engine %s down (%s); retry in %.1fs",
-                self.engine.id,
-                self.engine.last_error or "no answer",
-                delay,
+            event(
+                log,
+                "engine.unhealthy",
+                logging.WARNING,
+                engine=self.engine.id,
+                reason=self.engine.last_error or "no answer",
+                restarts=self.engine.restarts,
+                retry_in_s=round(delay, 1),
             )
             await asyncio.sleep(delay)
 
@@ -395,7 +400,15 @@ class EngineSupervisor:
         engine.last_error = ""
         if not engine.managed:
             engine.patched = self.settings.engines_patched
-        log.info("engine %s ready at %s (generation %d)", engine.id, engine.url, engine.generation)
+        event(
+            log,
+            "engine.ready",
+            engine=engine.id,
+            url=engine.url,
+            generation=engine.generation,
+            restarts=engine.restarts,
+            patched=engine.patched,
+        )
         if self.on_ready is not None:
             self.on_ready(engine)
 
@@ -410,7 +423,16 @@ class EngineSupervisor:
     async def _spawn(self) -> None:
         assert self.command is not None
         self.engine.patched = False
-        log.info("engine %s: starting %s", self.engine.id, " ".join(self.command))
+        dtype, why = engine_dtype(self.settings.dtype)
+        event(
+            log,
+            "engine.restarted" if self.engine.restarts else "engine.started",
+            engine=self.engine.id,
+            dtype=dtype,
+            dtype_reason=why,
+            restarts=self.engine.restarts,
+            command=" ".join(self.command),
+        )
         self.process = await asyncio.create_subprocess_exec(
             *self.command,
             stdin=asyncio.subprocess.DEVNULL,

@@ -31,6 +31,7 @@ from services.trainer.memory import (
 from services.trainer.schemas import JobSpec, ResolvedHyperparameters
 from shared.basemodel import ResolvedBaseModel, resolve_base_model
 from shared.datasets import ChatRenderer, PreparedData, load_examples, prepare, stop_token_ids
+from shared.doctor import cpu_has_bf16
 from shared.errors import SystemFailure, ValidationError
 from shared.servability import (
     LoraLimits,
@@ -174,14 +175,6 @@ def lora_config(spec: JobSpec) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def choose_precision(hp: ResolvedHyperparameters) -> str:
