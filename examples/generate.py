@@ -12,8 +12,11 @@ Files written:
 - ``test.jsonl``       held-out examples: ``{"id", "messages": [system, user], "expected": {...}}``
 - ``dpo_train.jsonl``  preference pairs ``{"prompt", "chosen", "rejected"}``: correct JSON versus
   a typical failure (prose, markdown fences, a wrong value, not stopping after the object)
+- ``holdout.jsonl``    the release gates' held-out set, shaped like ``test.jsonl`` and drawn the
+  same way, large enough that a gate's minimum detectable difference is well below its margin
+  (``examples/release/``); generated after the others, so they do not change with its size
 
-Usage: ``python examples/generate.py [--train 320 --test 60 --dpo 160 --seed 7]``.
+Usage: ``python examples/generate.py [--train 320 --test 60 --dpo 160 --holdout 300 --seed 7]``.
 """
 
 from __future__ import annotations
@@ -221,6 +224,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=320)
     parser.add_argument("--test", type=int, default=60)
     parser.add_argument("--dpo", type=int, default=160)
+    parser.add_argument("--holdout", type=int, default=300, help="rows of holdout.jsonl")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
@@ -244,20 +248,7 @@ def main() -> None:
     train_rows.append(train_rows[0])  # one exact duplicate: the data report drops it
     _write(args.out / "sft_train.jsonl", train_rows)
 
-    test_rows = []
-    for i in range(args.test):
-        text, expected = make_order(rng, test=True)
-        test_rows.append(
-            {
-                "id": f"test-{i:03d}",
-                "messages": [
-                    {"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": text},
-                ],
-                "expected": expected,
-            }
-        )
-    _write(args.out / "test.jsonl", test_rows)
+    _write(args.out / "test.jsonl", held_out(rng, args.test, "test"))
 
     dpo_rows = []
     for _ in range(args.dpo):
@@ -273,9 +264,29 @@ def main() -> None:
             }
         )
     _write(args.out / "dpo_train.jsonl", dpo_rows)
+    _write(args.out / "holdout.jsonl", held_out(rng, args.holdout, "holdout"))
     print(
-        f"wrote {len(train_rows)} SFT, {len(test_rows)} test, {len(dpo_rows)} DPO rows to {args.out}"
+        f"wrote {len(train_rows)} SFT, {args.test} test, {len(dpo_rows)} DPO, "
+        f"{args.holdout} holdout rows to {args.out}"
     )
+
+
+def held_out(rng: random.Random, n: int, prefix: str) -> list[dict[str, Any]]:
+    """Rows ``{"id", "messages": [system, user], "expected"}`` with held-out names and cities."""
+    rows = []
+    for i in range(n):
+        text, expected = make_order(rng, test=True)
+        rows.append(
+            {
+                "id": f"{prefix}-{i:03d}",
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": text},
+                ],
+                "expected": expected,
+            }
+        )
+    return rows
 
 
 def _write(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -1,17 +1,30 @@
 """``make demo``: the release flow end to end on the embedded defaults, no network, no configuration.
 
-1. prepare the base model (once) and generate the example data;
+1. prepare the base model (once) and generate the example data (300 held-out orders);
 2. start the three services as separate processes (trainer API + worker, evaluator API + worker,
-   server with a vLLM engine);
+   server with a vLLM engine) and wait until the engine is ready;
 3. release version 1 of the example adapter: train, evaluate against the base model, gate, promote
    to ``prod``;
 4. ask the adapter (through its alias) and the base model the same question with the ``openai`` SDK;
-5. release version 2 while a background client keeps calling the alias, and count failed requests;
-6. stop the services and say where the reports are.
+5. release version 2; from the moment it is trained, a background client keeps calling the alias
+   through evaluation, gate and promotion, and every failed request is counted;
+6. stop the services, say where the reports and logs are, and print a summary: each version's
+   scores, each gate's decision with its minimum detectable difference against its margin, the
+   failed-request count and each stage's wall time.
+
+``--seed`` (``LORAPLEX_DEMO_SEED``) changes every seed the demo uses: the generated data and both
+training runs. ``--precision`` (``LORAPLEX_DEMO_PRECISION``: auto, bf16, fp32) forces training
+precision and the engine's dtype together; ``auto`` lets each pick what the CPU computes fastest.
+
+CPU layout: the phases never overlap (the engine is ready before training starts; the background
+client starts once v2 is trained), so each phase gets every core: training, then generation in the
+engine. Two busy OpenMP pools on the same cores would slow each other several times over.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
 import signal
@@ -22,6 +35,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from services.localstack import LocalStack
 from services.release import HttpRelease, Services, load_config
@@ -94,13 +109,13 @@ class Traffic:
                 self.errors.append(f"{type(exc).__name__}: {exc}"[:300])
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> Traffic:
+    def start(self) -> None:
         self._thread.start()
-        return self
 
-    def __exit__(self, *_exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=120)
+        if self._thread.is_alive():
+            self._thread.join(timeout=120)
 
 
 def _summary(outcome: dict[str, Any]) -> str:
@@ -109,7 +124,7 @@ def _summary(outcome: dict[str, Any]) -> str:
     results = run.get("results") or {}
     cand, base = results.get("candidate") or {}, results.get("baseline") or {}
     scores = ", ".join(
-        f"{m} {cand[m]:.2f} vs {base.get(m, float('nan')):.2f}"
+        f"{m} {cand[m]:.3f} vs {base.get(m, float('nan')):.3f}"
         for m in ("json_match", "json_valid")
         if isinstance(cand.get(m), float | int)
     )
@@ -120,9 +135,77 @@ def _summary(outcome: dict[str, Any]) -> str:
     )
 
 
-def run() -> int:
+def decidability(outcome: dict[str, Any], policy: dict[str, Any]) -> list[str]:
+    """Each comparison line of the gate: its minimum detectable difference against its margin."""
+    gate = ((outcome.get("run") or {}).get("results") or {}).get("gate") or {}
+    out = []
+    for line in gate.get("lines") or []:
+        rule = (policy.get("metrics") or {}).get(line.get("metric")) or {}
+        for key in ("min_improvement", "max_regression"):
+            margin, mdd = rule.get(key), line.get("mdd")
+            if margin is None or mdd is None:
+                continue
+            n = (line.get("comparison") or {}).get("n")
+            verdict = "decidable" if mdd < margin else "NOT decidable with this data"
+            out.append(
+                f"{line['metric']} {key} {margin:g}: minimum detectable difference {mdd:.3f} "
+                f"with {n} items ({mdd / margin:.0%} of the margin, {verdict})"
+            )
+    return out
+
+
+def options(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="make demo", description="The release flow end to end on the embedded defaults."
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=int(os.environ.get("LORAPLEX_DEMO_SEED") or 7),
+        help="seed of the generated data and of both training runs (LORAPLEX_DEMO_SEED, 7)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=os.environ.get("LORAPLEX_DEMO_PRECISION") or "auto",
+        help="training precision and engine dtype (LORAPLEX_DEMO_PRECISION, auto)",
+    )
+    parser.add_argument(
+        "--items",
+        type=int,
+        default=int(os.environ.get("LORAPLEX_DEMO_ITEMS") or 300),
+        help="held-out orders the gates judge (LORAPLEX_DEMO_ITEMS, 300)",
+    )
+    args = parser.parse_args(argv)
+    if args.precision not in PRECISIONS:
+        parser.error(f"--precision must be one of {', '.join(PRECISIONS)}")
+    return args
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+ENGINE_DTYPE = {"bf16": "bfloat16", "fp32": "float32"}
+
+
+def _configure(cfg: Any, seed: int, precision: str) -> None:
+    cfg.training.seed = seed
+    hp = cfg.training.method.supervised.hyperparameters
+    if precision != "auto":
+        hp.precision = precision
+
+
+def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     total = 6
+    stages: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        stages[name] = now - mark
+        mark = now
+
+    say(f"seed {args.seed}, precision {args.precision}, {args.items} held-out orders per gate")
     base = load_settings(SharedSettings)
     step(1, total, "prepare the base model and the example data", t0)
     model = prepare_embedded_model(base)
@@ -139,23 +222,29 @@ def run() -> int:
     examples = demo_dir / "examples"
     shutil.copytree(EXAMPLES / "release", examples / "release")
     subprocess.run(
-        [sys.executable, str(EXAMPLES / "generate.py"), "--out", str(examples / "extraction")],
+        [
+            sys.executable,
+            str(EXAMPLES / "generate.py"),
+            "--out",
+            str(examples / "extraction"),
+            "--seed",
+            str(args.seed),
+            "--holdout",
+            str(args.items),
+        ],
         check=True,
     )
+    lap("prepare model and data")
 
     step(2, total, "start trainer, evaluator and server (vLLM) as separate processes", t0)
-    with LocalStack(demo_dir, split_cpus=True) as stack:
-        # The server's engine loads while v1 trains; the release waits for it before evaluating.
-        stack.start(wait_for_server=False)
+    env = {"LORAPLEX_DTYPE": ENGINE_DTYPE[args.precision]} if args.precision != "auto" else {}
+    with LocalStack(demo_dir, extra_env=env) as stack:
+        stack.start()
         say(
-            f"trainer {stack.trainer_url}  evaluator {stack.evaluator_url}  server {stack.server_url}"
-            " (starting its vLLM engine in the background)"
+            f"trainer {stack.trainer_url}  evaluator {stack.evaluator_url}  "
+            f"server {stack.server_url} (engine ready; {_engine_line(demo_dir)})"
         )
-        split = stack.cpu_plan()
-        if split:
-            say(
-                f"cores: vLLM engine {sorted(split[0])}, training and evaluation {sorted(split[1])}"
-            )
+        lap("start services (engine ready)")
         services = Services(
             trainer_url=stack.trainer_url,
             evaluator_url=stack.evaluator_url,
@@ -166,10 +255,16 @@ def run() -> int:
         step(3, total, f"release {ADAPTER} v1: train, evaluate against the base model, gate", t0)
         cfg, root = load_config(examples / "release" / "v1.yaml")
         cfg.services = services
+        _configure(cfg, args.seed, args.precision)
         release1 = HttpRelease(cfg, root, say=say)
         code = release1.run()
+        for name, seconds in release1.timings.items():
+            stages[f"v1 {name}"] = seconds
+        mark = time.monotonic()
         if code != 0:
             say(f"release v1 did not pass (exit {code}); see the report above")
+            first = _release_summary(release1.outcome, _policy(root, cfg.evaluation.policy))
+            _write_summary(demo_dir, args, code, time.monotonic() - t0, stages, None, [first])
             return code
 
         step(4, total, "ask the adapter (alias) and the base model the same question", t0)
@@ -181,14 +276,27 @@ def run() -> int:
         say(f"user:            {QUESTION}")
         say(f"{ADAPTER} ({version}): {adapter_answer}")
         say(f"{model.name}:   {base_answer}")
+        lap("ask the alias and the base model")
 
         step(5, total, f"release {ADAPTER} v2 while a client keeps calling '{ADAPTER}'", t0)
         cfg2, root2 = load_config(examples / "release" / "v2.yaml")
         cfg2.services = services
-        release2 = HttpRelease(cfg2, root2, say=say)
-        with Traffic(stack.server_url, ADAPTER) as traffic:
+        _configure(cfg2, args.seed + 1, args.precision)
+        traffic = Traffic(stack.server_url, ADAPTER)
+
+        def start_traffic(version: str) -> None:
+            say(f"  {version} trained; a client now calls '{ADAPTER}' until the release is done")
+            traffic.start()
+
+        release2 = HttpRelease(cfg2, root2, say=say, on_trained=start_traffic)
+        try:
             code = release2.run()
             time.sleep(3)  # a few more requests on the new version
+        finally:
+            traffic.stop()
+        for name, seconds in release2.timings.items():
+            stages[f"v2 {name}"] = seconds
+        mark = time.monotonic()
         say(
             f"requests during the release: {traffic.outcomes['ok']} ok, "
             f"{traffic.outcomes['failed']} failed; answered by: {dict(traffic.versions)}"
@@ -199,28 +307,114 @@ def run() -> int:
             say(f"release v2 did not pass (exit {code})")
 
         step(6, total, "stop the services", t0)
+    lap("stop services")
     reports = sorted((demo_dir / "evaluations").glob("*/report.html"))
     say("HTML reports:")
     for report in reports:
         say(f"  {report}")
     say(f"logs: {demo_dir / 'logs'}")
     say("\nsummary")
-    for outcome in (release1.outcome, release2.outcome):
+    for outcome, policy in (
+        (release1.outcome, _policy(root, cfg.evaluation.policy)),
+        (release2.outcome, _policy(root2, cfg2.evaluation.policy)),
+    ):
         say(f"  {_summary(outcome)}")
+        for line in decidability(outcome, policy):
+            say(f"    {line}")
     say(
         f"  requests to '{ADAPTER}' during the v2 release: {traffic.outcomes['ok']} ok, "
         f"{traffic.outcomes['failed']} failed"
     )
-    say(f"\ndemo finished in {time.monotonic() - t0:.0f} s")
+    say("  stage wall times:")
+    for name, seconds in stages.items():
+        say(f"    {name:<34} {seconds:6.1f} s")
+    wall = time.monotonic() - t0
+    say(f"\ndemo finished in {wall:.0f} s")
     failed = traffic.outcomes["failed"]
-    return code if code != 0 else (1 if failed else 0)
+    exit_code = code if code != 0 else (1 if failed else 0)
+    releases = [
+        _release_summary(release1.outcome, _policy(root, cfg.evaluation.policy)),
+        _release_summary(release2.outcome, _policy(root2, cfg2.evaluation.policy)),
+    ]
+    _write_summary(demo_dir, args, exit_code, wall, stages, traffic, releases)
+    return exit_code
+
+
+def _write_summary(
+    demo_dir: Path,
+    args: argparse.Namespace,
+    exit_code: int,
+    wall: float,
+    stages: dict[str, float],
+    traffic: Traffic | None,
+    releases: list[dict[str, Any]],
+) -> None:
+    """``summary.json`` in the demo directory: what bench/demo_time.py records."""
+    summary = {
+        "seed": args.seed,
+        "precision": args.precision,
+        "items": args.items,
+        "exit_code": exit_code,
+        "wall_s": round(wall, 1),
+        "stages_s": {k: round(v, 1) for k, v in stages.items()},
+        "requests": dict(traffic.outcomes) if traffic else {},
+        "releases": releases,
+    }
+    (demo_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def _release_summary(outcome: dict[str, Any], policy: dict[str, Any]) -> dict[str, Any]:
+    """What bench/demo_time.py records of one release (``summary.json``)."""
+    run = outcome.get("run") or {}
+    results = run.get("results") or {}
+    cand, base = results.get("candidate") or {}, results.get("baseline") or {}
+    gates = []
+    for line in (results.get("gate") or {}).get("lines") or []:
+        rule = (policy.get("metrics") or {}).get(line.get("metric")) or {}
+        for key in ("min_improvement", "max_regression"):
+            if rule.get(key) is not None and line.get("mdd") is not None:
+                gates.append(
+                    {
+                        "metric": line["metric"],
+                        "rule": key,
+                        "margin": rule[key],
+                        "mdd": round(float(line["mdd"]), 4),
+                        "status": line.get("status"),
+                    }
+                )
+    return {
+        "version": outcome.get("version"),
+        "baseline": run.get("baseline") or "base model",
+        "json_match": [cand.get("json_match"), base.get("json_match")],
+        "decision": outcome.get("decision"),
+        "lines": gates,
+    }
+
+
+def _policy(root: Path, policy: str | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(policy, dict):
+        return policy
+    loaded = yaml.safe_load((root / policy).read_text())
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _engine_line(demo_dir: Path) -> str:
+    """What the server said about its engine's dtype (the ``engine.started`` event)."""
+    try:
+        for line in (demo_dir / "logs" / "server.log").read_text(errors="replace").splitlines():
+            if "engine.started" in line and "dtype=" in line:
+                return "dtype " + line.split("dtype=", 1)[1].split(" command=", 1)[0]
+    except OSError:
+        pass
+    return "dtype unknown"
 
 
 def main() -> None:
+    args = options()
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the services are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        sys.exit(run())
+        sys.exit(run(args))
     except LoraplexError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(3)

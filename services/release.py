@@ -139,11 +139,19 @@ def _say(message: str) -> None:
 class HttpRelease:
     """The release flow as a CI system would drive it: plain HTTP calls, then an exit code."""
 
-    def __init__(self, cfg: ReleaseConfig, root: Path, say: Say = _say) -> None:
+    def __init__(
+        self,
+        cfg: ReleaseConfig,
+        root: Path,
+        say: Say = _say,
+        on_trained: Callable[[str], None] | None = None,
+    ) -> None:
         assert cfg.services is not None
         self.cfg, self.root, self.svc, self.say = cfg, root, cfg.services, say
+        self.on_trained = on_trained  # called with the new version before it is evaluated
         self.http = httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0))
         self.outcome: dict[str, Any] = {}  # version, evaluation run, decision (after run())
+        self.timings: dict[str, float] = {}  # wall seconds per stage: train, evaluate, serve
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         if response.status_code >= 400:
@@ -301,10 +309,16 @@ class HttpRelease:
 
     def run(self) -> int:
         self.say(f"[1/3] train {self.cfg.adapter} on {self.cfg.training.model}")
+        started = time.monotonic()
         version = self.train()
+        self.timings["train"] = time.monotonic() - started
+        if self.on_trained is not None:
+            self.on_trained(version)
         self.say(f"[2/3] evaluate and gate {version}")
         self.wait_for_server()
+        started = time.monotonic()
         run = self.evaluate(version)
+        self.timings["evaluate and gate"] = time.monotonic() - started
         if run["status"] == "failed":
             err = run.get("error") or {}
             raise SystemFailure(f"evaluation {run['id']} failed: {err.get('message')}")
@@ -318,6 +332,7 @@ class HttpRelease:
         self.outcome = {"version": version, "run": run, "decision": decision}
         if decision == "pass" and self.svc.server_url:
             seconds = self.wait_for_alias(version)
+            self.timings["served after promotion"] = seconds
             self.outcome["served_after_s"] = seconds
             self.say(
                 f"  {self.cfg.adapter}:{self.cfg.promote} -> {version} (served after {seconds:.1f} s)"

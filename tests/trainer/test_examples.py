@@ -19,7 +19,7 @@ def test_generator_reproduces_the_shipped_files(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    for name in ("sft_train.jsonl", "test.jsonl", "dpo_train.jsonl"):
+    for name in ("sft_train.jsonl", "test.jsonl", "dpo_train.jsonl", "holdout.jsonl"):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
 
 
@@ -33,7 +33,11 @@ def test_shipped_files_load_cleanly() -> None:
 
 
 def test_held_out_entities_never_appear_in_training() -> None:
-    tests = [json.loads(line) for line in (DATA / "test.jsonl").read_text().splitlines()]
+    tests = [
+        json.loads(line)
+        for name in ("test.jsonl", "holdout.jsonl")
+        for line in (DATA / name).read_text().splitlines()
+    ]
     train_text = (DATA / "sft_train.jsonl").read_text() + (DATA / "dpo_train.jsonl").read_text()
     for row in tests:
         assert row["expected"]["name"] not in train_text

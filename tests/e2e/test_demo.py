@@ -1,0 +1,74 @@
+"""The demo's own logic (``services/demo.py``), without running it: options from flags and the
+environment, and the decidability line each gate gets in the summary."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.demo import _release_summary, decidability, options
+
+OUTCOME = {
+    "version": "extraction@v2",
+    "decision": "pass",
+    "run": {
+        "baseline": "extraction@v1",
+        "results": {
+            "candidate": {"json_match": 0.9},
+            "baseline": {"json_match": 0.88},
+            "gate": {
+                "lines": [
+                    {
+                        "metric": "json_match",
+                        "status": "pass",
+                        "mdd": 0.05,
+                        "comparison": {"n": 400},
+                    },
+                    {"metric": "json_valid", "status": "pass", "mdd": None, "comparison": None},
+                ]
+            },
+        },
+    },
+}
+POLICY = {
+    "metrics": {"json_match": {"min": 0.5, "max_regression": 0.1}, "json_valid": {"min": 0.8}}
+}
+
+
+def test_each_comparison_line_reports_its_mdd_against_its_margin() -> None:
+    (line,) = decidability(OUTCOME, POLICY)
+    assert "max_regression 0.1" in line and "0.050 with 400 items" in line
+    assert "50% of the margin, decidable" in line
+
+
+def test_a_gate_that_cannot_decide_says_so() -> None:
+    run = OUTCOME["run"]["results"]["gate"]["lines"][0]  # type: ignore[index]
+    worse = {**OUTCOME, "run": {"results": {"gate": {"lines": [{**run, "mdd": 0.16}]}}}}
+    (line,) = decidability(worse, POLICY)
+    assert "NOT decidable" in line
+
+
+def test_release_summary_keeps_scores_and_margins() -> None:
+    summary = _release_summary(OUTCOME, POLICY)
+    assert summary["json_match"] == [0.9, 0.88] and summary["decision"] == "pass"
+    assert summary["lines"] == [
+        {
+            "metric": "json_match",
+            "rule": "max_regression",
+            "margin": 0.1,
+            "mdd": 0.05,
+            "status": "pass",
+        }
+    ]
+
+
+def test_seed_and_precision_come_from_flags_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LORAPLEX_DEMO_SEED", "11")
+    monkeypatch.setenv("LORAPLEX_DEMO_PRECISION", "fp32")
+    args = options([])
+    assert (args.seed, args.precision, args.items) == (11, "fp32", 300)
+    assert options(["--seed", "3", "--precision", "bf16"]).seed == 3
+    monkeypatch.setenv("LORAPLEX_DEMO_PRECISION", "fp8")
+    with pytest.raises(SystemExit):
+        options([])
