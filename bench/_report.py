@@ -56,8 +56,10 @@ def record(
     ratios: dict[str, float],
     targets: dict[str, str],
     notes: str = "",
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Save ``figures`` (raw numbers) and ``ratios`` (against ``baseline``) and print them."""
+    """Save ``figures`` (raw numbers) and ``ratios`` (against ``baseline``) and print them;
+    ``extra`` is kept in the JSON only (rows a benchmark merges across runs)."""
     script = Path(sys.argv[0]).resolve()
     shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
     command = " ".join(["python", str(shown), *sys.argv[1:]])
@@ -72,6 +74,7 @@ def record(
         "ratios": ratios,
         "targets": targets,
         "notes": notes,
+        **({"extra": extra} if extra else {}),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))

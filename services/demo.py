@@ -135,22 +135,38 @@ def _summary(outcome: dict[str, Any]) -> str:
     )
 
 
-def decidability(outcome: dict[str, Any], policy: dict[str, Any]) -> list[str]:
-    """Each comparison line of the gate: its minimum detectable difference against its margin."""
+def gate_lines(outcome: dict[str, Any], policy: dict[str, Any]) -> list[dict[str, Any]]:
+    """The gate's comparison lines with their margins: metric, rule, margin, mdd, n, status."""
     gate = ((outcome.get("run") or {}).get("results") or {}).get("gate") or {}
     out = []
     for line in gate.get("lines") or []:
         rule = (policy.get("metrics") or {}).get(line.get("metric")) or {}
         for key in ("min_improvement", "max_regression"):
-            margin, mdd = rule.get(key), line.get("mdd")
-            if margin is None or mdd is None:
+            if rule.get(key) is None or line.get("mdd") is None:
                 continue
-            n = (line.get("comparison") or {}).get("n")
-            verdict = "decidable" if mdd < margin else "NOT decidable with this data"
             out.append(
-                f"{line['metric']} {key} {margin:g}: minimum detectable difference {mdd:.3f} "
-                f"with {n} items ({mdd / margin:.0%} of the margin, {verdict})"
+                {
+                    "metric": line["metric"],
+                    "rule": key,
+                    "margin": rule[key],
+                    "mdd": round(float(line["mdd"]), 4),
+                    "n": (line.get("comparison") or {}).get("n"),
+                    "status": line.get("status"),
+                }
             )
+    return out
+
+
+def decidability(outcome: dict[str, Any], policy: dict[str, Any]) -> list[str]:
+    """Each comparison line of the gate: its minimum detectable difference against its margin."""
+    out = []
+    for ln in gate_lines(outcome, policy):
+        verdict = "decidable" if ln["mdd"] < ln["margin"] else "NOT decidable with this data"
+        out.append(
+            f"{ln['metric']} {ln['rule']} {ln['margin']:g}: minimum detectable difference "
+            f"{ln['mdd']:.3f} with {ln['n']} items ({ln['mdd'] / ln['margin']:.0%} of the margin, "
+            f"{verdict})"
+        )
     return out
 
 
@@ -357,7 +373,9 @@ def _write_summary(
         "exit_code": exit_code,
         "wall_s": round(wall, 1),
         "stages_s": {k: round(v, 1) for k, v in stages.items()},
-        "requests": dict(traffic.outcomes) if traffic else {},
+        "requests": (
+            {"ok": traffic.outcomes["ok"], "failed": traffic.outcomes["failed"]} if traffic else {}
+        ),
         "releases": releases,
     }
     (demo_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -368,26 +386,12 @@ def _release_summary(outcome: dict[str, Any], policy: dict[str, Any]) -> dict[st
     run = outcome.get("run") or {}
     results = run.get("results") or {}
     cand, base = results.get("candidate") or {}, results.get("baseline") or {}
-    gates = []
-    for line in (results.get("gate") or {}).get("lines") or []:
-        rule = (policy.get("metrics") or {}).get(line.get("metric")) or {}
-        for key in ("min_improvement", "max_regression"):
-            if rule.get(key) is not None and line.get("mdd") is not None:
-                gates.append(
-                    {
-                        "metric": line["metric"],
-                        "rule": key,
-                        "margin": rule[key],
-                        "mdd": round(float(line["mdd"]), 4),
-                        "status": line.get("status"),
-                    }
-                )
     return {
         "version": outcome.get("version"),
         "baseline": run.get("baseline") or "base model",
         "json_match": [cand.get("json_match"), base.get("json_match")],
         "decision": outcome.get("decision"),
-        "lines": gates,
+        "lines": gate_lines(outcome, policy),
     }
 
 

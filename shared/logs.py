@@ -75,7 +75,11 @@ class Redactor(logging.Filter):
         return mask_url(text) if "://" in text else text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = self.clean(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call must not raise where it logs
+            message = f"{record.msg!r} {record.args!r}"
+        message = self.clean(message)
         record.msg, record.args = message, None
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):

@@ -56,6 +56,7 @@ def test_release_summary_keeps_scores_and_margins() -> None:
             "rule": "max_regression",
             "margin": 0.1,
             "mdd": 0.05,
+            "n": 400,
             "status": "pass",
         }
     ]

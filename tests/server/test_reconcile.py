@@ -138,7 +138,7 @@ def test_versions_load_on_demand_and_the_least_recently_used_is_evicted(
         assert r.status_code == 200 and r.headers[VERSION_HEADER] == vids[3]
     assert set(engine.loras) == {vids[0], vids[1], vids[3]}
     assert engine.unloads == [vids[2]]
-    assert_event(caplog.records, "adapter.evicted", version=vids[2], engine=engine.id)
+    assert_event(caplog.records, "adapter.evicted", version=vids[2])
     assert_event(caplog.records, "adapter.loaded", version=vids[3])
 
 
