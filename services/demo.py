@@ -71,7 +71,7 @@ def _chat(client: Any, model: str) -> tuple[str, str]:
     raw = client.chat.completions.with_raw_response.create(
         model=model,
         messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}],
-        max_tokens=80,
+        max_tokens=64,
         temperature=0,
     )
     answer = raw.parse().choices[0].message.content or ""
