@@ -36,10 +36,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from services.localstack import LocalStack
-from services.release import HttpRelease, Services, load_config
+from services.release import HttpRelease, Services, _policy_mapping, load_config
 from shared.basemodel import prepare_embedded_model, register_base_model
 from shared.errors import LoraplexError
 from shared.registry.db import open_registry
@@ -279,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
         mark = time.monotonic()
         if code != 0:
             say(f"release v1 did not pass (exit {code}); see the report above")
-            first = _release_summary(release1.outcome, _policy(root, cfg.evaluation.policy))
+            first = _release_summary(release1.outcome, _policy_mapping(root, cfg.evaluation.policy))
             _write_summary(demo_dir, args, code, time.monotonic() - t0, stages, None, [first])
             return code
 
@@ -330,10 +328,11 @@ def run(args: argparse.Namespace) -> int:
         say(f"  {report}")
     say(f"logs: {demo_dir / 'logs'}")
     say("\nsummary")
-    for outcome, policy in (
-        (release1.outcome, _policy(root, cfg.evaluation.policy)),
-        (release2.outcome, _policy(root2, cfg2.evaluation.policy)),
-    ):
+    judged = [
+        (release1.outcome, _policy_mapping(root, cfg.evaluation.policy)),
+        (release2.outcome, _policy_mapping(root2, cfg2.evaluation.policy)),
+    ]
+    for outcome, policy in judged:
         say(f"  {_summary(outcome)}")
         for line in decidability(outcome, policy):
             say(f"    {line}")
@@ -348,10 +347,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"\ndemo finished in {wall:.0f} s")
     failed = traffic.outcomes["failed"]
     exit_code = code if code != 0 else (1 if failed else 0)
-    releases = [
-        _release_summary(release1.outcome, _policy(root, cfg.evaluation.policy)),
-        _release_summary(release2.outcome, _policy(root2, cfg2.evaluation.policy)),
-    ]
+    releases = [_release_summary(outcome, policy) for outcome, policy in judged]
     _write_summary(demo_dir, args, exit_code, wall, stages, traffic, releases)
     return exit_code
 
@@ -393,13 +389,6 @@ def _release_summary(outcome: dict[str, Any], policy: dict[str, Any]) -> dict[st
         "decision": outcome.get("decision"),
         "lines": gate_lines(outcome, policy),
     }
-
-
-def _policy(root: Path, policy: str | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(policy, dict):
-        return policy
-    loaded = yaml.safe_load((root / policy).read_text())
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def _engine_line(demo_dir: Path) -> str:
