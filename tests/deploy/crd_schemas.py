@@ -163,6 +163,17 @@ SCALED_OBJECT: dict[str, Any] = {
 # What the prometheus trigger needs (keda.sh docs, scalers/prometheus).
 PROMETHEUS_TRIGGER_KEYS = frozenset({"serverAddress", "query", "threshold"})
 
+_SECRET_KEY_SELECTOR: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["key"],
+    "properties": {
+        "name": {"type": "string"},
+        "key": {"type": "string"},
+        "optional": {"type": "boolean"},
+    },
+}
+
 SERVICE_MONITOR: dict[str, Any] = {
     "type": "object",
     "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -194,6 +205,15 @@ SERVICE_MONITOR: dict[str, Any] = {
                             "honorLabels": {"type": "boolean"},
                             "relabelings": {"type": "array"},
                             "metricRelabelings": {"type": "array"},
+                            # SafeAuthorization: a token from a Secret in the monitor's namespace.
+                            "authorization": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "type": {"type": "string"},
+                                    "credentials": _SECRET_KEY_SELECTOR,
+                                },
+                            },
                         },
                     },
                 },

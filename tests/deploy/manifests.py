@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from shared.env_names import KNOWN_VARIABLES
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
@@ -26,7 +28,36 @@ OVERLAYS = ("cpu-dev", "gpu")
 K8S_VERSIONS = ("1.29", "1.37")
 
 # Secrets the gpu overlay expects the operator to create (docs/deploy.md lists each one).
-EXTERNAL_SECRETS = frozenset({"loraplex-database", "loraplex-server-keys", "loraplex-s3"})
+EXTERNAL_SECRETS = frozenset(
+    {
+        "loraplex-database",
+        "loraplex-keys",
+        "loraplex-evaluator-keys",
+        "loraplex-metrics-token",
+        "loraplex-s3",
+    }
+)
+
+# The key configuration (shared/auth.py): one Secret, mounted as a file by every container that
+# checks API keys (the ones that listen), named by LORAPLEX_KEYS_FILE.
+KEYS_SECRET = "loraplex-keys"
+KEYS_SECRET_KEY = "keys.json"
+KEYS_FILE_ENV = "LORAPLEX_KEYS_FILE"
+# The evaluator calls the server with this key (scopes infer, read), from a Secret.
+EVALUATOR_SERVER_KEY_ENV = "LORAPLEX_SERVER_API_KEY"
+# Variables that carry keys: never a literal value or a ConfigMap entry.
+KEY_ENV = frozenset(
+    {
+        "LORAPLEX_KEYS",
+        "LORAPLEX_ADMIN_KEY",
+        "LORAPLEX_API_KEYS",
+        "LORAPLEX_SERVER_API_KEY",
+        "LORAPLEX_JUDGE_API_KEY",
+        "LORAPLEX_CLIENT_KEY",
+    }
+)
+# Where Prometheus runs (the namespace's automatic label): base/networkpolicy.yaml.
+MONITORING_NAMESPACE = {"kubernetes.io/metadata.name": "monitoring"}
 
 # The service each image command runs, by its first words; "shared" is SharedSettings only.
 SERVICE_OF_COMMAND = {
@@ -36,6 +67,8 @@ SERVICE_OF_COMMAND = {
     ("model",): "shared",
 }
 SERVICE_PORTS = {"server": 8000, "trainer": 8001, "evaluator": 8002}
+# Every service serves /metrics on its API port (shared/service_app.py, the server's app).
+METRICS_PORTS = SERVICE_PORTS
 # The settings that set each service's bind address and port.
 SERVICE_BIND_ENV = {
     "server": ("LORAPLEX_HOST", "LORAPLEX_PORT"),
@@ -181,8 +214,52 @@ def env_sources(
             for key in keys:
                 out[key] = (f"Secret/{source['secretRef']['name']}", "")
     for var in container.get("env", []):
-        out[var["name"]] = ("env", str(var.get("value", "")))
+        value_from = var.get("valueFrom") or {}
+        if "secretKeyRef" in value_from:
+            out[var["name"]] = (f"Secret/{value_from['secretKeyRef']['name']}", "")
+        elif "configMapKeyRef" in value_from:
+            cm_ref = value_from["configMapKeyRef"]
+            cm = config_maps.get(cm_ref["name"]) or {}
+            value = str((cm.get("data") or {}).get(cm_ref["key"], ""))
+            out[var["name"]] = (f"ConfigMap/{cm_ref['name']}", value)
+        else:
+            out[var["name"]] = ("env", str(var.get("value", "")))
     return out
+
+
+def secret_keys(secret: Mapping[str, Any]) -> set[str]:
+    return set(secret.get("data") or {}) | set(secret.get("stringData") or {})
+
+
+def mounted_secret(
+    doc: Mapping[str, Any], container: Mapping[str, Any], path: str
+) -> tuple[str, str, dict[str, Any]] | None:
+    """(Secret name, key, the mount) behind file ``path`` in ``container``; None when no Secret
+    volume mounted there provides it."""
+    volumes = {v["name"]: v for v in (pod_spec(doc) or {}).get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        base = mount["mountPath"].rstrip("/")
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if secret is None:
+            continue
+        if mount.get("subPath"):
+            if path == base:
+                return secret["secretName"], _secret_key_at(secret, mount["subPath"]), mount
+            continue
+        if path.startswith(base + "/"):
+            key = _secret_key_at(secret, path[len(base) + 1 :])
+            if key:
+                return secret["secretName"], key, mount
+    return None
+
+
+def _secret_key_at(secret: Mapping[str, Any], relative: str) -> str:
+    """The Secret key a secret volume shows at ``relative`` ('' if none): items, or every key
+    under its own name."""
+    items = secret.get("items")
+    if items is None:
+        return relative if "/" not in relative else ""
+    return next((i["key"] for i in items if i["path"] == relative), "")
 
 
 # -- the checks ---------------------------------------------------------------------------------
@@ -351,6 +428,17 @@ def check_references(
                 and not optional
             ):
                 problems.append(f"{where}: Secret {source['secretRef']['name']} does not exist")
+        for var in c.get("env", []):
+            key_ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+            if key_ref:
+                problems += _secret_ref_problems(
+                    docs,
+                    f"{where} {var['name']}",
+                    key_ref["name"],
+                    [key_ref["key"]],
+                    secrets,
+                    optional=key_ref.get("optional", False),
+                )
         volumes = {v["name"] for v in (pod_spec(doc) or {}).get("volumes", [])}
         volumes |= {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
         for mount in c.get("volumeMounts", []):
@@ -361,12 +449,34 @@ def check_references(
         if spec is None:
             continue
         for volume in spec.get("volumes", []):
+            if "secret" in volume:
+                secret = volume["secret"]
+                problems += _secret_ref_problems(
+                    docs,
+                    f"{ref(doc)} volume {volume['name']}",
+                    secret["secretName"],
+                    [i["key"] for i in secret.get("items", [])],
+                    secrets,
+                    optional=secret.get("optional", False),
+                )
             claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
             if claim and claim not in claims:
                 problems.append(f"{ref(doc)}: PersistentVolumeClaim {claim} does not exist")
         account = spec.get("serviceAccountName")
         if account and account not in accounts:
             problems.append(f"{ref(doc)}: ServiceAccount {account} does not exist")
+    for sm in by_kind(docs, "ServiceMonitor"):
+        for endpoint in sm["spec"].get("endpoints", []):
+            credentials = (endpoint.get("authorization") or {}).get("credentials")
+            if credentials and credentials.get("name"):
+                problems += _secret_ref_problems(
+                    docs,
+                    f"{ref(sm)} authorization",
+                    credentials["name"],
+                    [credentials.get("key", "")],
+                    secrets,
+                    optional=credentials.get("optional", False),
+                )
     roles = set(named(docs, "Role"))
     for binding in by_kind(docs, "RoleBinding"):
         if binding["roleRef"]["kind"] != "Role" or binding["roleRef"]["name"] not in roles:
@@ -386,6 +496,28 @@ def check_references(
                 if path["path"].startswith(("/admin", "/metrics", "/ready", "/health")):
                     problems.append(f"{ref(ingress)}: exposes internal path {path['path']}")
     return problems
+
+
+def _secret_ref_problems(
+    docs: Iterable[Mapping[str, Any]],
+    where: str,
+    name: str,
+    keys: Iterable[str],
+    known: set[str],
+    *,
+    optional: bool,
+) -> list[str]:
+    """A reference to Secret ``name`` (and its ``keys``): it exists (rendered here or created by
+    the operator), and a rendered one has the keys."""
+    if optional:
+        return []
+    if name not in known:
+        return [f"{where}: Secret {name} does not exist"]
+    rendered_secret = named(docs, "Secret").get(name)
+    if rendered_secret is None:
+        return []
+    have = secret_keys(rendered_secret)
+    return [f"{where}: Secret {name} has no key {k}" for k in keys if k not in have]
 
 
 def check_rbac(docs: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -436,9 +568,12 @@ def check_autoscalers(docs: Iterable[Mapping[str, Any]]) -> list[str]:
 
 
 def check_service_monitors(docs: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Each ServiceMonitor selects Services in its namespace that have the scraped port."""
+    """Each ServiceMonitor selects Services in its namespace that have the scraped port, scrapes
+    /metrics on the port each service serves it on, and sends a bearer token from a Secret
+    (``authorization.credentials``): /metrics needs a key with the metrics scope."""
     docs = list(docs)
     problems = []
+    workloads = [d for d in docs if pod_spec(d) is not None]
     for sm in by_kind(docs, "ServiceMonitor"):
         namespace = sm["metadata"].get("namespace")
         services = [
@@ -450,9 +585,278 @@ def check_service_monitors(docs: Iterable[Mapping[str, Any]]) -> list[str]:
         if not services:
             problems.append(f"{ref(sm)}: selects no Service in namespace {namespace}")
         for endpoint in sm["spec"].get("endpoints", []):
+            if endpoint.get("path", "/metrics") != "/metrics":
+                problems.append(f"{ref(sm)}: scrapes {endpoint.get('path')}, not /metrics")
+            auth = endpoint.get("authorization") or {}
+            credentials = auth.get("credentials") or {}
+            if str(auth.get("type", "Bearer")).lower() != "bearer" or not (
+                credentials.get("name") and credentials.get("key")
+            ):
+                problems.append(
+                    f"{ref(sm)}: endpoint {endpoint.get('port')} has no bearer credentials "
+                    "(authorization: {type: Bearer, credentials: {name, key}}); /metrics "
+                    "answers 401 without a key"
+                )
             for svc in services:
-                if endpoint.get("port") not in {p.get("name") for p in svc["spec"]["ports"]}:
+                port = next(
+                    (p for p in svc["spec"]["ports"] if p.get("name") == endpoint.get("port")),
+                    None,
+                )
+                if port is None:
                     problems.append(f"{ref(sm)}: {ref(svc)} has no port {endpoint.get('port')}")
+                    continue
+                target = port.get("targetPort", port["port"])
+                for w in workloads:
+                    if not selector_matches(svc["spec"].get("selector", {}), pod_labels(w)):
+                        continue
+                    for c in (pod_spec(w) or {}).get("containers", []):
+                        for cp in c.get("ports", []):
+                            if target not in (cp.get("name"), cp.get("containerPort")):
+                                continue
+                            metrics = METRICS_PORTS.get(service_of(c) or "")
+                            if cp.get("containerPort") != metrics:
+                                problems.append(
+                                    f"{ref(sm)}: scrapes {ref(w)} on {cp.get('containerPort')}, "
+                                    f"not its metrics port {metrics}"
+                                )
+    return problems
+
+
+def check_keys(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The key configuration reaches the containers that check keys, and only those.
+
+    Every loraplex container that listens reads its keys from ``LORAPLEX_KEYS_FILE``, a file of
+    the read-only mounted Secret loraplex-keys (key keys.json): without keys it refuses to bind
+    beyond loopback. A container that listens on nothing gets no key file (it holds every key in
+    clear). Evaluator containers get ``LORAPLEX_SERVER_API_KEY`` from a Secret. No key comes
+    from a literal value or a ConfigMap, and loraplex-keys is never turned into environment."""
+    docs = list(docs)
+    problems = []
+    for doc, c, init in containers(docs):
+        if not is_loraplex(c):
+            continue
+        where = f"{ref(doc)} container {c['name']}"
+        env = env_sources(docs, c)
+        for name in sorted(KEY_ENV & set(env)):
+            source = env[name][0]
+            if not source.startswith("Secret/"):
+                problems.append(f"{where}: {name} comes from {source}; keys belong in a Secret")
+        for source in c.get("envFrom", []):
+            if source.get("secretRef", {}).get("name") == KEYS_SECRET:
+                problems.append(
+                    f"{where}: takes Secret {KEYS_SECRET} as environment; mount it as a file"
+                )
+        volumes = {v["name"]: v for v in (pod_spec(doc) or {}).get("volumes", [])}
+        keys_mounts = [
+            m
+            for m in c.get("volumeMounts", [])
+            if (volumes.get(m["name"], {}).get("secret") or {}).get("secretName") == KEYS_SECRET
+        ]
+        path = env.get(KEYS_FILE_ENV, ("", ""))[1]
+        listens = bool(c.get("ports")) and not init
+        if listens:
+            port = c["ports"][0].get("containerPort")
+            found = mounted_secret(doc, c, path) if path else None
+            if not path:
+                problems.append(
+                    f"{where}: listens on {port} but has no {KEYS_FILE_ENV}; without keys the "
+                    "service refuses to bind beyond loopback"
+                )
+            elif found is None:
+                problems.append(
+                    f"{where}: {KEYS_FILE_ENV} {path} is not a file of a mounted Secret"
+                )
+            elif found[:2] != (KEYS_SECRET, KEYS_SECRET_KEY):
+                problems.append(
+                    f"{where}: {KEYS_FILE_ENV} {path} is key {found[1]} of Secret {found[0]}, "
+                    f"not {KEYS_SECRET_KEY} of {KEYS_SECRET}"
+                )
+            elif not found[2].get("readOnly"):
+                problems.append(
+                    f"{where}: the key file's mount {found[2]['mountPath']} is not readOnly"
+                )
+        elif keys_mounts or path:
+            problems.append(
+                f"{where}: listens on nothing yet gets the key file ({KEYS_SECRET}, every key in "
+                "clear); only containers that check keys mount it"
+            )
+        if service_of(c) == "evaluator" and not init:
+            var = next((v for v in c.get("env", []) if v["name"] == EVALUATOR_SERVER_KEY_ENV), None)
+            key_ref = ((var or {}).get("valueFrom") or {}).get("secretKeyRef")
+            if not key_ref or key_ref.get("optional"):
+                problems.append(
+                    f"{where}: no {EVALUATOR_SERVER_KEY_ENV} from a required secretKeyRef; the "
+                    "server refuses the evaluator's requests without it"
+                )
+    return problems
+
+
+def check_known_env(docs: Iterable[Mapping[str, Any]], known: frozenset[str]) -> list[str]:
+    """Every LORAPLEX_ name a manifest sets (ConfigMap and Secret keys, container env, envFrom
+    prefixes) is in ``known`` (shared/env_names.py KNOWN_VARIABLES): start-up stops on any
+    other."""
+    docs = list(docs)
+    problems = []
+
+    def unknown(name: str) -> bool:
+        return name.startswith("LORAPLEX_") and name not in known
+
+    for doc in docs:
+        if doc.get("kind") not in {"ConfigMap", "Secret"}:
+            continue
+        for field in ("data", "stringData", "binaryData"):
+            for name in doc.get(field) or {}:
+                if unknown(name):
+                    problems.append(f"{ref(doc)}: {name} is not a variable loraplex knows")
+    config_maps, secrets = named(docs, "ConfigMap"), named(docs, "Secret")
+    for doc, c, _init in containers(docs):
+        where = f"{ref(doc)} container {c['name']}"
+        for var in c.get("env", []):
+            if unknown(var["name"]):
+                problems.append(f"{where}: {var['name']} is not a variable loraplex knows")
+        for source in c.get("envFrom", []):
+            prefix = source.get("prefix", "")
+            if not prefix:
+                continue
+            if "configMapRef" in source:
+                keys = set(
+                    (config_maps.get(source["configMapRef"]["name"]) or {}).get("data") or {}
+                )
+            else:
+                keys = secret_keys(secrets.get(source["secretRef"]["name"]) or {})
+            for name in sorted(prefix + k for k in keys):
+                if unknown(name):
+                    problems.append(f"{where}: {name} is not a variable loraplex knows")
+    return problems
+
+
+# -- who can reach what (NetworkPolicy) ---------------------------------------------------------
+
+TCP = "TCP"
+
+
+def namespace_labels(docs: Iterable[Mapping[str, Any]], name: str) -> dict[str, str]:
+    """A namespace's labels: the rendered Namespace's, plus the name label Kubernetes sets."""
+    ns = named(docs, "Namespace").get(name) or {}
+    return {**(ns.get("metadata", {}).get("labels") or {}), "kubernetes.io/metadata.name": name}
+
+
+def ingress_ports(
+    docs: Iterable[Mapping[str, Any]],
+    workload: Mapping[str, Any],
+    source_namespace: Mapping[str, str] | None = None,
+    source_pod: Mapping[str, str] | None = None,
+) -> set[tuple[str, int]] | None:
+    """The (protocol, port)s of ``workload``'s pods that a source pod may open under the
+    rendered NetworkPolicies; None: every port. The source is in a namespace with the labels
+    ``source_namespace`` (None: the workload's own) and has the labels ``source_pod`` (None:
+    unknown, so any peer that names pods in its namespace counts as admitting it)."""
+    docs = list(docs)
+    namespace = workload["metadata"].get("namespace", "")
+    own = namespace_labels(docs, namespace)
+    source_ns = dict(source_namespace) if source_namespace is not None else own
+    labels = pod_labels(workload)
+    policies = [
+        p
+        for p in by_kind(docs, "NetworkPolicy")
+        if p["metadata"].get("namespace", "") == namespace
+        and selector_matches(p["spec"].get("podSelector") or {}, labels)
+        and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+    ]
+    if not policies:
+        return None  # not isolated for ingress
+    reach: set[tuple[str, int]] = set()
+    for policy in policies:
+        for rule in policy["spec"].get("ingress") or []:
+            if not _admits(rule.get("from"), source_ns, source_pod, own):
+                continue
+            if not rule.get("ports"):
+                return None
+            for port in rule["ports"]:
+                resolved = _policy_port(port, workload)
+                if resolved is None:
+                    return None
+                reach |= resolved
+    return reach
+
+
+def _admits(
+    peers: list[dict[str, Any]] | None,
+    source_ns: Mapping[str, str],
+    source_pod: Mapping[str, str] | None,
+    own_ns: Mapping[str, str],
+) -> bool:
+    if not peers:
+        return True  # no "from": every source
+    for peer in peers:
+        if "ipBlock" in peer:
+            return True  # any address, pods of every namespace included
+        ns_selector = peer.get("namespaceSelector")
+        if ns_selector is None:
+            in_namespace = source_ns.get("kubernetes.io/metadata.name") == own_ns.get(
+                "kubernetes.io/metadata.name"
+            )
+        else:
+            in_namespace = selector_matches(ns_selector, source_ns)
+        pod_selector = peer.get("podSelector")
+        pod_ok = (
+            pod_selector is None or source_pod is None or selector_matches(pod_selector, source_pod)
+        )
+        if in_namespace and pod_ok:
+            return True
+    return False
+
+
+def _policy_port(
+    port: Mapping[str, Any], workload: Mapping[str, Any]
+) -> set[tuple[str, int]] | None:
+    protocol = port.get("protocol", TCP)
+    number = port.get("port")
+    if number is None:
+        return None  # every port of that protocol
+    if isinstance(number, str):  # a named port: whatever the pod's containers call so
+        return {
+            (cp.get("protocol", TCP), cp["containerPort"])
+            for c in (pod_spec(workload) or {}).get("containers", [])
+            for cp in c.get("ports", [])
+            if cp.get("name") == number and cp.get("protocol", TCP) == protocol
+        }
+    return {(protocol, n) for n in range(int(number), int(port.get("endPort", number)) + 1)}
+
+
+def metrics_ports(workload: Mapping[str, Any]) -> set[tuple[str, int]]:
+    """Where a workload's pods serve /metrics: the API port of each loraplex container."""
+    return {
+        (TCP, METRICS_PORTS[service_of(c) or ""])
+        for c in (pod_spec(workload) or {}).get("containers", [])
+        if is_loraplex(c) and c.get("ports") and service_of(c) in METRICS_PORTS
+    }
+
+
+def check_monitoring_network(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The monitoring namespace reaches the metrics port of each service and nothing else: no
+    other port, no worker, no database, no engine."""
+    docs = list(docs)
+    problems = []
+    for w in docs:
+        if pod_spec(w) is None:
+            continue
+        allowed = metrics_ports(w)
+        wanted = ", ".join(str(p) for _, p in sorted(allowed)) or "none (it serves no metrics)"
+        reach = ingress_ports(docs, w, MONITORING_NAMESPACE)
+        if reach is None:
+            problems.append(
+                f"{ref(w)}: the monitoring namespace reaches every port; metrics port: {wanted}"
+            )
+            continue
+        if extra := reach - allowed:
+            ports = ", ".join(f"{p}/{proto}" for proto, p in sorted(extra))
+            problems.append(
+                f"{ref(w)}: the monitoring namespace reaches {ports}; metrics port: {wanted}"
+            )
+        if missing := allowed - reach:
+            ports = ", ".join(str(p) for _, p in sorted(missing))
+            problems.append(f"{ref(w)}: the monitoring namespace cannot reach metrics port {ports}")
     return problems
 
 
@@ -519,6 +923,8 @@ ALL_CHECKS = (
     check_autoscalers,
     check_service_monitors,
     check_ports,
+    check_keys,
+    check_monitoring_network,
 )
 
 
@@ -531,4 +937,5 @@ def invariant_problems(
 ) -> list[str]:
     """Every settings-independent check on one rendered overlay."""
     problems = [p for check in ALL_CHECKS for p in check(docs)]
+    problems += check_known_env(docs, KNOWN_VARIABLES)
     return problems + check_references(docs, external_secrets)

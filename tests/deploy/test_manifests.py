@@ -21,18 +21,25 @@ import pytest
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
+from shared.env_names import KNOWN_VARIABLES
 from tests.deploy import crd_schemas
 from tests.deploy.manifests import (
     DEPLOY,
     EXTERNAL_SECRETS,
     K8S,
     K8S_VERSIONS,
+    KEYS_FILE_ENV,
+    KEYS_SECRET,
+    MONITORING_NAMESPACE,
     OVERLAY_EXTERNAL_SECRETS,
     OVERLAYS,
     by_kind,
     check_autoscalers,
     check_env_settings,
     check_images,
+    check_keys,
+    check_known_env,
+    check_monitoring_network,
     check_ports,
     check_probes,
     check_rbac,
@@ -43,9 +50,11 @@ from tests.deploy.manifests import (
     check_service_monitors,
     containers,
     env_sources,
+    ingress_ports,
     invariant_problems,
     is_loraplex,
     named,
+    pod_labels,
     pod_spec,
     render,
     rendered,
@@ -200,25 +209,87 @@ def _drop_cpu_request(docs: list[dict[str, Any]]) -> None:
     del spec["containers"][0]["resources"]["requests"]["cpu"]
 
 
+def _drop_key_mount(docs: list[dict[str, Any]]) -> None:
+    spec = pod_spec(named(docs, "Deployment")["loraplex-trainer-api"])
+    assert spec is not None
+    mounts = spec["containers"][0]["volumeMounts"]
+    mounts[:] = [m for m in mounts if m["name"] != "keys"]
+
+
+def _monitoring_any_port(docs: list[dict[str, Any]]) -> None:
+    rules = named(docs, "NetworkPolicy")["loraplex-server"]["spec"]["ingress"]
+    monitoring = next(r for r in rules if "namespaceSelector" in r["from"][0])
+    del monitoring["ports"]
+
+
+def _unknown_variable(docs: list[dict[str, Any]]) -> None:
+    named(docs, "ConfigMap")["loraplex-config"]["data"]["LORAPLEX_KEY_FILE"] = "/etc/keys.json"
+
+
+def _no_bearer(docs: list[dict[str, Any]]) -> None:
+    del by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]["authorization"]
+
+
+_FILE_MUTATIONS = [
+    (
+        "readiness-probe-removed",
+        OVERLAYS,
+        "base/server.yaml",
+        _drop_readiness,
+        "Deployment/loraplex-server container server",
+        "no readinessProbe",
+    ),
+    (
+        "cpu-request-removed",
+        OVERLAYS,
+        "base/trainer.yaml",
+        _drop_cpu_request,
+        "Deployment/loraplex-trainer-api container api",
+        "no cpu request",
+    ),
+    (
+        "key-file-mount-removed",
+        OVERLAYS,
+        "base/trainer.yaml",
+        _drop_key_mount,
+        "Deployment/loraplex-trainer-api container api",
+        f"{KEYS_FILE_ENV} /etc/loraplex/keys/keys.json is not a file of a mounted Secret",
+    ),
+    (
+        "monitoring-reaches-every-port",
+        OVERLAYS,
+        "base/networkpolicy.yaml",
+        _monitoring_any_port,
+        "Deployment/loraplex-server",
+        "the monitoring namespace reaches every port;",
+    ),
+    (
+        "unknown-variable",
+        OVERLAYS,
+        "base/config.yaml",
+        _unknown_variable,
+        "ConfigMap/loraplex-config",
+        "LORAPLEX_KEY_FILE is not a variable loraplex knows",
+    ),
+    (
+        "service-monitor-without-bearer",
+        ("gpu",),
+        "components/monitoring/servicemonitor.yaml",
+        _no_bearer,
+        "ServiceMonitor/loraplex",
+        "has no bearer credentials",
+    ),
+]
+
+
 @pytest.mark.parametrize(
-    ("manifest", "edit", "where", "what"),
+    ("manifest", "edit", "where", "what", "overlay"),
     [
-        (
-            "server.yaml",
-            _drop_readiness,
-            "Deployment/loraplex-server container server",
-            "no readinessProbe",
-        ),
-        (
-            "trainer.yaml",
-            _drop_cpu_request,
-            "Deployment/loraplex-trainer-api container api",
-            "no cpu request",
-        ),
+        pytest.param(m, e, w, t, o, id=f"{name}-overlays/{o}")
+        for name, overlays, m, e, w, t in _FILE_MUTATIONS
+        for o in overlays
     ],
-    ids=["readiness-probe-removed", "cpu-request-removed"],
 )
-@pytest.mark.parametrize("overlay", OVERLAY_PARAMS)
 def test_checks_fail_on_a_mutated_copy(
     tmp_path: Path,
     overlay: str,
@@ -227,13 +298,13 @@ def test_checks_fail_on_a_mutated_copy(
     where: str,
     what: str,
 ) -> None:
-    """Copy deploy/k8s, break one base manifest, render the overlay again: the invariant checks
-    must report exactly that breakage (and the unbroken copy must pass)."""
+    """Copy deploy/k8s, break one manifest, render the overlay again: the invariant checks must
+    report exactly that breakage (and the unbroken copy must pass)."""
     copy_root = tmp_path / "k8s"
     shutil.copytree(K8S, copy_root)
     external = OVERLAY_EXTERNAL_SECRETS[overlay]
     assert invariant_problems(render(copy_root / "overlays" / overlay), external) == []
-    _edit_yaml(copy_root / "base" / manifest, edit)
+    _edit_yaml(copy_root / manifest, edit)
     problems = invariant_problems(render(copy_root / "overlays" / overlay), external)
     assert problems and all(p.startswith(where) for p in problems), problems
     assert any(p.endswith(what) or f"{what} " in p for p in problems), problems
@@ -294,7 +365,131 @@ def _mutations() -> list[
         pdb = named(docs, "PodDisruptionBudget")["loraplex-trainer-api"]
         docs[:] = [d for d in docs if d is not pdb]
 
+    def _container(docs: list[dict[str, Any]], deployment: str) -> dict[str, Any]:
+        spec = pod_spec(named(docs, "Deployment")[deployment])
+        assert spec is not None
+        container: dict[str, Any] = spec["containers"][0]
+        return container
+
+    def no_key_env(docs: list[dict[str, Any]]) -> None:
+        env = _server_container(docs)["env"]
+        env[:] = [v for v in env if v["name"] != KEYS_FILE_ENV]
+
+    def no_key_mount(docs: list[dict[str, Any]]) -> None:
+        _drop_key_mount(docs)
+
+    def key_mount_writable(docs: list[dict[str, Any]]) -> None:
+        mount = next(m for m in _server_container(docs)["volumeMounts"] if m["name"] == "keys")
+        del mount["readOnly"]
+
+    def key_file_elsewhere(docs: list[dict[str, Any]]) -> None:
+        env = _container(docs, "loraplex-evaluator-api")["env"]
+        next(v for v in env if v["name"] == KEYS_FILE_ENV)["value"] = "/etc/loraplex/keys.json"
+
+    def keys_in_worker(docs: list[dict[str, Any]]) -> None:
+        spec = pod_spec(named(docs, "Deployment")["loraplex-trainer-worker"])
+        assert spec is not None
+        spec["volumes"].append({"name": "keys", "secret": {"secretName": KEYS_SECRET}})
+        spec["containers"][0]["volumeMounts"].append(
+            {"name": "keys", "mountPath": "/etc/loraplex/keys", "readOnly": True}
+        )
+
+    def keys_as_env(docs: list[dict[str, Any]]) -> None:
+        _server_container(docs)["envFrom"].append({"secretRef": {"name": KEYS_SECRET}})
+
+    def key_in_config_map(docs: list[dict[str, Any]]) -> None:
+        named(docs, "ConfigMap")["loraplex-server"]["data"]["LORAPLEX_ADMIN_KEY"] = "x" * 32
+
+    def no_server_key(docs: list[dict[str, Any]]) -> None:
+        env = _container(docs, "loraplex-evaluator-worker")["env"]
+        env[:] = [v for v in env if v["name"] != "LORAPLEX_SERVER_API_KEY"]
+
+    def server_key_optional(docs: list[dict[str, Any]]) -> None:
+        env = _container(docs, "loraplex-evaluator-api")["env"]
+        var = next(v for v in env if v["name"] == "LORAPLEX_SERVER_API_KEY")
+        var["valueFrom"]["secretKeyRef"]["optional"] = True
+
+    def monitoring_any_port(docs: list[dict[str, Any]]) -> None:
+        _monitoring_any_port(docs)
+
+    def monitoring_other_port(docs: list[dict[str, Any]]) -> None:
+        rules = named(docs, "NetworkPolicy")["loraplex-trainer-api"]["spec"]["ingress"]
+        next(r for r in rules if "namespaceSelector" in r["from"][0])["ports"][0]["port"] = 8002
+
+    def monitoring_in_shared_rule(docs: list[dict[str, Any]]) -> None:
+        # Prometheus added to the rule of loraplex's own pods, as the policy once had it.
+        rules = named(docs, "NetworkPolicy")["loraplex-evaluator-api"]["spec"]["ingress"]
+        rules[0]["from"].append({"namespaceSelector": {"matchLabels": dict(MONITORING_NAMESPACE)}})
+        rules[0]["ports"].append({"port": 8001, "protocol": "TCP"})
+
+    def monitoring_workers(docs: list[dict[str, Any]]) -> None:
+        docs.append(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": "loraplex-node-metrics", "namespace": "loraplex"},
+                "spec": {
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "loraplex"}},
+                    "ingress": [
+                        {
+                            "from": [{"namespaceSelector": {}}],
+                            "ports": [{"port": 9100, "protocol": "TCP"}],
+                        }
+                    ],
+                },
+            }
+        )
+
+    def no_default_deny(docs: list[dict[str, Any]]) -> None:
+        deny = named(docs, "NetworkPolicy")["loraplex-default-deny-ingress"]
+        docs[:] = [d for d in docs if d is not deny]
+
+    def unknown_env(docs: list[dict[str, Any]]) -> None:
+        _server_container(docs)["env"].append({"name": "LORAPLEX_KEYSFILE", "value": "/k"})
+
+    def unknown_config(docs: list[dict[str, Any]]) -> None:
+        _unknown_variable(docs)
+
+    def no_bearer(docs: list[dict[str, Any]]) -> None:
+        _no_bearer(docs)
+
+    def bearer_without_key(docs: list[dict[str, Any]]) -> None:
+        endpoint = by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]
+        del endpoint["authorization"]["credentials"]["key"]
+
+    def token_secret_missing(docs: list[dict[str, Any]]) -> None:
+        endpoint = by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0]
+        endpoint["authorization"]["credentials"]["name"] = "loraplex-gone"
+
+    def key_secret_missing(docs: list[dict[str, Any]]) -> None:
+        spec = pod_spec(named(docs, "Deployment")["loraplex-server"])
+        assert spec is not None
+        next(v for v in spec["volumes"] if v["name"] == "keys")["secret"]["secretName"] = "gone"
+
+    def external(docs: list[dict[str, Any]]) -> list[str]:
+        return check_references(docs, EXTERNAL_SECRETS)
+
     return [
+        ("no_key_env", no_key_env, check_keys),
+        ("no_key_mount", no_key_mount, check_keys),
+        ("key_mount_writable", key_mount_writable, check_keys),
+        ("key_file_elsewhere", key_file_elsewhere, check_keys),
+        ("keys_in_worker", keys_in_worker, check_keys),
+        ("keys_as_env", keys_as_env, check_keys),
+        ("key_in_config_map", key_in_config_map, check_keys),
+        ("no_server_key", no_server_key, check_keys),
+        ("server_key_optional", server_key_optional, check_keys),
+        ("monitoring_any_port", monitoring_any_port, check_monitoring_network),
+        ("monitoring_other_port", monitoring_other_port, check_monitoring_network),
+        ("monitoring_in_shared_rule", monitoring_in_shared_rule, check_monitoring_network),
+        ("monitoring_workers", monitoring_workers, check_monitoring_network),
+        ("no_default_deny", no_default_deny, check_monitoring_network),
+        ("unknown_env", unknown_env, lambda d: check_known_env(d, KNOWN_VARIABLES)),
+        ("unknown_config", unknown_config, lambda d: check_known_env(d, KNOWN_VARIABLES)),
+        ("no_bearer", no_bearer, check_service_monitors),
+        ("bearer_without_key", bearer_without_key, check_service_monitors),
+        ("token_secret_missing", token_secret_missing, external),
+        ("key_secret_missing", key_secret_missing, external),
         ("latest", latest, check_images),
         ("init_memory", init_memory, check_resources),
         ("gpu_mismatch", gpu_mismatch, check_resources),
@@ -332,7 +527,8 @@ def test_each_check_catches_its_breakage(
 def test_cpu_dev_is_self_contained() -> None:
     docs = rendered("cpu-dev")
     assert "loraplex-postgres" in named(docs, "StatefulSet")
-    assert {"loraplex-database", "loraplex-server-keys"} <= set(named(docs, "Secret"))
+    # Every Secret the gpu overlay leaves to the operator but S3 (dev keeps artifacts on a volume).
+    assert EXTERNAL_SECRETS - {"loraplex-s3"} <= set(named(docs, "Secret"))
     # No custom resources: the dev overlay applies to a bare cluster.
     assert not [d for d in docs if d["kind"] in crd_schemas.BY_KIND]
     assert by_kind(docs, "HorizontalPodAutoscaler"), "the HPA alternative is rendered here"
@@ -398,7 +594,7 @@ def test_network_policies(overlay: str) -> None:
         deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
     )
     server = policies["loraplex-server"]["spec"]
-    assert [p["port"] for rule in server["ingress"] for p in rule["ports"]] == [8000]
+    assert {p["port"] for rule in server["ingress"] for p in rule["ports"]} == {8000}
     engines = policies["loraplex-engines"]["spec"]["ingress"]
     assert engines == [
         {
@@ -414,6 +610,150 @@ def test_network_policies(overlay: str) -> None:
             ]
         }
     ]
+
+
+def _reach(docs: list[dict[str, Any]], **source: Any) -> dict[str, set[int] | None]:
+    """Workload name -> the ports a source may open on it (None: every port)."""
+    out: dict[str, set[int] | None] = {}
+    for doc in docs:
+        if pod_spec(doc) is None:
+            continue
+        ports = ingress_ports(docs, doc, **source)
+        out[doc["metadata"]["name"]] = None if ports is None else {p for _, p in ports}
+    return out
+
+
+# The API workloads and the port each serves (its API and /metrics) on.
+API_PORTS = {"loraplex-server": 8000, "loraplex-trainer-api": 8001, "loraplex-evaluator-api": 8002}
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_PARAMS)
+def test_monitoring_reaches_only_the_metrics_ports(overlay: str) -> None:
+    """Prometheus's namespace opens each service's metrics port and nothing else; the flows that
+    were allowed before stay allowed (the ingress controller to the server, loraplex's pods to
+    each API), and no other namespace gets anything."""
+    docs = rendered(overlay)
+    assert check_monitoring_network(docs) == []
+    monitoring = _reach(docs, source_namespace=MONITORING_NAMESPACE)
+    assert monitoring == {
+        name: {API_PORTS[name]} if name in API_PORTS else set() for name in monitoring
+    }
+    ingress = _reach(docs, source_namespace={"kubernetes.io/metadata.name": "ingress-nginx"})
+    assert {n: p for n, p in ingress.items() if p} == {"loraplex-server": {8000}}
+    other = _reach(docs, source_namespace={"kubernetes.io/metadata.name": "default"})
+    assert not any(other.values()) and None not in other.values()
+    # The evaluator worker (generation through the server) and the other loraplex pods.
+    evaluator = pod_labels(named(docs, "Deployment")["loraplex-evaluator-worker"])
+    own = _reach(docs, source_pod=evaluator)
+    expected = {n: {p} for n, p in API_PORTS.items()}
+    if overlay == "cpu-dev":
+        expected["loraplex-postgres"] = {5432}
+    assert {n: p for n, p in own.items() if p} == expected
+    stranger = _reach(docs, source_pod={"app.kubernetes.io/name": "debug"})
+    assert not any(stranger.values())
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_PARAMS)
+def test_api_keys_reach_every_service_from_secrets(overlay: str) -> None:
+    """The server and both APIs read LORAPLEX_KEYS_FILE from the read-only loraplex-keys mount;
+    the evaluator calls the server with a key from a Secret; workers and init containers hold no
+    key file."""
+    docs = rendered(overlay)
+    assert check_keys(docs) == []
+    with_keys = {
+        doc["metadata"]["name"]
+        for doc, c, _init in containers(docs)
+        if KEYS_FILE_ENV in env_sources(docs, c)
+    }
+    assert with_keys == set(API_PORTS)
+    for _doc, c, init in containers(docs):
+        if service_of(c) == "evaluator" and not init:
+            ref = next(v for v in c["env"] if v["name"] == "LORAPLEX_SERVER_API_KEY")
+            assert ref["valueFrom"]["secretKeyRef"] == {
+                "name": "loraplex-evaluator-keys",
+                "key": "LORAPLEX_SERVER_API_KEY",
+            }
+    assert "loraplex-server-keys" not in str(docs), "the old server key Secret is gone"
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_PARAMS)
+def test_manifests_set_only_known_variables(overlay: str) -> None:
+    """Start-up stops on a LORAPLEX_ name that shared/env_names.py does not list."""
+    assert check_known_env(rendered(overlay), KNOWN_VARIABLES) == []
+
+
+def test_service_monitor_sends_a_metrics_token() -> None:
+    docs = rendered("gpu")
+    assert check_service_monitors(docs) == []
+    for endpoint in by_kind(docs, "ServiceMonitor")[0]["spec"]["endpoints"]:
+        assert endpoint["authorization"] == {
+            "type": "Bearer",
+            "credentials": {"name": "loraplex-metrics-token", "key": "token"},
+        }
+
+
+def _secret_values(docs: list[dict[str, Any]], name: str) -> dict[str, str]:
+    data = named(docs, "Secret")[name].get("data") or {}
+    return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
+# The roles of base/config.yaml and docs/deploy.md, with their scopes.
+ROLE_SCOPES = {
+    "operator": {"admin"},
+    "ci": {"evaluate", "promote", "read"},
+    "trainer-client": {"train", "read"},
+    "evaluator-to-server": {"infer", "read"},
+    "prometheus": {"metrics"},
+}
+
+
+def test_dev_keys_are_marked_and_consistent(tmp_path: Path) -> None:
+    """cpu-dev's generated keys load as the services load them, are all marked dev-only, give
+    each role its scopes, and the evaluator's server key and Prometheus's token are entries of
+    keys.json with the right scopes."""
+    auth = pytest.importorskip("shared.auth")
+    docs = rendered("cpu-dev")
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(_secret_values(docs, KEYS_SECRET)["keys.json"])
+    specs = auth.load_key_file(keys_file)
+    auth.KeyRing.from_specs(specs)  # unique names
+    by_name = {s.name: s for s in specs}
+    for spec in specs:
+        assert spec.key.get_secret_value().startswith("dev-only-"), spec.name
+    for role, scopes in ROLE_SCOPES.items():
+        assert set(by_name[role].scopes) == scopes, role
+    apps = [s for s in specs if s.name not in ROLE_SCOPES]
+    assert apps and all(set(s.scopes) == {"infer"} and "*" not in s.adapters for s in apps)
+    server_key = _secret_values(docs, "loraplex-evaluator-keys")["LORAPLEX_SERVER_API_KEY"]
+    assert server_key == by_name["evaluator-to-server"].key.get_secret_value()
+    token = _secret_values(docs, "loraplex-metrics-token")["token"]
+    assert token == by_name["prometheus"].key.get_secret_value()
+
+
+def test_dev_keys_never_reach_production() -> None:
+    docs = rendered("gpu")
+    assert "dev-only-" not in yaml.safe_dump_all(docs)
+    assert not set(named(docs, "Secret")) & EXTERNAL_SECRETS
+
+
+def test_training_job_gets_no_key_and_known_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Job the trainer worker creates (gpu overlay) serves nothing: it gets no key file and
+    no key Secret as environment, and sets only variables start-up accepts."""
+    k8s_jobs = pytest.importorskip("services.trainer.k8s_jobs")
+    docs = rendered("gpu")
+    config_maps = named(docs, "ConfigMap")
+    for key in [k for k in os.environ if k.startswith("LORAPLEX_")]:
+        monkeypatch.delenv(key)
+    for key, value in config_maps["loraplex-trainer"]["data"].items():
+        monkeypatch.setenv(key, value)
+    settings = k8s_jobs.KubernetesJobSettings()
+    assert KEYS_SECRET not in settings.secrets
+    job = k8s_jobs.job_manifest("ftjob-1", settings, namespace="loraplex", worker_id="worker-1")
+    with_job = [*docs, job]
+    assert check_keys(with_job) == []
+    assert check_known_env(with_job, KNOWN_VARIABLES) == []
+    assert check_monitoring_network(with_job) == []
+    assert ingress_ports(with_job, job, MONITORING_NAMESPACE) == set()
 
 
 def test_trainer_worker_rbac_is_namespaced_and_minimal() -> None:
@@ -445,6 +785,11 @@ def _container_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dic
     """Variables with their values, Secrets decoded; Secrets not rendered here are left out."""
     config_maps, secrets = named(docs, "ConfigMap"), named(docs, "Secret")
     env: dict[str, str] = {}
+    for var in container.get("env", []):
+        key_ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+        secret = secrets.get((key_ref or {}).get("name", ""))
+        if key_ref and secret and key_ref["key"] in (secret.get("data") or {}):
+            env[var["name"]] = base64.b64decode(secret["data"][key_ref["key"]]).decode()
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
             env.update(config_maps[source["configMapRef"]["name"]].get("data") or {})
@@ -464,6 +809,7 @@ def test_settings_accept_the_configured_values(
     """Each container's environment loads into its settings classes without an error (ranks
     vLLM accepts, max_cpu_loras >= max_loras, JSON lists, URLs ...)."""
     docs = rendered(overlay)
+    settings_module = importlib.import_module("shared.settings")
     checked = 0
     for doc, c, _init in containers(docs):
         if not is_loraplex(c):
@@ -485,6 +831,19 @@ def test_settings_accept_the_configured_values(
                 cls()
             except pydantic.ValidationError as exc:
                 pytest.fail(f"{overlay} {doc['metadata']['name']}/{c['name']}: {class_name}: {exc}")
+            check_environment = getattr(settings_module, "check_environment", None)
+            if check_environment is not None:  # what start-up runs before the class
+                check_environment(os.environ, cls)
+            if (
+                KEYS_FILE_ENV in env
+                and KEYS_SECRET in named(docs, "Secret")
+                and hasattr(cls, "keyring")
+            ):
+                # The mounted Secret's file, where the container reads it.
+                keys_file = tmp_path / "keys.json"
+                keys_file.write_text(_secret_values(docs, KEYS_SECRET)["keys.json"])
+                monkeypatch.setenv(KEYS_FILE_ENV, str(keys_file))
+                assert cls().keyring().enabled
             checked += 1
     assert checked, "no settings class could be imported"
 
