@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,33 @@ def check_lora_settings(
             "on a shared base model cannot carry; use the base tokenizer as it is"
         )
     return reasons
+
+
+def check_registered_version(rank: int, manifest: Mapping[str, Any]) -> list[str]:
+    """Reasons a registered version cannot be served, from what the registry stores (no files).
+
+    Checks its rank against the largest one vLLM serves at all (a server's own ``--max-lora-rank``
+    and the files are checked again before loading) and the LoRA settings its manifest records:
+    the trainer's ``config.spec.lora`` or an import's ``adapter_config``.
+    """
+
+    def section(value: Any, *path: str) -> dict[str, Any]:
+        for key in path:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        return dict(value) if isinstance(value, Mapping) else {}
+
+    lora = {**section(manifest, "adapter_config"), **section(manifest, "config", "spec", "lora")}
+    alpha = lora.get("alpha", lora.get("lora_alpha"))
+    return check_lora_settings(
+        r=rank,
+        lora_alpha=alpha if isinstance(alpha, int | float) else None,
+        use_dora=bool(lora.get("use_dora")),
+        bias=str(lora.get("bias") or "none"),
+        modules_to_save=list(lora.get("modules_to_save") or []),
+        trainable_token_indices=lora.get("trainable_token_indices"),
+        limits=LoraLimits(max_rank=max(VLLM_RANKS)),
+        param_prefix="version",
+    )
 
 
 def read_adapter_config(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,7 +33,25 @@ class AliasRequest(_Strict):
         description="Compare-and-set: the version the alias holds now ('' when it must not "
         "exist yet). Omit to move unconditionally.",
     )
+    evaluation_run_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Evidence for a protected alias: a passing evaluation of this version against "
+        "the alias's current one under the protection's policy.",
+    )
+    force: bool = Field(
+        default=False,
+        description="Move a protected alias without evidence (needs a reason; recorded). Base "
+        "model and servability checks still apply.",
+    )
     reason: str = Field(default="", max_length=2000)
+    actor: str = Field(default="admin-api", max_length=128)
+
+
+class RollbackRequest(_Strict):
+    reason: str = Field(
+        default="", max_length=2000, description="Required when the alias is protected; recorded."
+    )
     actor: str = Field(default="admin-api", max_length=128)
 
 
@@ -41,6 +60,48 @@ class AliasChange(BaseModel):
     version: str
     previous: str | None
     served: str | None = Field(description="What the server answers with now.")
+    forced: bool = Field(default=False, description="True when a protection was overridden.")
+
+
+class ProtectionRequest(_Strict):
+    policy: str = Field(
+        max_length=140,
+        description="Registered gate policy: NAME (its latest version now) or NAME@VERSION.",
+    )
+    first_baseline: str = Field(
+        default="base",
+        min_length=1,
+        max_length=255,
+        description="What a first release must have been compared with ('base': the base model).",
+    )
+    reason: str = Field(default="", max_length=2000)
+    actor: str = Field(default="admin-api", max_length=128)
+
+
+class ProtectionOut(BaseModel):
+    alias: str
+    policy: str = Field(description="NAME@VERSION of the policy the alias is protected by.")
+    policy_sha256: str
+    first_baseline: str
+    actor: str
+    created_at: datetime
+
+
+class AliasEventOut(BaseModel):
+    from_version: str | None
+    to_version: str
+    actor: str
+    reason: str
+    evaluation_run_id: str | None
+    forced: bool
+    created_at: datetime
+
+
+class AliasHistory(BaseModel):
+    object: str = "list"
+    alias: str
+    protection: ProtectionOut | None
+    data: list[AliasEventOut]
 
 
 class ResidencyEntry(BaseModel):

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 from sqlalchemy import select
 
-from services.server.auth import Access, Scope
+from services.server.auth import OPEN, Access, Scope
 from services.server.config import ServerSettings
 from services.server.engines import (
     Engine,
@@ -37,9 +37,12 @@ from services.server.proxy import Proxy
 from services.server.reconcile import Reconciler
 from services.server.schemas import (
     AliasChange,
+    AliasEventOut,
+    AliasHistory,
     EngineResidency,
     ModelCard,
     ModelList,
+    ProtectionOut,
     ResidencyEntry,
     ResidencyList,
     VersionOut,
@@ -49,8 +52,9 @@ from shared.artifacts import ArtifactStore, open_store
 from shared.errors import ConflictError, NotFoundError, ValidationError
 from shared.logs import event
 from shared.registry import adapters as reg
+from shared.registry import policies
 from shared.registry.db import Registry, open_registry
-from shared.registry.models import EvaluationRunRow
+from shared.registry.models import EvaluationRunRow, ProtectedAliasRow
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +326,7 @@ class ServerService:
         self._check_base(version)
         for engine in self._engines_named(engine_ids):
             await self.manager.ensure_loaded(engine, version)
-        return self.residency(Scope(None))
+        return self.residency(OPEN)
 
     async def unload(self, model: str, engine_ids: list[str] | None) -> ResidencyList:
         version = await asyncio.to_thread(self._version, model)
@@ -336,7 +340,7 @@ class ServerService:
             if res is not None:
                 res.desired = False
                 await self.manager.unload(engine, version.id, drain=True)
-        return self.residency(Scope(None))
+        return self.residency(OPEN)
 
     async def pin(self, model: str, pinned: bool) -> dict[str, Any]:
         version = await asyncio.to_thread(self._version, model)
@@ -362,6 +366,8 @@ class ServerService:
         expected_given: bool,
         actor: str,
         reason: str,
+        evaluation_run_id: str | None = None,
+        force: bool = False,
     ) -> AliasChange:
         reg.check_alias(alias)
         version = await asyncio.to_thread(self._version, version_id)
@@ -371,6 +377,21 @@ class ServerService:
                 param="version",
             )
         self._check_base(version)
+        kwargs: dict[str, Any] = {
+            "evaluation_run_id": evaluation_run_id,
+            "force": force,
+            "reason": reason,
+        }
+        if expected_given:
+            kwargs["expected"] = expected or None
+
+        def precheck() -> None:
+            # The registry's move rules (protection, base, servability), before anything loads;
+            # the move below runs them again in its own transaction.
+            with self.registry.read_session() as session:
+                reg.check_move(session, adapter, alias, version.id, **kwargs)
+
+        await asyncio.to_thread(precheck)
         # Load (and validate) everywhere first: a version that cannot be served is refused
         # before the registry moves, and the switch itself is then instant.
         self.reconciler.pending.add(version.id)
@@ -378,36 +399,38 @@ class ServerService:
             for engine in [e for e in self.engines if e.ready]:
                 await self.manager.ensure_loaded(engine, version, desired=True)
 
-            def write() -> str | None:
+            def write() -> tuple[str | None, bool]:
                 with self.registry.session() as session:
                     current = reg.get_alias(session, adapter, alias)
                     previous = current.version_id if current is not None else None
-                    kwargs: dict[str, Any] = {}
-                    if expected_given:
-                        kwargs["expected"] = expected or None
-                    reg.set_alias(
-                        session, adapter, alias, version.id, actor=actor, reason=reason, **kwargs
-                    )
-                    return previous
+                    reg.set_alias(session, adapter, alias, version.id, actor=actor, **kwargs)
+                    return previous, reg.alias_history(session, adapter, alias)[0].forced
 
-            previous = await asyncio.to_thread(write)
+            previous, forced = await asyncio.to_thread(write)
             await self.reconciler.reconcile_once()
         finally:
             self.reconciler.pending.discard(version.id)
         served = self.names.table.aliases.get((adapter, alias))
         return AliasChange(
-            alias=f"{adapter}:{alias}", version=version.id, previous=previous, served=served
+            alias=f"{adapter}:{alias}",
+            version=version.id,
+            previous=previous,
+            served=served,
+            forced=forced,
         )
 
-    async def rollback_alias(self, adapter: str, alias: str, actor: str) -> AliasChange:
-        def write() -> tuple[str, str | None]:
+    async def rollback_alias(
+        self, adapter: str, alias: str, actor: str, reason: str = ""
+    ) -> AliasChange:
+        def write() -> tuple[str, str | None, bool]:
             with self.registry.session() as session:
                 current = reg.get_alias(session, adapter, alias)
                 previous = current.version_id if current is not None else None
-                row = reg.rollback_alias(session, adapter, alias, actor=actor)
-                return row.version_id, previous
+                row = reg.rollback_alias(session, adapter, alias, actor=actor, reason=reason)
+                forced = reg.alias_history(session, adapter, alias)[0].forced
+                return row.version_id, previous, forced
 
-        version_id, previous = await asyncio.to_thread(write)
+        version_id, previous, forced = await asyncio.to_thread(write)
         report = await self.reconciler.reconcile_once(retry_failed=True)
         self._raise_if_refused(version_id, report)
         return AliasChange(
@@ -415,7 +438,72 @@ class ServerService:
             version=version_id,
             previous=previous,
             served=self.names.table.aliases.get((adapter, alias)),
+            forced=forced,
         )
+
+    async def protect_alias(
+        self,
+        adapter: str,
+        alias: str,
+        policy_ref: str,
+        *,
+        first_baseline: str,
+        actor: str,
+        reason: str,
+    ) -> ProtectionOut:
+        def write() -> ProtectionOut:
+            name, version = policies.parse_policy_ref(policy_ref)
+            with self.registry.session() as session:
+                row = policies.protect_alias(
+                    session,
+                    adapter,
+                    alias,
+                    name,
+                    version,
+                    first_baseline=first_baseline,
+                    actor=actor,
+                    reason=reason,
+                )
+                return _protection_out(row)
+
+        return await asyncio.to_thread(write)
+
+    async def unprotect_alias(
+        self, adapter: str, alias: str, *, actor: str, reason: str
+    ) -> ProtectionOut:
+        def write() -> ProtectionOut:
+            with self.registry.session() as session:
+                row = policies.unprotect_alias(session, adapter, alias, actor=actor, reason=reason)
+                return _protection_out(row)
+
+        return await asyncio.to_thread(write)
+
+    async def alias_history(self, adapter: str, alias: str) -> AliasHistory:
+        reg.check_adapter_name(adapter, "adapter")
+        reg.check_alias(alias)
+
+        def read() -> AliasHistory:
+            with self.registry.read_session() as session:
+                protection = policies.get_protection(session, adapter, alias)
+                events = reg.alias_history(session, adapter, alias)
+                return AliasHistory(
+                    alias=f"{adapter}:{alias}",
+                    protection=_protection_out(protection) if protection else None,
+                    data=[
+                        AliasEventOut(
+                            from_version=e.from_version,
+                            to_version=e.to_version,
+                            actor=e.actor,
+                            reason=e.reason,
+                            evaluation_run_id=e.evaluation_run_id,
+                            forced=e.forced,
+                            created_at=e.created_at,
+                        )
+                        for e in events
+                    ],
+                )
+
+        return await asyncio.to_thread(read)
 
     async def reconcile(self) -> dict[str, Any]:
         return await self.reconciler.reconcile_once(retry_failed=True)
@@ -513,6 +601,17 @@ class ServerService:
             data = await resp.json()
         top = data["choices"][0]["logprobs"]["top_logprobs"][0]
         return {str(k): float(v) for k, v in top.items()}
+
+
+def _protection_out(row: ProtectedAliasRow) -> ProtectionOut:
+    return ProtectionOut(
+        alias=f"{row.adapter_name}:{row.alias}",
+        policy=f"{row.policy_name}@{row.policy_version}",
+        policy_sha256=row.policy_sha256,
+        first_baseline=row.first_baseline,
+        actor=row.actor,
+        created_at=row.created_at,
+    )
 
 
 def _version_meta(info: VersionInfo) -> dict[str, Any]:

@@ -1,4 +1,14 @@
-"""Adapters, their immutable versions, aliases (compare-and-set) and pins."""
+"""Adapters, their immutable versions, aliases (compare-and-set) and pins.
+
+Every alias move goes through :func:`set_alias`, whatever the caller (evaluator promotion, server
+admin API, CLI, release flow), so the move rules live there, in the move's own transaction:
+
+* the target must be on the same base model (name and weights hash) as the alias's current version
+  and as the adapter name's first version, and servable as far as the registry can tell;
+* a protected alias (:mod:`shared.registry.policies`) moves only on a passing evaluation of exactly
+  that version against the alias's current version under the protection's policy hash, unless an
+  admin forces it with a reason, which the alias history records.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
-from shared.errors import ConflictError, NotFoundError, ValidationError
+from shared.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from shared.logs import event
 from shared.registry.models import (
     AdapterRow,
@@ -20,9 +30,12 @@ from shared.registry.models import (
     AliasEventRow,
     AliasRow,
     BaseModelRow,
+    EvaluationRunRow,
     PinRow,
+    ProtectedAliasRow,
     utcnow,
 )
+from shared.servability import check_registered_version
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +43,9 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 VERSION_ID_RE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,62})@v(?P<number>[1-9][0-9]*)$")
 DEFAULT_ALIAS = "prod"
+# How services.evaluator names the bare base model as a baseline (subjects.BASE_KEYWORDS); the
+# default ``first_baseline`` of a protected alias.
+BASE_BASELINE = "base"
 
 
 def check_adapter_name(name: str, param: str = "name") -> str:
@@ -77,6 +93,16 @@ def register_version(session: Session, new: NewVersion) -> tuple[AdapterVersionR
     base = session.get(BaseModelRow, new.base_model)
     if base is None:
         raise NotFoundError(f"base model {new.base_model!r} is not registered", param="base_model")
+    # A name keeps one meaning: its aliases could otherwise be moved to a model of another base.
+    bound = bound_base_identity(session, new.adapter_name)
+    if bound is not None and bound != (base.name, base.weights_sha256):
+        raise ConflictError(
+            f"adapter name {new.adapter_name!r} is bound to base model {_fmt_base(bound)} (the "
+            f"base of its first version); a version on {_fmt_base((base.name, base.weights_sha256))}"
+            " must be registered under another name",
+            param="base_model",
+            code="base_model_mismatch",
+        )
     existing = session.scalar(
         select(AdapterVersionRow).where(
             AdapterVersionRow.adapter_name == new.adapter_name,
@@ -139,11 +165,205 @@ def get_alias(session: Session, adapter_name: str, alias: str) -> AliasRow | Non
     return session.get(AliasRow, (adapter_name, alias))
 
 
+def bound_base_model(session: Session, adapter_name: str) -> str | None:
+    """The base model an adapter name is bound to: that of its first version (None: no versions).
+
+    Every later version of the name must be on the same base, so a name never changes meaning."""
+    bound = bound_base_identity(session, adapter_name)
+    return bound[0] if bound else None
+
+
+def bound_base_identity(session: Session, adapter_name: str) -> tuple[str, str] | None:
+    """``(base_model, base_model_sha256)`` of the name's first version (None: no versions)."""
+    row = session.execute(
+        select(AdapterVersionRow.base_model, AdapterVersionRow.base_model_sha256)
+        .where(AdapterVersionRow.adapter_name == adapter_name)
+        .order_by(AdapterVersionRow.version)
+        .limit(1)
+    ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def _fmt_base(identity: tuple[str, str]) -> str:
+    return f"{identity[0]!r} (weights {identity[1][:12]})"
+
+
+def lock_alias(session: Session, adapter_name: str, alias: str) -> AliasRow | None:
+    """The alias row, re-read and locked until the transaction ends (PostgreSQL; SQLite's
+    ``BEGIN IMMEDIATE`` already serialises writers), so a move and a protection change cannot
+    interleave between their checks and their writes."""
+    return session.scalar(
+        select(AliasRow)
+        .where(AliasRow.adapter_name == adapter_name, AliasRow.alias == alias)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
 def list_aliases(session: Session) -> list[AliasRow]:
     return list(session.scalars(select(AliasRow).order_by(AliasRow.adapter_name, AliasRow.alias)))
 
 
 _UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class MovePlan:
+    """A move :func:`check_move` allows: the target, the alias now, and whether it is forced."""
+
+    target: AdapterVersionRow
+    current: AliasRow | None
+    protection: ProtectedAliasRow | None
+    forced: bool
+
+    @property
+    def previous(self) -> str | None:
+        return self.current.version_id if self.current is not None else None
+
+
+def check_move(
+    session: Session,
+    adapter_name: str,
+    alias: str,
+    to_version: str,
+    *,
+    expected: str | None = _UNSET,
+    evaluation_run_id: str | None = None,
+    force: bool = False,
+    reason: str = "",
+    lock: bool = False,
+) -> MovePlan:
+    """Every rule of an alias move, without moving: raises what :func:`set_alias` would raise.
+
+    Callers may run it first to refuse early (the server does, before loading the version); the
+    move itself runs it again in its own transaction, which is the check that counts.
+    """
+    check_alias(alias)
+    if force and not reason.strip():
+        raise ValidationError(
+            "force needs a reason: a forced move is recorded in the alias history", param="reason"
+        )
+    target = get_version(session, to_version)
+    if target.adapter_name != adapter_name:
+        raise ValidationError(
+            f"version {to_version} belongs to adapter {target.adapter_name!r}, not {adapter_name!r}",
+            param="version",
+        )
+    current = (
+        lock_alias(session, adapter_name, alias)
+        if lock
+        else get_alias(session, adapter_name, alias)
+    )
+    previous = current.version_id if current is not None else None
+    if expected is not _UNSET and expected != previous:
+        raise ConflictError(
+            f"alias {adapter_name}:{alias} is at {previous or 'nothing'}, expected "
+            f"{expected or 'nothing'}; someone else moved it",
+            param="expected",
+        )
+    _check_target(session, f"{adapter_name}:{alias}", target, previous)
+    protection = session.get(ProtectedAliasRow, (adapter_name, alias))
+    if protection is not None and not force:
+        _check_evidence(
+            session, f"{adapter_name}:{alias}", protection, target, previous, evaluation_run_id
+        )
+    return MovePlan(target, current, protection, forced=protection is not None and force)
+
+
+def _check_target(
+    session: Session, label: str, target: AdapterVersionRow, previous: str | None
+) -> None:
+    """Rule (a), for every alias: same base model identity, servable as far as the registry knows."""
+    identity = (target.base_model, target.base_model_sha256)
+    differs: list[str] = []
+    bound = bound_base_identity(session, target.adapter_name)
+    if bound is not None and bound != identity:
+        differs.append(
+            f"adapter name {target.adapter_name!r} is bound to {_fmt_base(bound)}, the base of "
+            "its first version"
+        )
+    if previous is not None:
+        now = get_version(session, previous)
+        if (now.base_model, now.base_model_sha256) != identity:
+            differs.append(
+                f"the alias serves {now.id}, on "
+                f"{_fmt_base((now.base_model, now.base_model_sha256))}"
+            )
+    base = session.get(BaseModelRow, target.base_model)
+    if base is not None and base.weights_sha256 != target.base_model_sha256:
+        differs.append(f"base model {target.base_model!r} is registered with other weights now")
+    if differs:
+        raise ConflictError(
+            f"alias {label} cannot move to {target.id}, which is on base model "
+            f"{_fmt_base(identity)}: {'; '.join(differs)}",
+            param="version",
+            code="base_model_mismatch",
+            details=differs,
+        )
+    reasons = check_registered_version(target.rank, target.manifest or {})
+    if reasons:
+        raise ValidationError(
+            f"alias {label} cannot move to {target.id}: it cannot be served: {reasons[0]}",
+            param="version",
+            code="adapter_not_servable",
+            details=reasons,
+        )
+
+
+def _check_evidence(
+    session: Session,
+    label: str,
+    protection: ProtectedAliasRow,
+    target: AdapterVersionRow,
+    previous: str | None,
+    run_id: str | None,
+) -> None:
+    """Rule (b): a passing evaluation of exactly this move under the protection's policy hash."""
+    baseline = previous or protection.first_baseline
+    policy = (
+        f"{protection.policy_name}@{protection.policy_version} "
+        f"(sha256 {protection.policy_sha256[:12]})"
+    )
+
+    def refuse(why: str) -> ForbiddenError:
+        return ForbiddenError(
+            f"alias {label} is protected by policy {policy}: {why}. A move needs the id of a "
+            f"passing evaluation of {target.id} against {baseline} under that policy, or force "
+            "with a reason",
+            param="evaluation_run_id",
+        )
+
+    if not run_id:
+        raise refuse("no evaluation_run_id was given")
+    # Re-read: the evaluator may have updated the row with a bulk UPDATE in this same session.
+    run = session.scalar(
+        select(EvaluationRunRow)
+        .where(EvaluationRunRow.id == run_id)
+        .execution_options(populate_existing=True)
+    )
+    if run is None:
+        raise refuse(f"evaluation {run_id} does not exist")
+    if run.status != "succeeded":
+        raise refuse(f"evaluation {run_id} is {run.status}, not succeeded")
+    if run.decision != "pass":
+        raise refuse(f"evaluation {run_id} decided {run.decision or 'nothing'}, not pass")
+    if run.candidate_version != target.id:
+        raise refuse(
+            f"evaluation {run_id} evaluated {run.candidate_version or 'no registered version'}, "
+            f"not {target.id}"
+        )
+    accepted = {baseline}
+    if previous is None and baseline == BASE_BASELINE:
+        accepted.add(target.base_model)  # the bare base model, named by its registry name
+    if run.baseline_version not in accepted:
+        raise refuse(
+            f"evaluation {run_id} compared with {run.baseline_version or 'nothing'}, not {baseline}"
+        )
+    if run.policy_sha256 != protection.policy_sha256:
+        raise refuse(
+            f"evaluation {run_id} was gated under policy sha256 "
+            f"{(run.policy_sha256 or 'none')[:12]}, not the protection's"
+        )
 
 
 def set_alias(
@@ -156,6 +376,7 @@ def set_alias(
     evaluation_run_id: str | None = None,
     actor: str = "",
     reason: str = "",
+    force: bool = False,
 ) -> AliasRow:
     """Point ``adapter_name:alias`` at ``to_version``.
 
@@ -163,22 +384,24 @@ def set_alias(
     (``None``: the alias must not exist yet). Omit it to move unconditionally. A mismatch raises
     :class:`ConflictError` and changes nothing; the check and the write are one UPDATE statement, so
     two promoters cannot interleave.
+
+    The move rules (see the module docstring) run first: another base model or an unservable
+    target raises 409/422; a protected alias without ``evaluation_run_id`` of a passing evaluation
+    of this exact move under its policy raises :class:`ForbiddenError` (403). ``force`` with a
+    non-empty ``reason`` skips only the evidence rule and is recorded as forced.
     """
-    check_alias(alias)
-    target = get_version(session, to_version)
-    if target.adapter_name != adapter_name:
-        raise ValidationError(
-            f"version {to_version} belongs to adapter {target.adapter_name!r}, not {adapter_name!r}",
-            param="version",
-        )
-    current = get_alias(session, adapter_name, alias)
-    previous = current.version_id if current is not None else None
-    if expected is not _UNSET and expected != previous:
-        raise ConflictError(
-            f"alias {adapter_name}:{alias} is at {previous or 'nothing'}, expected "
-            f"{expected or 'nothing'}; someone else moved it",
-            param="expected",
-        )
+    plan = check_move(
+        session,
+        adapter_name,
+        alias,
+        to_version,
+        expected=expected,
+        evaluation_run_id=evaluation_run_id,
+        force=force,
+        reason=reason,
+        lock=True,
+    )
+    current, previous = plan.current, plan.previous
     if current is None:
         row = AliasRow(adapter_name=adapter_name, alias=alias, version_id=to_version, revision=1)
         session.add(row)
@@ -216,6 +439,7 @@ def set_alias(
             evaluation_run_id=evaluation_run_id,
             actor=actor,
             reason=reason,
+            forced=plan.forced,
         )
     )
     session.flush()
@@ -226,18 +450,21 @@ def set_alias(
         "actor": actor,
         "reason": reason,
         "evaluation": evaluation_run_id,
+        "forced": plan.forced,
     }
+    level = logging.WARNING if plan.forced else logging.INFO
     # Logged when the move is committed, so a rolled-back transaction never shows as a move.
     sa_event.listen(
         session,
         "after_commit",
-        lambda _s: event(log, "alias.moved", logging.INFO, **fields),
+        lambda _s: event(log, "alias.moved", level, **fields),
         once=True,
     )
     return row
 
 
 def alias_history(session: Session, adapter_name: str, alias: str) -> list[AliasEventRow]:
+    """Newest first: who moved the alias from what to what, why, on which evidence, forced or not."""
     return list(
         session.scalars(
             select(AliasEventRow)
@@ -247,8 +474,14 @@ def alias_history(session: Session, adapter_name: str, alias: str) -> list[Alias
     )
 
 
-def rollback_alias(session: Session, adapter_name: str, alias: str, *, actor: str = "") -> AliasRow:
-    """Move the alias back to the version it held before its last move."""
+def rollback_alias(
+    session: Session, adapter_name: str, alias: str, *, actor: str = "", reason: str = ""
+) -> AliasRow:
+    """Move the alias back to the version it held before its last move.
+
+    On a protected alias a rollback is an override (no evaluation compares the old version with
+    the new one): it needs a ``reason`` and is recorded as forced. Base and servability still hold.
+    """
     current = get_alias(session, adapter_name, alias)
     if current is None:
         raise NotFoundError(f"alias {adapter_name}:{alias} does not exist", param="alias")
@@ -258,6 +491,14 @@ def rollback_alias(session: Session, adapter_name: str, alias: str, *, actor: st
         raise ConflictError(
             f"alias {adapter_name}:{alias} has no earlier version to roll back to", param="alias"
         )
+    protected = session.get(ProtectedAliasRow, (adapter_name, alias)) is not None
+    if protected and not reason.strip():
+        raise ForbiddenError(
+            f"alias {adapter_name}:{alias} is protected: a rollback needs a reason (it is recorded "
+            "as a forced move)",
+            param="reason",
+        )
+    note = f"rollback from {current.version_id}" + (f": {reason.strip()}" if reason.strip() else "")
     return set_alias(
         session,
         adapter_name,
@@ -265,7 +506,8 @@ def rollback_alias(session: Session, adapter_name: str, alias: str, *, actor: st
         last.from_version,
         expected=current.version_id,
         actor=actor,
-        reason=f"rollback from {current.version_id}",
+        reason=note,
+        force=protected,
     )
 
 

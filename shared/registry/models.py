@@ -17,12 +17,14 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
     event,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -159,6 +161,67 @@ class AliasEventRow(Base):
     actor: Mapped[str] = mapped_column(String(128), default="")
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # True when an admin overrode a protected alias's evidence rule (``force`` or a rollback).
+    forced: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class GatePolicyRow(Base):
+    """One immutable version of a named gate policy. ``sha256`` is the evaluator's canonical hash
+    of ``body``; the registry stores it and never recomputes or interprets it."""
+
+    __tablename__ = "gate_policies"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_gate_policy_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ProtectedAliasRow(Base):
+    """An alias that moves only on passing evidence under one exact policy version (its hash).
+
+    No foreign key to ``aliases``/``adapters``: an alias may be protected before its first release.
+    ``first_baseline`` is what a first release must have been compared with (``"base"``: the bare
+    base model)."""
+
+    __tablename__ = "protected_aliases"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["policy_name", "policy_version"], ["gate_policies.name", "gate_policies.version"]
+        ),
+    )
+
+    adapter_name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    policy_name: Mapped[str] = mapped_column(String(128))
+    policy_version: Mapped[int] = mapped_column(Integer)
+    policy_sha256: Mapped[str] = mapped_column(String(64))
+    first_baseline: Mapped[str] = mapped_column(String(255), default="base")
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ProtectionEventRow(Base):
+    """Append-only record of protecting and unprotecting aliases, with who and why."""
+
+    __tablename__ = "protection_events"
+    __table_args__ = (Index("ix_protection_events_alias", "adapter_name", "alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    adapter_name: Mapped[str] = mapped_column(String(200))
+    alias: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))  # "protect" | "unprotect"
+    policy_name: Mapped[str] = mapped_column(String(128))
+    policy_version: Mapped[int] = mapped_column(Integer)
+    policy_sha256: Mapped[str] = mapped_column(String(64))
+    first_baseline: Mapped[str] = mapped_column(String(255), default="base")
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class PinRow(Base):
@@ -187,6 +250,15 @@ class EvaluationRunRow(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Fencing: each claim increments ``attempts``; a worker's writes name the attempt they belong to.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The evidence a protected alias checks: exactly which versions were compared under which policy.
+    candidate_version: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    baseline_version: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    policy_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The promotion a passing run asked for and what happened to it ({"alias", "state", ...}), so a
+    # crash between storing the pass and moving the alias is finished by the next claimant.
+    promotion: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class MetricResultRow(Base):
@@ -223,6 +295,11 @@ def _refuse_version_update(session: Session, _ctx: object, _instances: object) -
     for obj in session.dirty:
         if isinstance(obj, AdapterVersionRow) and session.is_modified(obj):
             raise PermissionError(f"adapter version {obj.id} is immutable")
+        if isinstance(obj, GatePolicyRow) and session.is_modified(obj):
+            raise PermissionError(f"gate policy {obj.name}@{obj.version} is immutable")
     for obj in session.deleted:
-        if isinstance(obj, AdapterVersionRow | AliasEventRow | JobEventRow):
+        if isinstance(
+            obj,
+            AdapterVersionRow | AliasEventRow | JobEventRow | GatePolicyRow | ProtectionEventRow,
+        ):
             raise PermissionError(f"{type(obj).__tablename__} rows are append-only")

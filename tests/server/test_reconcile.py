@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 
-import httpx
 import pytest
 
 from services.server.proxy import VERSION_HEADER
@@ -27,7 +26,7 @@ def test_alias_move_switches_new_requests_and_drains_the_old_version(stack: Stac
 
     def long_stream() -> None:
         with (
-            httpx.Client(base_url=stack.url, timeout=30) as c,
+            stack.client() as c,
             c.stream(
                 "POST", "/v1/completions", json={"model": "support", "prompt": "x", "stream": True}
             ) as r,
@@ -44,7 +43,13 @@ def test_alias_move_switches_new_requests_and_drains_the_old_version(stack: Stac
     with stack.client() as c:
         r = c.put("/admin/aliases/support/prod", json={"version": v2}, headers=ADMIN)
         assert r.status_code == 200, r.text
-        assert r.json() == {"alias": "support:prod", "version": v2, "previous": v1, "served": v2}
+        assert r.json() == {
+            "alias": "support:prod",
+            "version": v2,
+            "previous": v1,
+            "served": v2,
+            "forced": False,
+        }
         assert any(v1 in e.loras for e in stack.engines)  # not unloaded under the stream
         # New requests get v2 at once, while the v1 stream is still running.
         r = c.post("/v1/completions", json={"model": "support", "prompt": "x", "stream": True})

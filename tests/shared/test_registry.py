@@ -50,15 +50,58 @@ def test_migrations_from_empty_create_every_table(registry: Registry) -> None:
         "evaluation_runs",
         "metric_results",
         "item_records",
+        "gate_policies",
+        "protected_aliases",
+        "protection_events",
         "alembic_version",
     } <= tables
+
+
+def test_models_match_the_migrations(registry: Registry) -> None:
+    """What the ORM declares is what the migrations build (a column added to one and not the
+    other fails here)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from shared.registry.models import Base
+
+    with registry.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_trust_model_migration_downgrades_and_upgrades_keeping_triggers(
+    registry_settings: SharedSettings,
+) -> None:
+    from alembic import command
+
+    from shared.registry.db import alembic_config
+
+    open_registry(registry_settings).dispose()
+    config = alembic_config(registry_settings.database_url)
+    command.downgrade(config, "0001")
+    command.upgrade(config, "head")
+    registry = open_registry(registry_settings)
+    try:
+        tables = set(sa.inspect(registry.engine).get_table_names())
+        assert {"gate_policies", "protected_aliases", "protection_events"} <= tables
+        _seed_base(registry)
+        v1 = _version(registry, SHA_A)
+        with registry.session() as s:
+            reg.set_alias(s, "bot", "prod", v1)
+        # alias_events was altered (forced column) twice: its immutability triggers survived.
+        for statement in ("UPDATE alias_events SET actor = 'x'", "DELETE FROM alias_events"):
+            with pytest.raises(DBAPIError, match="immutable"), registry.engine.begin() as conn:
+                conn.execute(sa.text(statement))
+    finally:
+        registry.dispose()
 
 
 def test_migrating_twice_is_a_no_op(registry_settings: SharedSettings) -> None:
     open_registry(registry_settings).dispose()
     again = open_registry(registry_settings)
     with again.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
     again.dispose()
 
 

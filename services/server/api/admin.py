@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 
 from services.server.api.deps import Service, admin_only
 from services.server.schemas import (
     AliasChange,
+    AliasHistory,
     AliasRequest,
     LoadRequest,
     PinRequest,
+    ProtectionOut,
+    ProtectionRequest,
     ResidencyList,
+    RollbackRequest,
     UnloadRequest,
     VersionOut,
 )
@@ -46,8 +50,10 @@ async def unpin(body: PinRequest, service: Service) -> dict[str, Any]:
 
 @router.put("/aliases/{adapter}/{alias}", response_model=AliasChange)
 async def set_alias(adapter: str, alias: str, body: AliasRequest, service: Service) -> AliasChange:
-    """Move an alias: the version is validated and loaded first, then the registry moves
-    (compare-and-set with ``expected``), then traffic switches and the old version drains."""
+    """Move an alias: the registry's move rules are checked, the version is validated and loaded,
+    then the registry moves (compare-and-set with ``expected``), then traffic switches and the old
+    version drains. A protected alias needs ``evaluation_run_id`` of a passing evaluation of this
+    move under its policy (403 otherwise), or ``force`` with a ``reason``."""
     return await service.set_alias(
         adapter,
         alias,
@@ -56,13 +62,53 @@ async def set_alias(adapter: str, alias: str, body: AliasRequest, service: Servi
         expected_given="expected" in body.model_fields_set,
         actor=body.actor,
         reason=body.reason,
+        evaluation_run_id=body.evaluation_run_id,
+        force=body.force,
     )
 
 
 @router.post("/aliases/{adapter}/{alias}/rollback", response_model=AliasChange)
-async def rollback(adapter: str, alias: str, service: Service) -> AliasChange:
-    """Move the alias back to the version it held before its last move."""
-    return await service.rollback_alias(adapter, alias, actor="admin-api")
+async def rollback(
+    adapter: str, alias: str, service: Service, body: RollbackRequest | None = None
+) -> AliasChange:
+    """Move the alias back to the version it held before its last move (a protected alias needs
+    a ``reason``; the rollback is recorded as forced)."""
+    body = body or RollbackRequest()
+    return await service.rollback_alias(adapter, alias, actor=body.actor, reason=body.reason)
+
+
+@router.get("/aliases/{adapter}/{alias}/history", response_model=AliasHistory)
+async def alias_history(adapter: str, alias: str, service: Service) -> AliasHistory:
+    """The alias's protection and its moves, newest first: who, why, on which evidence, forced."""
+    return await service.alias_history(adapter, alias)
+
+
+@router.put("/aliases/{adapter}/{alias}/protection", response_model=ProtectionOut)
+async def protect(
+    adapter: str, alias: str, body: ProtectionRequest, service: Service
+) -> ProtectionOut:
+    """Protect an alias with a registered gate policy (``NAME`` or ``NAME@VERSION``): from now on
+    it moves only on passing evidence under that policy version's hash."""
+    return await service.protect_alias(
+        adapter,
+        alias,
+        body.policy,
+        first_baseline=body.first_baseline,
+        actor=body.actor,
+        reason=body.reason,
+    )
+
+
+@router.delete("/aliases/{adapter}/{alias}/protection", response_model=ProtectionOut)
+async def unprotect(
+    adapter: str,
+    alias: str,
+    service: Service,
+    reason: Annotated[str, Query(min_length=1, max_length=2000, description="Recorded.")],
+    actor: Annotated[str, Query(max_length=128)] = "admin-api",
+) -> ProtectionOut:
+    """Lift an alias's protection (returns what it was); the reason is recorded."""
+    return await service.unprotect_alias(adapter, alias, actor=actor, reason=reason)
 
 
 @router.post("/reconcile")
