@@ -85,10 +85,10 @@ class Traffic:
 
     interval_s = 0.5
 
-    def __init__(self, base_url: str, model: str) -> None:
+    def __init__(self, base_url: str, model: str, api_key: str) -> None:
         from openai import OpenAI
 
-        self.client = OpenAI(base_url=f"{base_url}/v1", api_key="demo", max_retries=0)
+        self.client = OpenAI(base_url=f"{base_url}/v1", api_key=api_key, max_retries=0)
         self.model = model
         self.outcomes: Counter[str] = Counter()
         self.versions: Counter[str] = Counter()
@@ -263,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
             trainer_url=stack.trainer_url,
             evaluator_url=stack.evaluator_url,
             server_url=stack.server_url,
+            api_key=stack.admin_key,
             reconcile_deadline_s=60,
         )
 
@@ -284,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         step(4, total, "ask the adapter (alias) and the base model the same question", t0)
         from openai import OpenAI
 
-        client = OpenAI(base_url=f"{stack.server_url}/v1", api_key="demo")
+        client = OpenAI(base_url=f"{stack.server_url}/v1", api_key=stack.app_key)
         adapter_answer, version = _chat(client, ADAPTER)
         base_answer, _ = _chat(client, model.name)
         say(f"user:            {QUESTION}")
@@ -296,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
         cfg2, root2 = load_config(examples / "release" / "v2.yaml")
         cfg2.services = services
         _configure(cfg2, args.seed + 1, args.precision)
-        traffic = Traffic(stack.server_url, ADAPTER)
+        traffic = Traffic(stack.server_url, ADAPTER, stack.app_key)
 
         def start_traffic(version: str) -> None:
             say(f"  {version} trained; a client now calls '{ADAPTER}' until the release is done")

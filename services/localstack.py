@@ -11,7 +11,9 @@ registry and the artifact store.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -132,7 +134,16 @@ class LocalStack:
 
     data_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
-    admin_key: str = "demo-admin-key"
+    # One key per role, fresh for each stack, handed to the services as LORAPLEX_KEYS: the release
+    # flow (operator: every scope), the evaluator calling the server (infer, read) and the
+    # application traffic (infer only), so the local stack runs with the same trust model as a
+    # cluster. ``admin_key`` is the operator's.
+    keys: dict[str, str] = field(
+        default_factory=lambda: {
+            role: f"sk-{role}-{secrets.token_urlsafe(24)}"
+            for role in ("operator", "evaluator", "app")
+        }
+    )
     trainer_port: int = field(default_factory=free_port)
     evaluator_port: int = field(default_factory=free_port)
     server_port: int = field(default_factory=free_port)
@@ -147,6 +158,18 @@ class LocalStack:
     def cpu_plan(self) -> tuple[set[int], set[int]] | None:
         """(engine cores, worker cores) when ``split_cpus`` and there are at least two."""
         return split_cores() if self.split_cpus else None
+
+    @property
+    def admin_key(self) -> str:
+        return self.keys["operator"]
+
+    @property
+    def app_key(self) -> str:
+        return self.keys["app"]
+
+    def key_config(self) -> list[dict[str, object]]:
+        scopes = {"operator": ["admin"], "evaluator": ["infer", "read"], "app": ["infer"]}
+        return [{"name": r, "key": k, "scopes": scopes[r]} for r, k in self.keys.items()]
 
     @property
     def trainer_url(self) -> str:
@@ -169,7 +192,9 @@ class LocalStack:
                 "LORAPLEX_EVALUATOR_PORT": str(self.evaluator_port),
                 "LORAPLEX_PORT": str(self.server_port),
                 "LORAPLEX_SERVER_URL": self.server_url,
-                "LORAPLEX_ADMIN_KEY": self.admin_key,
+                "LORAPLEX_KEYS": json.dumps(self.key_config()),
+                "LORAPLEX_SERVER_API_KEY": self.keys["evaluator"],
+                "LORAPLEX_CLIENT_KEY": self.admin_key,
                 "HF_HUB_OFFLINE": "1",
                 "HF_DATASETS_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false",

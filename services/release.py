@@ -18,6 +18,7 @@ config up front, never their logic.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,15 @@ class Services(BaseModel):
     server_url: str | None = Field(
         default=None, description="When set, wait until it serves the promoted alias."
     )
-    server_api_key: str | None = None
+    api_key: str | None = Field(
+        default=None,
+        description="Key sent to the trainer, evaluator and server (train, evaluate, promote, "
+        "read scopes). Empty: LORAPLEX_CLIENT_KEY from the environment, which keeps it out of "
+        "files checked into a repository.",
+    )
+    server_api_key: str | None = Field(
+        default=None, description="Key for the server's /v1 checks; empty: api_key."
+    )
     reconcile_deadline_s: float = Field(default=60.0, gt=0)
     server_ready_timeout_s: float = Field(
         default=600.0, gt=0, description="How long evaluation waits for the server's /ready."
@@ -149,7 +158,12 @@ class HttpRelease:
         assert cfg.services is not None
         self.cfg, self.root, self.svc, self.say = cfg, root, cfg.services, say
         self.on_trained = on_trained  # called with the new version before it is evaluated
-        self.http = httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0))
+        key = self.svc.api_key or os.environ.get("LORAPLEX_CLIENT_KEY") or ""
+        self.key = key
+        self.http = httpx.Client(
+            timeout=httpx.Timeout(60.0, connect=10.0),
+            headers={"Authorization": f"Bearer {key}"} if key else None,
+        )
         self.outcome: dict[str, Any] = {}  # version, evaluation run, decision (after run())
         self.timings: dict[str, float] = {}  # wall seconds per stage: train, evaluate, serve
 
@@ -262,7 +276,7 @@ class HttpRelease:
         """Seconds until the server answered ``adapter:alias`` with ``version``."""
         assert self.svc.server_url is not None
         name = f"{self.cfg.adapter}:{self.cfg.promote}"
-        headers = {"Authorization": f"Bearer {self.svc.server_api_key or 'none'}"}
+        headers = {"Authorization": f"Bearer {self.svc.server_api_key or self.key or 'none'}"}
         start = time.monotonic()
         while time.monotonic() - start < self.svc.reconcile_deadline_s:
             try:

@@ -86,3 +86,34 @@ class SystemFailure(LoraplexError):
     code = "server_error"
     status_code = 500
     user_error = False
+
+
+class AuthError(LoraplexError):
+    """No key, or a key no one configured."""
+
+    code = "invalid_api_key"
+    status_code = 401
+
+
+class ForbiddenError(LoraplexError):
+    """A valid key without the scope or adapter name the request needs, or a move the registry's
+    rules refuse (a protected alias without passing evidence)."""
+
+    code = "permission_denied"
+    status_code = 403
+
+
+class TooLarge(LoraplexError):
+    code = "request_too_large"
+    status_code = 413
+
+
+class RateLimited(LoraplexError):
+    """Too much at once for one key; ``retry_after`` seconds is when to try again."""
+
+    code = "rate_limit_exceeded"
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after

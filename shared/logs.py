@@ -26,6 +26,7 @@ import re
 import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 FORMATS = ("text", "json")
@@ -41,6 +42,24 @@ def mask_url(url: str) -> str:
     return _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, url)
 
 
+def _embedded_keys(value: str) -> list[str]:
+    """Keys inside a JSON key table: ``{"<key>": [...]}`` (LORAPLEX_API_KEYS) or
+    ``[{"key": "<key>", ...}]`` (LORAPLEX_KEYS)."""
+    if not value.lstrip().startswith(("{", "[")):
+        return []
+    try:
+        table = json.loads(value)
+    except ValueError:
+        return []
+    if isinstance(table, dict):
+        found = list(table)
+    elif isinstance(table, list):
+        found = [e.get("key") for e in table if isinstance(e, dict)]
+    else:
+        found = []
+    return [k for k in found if isinstance(k, str) and len(k) >= _MIN_SECRET_LEN]
+
+
 def secret_values(environ: dict[str, str] | None = None) -> list[str]:
     """The values of secret-looking LORAPLEX_* settings (and AWS/HF credentials) in ``environ``."""
     env = os.environ if environ is None else environ
@@ -50,13 +69,12 @@ def secret_values(environ: dict[str, str] | None = None) -> list[str]:
             continue
         if name.startswith(("LORAPLEX_", "AWS_", "HF_")) and _SECRET_NAME.search(name):
             out.append(value)
-            if value.lstrip().startswith("{"):  # a key table such as LORAPLEX_API_KEYS
-                try:
-                    table = json.loads(value)
-                except ValueError:
-                    table = {}
-                if isinstance(table, dict):
-                    out.extend(k for k in table if isinstance(k, str) and len(k) >= _MIN_SECRET_LEN)
+            if name.endswith("_FILE") and not value.lstrip().startswith(("{", "[")):
+                try:  # a mounted key file such as LORAPLEX_KEYS_FILE: mask what it holds
+                    value = Path(value).read_text()
+                except OSError:
+                    continue
+            out.extend(_embedded_keys(value))
     # Longest first, so a secret that contains another is masked whole.
     return sorted(set(out), key=len, reverse=True)
 

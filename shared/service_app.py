@@ -22,6 +22,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from shared.auth import DOCS, METRICS, PUBLIC_OPS, Guard, GuardMiddleware, KeyRing, Rule, check_bind
+from shared.http import install_error_handlers
 from shared.registry.db import Registry, open_registry
 from shared.registry.models import EvaluationRunRow, TrainingJobRow
 from shared.settings import SharedSettings
@@ -92,10 +94,12 @@ def create_service_app(
     settings: SharedSettings,
     *,
     routers: Sequence[APIRouter],
-    install_errors: Callable[[FastAPI], None],
     queue: QueueSpec,
+    rules: Sequence[Rule] = (),
 ) -> FastAPI:
-    """A FastAPI app with the registry in ``app.state``, ``/health`` and ``/metrics``."""
+    """A FastAPI app with the registry in ``app.state``, ``/health`` and ``/metrics``, the shared
+    error mapping, and the :class:`~shared.auth.Guard` in front (``rules``: the scope each route
+    needs, after the public ``/health`` and the ``metrics`` scope of ``/metrics``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -109,7 +113,14 @@ def create_service_app(
     app = FastAPI(title=title, version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = None
-    install_errors(app)
+    install_error_handlers(app)
+    guard = Guard(
+        keys=settings.keyring(),
+        rules=[*PUBLIC_OPS, *METRICS, *DOCS, *rules],
+        max_body=settings.max_json_bytes,
+        max_concurrent=settings.max_concurrent_per_key,
+    )
+    app.add_middleware(GuardMiddleware, guard=guard)
 
     # One Prometheus registry per app (not the global one): tests build many apps in one process.
     metrics = CollectorRegistry(auto_describe=False)
@@ -130,14 +141,18 @@ def create_service_app(
     return app
 
 
-def serve(app: Any, *, service: str, host: str, port: int, log_level: str = "info") -> None:
+def serve(
+    app: Any, *, service: str, host: str, port: int, keys: KeyRing, log_level: str = "info"
+) -> None:
     """Run an app under uvicorn until SIGTERM/SIGINT (which drains in-flight requests), logging
-    through :mod:`shared.logs` (``log_config=None``: uvicorn's lines get the same format)."""
+    through :mod:`shared.logs` (``log_config=None``: uvicorn's lines get the same format). With no
+    keys it listens on loopback only (:func:`shared.auth.check_bind`)."""
     import uvicorn
 
     from shared.logs import configure, event
 
     configure(service, log_level)
+    check_bind(service, host, keys)
     event(logging.getLogger(service), "service.started", service=service, host=host, port=port)
     uvicorn.run(
         app,

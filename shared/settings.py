@@ -6,10 +6,11 @@ environment configures the whole suite and a typo'd value fails at start-up with
 
 from __future__ import annotations
 
+import difflib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pydantic
 from pydantic import Field, field_validator, model_validator
@@ -17,7 +18,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from shared.auth import KeyRing, KeySpec, load_key_file
 from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 EMBEDDED_BASE_MODEL = "smollm2-135m-instruct"
 
@@ -53,6 +58,25 @@ class SharedSettings(BaseSettings):
         default="text",
         description="text: one readable line per event; json: one JSON object per line "
         "(ts, level, service, event, fields) for log collectors.",
+    )
+
+    keys: list[KeySpec] = Field(
+        default_factory=list,
+        description='API keys as a JSON list of {"name", "key", "scopes", "adapters", '
+        '"max_concurrent"}; scopes: infer, read, train, evaluate, promote, admin, metrics. '
+        "Empty (and no keys_file): every route is open and services bind loopback only.",
+    )
+    keys_file: Path | None = Field(
+        default=None, description="A JSON file of keys in the shape of LORAPLEX_KEYS (a Secret)."
+    )
+    max_json_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest JSON request body (413 above)."
+    )
+    max_concurrent_per_key: int = Field(
+        default=128,
+        ge=1,
+        description="In-flight requests per key (429 with Retry-After above); a key's own "
+        "max_concurrent overrides it.",
     )
 
     @field_validator("data_dir")
@@ -110,12 +134,23 @@ class SharedSettings(BaseSettings):
     def models_dir(self) -> Path:
         return self.data_dir / "models"
 
+    def key_specs(self) -> list[KeySpec]:
+        """``keys`` plus those of ``keys_file``."""
+        return [*self.keys, *(load_key_file(self.keys_file) if self.keys_file else [])]
+
+    def keyring(self) -> KeyRing:
+        return KeyRing.from_specs(self.key_specs())
+
 
 S = TypeVar("S", bound=SharedSettings)
 
 
 def load_settings(cls: type[S], **overrides: Any) -> S:
-    """Build settings, turning pydantic's error list into one readable :class:`ConfigError`."""
+    """Build settings, turning pydantic's error list into one readable :class:`ConfigError`.
+
+    An unknown ``LORAPLEX_*`` variable stops start-up too: a mistyped ``LORAPLEX_KEYS`` would
+    otherwise leave every route open without a word."""
+    check_environment(os.environ, cls)
     try:
         return cls(**overrides)
     except pydantic.ValidationError as exc:
@@ -132,3 +167,31 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def known_variables(cls: type[SharedSettings] | None = None) -> frozenset[str]:
+    """Every ``LORAPLEX_*`` name the suite reads: all services' settings (one environment configures
+    the whole suite, so the trainer must accept the server's variables) plus ``cls``'s own."""
+    from shared.env_names import KNOWN_VARIABLES
+
+    own = {f"LORAPLEX_{name.upper()}" for name in (cls.model_fields if cls else ())}
+    return KNOWN_VARIABLES | own
+
+
+def check_environment(environ: Mapping[str, str], cls: type[SharedSettings] | None = None) -> None:
+    """ConfigError naming each unknown ``LORAPLEX_*`` variable and the closest known one."""
+    known = known_variables(cls)
+    unknown = sorted(n for n in environ if n.startswith("LORAPLEX_") and n not in known)
+    if not unknown:
+        return
+    lines = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        lines.append(f"{name} is not a loraplex setting{hint}")
+    raise ConfigError(
+        f"unknown variable {unknown[0]}"
+        + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
+        details=lines,
+        param=unknown[0],
+    )

@@ -1,90 +1,95 @@
-"""Who may call what: optional inference keys (each limited to a list of adapters) and a separate
-admin key for ``/admin``. Keys are compared in constant time."""
+"""The server's view of :mod:`shared.auth`: which models an inference key may use, and the admin
+check. Keys come from the suite's key configuration (``LORAPLEX_KEYS``/``LORAPLEX_KEYS_FILE``) plus
+the server's older settings, kept so existing deployments keep working: each ``LORAPLEX_API_KEYS``
+entry is a key with the ``infer`` and ``read`` scopes on the adapters it lists, and
+``LORAPLEX_ADMIN_KEY`` a key with every scope."""
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 
 from services.server.config import ALL_ADAPTERS, ServerSettings
-from services.server.errors import AuthError, ForbiddenError
 from services.server.names import adapter_of
-
-
-def bearer(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+from shared.auth import ALL, LOCAL, SCOPES, KeyRing, Principal
+from shared.errors import ForbiddenError
 
 
 class Scope:
-    """What one caller may use: every model, or a set of adapter names (and the base by name)."""
+    """What one inference caller may use: adapter names (patterns) and the base by its name."""
 
-    __slots__ = ("names",)
+    __slots__ = ("principal",)
 
-    def __init__(self, names: frozenset[str] | None) -> None:
-        self.names = names
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
 
     @property
     def unrestricted(self) -> bool:
-        return self.names is None
+        return ALL in self.principal.adapters
 
     def allows(self, model: str) -> bool:
-        if self.names is None:
-            return True
-        return model in self.names or adapter_of(model) in self.names
+        return self.principal.may_touch(model) or self.principal.may_touch(adapter_of(model))
 
 
-OPEN = Scope(None)
+OPEN = Scope(LOCAL)
+
+
+def _label(key: str, kind: str) -> str:
+    return f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def keyring(settings: ServerSettings) -> KeyRing:
+    entries: list[tuple[str, Principal]] = []
+    for key, names in settings.api_keys.items():
+        adapters = (ALL,) if ALL_ADAPTERS in names else tuple(names)
+        entries.append(
+            (key, Principal(_label(key, "api-key"), frozenset({"infer", "read"}), adapters))
+        )
+    admin = settings.admin_key.get_secret_value() if settings.admin_key else ""
+    if admin:
+        entries.append((admin, Principal(_label(admin, "admin-key"), frozenset(SCOPES))))
+    for spec in settings.key_specs():
+        principal = Principal(
+            spec.name, frozenset(spec.scopes), tuple(spec.adapters), spec.max_concurrent
+        )
+        entries.append((spec.key.get_secret_value(), principal))
+    return KeyRing(entries)
 
 
 class Access:
     def __init__(self, settings: ServerSettings) -> None:
-        admin = settings.admin_key.get_secret_value() if settings.admin_key else ""
-        self.admin_key = admin.encode()
-        self.keys: list[tuple[bytes, Scope]] = [
-            (key.encode(), OPEN if ALL_ADAPTERS in names else Scope(frozenset(names)))
-            for key, names in settings.api_keys.items()
-        ]
+        self.keys = keyring(settings)
+        self.admin_enabled = self.keys.enabled and self._any_admin(settings)
 
-    @property
-    def admin_enabled(self) -> bool:
-        return bool(self.admin_key)
+    @staticmethod
+    def _any_admin(settings: ServerSettings) -> bool:
+        if settings.admin_key and settings.admin_key.get_secret_value():
+            return True
+        return any("admin" in spec.scopes for spec in settings.key_specs())
 
     @property
     def inference_keys_required(self) -> bool:
-        return bool(self.keys)
+        return self.keys.enabled
 
     def inference_scope(self, authorization: str | None) -> Scope:
-        """The caller's scope; AuthError when keys are configured and none matches.
+        """The caller's scope; AuthError when keys are configured and none matches."""
+        principal = self.keys.authenticate(authorization)
+        principal.require("infer")
+        return Scope(principal)
 
-        The admin key is accepted too, with full scope, so operators can test what they deploy.
-        """
-        if not self.keys:
-            return OPEN
-        token = bearer(authorization)
-        if token is None:
-            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
-        raw = token.encode()
-        found: Scope | None = None
-        for key, scope in self.keys:  # no early exit: constant time over the key list
-            if hmac.compare_digest(raw, key):
-                found = scope
-        if found is None and self.admin_key and hmac.compare_digest(raw, self.admin_key):
-            found = OPEN
-        if found is None:
-            raise AuthError("invalid API key")
-        return found
+    def listing_scope(self, authorization: str | None) -> Scope:
+        """What a caller may see in /v1/models and /v1/adapters: ``infer`` or ``read`` keys."""
+        principal = self.keys.authenticate(authorization)
+        if not (principal.has("infer") or principal.has("read")):
+            raise ForbiddenError(f"key {principal.name!r} lacks the 'infer' or 'read' scope")
+        return Scope(principal)
 
     def check_model(self, scope: Scope, model: str) -> None:
         if not scope.allows(model):
             raise ForbiddenError(f"this API key may not use model {model!r}", param="model")
 
-    def check_admin(self, authorization: str | None) -> None:
-        token = bearer(authorization)
-        if not self.admin_key:
-            raise ForbiddenError("the admin API is disabled (no admin key configured)")
-        if token is None or not hmac.compare_digest(token.encode(), self.admin_key):
-            raise AuthError("admin endpoints need 'Authorization: Bearer <admin key>'")
+    def check_admin(self, authorization: str | None) -> Principal:
+        if not self.admin_enabled:
+            raise ForbiddenError("the admin API is disabled (no key has the admin scope)")
+        principal = self.keys.authenticate(authorization)
+        principal.require("admin")
+        return principal

@@ -4,27 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.errors import LoraplexError
+from shared.errors import AuthError, ForbiddenError, LoraplexError, TooLarge, ValidationError
 
-
-class AuthError(LoraplexError):
-    code = "invalid_api_key"
-    status_code = 401
-
-
-class ForbiddenError(LoraplexError):
-    code = "permission_denied"
-    status_code = 403
-
-
-class TooLarge(LoraplexError):
-    code = "request_too_large"
-    status_code = 413
+__all__ = [
+    "AuthError",
+    "EngineError",
+    "ForbiddenError",
+    "ModelNotFound",
+    "Quarantined",
+    "TooLarge",
+    "Unavailable",
+]
 
 
 class ModelNotFound(LoraplexError):
     code = "model_not_found"
     status_code = 404
+
+
+class Quarantined(ValidationError):
+    """An adapter version this server refuses to load again: loading it killed engines."""
+
+    code = "adapter_quarantined"
 
 
 class Unavailable(LoraplexError):

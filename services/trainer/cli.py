@@ -8,6 +8,7 @@ body are the same :class:`~services.trainer.schemas.JobSpec`.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -194,7 +195,9 @@ def _client() -> Any:
     import httpx
 
     settings = load_settings(TrainerSettings)
-    return httpx.Client(base_url=settings.api_url, timeout=60)
+    key = os.environ.get("LORAPLEX_CLIENT_KEY")  # a key with the train/read scopes
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    return httpx.Client(base_url=settings.api_url, timeout=60, headers=headers)
 
 
 def _check(response: Any) -> Any:

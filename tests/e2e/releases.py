@@ -67,6 +67,7 @@ def run_release(stack: LocalStack, path: Path, lines: list[str]) -> int:
         trainer_url=stack.trainer_url,
         evaluator_url=stack.evaluator_url,
         server_url=stack.server_url,
+        api_key=stack.admin_key,
         reconcile_deadline_s=DEADLINE_S,
         poll_s=0.5,
     )

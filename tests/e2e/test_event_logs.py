@@ -25,8 +25,6 @@ from tests.e2e.releases import local_stack, release_yaml, run_release
 
 pytestmark = pytest.mark.slow
 
-ADMIN = "admin-key-that-must-never-be-logged"
-SERVER_KEY = "server-key-that-must-never-be-logged"
 JUDGE_KEY = "judge-key-that-must-never-be-logged"
 
 
@@ -39,12 +37,9 @@ def stack(
         "LORAPLEX_KV_CACHE_GIB": "1",
         "LORAPLEX_RECONCILE_INTERVAL_S": "0.5",
         "LORAPLEX_REQUEST_SUMMARY_S": "1",
-        "LORAPLEX_SERVER_API_KEY": SERVER_KEY,
         "LORAPLEX_JUDGE_API_KEY": JUDGE_KEY,
-        "LORAPLEX_ADMIN_KEY": ADMIN,
     }
     with local_stack(tmp_path_factory.mktemp("logs") / "data", base_model, env) as local:
-        local.admin_key = ADMIN
         yield local
 
 
@@ -78,6 +73,7 @@ def test_a_release_and_a_failed_job_in_json_logs(stack: LocalStack, tmp_path: Pa
         run_release(stack, bad, lines)
     httpx.post(
         f"{stack.server_url}/v1/completions",
+        headers={"Authorization": f"Bearer {stack.app_key}"},
         json={"model": "logged", "prompt": "Order:", "max_tokens": 2},
         timeout=60,
     ).raise_for_status()
@@ -119,5 +115,5 @@ def test_a_release_and_a_failed_job_in_json_logs(stack: LocalStack, tmp_path: Pa
 
     for path in [*logs.glob("*.log"), *(stack.data_dir / "server" / "logs").glob("*.log")]:
         text = path.read_text(errors="replace")
-        for secret in (ADMIN, SERVER_KEY, JUDGE_KEY):
+        for secret in (*stack.keys.values(), JUDGE_KEY):
             assert secret not in text, f"{secret} in {path.name}"

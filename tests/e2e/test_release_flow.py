@@ -50,6 +50,7 @@ def stack(
 def _answering_version(stack: LocalStack, model: str) -> str | None:
     response = httpx.post(
         f"{stack.server_url}/v1/completions",
+        headers={"Authorization": f"Bearer {stack.app_key}"},
         json={"model": model, "prompt": "Order:", "max_tokens": 2},
         timeout=60,
     )

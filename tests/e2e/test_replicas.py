@@ -46,9 +46,11 @@ def _data_dir(root: Path, base_model: ResolvedBaseModel) -> Path:
     return data
 
 
-def _answer(client: httpx.Client, url: str) -> str | None:
+def _answer(client: httpx.Client, replica: LocalStack) -> str | None:
+    url = replica.server_url
     response = client.post(
         f"{url}/v1/completions",
+        headers={"Authorization": f"Bearer {replica.app_key}"},
         json={"model": ADAPTER, "prompt": "Order:", "max_tokens": 1, "temperature": 0},
     )
     # A replica switching versions keeps serving: an error here is a failure, not a retry.
@@ -62,7 +64,7 @@ def _converge(replicas: list[LocalStack], version: str, since: float) -> list[fl
     with httpx.Client(timeout=60) as client:
         while any(s is None for s in seen):
             for i, replica in enumerate(replicas):
-                if seen[i] is None and _answer(client, replica.server_url) == version:
+                if seen[i] is None and _answer(client, replica) == version:
                     seen[i] = time.monotonic() - since
             elapsed = time.monotonic() - since
             if elapsed > DEADLINE_S and any(s is None for s in seen):
@@ -73,7 +75,7 @@ def _converge(replicas: list[LocalStack], version: str, since: float) -> list[fl
             time.sleep(0.05)
         # Converged means staying there: every replica still answers with the new version.
         for replica in replicas:
-            assert _answer(client, replica.server_url) == version
+            assert _answer(client, replica) == version
     return [s for s in seen if s is not None]
 
 

@@ -44,7 +44,12 @@ class Stack:
     def url(self) -> str:
         return self.server.url
 
-    def client(self, **kwargs: Any) -> httpx.Client:
+    def client(self, *, auth: bool = True, **kwargs: Any) -> httpx.Client:
+        """A client that sends the admin key (every scope) unless ``auth=False`` or headers say
+        otherwise: once any key is configured, every route but /health and /ready needs one."""
+        admin = self.settings.admin_key
+        if auth and admin is not None and "headers" not in kwargs:
+            kwargs["headers"] = {"authorization": f"Bearer {admin.get_secret_value()}"}
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
     def adapter(self, **kwargs: Any) -> Path:

@@ -143,8 +143,10 @@ def test_access_scopes_and_admin() -> None:
     assert access.inference_scope("Bearer adm").unrestricted
     with pytest.raises(AuthError):
         access.inference_scope(None)
-    with pytest.raises(AuthError):
+    with pytest.raises(ForbiddenError):  # a valid key without the admin scope
         access.check_admin("Bearer k2")
+    with pytest.raises(AuthError):
+        access.check_admin("Bearer nope")
     access.check_admin("Bearer adm")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,13 @@ def test_formatters_render_the_same_record() -> None:
     record.event, record.fields = "alias.moved", {"alias": "a:prod", "to_version": "a@v2"}
     assert "alias.moved alias=a:prod to_version=a@v2" in TextFormatter("s").format(record)
     assert json.loads(JsonFormatter("s").format(record))["to_version"] == "a@v2"
+
+
+def test_keys_of_the_key_configuration_are_masked(tmp_path: Path) -> None:
+    listed = '[{"name": "ci", "key": "sk-ci-listed-0123456789", "scopes": ["evaluate"]}]'
+    mounted = tmp_path / "keys.json"
+    mounted.write_text('[{"name": "op", "key": "sk-op-mounted-012345678", "scopes": ["admin"]}]')
+    found = secret_values({"LORAPLEX_KEYS": listed, "LORAPLEX_KEYS_FILE": str(mounted)})
+    assert "sk-ci-listed-0123456789" in found and "sk-op-mounted-012345678" in found
+    text = Redactor(found).clean("Bearer sk-ci-listed-0123456789 / sk-op-mounted-012345678")
+    assert "sk-" not in text

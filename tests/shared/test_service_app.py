@@ -8,7 +8,6 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.errors import LoraplexError
-from shared.http import install_error_handlers
 from shared.registry.db import Registry
 from shared.registry.models import EvaluationRunRow, TrainingJobRow, utcnow
 from shared.service_app import QueueSpec, create_service_app
@@ -42,11 +41,7 @@ def _job(job_id: str, status: str, age_s: float = 0.0) -> TrainingJobRow:
 
 
 def _app(settings: SharedSettings, spec: QueueSpec = SPEC) -> TestClient:
-    return TestClient(
-        create_service_app(
-            "t", settings, routers=[], install_errors=install_error_handlers, queue=spec
-        )
-    )
+    return TestClient(create_service_app("t", settings, routers=[], queue=spec))
 
 
 def test_queue_depth_counts_only_waiting_jobs(
@@ -102,9 +97,7 @@ def test_errors_are_installed(settings: SharedSettings) -> None:
     def boom() -> None:
         raise LoraplexError("bad thing", param="x")
 
-    app = create_service_app(
-        "t", settings, routers=[router], install_errors=install_error_handlers, queue=SPEC
-    )
+    app = create_service_app("t", settings, routers=[router], queue=SPEC)
     with TestClient(app) as client:
         resp = client.get("/boom")
     assert resp.status_code >= 400

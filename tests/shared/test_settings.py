@@ -78,3 +78,33 @@ def test_bad_log_level(settings: SharedSettings, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("LORAPLEX_LOG_LEVEL", "loud")
     with pytest.raises(ConfigError, match="unknown log level 'loud'"):
         load_settings(SharedSettings)
+
+
+def test_every_settings_variable_is_known_and_nothing_else() -> None:
+    """shared.env_names lists every LORAPLEX_* variable so a typo stops start-up; this fails when a
+    settings field is added without its name (which would make another service refuse it)."""
+    from services.evaluator.config import EvaluatorSettings
+    from services.server.config import ServerSettings
+    from services.trainer.config import TrainerSettings
+    from services.trainer.k8s_jobs import KubernetesJobSettings
+    from shared.env_names import OTHER_VARIABLES, SETTINGS_VARIABLES
+
+    fields = {
+        f"LORAPLEX_{name.upper()}"
+        for cls in (TrainerSettings, EvaluatorSettings, ServerSettings)
+        for name in cls.model_fields
+    } | {f"LORAPLEX_K8S_{name.upper()}" for name in KubernetesJobSettings.model_fields}
+    assert fields - SETTINGS_VARIABLES == set(), "add these to shared/env_names.py"
+    assert SETTINGS_VARIABLES - fields == set(), "stale names in shared/env_names.py"
+    assert not SETTINGS_VARIABLES & OTHER_VARIABLES
+
+
+def test_unknown_variable_names_the_closest(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.settings import check_environment
+
+    with pytest.raises(ConfigError) as info:
+        check_environment({"LORAPLEX_API_KEY": "sk-x", "LORAPLEX_DATA_DIR": "/tmp"})
+    assert "LORAPLEX_API_KEY is not a loraplex setting; did you mean LORAPLEX_API_KEYS?" in str(
+        info.value
+    )
+    check_environment({"LORAPLEX_API_KEYS": "{}", "LORAPLEX_TEST_CACHE": "1", "PATH": "/bin"})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.evaluator.api import errors
 from services.evaluator.api.routes import router
 from services.evaluator.config import EvaluatorSettings
+from shared.auth import rule
 from shared.registry.models import EvaluationRunRow
 from shared.service_app import QueueSpec, create_service_app, serve
 from shared.settings import load_settings
@@ -20,8 +20,13 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
         "loraplex evaluator",
         settings,
         routers=[router],
-        install_errors=errors.install,
         queue=QUEUE,
+        rules=[
+            rule("POST", r"/v1/evaluations", "evaluate"),
+            rule("GET HEAD", r"/v1/evaluations(/.*)?", "read"),
+            rule("POST PUT DELETE", r"/v1/policies(/.*)?", "admin"),
+            rule("GET HEAD", r"/v1/policies(/.*)?", "read"),
+        ],
     )
 
 
@@ -32,6 +37,7 @@ def main() -> None:
         service="evaluator-api",
         host=settings.evaluator_host,
         port=settings.evaluator_port,
+        keys=settings.keyring(),
         log_level=settings.log_level,
     )
 

@@ -6,18 +6,16 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from services.server.api import admin, openai, ops
-from services.server.api.responses import error_reply, serve_proxied
+from services.server.api.responses import serve_proxied
+from services.server.auth import Access, keyring
 from services.server.config import ServerSettings
-from services.server.errors import error_body
 from services.server.service import ServerService
-from shared.errors import LoraplexError
+from shared.auth import DOCS, METRICS, PUBLIC_OPS, Guard, Rule, rule
+from shared.http import install_error_handlers
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +24,29 @@ log = logging.getLogger(__name__)
 PROXIED = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 
 
+def guard_rules(settings: ServerSettings) -> list[Rule]:
+    """Which scope each route needs (admin routes also check the admin scope themselves)."""
+    return [
+        *PUBLIC_OPS,
+        *METRICS,
+        *DOCS,
+        rule("POST", r"/v1/(chat/)?completions", "infer", max_body=settings.max_body_bytes),
+        rule("GET HEAD", r"/v1/(models|adapters)(/.*)?", "infer", "read"),
+        rule("GET HEAD POST PUT DELETE PATCH", r"/admin/.*", "admin"),
+    ]
+
+
 class ServerApp(FastAPI):
+    guard: Guard | None = None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.guard is not None and scope["type"] == "http":
+            # The key and the body cap are checked before anything reads the body.
+            await self.guard(dict(scope), receive, send, self._dispatch)
+            return
+        await self._dispatch(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             endpoint = PROXIED.get(scope["path"])
             service = getattr(self.state, "service", None)
@@ -58,40 +77,18 @@ def create_app(
         description="OpenAI-compatible API over vLLM engines serving many LoRA adapters.",
         lifespan=lifespan,
     )
+    app.guard = Guard(
+        keys=keyring(settings),
+        rules=guard_rules(settings),
+        max_body=settings.max_json_bytes,
+        max_concurrent=settings.max_concurrent_per_key,
+        retry_after_s=settings.retry_after_s,
+    )
     app.include_router(openai.router)
     app.include_router(ops.router)
-    if settings.admin_key is not None and settings.admin_key.get_secret_value():
+    if Access(settings).admin_enabled:
         app.include_router(admin.router)
 
-    @app.exception_handler(LoraplexError)
-    async def _domain_error(_: Request, exc: LoraplexError) -> Response:
-        status, headers, body = error_reply(exc)
-        return Response(
-            body,
-            status_code=status,
-            headers={name.decode(): value.decode() for name, value in headers},
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}"
-            for err in exc.errors()
-        ]
-        err = LoraplexError("invalid request", details=details, param=None, code="invalid_request")
-        err.status_code = 422
-        return JSONResponse(error_body(err), status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        body = {
-            "error": {
-                "message": str(exc.detail),
-                "type": "invalid_request_error",
-                "code": str(exc.status_code),
-                "param": None,
-            }
-        }
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    install_error_handlers(app)
 
     return app

@@ -21,7 +21,7 @@ Service = Annotated[ServerService, Depends(get_service)]
 def inference_scope(
     service: Service, authorization: Annotated[str | None, Header()] = None
 ) -> Scope:
-    return service.access.inference_scope(authorization)
+    return service.access.listing_scope(authorization)
 
 
 def admin_only(service: Service, authorization: Annotated[str | None, Header()] = None) -> None:

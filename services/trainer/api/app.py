@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from fastapi import FastAPI
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
-
-from services.trainer.api import errors
 from services.trainer.api.routes_files import router as files_router
 from services.trainer.api.routes_jobs import router as jobs_router
 from services.trainer.config import TrainerSettings
 from services.trainer.jobs import QUEUED, RUNNING, VALIDATING
+from shared.auth import rule
 from shared.registry.models import TrainingJobRow
 from shared.service_app import QueueSpec, create_service_app, serve
 from shared.settings import load_settings
@@ -27,30 +24,19 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
         "loraplex trainer",
         settings,
         routers=[files_router, jobs_router],
-        install_errors=errors.install,
         queue=QUEUE,
+        rules=[
+            rule(
+                "POST",
+                r"/v1/files",
+                "train",
+                max_body=settings.max_upload_bytes + MULTIPART_OVERHEAD,
+            ),
+            rule("GET HEAD", r"/v1/files(/.*)?", "read"),
+            rule("POST", r"/v1/fine_tuning/jobs(/[^/]+/cancel)?", "train"),
+            rule("GET HEAD", r"/v1/fine_tuning/jobs(/.*)?", "read"),
+        ],
     )
-
-    @app.middleware("http")
-    async def upload_limit(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # Refuse an oversized upload before its body is read; the route counts again while
-        # spooling, for clients that send no (or a wrong) Content-Length.
-        if request.method == "POST" and request.url.path.rstrip("/") == "/v1/files":
-            length = request.headers.get("content-length")
-            too_big = settings.max_upload_bytes + MULTIPART_OVERHEAD
-            if length is not None and length.isdigit() and int(length) > too_big:
-                return JSONResponse(
-                    errors.error_body(
-                        "file_too_large",
-                        f"the upload is {length} bytes, above the limit of "
-                        f"{settings.max_upload_bytes} bytes (LORAPLEX_MAX_UPLOAD_BYTES)",
-                        "file",
-                    ),
-                    status_code=413,
-                )
-        return await call_next(request)
 
     return app
 
@@ -62,6 +48,7 @@ def main() -> None:
         service="trainer-api",
         host=settings.trainer_host,
         port=settings.trainer_port,
+        keys=settings.keyring(),
         log_level=settings.log_level,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from services.trainer.schemas import (
     JobList,
     JobSpec,
 )
+from shared.auth import principal_of
 from shared.registry.db import Registry
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -32,8 +34,16 @@ def _public(session: SessionDep, job_id: str) -> FineTuningJob:
 
 
 @router.post("", response_model=FineTuningJob)
-def create_job(spec: JobSpec, session: SessionDep, settings: SettingsDep) -> FineTuningJob:
+def create_job(
+    spec: JobSpec, session: SessionDep, settings: SettingsDep, request: Request
+) -> FineTuningJob:
     """Create a job; every check that needs no model runs now, the data checks run next."""
+    # The key may add versions only to adapter names it may touch.
+    principal = principal_of(request.state)
+    principal.require("train", jobs.default_adapter_name(spec), param="suffix")
+    if spec.base_adapter:  # continuing another adapter reads its weights
+        source = re.split(r"[:@]", spec.base_adapter, maxsplit=1)[0]
+        principal.require("train", source, param="base_adapter")
     job = jobs.create_job(session, settings, spec)
     return jobs.job_to_api(job)
 
