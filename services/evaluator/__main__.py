@@ -12,11 +12,10 @@ def main() -> None:
     if sys.argv[1:2] == ["worker"]:
         configure("evaluator-worker")
         from services.evaluator.config import EvaluatorSettings
-        from services.evaluator.worker import Worker
+        from services.evaluator.worker import main as worker_main
         from shared.settings import load_settings
 
-        Worker(load_settings(EvaluatorSettings)).serve(once="--once" in sys.argv)
-        return
+        raise SystemExit(worker_main(load_settings(EvaluatorSettings), once="--once" in sys.argv))
     from services.evaluator.api.app import main as serve
 
     serve()

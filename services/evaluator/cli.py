@@ -1,4 +1,9 @@
-"""``loraplex eval run|submit|status|report|worker`` and ``loraplex gate run``.
+"""``loraplex eval run|submit|status|report|worker|policy`` and ``loraplex gate run``.
+
+``eval run`` and ``gate run`` evaluate in this process, on the operator's own machine: they may read
+any local file and ``--server-url`` may point at any server (no configured key is sent there; name
+an endpoint from settings with ``--server`` for that). ``eval submit`` queues for a worker, which
+applies the API's rules: endpoints by name, data from the registry or ``LORAPLEX_DATA_DIRS``.
 
 Exit codes (both groups): 0 pass (or no policy), 1 fail, 2 inconclusive, 3 error (bad input,
 unreachable endpoint, crashed run, promotion conflict).
@@ -49,7 +54,16 @@ Limit = Annotated[int | None, typer.Option(help="Use only the first N items")]
 ServerUrl = Annotated[
     str | None,
     typer.Option(
-        help="OpenAI-compatible server for generation/judge (default LORAPLEX_SERVER_URL)"
+        help="Ad-hoc OpenAI-compatible server for generation/judge, called without a key "
+        "(to send a key, configure the endpoint and use --server)"
+    ),
+]
+ServerName = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        help="Endpoint named in settings (LORAPLEX_ENDPOINTS; default 'server' = "
+        "LORAPLEX_SERVER_URL, with its key)",
     ),
 ]
 Out = Annotated[
@@ -165,6 +179,7 @@ def eval_run(
     data: Data = None,
     policy: Annotated[Path | None, typer.Option(help="Gate policy YAML (optional)")] = None,
     limit: Limit = None,
+    server: ServerName = None,
     server_url: ServerUrl = None,
     prompt_field: Annotated[str | None, typer.Option(help="Custom prompt field")] = None,
     reference_field: Annotated[str | None, typer.Option(help="Custom reference field")] = None,
@@ -182,6 +197,7 @@ def eval_run(
         data=data,
         policy=str(policy) if policy else None,
         limit=limit,
+        server=server,
         server_url=server_url,
         prompt_field=prompt_field,
         reference_field=reference_field,
@@ -200,6 +216,7 @@ def gate_run(
     suite: SuiteOpt = None,
     data: Data = None,
     limit: Limit = None,
+    server: ServerName = None,
     server_url: ServerUrl = None,
     out: Out = None,
     as_json: AsJson = False,
@@ -217,6 +234,7 @@ def gate_run(
         policy=str(policy),
         promote=promote,
         limit=limit,
+        server=server,
         server_url=server_url,
     )
     _run(request, as_json, out, quiet)
@@ -231,27 +249,51 @@ def eval_submit(
     policy: Annotated[Path | None, typer.Option(help="Gate policy YAML (optional)")] = None,
     promote: Annotated[str | None, typer.Option(help="Alias to move on pass")] = None,
     limit: Limit = None,
+    server: ServerName = None,
 ) -> None:
-    """Validate and queue an evaluation for a worker (`loraplex eval worker`); prints its id."""
+    """Validate and queue an evaluation for a worker (`loraplex eval worker`); prints its id.
+
+    The policy and a suite file are sent inline (the worker may not see this machine's files);
+    --data must be a registered file id or a path under LORAPLEX_DATA_DIRS."""
     from services.evaluator import service
     from services.evaluator.schemas import EvaluationCreate
     from shared.registry.db import open_registry
 
-    request = EvaluationCreate(
-        candidate=candidate,
-        baseline=baseline,
-        suite=suite,
-        data=data,
-        policy=str(policy) if policy else None,
-        promote=promote,
-        limit=limit,
-    )
     try:
+        request = EvaluationCreate(
+            candidate=candidate,
+            baseline=baseline,
+            suite=_inline_suite(suite),
+            data=data,
+            policy=_read(policy) if policy else None,
+            promote=promote,
+            limit=limit,
+            server=server,
+        )
         settings = _settings()
         run_id = service.submit(settings, open_registry(settings), request)
     except Exception as exc:
         _fail(exc)
     typer.echo(run_id)
+
+
+def _read(path: Path) -> str:
+    if not path.is_file():
+        raise LoraplexError(f"file {path} does not exist")
+    return path.read_text()
+
+
+def _inline_suite(suite: str | None) -> str | dict[str, Any] | None:
+    """A suite file's content as a mapping; a built-in suite name as it is."""
+    if suite is None or not Path(suite).suffix:
+        return suite
+    import yaml
+
+    data = yaml.safe_load(_read(Path(suite))) or {}
+    if not isinstance(data, dict):
+        raise LoraplexError(f"suite file {suite} is not a YAML mapping")
+    data.setdefault("name", Path(suite).stem)
+    return data
 
 
 @eval_app.command("status")
@@ -266,13 +308,12 @@ def eval_status(
     try:
         settings = _settings()
         registry = open_registry(settings)
-        row = service.get_run(registry, run_id)
-        while wait and row.status in ("queued", "running"):
+        pub = service.public(service.get_run(registry, run_id))
+        while wait and pub.status in ("queued", "running"):
             time.sleep(2)
-            row = service.get_run(registry, run_id)
+            pub = service.public(service.get_run(registry, run_id))
     except Exception as exc:
         _fail(exc)
-    pub = service.public(row)
     typer.echo(pub.model_dump_json(indent=1))
     if wait:
         raise typer.Exit(pub.exit_code if pub.exit_code is not None else ERROR_EXIT)
@@ -306,16 +347,73 @@ def eval_report(
 def eval_worker(
     once: Annotated[bool, typer.Option(help="Process at most one queued run, then exit")] = False,
 ) -> None:
-    """Claim queued evaluations from the registry and run them (heartbeats; stale runs requeued)."""
-    from services.evaluator.worker import Worker
+    """Claim queued evaluations from the registry and run them (heartbeats; runs of silent
+    workers taken over). SIGTERM gives the current run back to the queue and exits 0."""
+    from services.evaluator.worker import main
     from shared.logs import configure
 
     try:
         settings = _settings()
         configure("evaluator-worker", settings.log_level)
-        Worker(settings).serve(once=once)
+        code = main(settings, once=once)
     except Exception as exc:
         _fail(exc)
+    raise typer.Exit(code)
+
+
+policy_app = typer.Typer(
+    help="Gate policies in the registry (versioned, content-hashed); protected aliases use them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+eval_app.add_typer(policy_app, name="policy")
+
+
+def _actor() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+@policy_app.command("register")
+def policy_register(
+    file: Annotated[Path, typer.Argument(help="Gate policy YAML")],
+    name: Annotated[str, typer.Option(help="Policy name in the registry")],
+) -> None:
+    """Validate the policy and store it as the next version of NAME (the same content twice is
+    one version); prints name, version and sha256."""
+    from services.evaluator import service
+    from shared.registry.db import open_registry
+
+    try:
+        text = _read(file)
+        settings = _settings()
+        row = service.register_policy(open_registry(settings), name, text, actor=_actor())
+    except Exception as exc:
+        _fail(exc)
+    typer.echo(json.dumps({k: row[k] for k in ("name", "version", "sha256")}))
+
+
+@policy_app.command("show")
+def policy_show(
+    name: Annotated[str, typer.Argument(help="Policy name")],
+    version: Annotated[int | None, typer.Option(help="Version; default the latest")] = None,
+) -> None:
+    """Print a registered policy (body, version, sha256) as JSON."""
+    from services.evaluator import service
+    from shared.registry.db import open_registry
+
+    try:
+        settings = _settings()
+        row = service.get_policy(open_registry(settings), name, version)
+    except Exception as exc:
+        _fail(exc)
+    typer.echo(json.dumps(row, indent=1, default=str))
 
 
 @eval_app.command("api")

@@ -4,9 +4,11 @@ Each policy line is checked on its own and yields one or more reasons. A line *f
 candidate is below a floor, or when the paired interval shows it worse than the allowed margin; it
 is *inconclusive* when the interval straddles the margin (not enough items to tell), when too few
 items are shared, or when the metric comes from a judge that failed its own reliability checks.
-Missing, NaN or errored metrics fail closed unless the line says ``required: false``.
+Missing, NaN or errored metrics fail closed unless the line says ``required: false``. Every line,
+floors included, is inconclusive when its metric rests on fewer than ``min_items`` items.
 
-The run is ``fail`` if any line fails, else ``inconclusive`` if any line is, else ``pass``.
+The run is ``fail`` if any line fails, or if no line could be checked at all (every line optional
+and skipped); else ``inconclusive`` if any line is; else ``pass``.
 """
 
 from __future__ import annotations
@@ -124,6 +126,13 @@ def _check_line(name: str, rule: MetricRule, policy: Policy, run: RunResult) -> 
             f"[{statuses[-1]}] {name}: {_fmt(value)} {'<=' if ok else '>'} max {_fmt(rule.max)}"
         )
 
+    if metric.n < policy.min_items:
+        # Every line, floors included: a floor met by one item says nothing (``limit: 1``).
+        statuses.append("inconclusive")
+        reasons.append(
+            f"[inconclusive] {name}: computed on {metric.n} items (policy min_items "
+            f"{policy.min_items}); not enough to tell"
+        )
     line = LineResult(metric=name, status="pass", reasons=reasons, candidate=value)
     if rule.compares:
         status, more = _compare(name, rule, policy, run, line)
@@ -221,13 +230,20 @@ def _compare(
 def decide(policy: Policy, run: RunResult) -> GateResult:
     lines = [_check_line(name, rule, policy, run) for name, rule in policy.metrics.items()]
     statuses = [ln.status for ln in lines]
-    if "fail" in statuses:
+    checked_nothing = all(status == "skipped" for status in statuses)
+    if "fail" in statuses or checked_nothing:
         decision: Decision = "fail"
     elif "inconclusive" in statuses:
         decision = "inconclusive"
     else:
         decision = "pass"
     reasons = [r for ln in lines for r in ln.reasons]
+    if checked_nothing:
+        # Fail closed: optional lines that were all skipped would otherwise pass on no evidence.
+        reasons.append(
+            "[fail] no policy line could be checked: every metric is optional and none was "
+            "computed; a gate that checks nothing does not pass"
+        )
     mdds = [f"{ln.metric} {_fmt(ln.mdd)}" for ln in lines if ln.mdd is not None]
     if mdds:
         n = max((int(ln.comparison["n"]) for ln in lines if ln.comparison), default=0)  # type: ignore[call-overload]

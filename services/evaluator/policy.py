@@ -3,7 +3,7 @@
 ```yaml
 version: 1
 confidence: 0.95          # two-sided confidence of the paired intervals
-min_items: 20             # fewer shared items than this -> inconclusive
+min_items: 20             # fewer items behind any line (floors too) -> inconclusive
 judge: {max_flip_rate: 0.2, min_anchor_accuracy: 0.8}
 metrics:
   exact_match: {min: 0.6, max_regression: 0.02}    # floor, and non-inferiority vs the baseline
@@ -74,7 +74,9 @@ class Policy(BaseModel):
     name: str = ""
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     power: float = Field(default=0.8, gt=0.5, lt=1.0)
-    min_items: int = Field(default=20, ge=1)
+    min_items: int = Field(
+        default=20, ge=1, description="fewer items behind any line (floors too): inconclusive"
+    )
     bootstrap_resamples: int = Field(default=10_000, ge=200)
     judge: JudgeLimits = Field(default_factory=JudgeLimits)
     suite: str | dict[str, Any] | None = Field(

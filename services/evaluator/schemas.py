@@ -24,8 +24,8 @@ class EvaluationCreate(BaseModel):
     )
     data: str | None = Field(
         default=None,
-        description="data file path or registry dataset id; default: the validation split in "
-        "the candidate's lineage",
+        description="registered file id (file-...) or a path under LORAPLEX_DATA_DIRS; default: "
+        "the validation split in the candidate's lineage",
     )
     prompt_field: str | None = None
     reference_field: str | None = None
@@ -34,7 +34,16 @@ class EvaluationCreate(BaseModel):
     )
     promote: str | None = Field(default=None, description="alias to move to the candidate on pass")
     limit: int | None = Field(default=None, ge=1, description="use only the first N items")
-    server_url: str | None = Field(default=None, description="override LORAPLEX_SERVER_URL")
+    server: str | None = Field(
+        default=None,
+        description="name of an endpoint in the evaluator's settings (LORAPLEX_ENDPOINTS; "
+        "'server' is LORAPLEX_SERVER_URL) to generate through; default: 'server' if configured",
+    )
+    server_url: str | None = Field(
+        default=None,
+        description="refused over the API (name an endpoint with `server`); only the operator's "
+        "own `loraplex eval run --server-url` sets it, and no key is sent there",
+    )
 
 
 class MetricPublic(BaseModel):
@@ -64,3 +73,20 @@ class EvaluationPublic(BaseModel):
 class EvaluationList(BaseModel):
     object: Literal["list"] = "list"
     data: list[EvaluationPublic]
+
+
+class PolicyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="policy name; registering under it again adds a version")
+    policy: str | dict[str, Any] = Field(description="the policy: YAML text or a mapping")
+
+
+class PolicyPublic(BaseModel):
+    object: Literal["gate_policy"] = "gate_policy"
+    name: str
+    version: int
+    sha256: str = Field(description="Policy.sha256() of body: what protections and runs record")
+    body: dict[str, Any]
+    actor: str
+    created_at: datetime

@@ -102,6 +102,8 @@ def resolve_subject(
     name = name.strip()
     if not name:
         raise ValidationError(f"{param} is empty", param=param)
+    if len(name) > 255 or not name.isprintable():
+        raise ValidationError(f"{param} is not a model name", param=param)
     if _is_base_name(settings, name, session):
         base_name = settings.base_model if name in BASE_KEYWORDS else name
         base = _base_for(settings, session, base_name)

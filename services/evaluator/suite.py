@@ -6,11 +6,12 @@ Built-in suites are YAML files in ``suites/``; a policy can also name what it ne
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from services.evaluator.generation import DecodingSettings
@@ -44,13 +45,39 @@ class PerplexityPart(_Part, PerplexitySettings):
 
 class JudgePart(_Part):
     modes: list[Literal["rubric", "pairwise"]] = Field(default=["pairwise"])
-    endpoint: str | None = Field(default=None, description="OpenAI-compatible base URL")
+    endpoint: str | None = Field(
+        default=None,
+        description="name of an endpoint in the evaluator's settings (LORAPLEX_ENDPOINTS); "
+        "default: 'judge' if configured, else 'server'",
+    )
     model: str | None = Field(default=None, description="judge model name on that endpoint")
-    api_key: str | None = None
+    api_key: str | None = Field(default=None, description="refused: keys come from settings only")
     anchors: int = Field(default=8, ge=0)
     max_items: int | None = Field(default=None, ge=1)
     concurrency: int = Field(default=8, ge=1)
     max_tokens: int = Field(default=256, ge=8)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _a_name_not_a_url(cls, value: str | None) -> str | None:
+        # A URL here would send the judge key wherever a suite (or a request) points.
+        if value is not None and ("://" in value or "/" in value or ":" in value):
+            raise ValueError(
+                f"{value!r} is a URL; name an endpoint configured in the evaluator's settings "
+                "(LORAPLEX_ENDPOINTS, or 'judge' / 'server' from LORAPLEX_JUDGE_URL / "
+                "LORAPLEX_SERVER_URL)"
+            )
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _no_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "a suite cannot carry a key; keys come only from the evaluator's settings "
+                "(LORAPLEX_ENDPOINTS), with the endpoint they belong to"
+            )
+        return value
 
 
 class LmevalPart(_Part):
@@ -121,7 +148,8 @@ def load_suite(spec: str | dict[str, Any] | Suite | None) -> Suite:
     path = Path(spec)
     if not path.suffix:
         path = SUITES_DIR / f"{spec}.yaml"
-        if not path.is_file():
+        # A built-in name is a bare word: "../../x" must not reach a YAML file outside suites/.
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", spec) or not path.is_file():
             raise NotFoundError(
                 f"unknown suite {spec!r}; built-in suites: {', '.join(builtin_suites())}",
                 param="suite",

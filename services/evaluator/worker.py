@@ -1,169 +1,218 @@
-"""The evaluation worker: a job queue on the registry's ``evaluation_runs`` table.
+"""The evaluation worker: runs queued evaluations from the registry's fenced queue.
 
-A worker claims the oldest queued run with a compare-and-set UPDATE (``status='queued'`` in the
-WHERE clause), so two workers never take the same run. While running it writes a heartbeat and
-the progress every few seconds; a running run whose heartbeat is older than ``worker_stale_s`` is
-put back in the queue (its worker died), at most ``MAX_ATTEMPTS`` times.
+Claiming, heartbeats and every write go through ``shared/registry/queue.py``: a claim increments
+the run's ``attempts`` and each later write names this worker *and* that attempt. A running run
+whose heartbeat is older than ``worker_stale_s`` is claimable by anyone (its worker died, or
+paused long enough to look dead); if the old worker turns out to be alive, its next write matches
+nothing, so it stops and touches nothing: it neither stores a second result, nor promotes, nor
+fails the run under the new owner.
+
+A run whose pass was stored but whose alias move never happened (``promotion.state = pending``,
+its worker died in between) is claimed the same way and the move is finished.
+
+SIGTERM (or SIGINT) stops the worker gracefully: the current run is given back to the queue at its
+next progress step (or finished, if it is already storing or promoting) and the process exits 0.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
-import time
-from datetime import timedelta
+import uuid
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from services.evaluator import service
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.runner import Tracker, stages
 from services.evaluator.schemas import EvaluationCreate
 from shared.logs import event, mask_url
+from shared.registry import queue
 from shared.registry.db import Registry, open_registry
-from shared.registry.models import EvaluationRunRow, utcnow
+from shared.registry.models import EvaluationRunRow
+from shared.registry.queue import Claim, ClaimLost
 
 log = logging.getLogger(__name__)
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 3  # claims of one run that did not end in a graceful release
 
 
 class Worker:
-    def __init__(self, settings: EvaluatorSettings, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        settings: EvaluatorSettings,
+        registry: Registry | None = None,
+        worker_id: str | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry or open_registry(settings)
-        self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
+        # Unique per process *and* instance: a restarted worker with a reused pid is another owner.
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stopping = threading.Event()
+        self._lost = threading.Event()
         self._progress = (0.0, "")
-        self._stop = threading.Event()
 
     # -- queue ----------------------------------------------------------------------------------
-    def requeue_stale(self) -> int:
-        cutoff = utcnow() - timedelta(seconds=self.settings.worker_stale_s)
-        moved = 0
+    def claim(self) -> Claim | None:
+        """A pending promotion left behind first (quick, and it unblocks an alias), then the
+        oldest queued run or a running one whose worker went silent."""
+        stale = self.settings.worker_stale_s
         with self.registry.session() as session:
-            stale = list(
-                session.scalars(
-                    select(EvaluationRunRow).where(
-                        EvaluationRunRow.status == "running",
-                        EvaluationRunRow.heartbeat_at.is_not(None),
-                        EvaluationRunRow.heartbeat_at < cutoff,
-                    )
-                )
+            claim = queue.claim_next(
+                session,
+                EvaluationRunRow,
+                self.worker_id,
+                stale_after_s=stale,
+                waiting=(),
+                running=("succeeded",),
+                where=EvaluationRunRow.promotion["state"].as_string() == "pending",
+                set_status=None,
+            ) or queue.claim_next(session, EvaluationRunRow, self.worker_id, stale_after_s=stale)
+        if claim is not None:
+            took_over: dict[str, Any] = (
+                {"took_over_from": claim.took_over_from} if claim.took_over_from else {}
             )
-            for row in stale:
-                attempts = int((row.config or {}).get("attempts", 1))
-                if attempts >= MAX_ATTEMPTS:
-                    row.status = "failed"
-                    row.error = {
-                        "code": "worker_lost",
-                        "type": "server_error",
-                        "param": None,
-                        "message": f"worker {row.worker_id} stopped responding "
-                        f"{attempts} times; giving up",
-                    }
-                    row.finished_at = utcnow()
-                else:
-                    row.status = "queued"
-                    event(
-                        log,
-                        "evaluation.requeued",
-                        logging.WARNING,
-                        run=row.id,
-                        stale_worker=row.worker_id,
-                        attempts=attempts,
-                    )
-                    row.worker_id = None
-                    moved += 1
-        return moved
+            event(
+                log,
+                "evaluation.claimed",
+                run=claim.row_id,
+                worker=self.worker_id,
+                attempt=claim.attempt,
+                **took_over,
+            )
+        return claim
 
-    def claim(self) -> str | None:
+    def _release(self, claim: Claim) -> None:
+        """Give the run back (worker stopping); a graceful release does not count as a failure."""
         with self.registry.session() as session:
-            candidates = list(
-                session.scalars(
-                    select(EvaluationRunRow.id)
-                    .where(EvaluationRunRow.status == "queued")
-                    .order_by(EvaluationRunRow.created_at)
-                    .limit(5)
-                )
-            )
-        for run_id in candidates:
-            with self.registry.session() as session:
-                result = session.execute(
-                    update(EvaluationRunRow)
-                    .where(EvaluationRunRow.id == run_id, EvaluationRunRow.status == "queued")
-                    .values(status="running", worker_id=self.worker_id, heartbeat_at=utcnow())
-                    .execution_options(synchronize_session=False)
-                )
-                if result.rowcount == 1:  # type: ignore[attr-defined]
-                    row = session.get(EvaluationRunRow, run_id)
-                    attempt = 1
-                    if row is not None:
-                        cfg = dict(row.config or {})
-                        attempt = cfg["attempts"] = int(cfg.get("attempts", 0)) + 1
-                        row.config = cfg
-                    event(
-                        log,
-                        "evaluation.claimed",
-                        run=run_id,
-                        worker=self.worker_id,
-                        attempt=attempt,
-                    )
-                    return run_id
-        return None
+            row = session.get(EvaluationRunRow, claim.row_id)
+            config = dict(row.config or {}) if row is not None else {}
+            config["released"] = int(config.get("released", 0)) + 1
+            config.pop("stage", None)
+            released = queue.release(session, EvaluationRunRow, claim, config=config, progress=0.0)
+        if released:
+            event(log, "evaluation.released", run=claim.row_id, worker=self.worker_id)
 
     # -- running --------------------------------------------------------------------------------
-    def _heartbeat(self, run_id: str) -> None:
-        while not self._stop.wait(self.settings.worker_heartbeat_s):
-            fraction, stage = self._progress
+    def _on_progress(self, fraction: float, stage: str) -> None:
+        self._progress = (fraction, stage)
+        # The runner calls this between items: the place to stop when the run is not ours any
+        # more, or the worker is asked to stop.
+        if self._lost.is_set():
+            raise ClaimLost(f"evaluation {stage}: another worker owns the run now")
+        if self.stopping.is_set():
+            raise service.WorkerStopping("worker stopping")
+
+    def _beat(self, session: Session, claim: Claim) -> bool:
+        fraction, stage = self._progress
+        row = session.get(EvaluationRunRow, claim.row_id)
+        config = {**((row.config or {}) if row is not None else {}), "stage": stage}
+        if row is not None and row.status != "running":
+            return queue.heartbeat(session, EvaluationRunRow, claim)
+        return queue.heartbeat(session, EvaluationRunRow, claim, progress=fraction, config=config)
+
+    def _heartbeat(self, claim: Claim, done: threading.Event) -> None:
+        while not done.wait(self.settings.worker_heartbeat_s):
             try:
                 with self.registry.session() as session:
-                    row = session.get(EvaluationRunRow, run_id)
-                    if row is None or row.status != "running":
+                    if not self._beat(session, claim):
+                        self._lost.set()
                         return
-                    row.heartbeat_at = utcnow()
-                    row.progress = fraction
-                    row.config = {**(row.config or {}), "stage": stage}
-            except Exception:
-                log.exception("heartbeat for %s failed", run_id)
+            except Exception:  # a busy database must not kill the run; the next beat retries
+                log.warning("heartbeat for %s failed", claim.row_id, exc_info=True)
 
-    def process(self, run_id: str) -> None:
+    def process(self, claim: Claim) -> None:
+        run_id = claim.row_id
+        self._lost.clear()
+        self._progress = (0.0, "")
         row = service.get_run(self.registry, run_id)
-        request = EvaluationCreate.model_validate((row.config or {}).get("request", {}))
-        self._stop.clear()
-        beat = threading.Thread(target=self._heartbeat, args=(run_id,), daemon=True)
+        if row.status == "succeeded":  # a stored pass whose alias move a dead worker left pending
+            try:
+                promotion = service.finish_promotion(self.registry, claim)
+            except ClaimLost:
+                event(log, "evaluation.abandoned", logging.WARNING, run=run_id, stage="promotion")
+                return
+            event(
+                log,
+                "promotion.resumed",
+                run=run_id,
+                alias=(promotion or {}).get("alias"),
+                state=(promotion or {}).get("state"),
+            )
+            return
+        interrupted = claim.attempt - int((row.config or {}).get("released", 0))
+        if interrupted > MAX_ATTEMPTS:
+            error = {
+                "code": "worker_lost",
+                "type": "server_error",
+                "param": None,
+                "message": f"the run's worker stopped responding {interrupted - 1} times "
+                f"(last {claim.took_over_from}); giving up",
+            }
+            service.fail_run(self.registry, claim, error)
+            event(log, "evaluation.failed", logging.WARNING, run=run_id, error=error["message"])
+            return
+        done = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(claim, done), daemon=True)
         beat.start()
         try:
+            request = EvaluationCreate.model_validate((row.config or {}).get("request", {}))
             prepared = service.prepare(self.settings, self.registry, request, run_id)
-            tracker = Tracker(
-                stages(prepared.plan),
-                lambda f, s: setattr(self, "_progress", (f, s)),
-                run_id=run_id,
-            )
-            service.execute(self.settings, self.registry, prepared, tracker)
+            tracker = Tracker(stages(prepared.plan), self._on_progress, run_id=run_id)
+            service.execute(self.settings, self.registry, prepared, tracker, claim=claim)
+        except ClaimLost as exc:
+            # Taken over while alive (e.g. paused past worker_stale_s): the new owner's rows
+            # are not ours to touch.
+            event(log, "evaluation.abandoned", logging.WARNING, run=run_id, reason=str(exc))
+        except service.WorkerStopping:
+            self._release(claim)
         except Exception as exc:
             event(log, "evaluation.failed", logging.WARNING, run=run_id, error=str(exc)[:500])
-            if service.get_run(self.registry, run_id).status != "failed":
-                service.fail_run(self.registry, run_id, exc)
+            service.fail_run(self.registry, claim, exc)  # refused (no-op) when not ours any more
         finally:
-            self._stop.set()
+            done.set()
             beat.join(timeout=5)
 
-    def serve(self, *, once: bool = False) -> None:
+    def serve(self, *, once: bool = False) -> int:
+        """Claim and run evaluations until stopped (or until idle, with ``once``). Returns the
+        number of runs processed."""
         event(
             log,
             "worker.started",
             worker=self.worker_id,
             registry=mask_url(self.settings.database_url),
         )
-        while True:
-            self.requeue_stale()
-            run_id = self.claim()
-            if run_id is not None:
-                self.process(run_id)
+        ran = 0
+        while not self.stopping.is_set():
+            claim = self.claim()
+            if claim is None:
                 if once:
-                    return
-            elif once:
-                return
-            else:
-                time.sleep(self.settings.worker_poll_s)
+                    break
+                self.stopping.wait(self.settings.worker_poll_s)
+                continue
+            self.process(claim)
+            ran += 1
+            if once:
+                break
+        event(log, "worker.stopped", worker=self.worker_id, runs=ran)
+        return ran
+
+
+def main(settings: EvaluatorSettings, *, once: bool = False) -> int:
+    """Run a worker in this process until SIGTERM/SIGINT (graceful: exit 0)."""
+    worker = Worker(settings)
+
+    def stop(signum: int, _frame: Any) -> None:
+        log.info("signal %s: giving the current run back at its next step, then exiting", signum)
+        worker.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        worker.serve(once=once)
+    finally:
+        worker.registry.dispose()
+    return 0

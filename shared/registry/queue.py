@@ -1,22 +1,67 @@
-"""A work queue on registry rows (training jobs, evaluation runs), safe with several workers.
+"""A fenced work queue on registry rows (training jobs, evaluation runs), safe with several workers.
 
-A worker claims a row with one conditional UPDATE (compare-and-set on status, owner and heartbeat),
-so two workers can never own the same row. It then heartbeats; a row whose owner stopped
-heartbeating (killed, machine lost) becomes claimable again after ``stale_after_s`` and the new owner
-resumes it from its last checkpoint.
+- **Claim** is one conditional UPDATE that also increments ``attempts``: ``WHERE id = ? AND
+  attempts = <seen> AND <claimable>``. Of two workers racing for a row exactly one update matches,
+  and ``attempts`` doubles as a fencing token: each claim has a number no earlier claim had.
+- A row is claimable when it waits (``queued``) without an owner, or when its owner stopped
+  heartbeating for ``stale_after_s`` (killed, machine lost, or merely paused: a requeued owner may
+  still be alive).
+- **Every write** of an owner (progress, heartbeat, result, failure, release) goes through
+  :func:`guarded_update`, whose WHERE clause names the owner *and* the attempt. Once another worker
+  has claimed the row, the old owner's writes match nothing: they return False (or raise
+  :class:`ClaimLost` through :func:`require`) and the old owner must stop without touching
+  anything. Run the guarded UPDATE first in a transaction that writes other rows too: it locks
+  the row (PostgreSQL row lock, SQLite write lock), so a takeover cannot slip in before the commit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.registry.models import EvaluationRunRow, TrainingJobRow, utcnow
 
 Row = TypeVar("Row", TrainingJobRow, EvaluationRunRow)
+
+
+class ClaimLost(Exception):
+    """Another worker owns the row now (or it finished): stop and write nothing more."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker holds: the row and its attempt (the fencing token) under its worker id."""
+
+    row_id: str
+    worker_id: str
+    attempt: int
+    took_over_from: str | None = None  # the previous owner, when its heartbeat had stopped
+    status: str = ""  # the row's status when it was claimed
+
+
+def claimable(
+    row_cls: type[Row],
+    *,
+    stale_after_s: float,
+    waiting: Iterable[str] = ("queued",),
+    running: Iterable[str] = ("running",),
+) -> ColumnElement[bool]:
+    """Waiting rows without an owner, and owned rows whose owner went silent."""
+    stale_before = utcnow() - timedelta(seconds=stale_after_s)
+    return or_(
+        and_(row_cls.status.in_(tuple(waiting)), row_cls.worker_id.is_(None)),
+        and_(
+            row_cls.status.in_(tuple(running)),
+            row_cls.worker_id.is_not(None),
+            row_cls.heartbeat_at.is_not(None),
+            row_cls.heartbeat_at < stale_before,
+        ),
+    )
 
 
 def claim_next(
@@ -25,62 +70,98 @@ def claim_next(
     worker_id: str,
     *,
     stale_after_s: float,
-    queued: str = "queued",
-    running: str = "running",
+    waiting: Iterable[str] = ("queued",),
+    running: Iterable[str] = ("running",),
+    where: ColumnElement[bool] | None = None,
+    set_status: str | None = "running",
+    only: str | None = None,
     extra: dict[str, Any] | None = None,
-) -> Row | None:
-    """Take the oldest queued row, or a running one whose owner went silent; None if there is none.
+) -> Claim | None:
+    """Take the oldest claimable row; None if there is none.
 
-    ``extra`` holds further column values to set on the claimed row (e.g. ``started_at``).
+    ``where`` narrows what is claimable, ``set_status`` is the status a claimed row gets (None:
+    unchanged), ``only`` claims that row id or nothing, ``extra`` holds further column values to set
+    (e.g. ``started_at``). Commit the session promptly: the claim holds the row lock until then.
     """
-    stale_before = utcnow() - timedelta(seconds=stale_after_s)
-    candidates = session.scalars(
-        select(row_cls)
-        .where(
-            or_(
-                row_cls.status == queued,
-                (row_cls.status == running) & (row_cls.heartbeat_at < stale_before),
-            )
-        )
-        .order_by(row_cls.created_at)
-        .limit(10)
-    ).all()
-    for row in candidates:
-        seen_status, seen_worker, seen_beat = row.status, row.worker_id, row.heartbeat_at
-        conditions = [row_cls.id == row.id, row_cls.status == seen_status]
-        conditions.append(
-            row_cls.worker_id.is_(None) if seen_worker is None else row_cls.worker_id == seen_worker
-        )
-        conditions.append(
-            row_cls.heartbeat_at.is_(None)
-            if seen_beat is None
-            else row_cls.heartbeat_at == seen_beat
-        )
+    condition = claimable(row_cls, stale_after_s=stale_after_s, waiting=waiting, running=running)
+    if where is not None:
+        condition = and_(condition, where)
+    stmt = select(row_cls.id, row_cls.attempts, row_cls.worker_id, row_cls.status).where(condition)
+    if only is not None:
+        stmt = stmt.where(row_cls.id == only)
+    candidates = session.execute(stmt.order_by(row_cls.created_at).limit(10)).all()
+    for row_id, attempts, previous, status in candidates:
+        seen = int(attempts or 0)
         values: dict[str, Any] = {
-            "status": running,
             "worker_id": worker_id,
             "heartbeat_at": utcnow(),
+            "attempts": seen + 1,
         }
+        if set_status is not None:
+            values["status"] = set_status
         values.update(extra or {})
         result = session.execute(
             update(row_cls)
-            .where(*conditions)
+            .where(row_cls.id == row_id, row_cls.attempts == seen, condition)
             .values(**values)
             .execution_options(synchronize_session=False)
         )
         if result.rowcount == 1:  # type: ignore[attr-defined]
-            session.flush()
-            session.expire(row)
-            return row
+            return Claim(str(row_id), worker_id, seen + 1, previous, str(status))
     return None
 
 
-def heartbeat(session: Session, row_cls: type[Row], row_id: str, worker_id: str) -> bool:
-    """Refresh the claim; False means another worker took the row over (stop working on it)."""
-    result = session.execute(
-        update(row_cls)
-        .where(row_cls.id == row_id, row_cls.worker_id == worker_id)
-        .values(heartbeat_at=utcnow())
-        .execution_options(synchronize_session=False)
+def fence(row_cls: type[Row], claim: Claim) -> ColumnElement[bool]:
+    """The WHERE clause every write of the claim's holder carries."""
+    return and_(
+        row_cls.id == claim.row_id,
+        row_cls.worker_id == claim.worker_id,
+        row_cls.attempts == claim.attempt,
     )
+
+
+def guarded_update(
+    session: Session,
+    row_cls: type[Row],
+    claim: Claim,
+    *,
+    statuses: Iterable[str] | None = None,
+    **values: Any,
+) -> bool:
+    """Update the row only while ``claim`` still holds it (and, with ``statuses``, only in one of
+    those statuses). False: the claim is lost; write nothing else."""
+    stmt = update(row_cls).where(fence(row_cls, claim))
+    if statuses is not None:
+        stmt = stmt.where(row_cls.status.in_(tuple(statuses)))
+    result = session.execute(stmt.values(**values).execution_options(synchronize_session=False))
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def require(
+    session: Session,
+    row_cls: type[Row],
+    claim: Claim,
+    *,
+    statuses: Iterable[str] | None = None,
+    **values: Any,
+) -> None:
+    """:func:`guarded_update` that raises :class:`ClaimLost` (rolling the transaction back)."""
+    if not guarded_update(session, row_cls, claim, statuses=statuses, **values):
+        raise ClaimLost(
+            f"{row_cls.__tablename__} {claim.row_id}: attempt {claim.attempt} of "
+            f"{claim.worker_id} is no longer the owner"
+        )
+
+
+def heartbeat(session: Session, row_cls: type[Row], claim: Claim, **values: Any) -> bool:
+    """Refresh the claim (and e.g. progress); False means another worker took the row over."""
+    return guarded_update(session, row_cls, claim, heartbeat_at=utcnow(), **values)
+
+
+def release(
+    session: Session, row_cls: type[Row], claim: Claim, *, status: str = "queued", **values: Any
+) -> bool:
+    """Give the row back (worker shutting down): claimable at once by the next worker."""
+    return guarded_update(
+        session, row_cls, claim, status=status, worker_id=None, heartbeat_at=None, **values
+    )

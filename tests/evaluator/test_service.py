@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from services.evaluator import gate, service
-from services.evaluator.config import EvaluatorSettings
+from services.evaluator.config import Endpoint, EvaluatorSettings
 from services.evaluator.policy import parse_policy
 from services.evaluator.schemas import EvaluationCreate
 from services.evaluator.worker import Worker
@@ -20,6 +20,7 @@ from shared.errors import NotFoundError, SystemFailure, ValidationError
 from shared.registry import adapters
 from shared.registry.db import Registry
 from shared.registry.models import EvaluationRunRow, ItemRecordRow, MetricResultRow, utcnow
+from shared.registry.queue import Claim
 from tests.evaluator.conftest import EXAMPLES, random_adapter, register_adapter
 from tests.evaluator.helpers import run as synthetic_run
 
@@ -75,9 +76,9 @@ def test_unknown_candidate_is_refused_and_nothing_stored(
 
 
 def test_rows_missing_the_reference_are_listed_and_nothing_stored(
-    ev_settings: EvaluatorSettings, ev_registry: Registry, adapter_v1: str, tmp_path: Path
+    ev_settings: EvaluatorSettings, ev_registry: Registry, adapter_v1: str
 ) -> None:
-    bad = tmp_path / "bad.jsonl"
+    bad = ev_settings.data_dir / "bad.jsonl"  # under the allowed directories
     bad.write_text(
         '{"messages": [{"role": "user", "content": "hi"}], "expected": {"a": 1}}\n'
         '{"messages": [{"role": "user", "content": "no answer here"}]}\n'
@@ -90,7 +91,7 @@ def test_rows_missing_the_reference_are_listed_and_nothing_stored(
     text = str(err.value)
     assert "bad.jsonl line 2: missing reference" in text
     assert "bad.jsonl line 3: missing reference field `completion`" in text
-    custom = tmp_path / "qa.jsonl"
+    custom = ev_settings.data_dir / "qa.jsonl"
     custom.write_text('{"question": "q1", "answer": "a"}\n{"question": "q2"}\n')
     with pytest.raises(ValidationError, match="line 2: missing reference field `answer`"):
         service.submit(
@@ -107,9 +108,9 @@ def test_rows_missing_the_reference_are_listed_and_nothing_stored(
 
 
 def test_policy_naming_an_unknown_metric_is_refused(
-    ev_settings: EvaluatorSettings, ev_registry: Registry, adapter_v1: str, tmp_path: Path
+    ev_settings: EvaluatorSettings, ev_registry: Registry, adapter_v1: str
 ) -> None:
-    policy = tmp_path / "p.yaml"
+    policy = ev_settings.data_dir / "p.yaml"
     policy.write_text("metrics:\n  exact_match: {min: 0.5}\n  bleurt: {min: 0.1}\n")
     with pytest.raises(ValidationError) as err:
         service.submit(
@@ -122,15 +123,18 @@ def test_policy_naming_an_unknown_metric_is_refused(
 def test_unreachable_judge_is_refused_before_anything_runs(
     ev_settings: EvaluatorSettings, ev_registry: Registry, adapter_v1: str
 ) -> None:
+    settings = ev_settings.model_copy(
+        update={"endpoints": {"dead": Endpoint(url="http://127.0.0.1:9")}}
+    )
     req = EvaluationCreate(
         candidate=adapter_v1,
         suite={
             "generation": {"enabled": True},
-            "judge": {"enabled": True, "endpoint": "http://127.0.0.1:9", "model": "j"},
+            "judge": {"enabled": True, "endpoint": "dead", "model": "j"},
         },
     )
     with pytest.raises(SystemFailure, match=r"judge endpoint http://127\.0\.0\.1:9 is unreachable"):
-        service.submit(ev_settings, ev_registry, req)
+        service.submit(settings, ev_registry, req)
     _nothing_stored(ev_registry)
 
 
@@ -143,24 +147,28 @@ def test_failure_mid_run_stores_nothing_but_the_error(
     prepared = service.prepare(
         ev_settings, ev_registry, EvaluationCreate(candidate=adapter_v1, limit=3)
     )
-    service.create_run(
+    claim = service.create_run(
         ev_registry,
         EvaluationCreate(candidate=adapter_v1),
         prepared,
         prepared.plan.run_id,
         "running",
+        owner="test",
     )
+    assert claim is not None
 
     def explode(self: Any) -> Any:
         raise RuntimeError("engine crashed half-way")
 
     monkeypatch.setattr("services.evaluator.runner.Runner.run", explode)
     with pytest.raises(RuntimeError):
-        service.execute(ev_settings, ev_registry, prepared)
+        service.execute(ev_settings, ev_registry, prepared, claim=claim)
     row = service.get_run(ev_registry, prepared.plan.run_id)
     assert row.status == "failed" and "engine crashed" in (row.error or {})["message"]
     assert _count(ev_registry, MetricResultRow) == 0 and _count(ev_registry, ItemRecordRow) == 0
-    assert not (ev_settings.evaluations_dir / prepared.plan.run_id).exists()
+    assert not (
+        ev_settings.evaluations_dir / prepared.plan.run_id
+    ).exists()  # no attempt left files
     assert service.public(row).exit_code == 3
 
 
@@ -176,10 +184,16 @@ def test_store_result_writes_everything_at_once_including_nan(
     decision = gate.decide(policy, result)
     assert decision.decision == "fail"  # the NaN metric fails closed
     prepared = service.prepare(ev_settings, ev_registry, EvaluationCreate(candidate=adapter_v1))
-    service.create_run(
-        ev_registry, EvaluationCreate(candidate=adapter_v1), prepared, "eval-test", "running"
+    claim = service.create_run(
+        ev_registry,
+        EvaluationCreate(candidate=adapter_v1),
+        prepared,
+        "eval-test",
+        "running",
+        owner="test",
     )
-    service.store_result(ev_registry, "eval-test", result, decision, tmp_path / "r.html", {})
+    assert claim is not None
+    service.store_result(ev_registry, claim, result, decision, tmp_path / "r.html", {})
     assert _count(ev_registry, MetricResultRow) == 4
     assert _count(ev_registry, ItemRecordRow) == 6
     with ev_registry.session() as session:
@@ -194,24 +208,33 @@ def test_store_result_writes_everything_at_once_including_nan(
     assert pub.status == "succeeded" and pub.decision == "fail" and pub.exit_code == 1
 
 
-def test_queue_claim_is_compare_and_set_and_stale_runs_requeue(
+def test_queue_claim_is_compare_and_set_and_stale_runs_are_taken_over(
     ev_settings: EvaluatorSettings, ev_registry: Registry, adapter_v1: str
 ) -> None:
     run_id = service.submit(ev_settings, ev_registry, EvaluationCreate(candidate=adapter_v1))
     assert service.get_run(ev_registry, run_id).status == "queued"
-    first, second = Worker(ev_settings, ev_registry), Worker(ev_settings, ev_registry)
-    second.worker_id = "other"
-    assert first.claim() == run_id
+    first = Worker(ev_settings, ev_registry, worker_id="first")
+    second = Worker(ev_settings, ev_registry, worker_id="second")
+    claim = first.claim()
+    assert claim is not None and claim.row_id == run_id and claim.attempt == 1
     assert second.claim() is None  # already taken
     row = service.get_run(ev_registry, run_id)
-    assert row.status == "running" and row.worker_id == first.worker_id
+    assert row.status == "running" and row.worker_id == "first" and row.attempts == 1
     with ev_registry.session() as session:
         stale = session.get(EvaluationRunRow, run_id)
         assert stale is not None
         stale.heartbeat_at = utcnow() - timedelta(seconds=ev_settings.worker_stale_s + 5)
-    assert second.requeue_stale() == 1
-    assert second.claim() == run_id
-    assert service.get_run(ev_registry, run_id).config["attempts"] == 2
+    took = second.claim()
+    assert took is not None and took.attempt == 2 and took.took_over_from == "first"
+    assert service.get_run(ev_registry, run_id).attempts == 2
+
+
+def _claimed(
+    ev_registry: Registry, request: EvaluationCreate, prepared: service.Prepared, run_id: str
+) -> Claim:
+    claim = service.create_run(ev_registry, request, prepared, run_id, "running", owner="test")
+    assert claim is not None
+    return claim
 
 
 def test_promotion_moves_alias_only_on_pass_with_compare_and_set(
@@ -222,15 +245,28 @@ def test_promotion_moves_alias_only_on_pass_with_compare_and_set(
     assert prepared.alias_expected is None
     passing = gate.GateResult(decision="pass", lines=[], confidence=0.95, policy_sha256="0" * 64)
     failing = passing.model_copy(update={"decision": "fail"})
-    info = service.promote(ev_registry, prepared, "eval-1", failing)
-    assert info is not None and info["moved"] is False
+    result = synthetic_run({"exact_match": [1, 1]})
+
+    def store(run_id: str, prep: service.Prepared, decision: gate.GateResult) -> Claim:
+        claim = _claimed(ev_registry, req, prep, run_id)
+        promotion = service.requested_promotion(prep, decision)
+        service.store_result(
+            ev_registry, claim, result, decision, tmp_path / "r.html", {}, promotion=promotion
+        )
+        return claim
+
+    info = service.finish_promotion(ev_registry, store("eval-0", prepared, failing))
+    assert info is not None and info["moved"] is False and info["state"] == "skipped"
     with ev_registry.session() as session:
         assert adapters.get_alias(session, "shop", "prod") is None
-    info = service.promote(ev_registry, prepared, "eval-1", passing)
-    assert info is not None and info["moved"] is True
+    info = service.finish_promotion(ev_registry, store("eval-1", prepared, passing))
+    assert info is not None and info["moved"] is True and info["state"] == "moved"
     with ev_registry.session() as session:
         assert adapters.resolve(session, "shop").id == adapter_v1
         assert adapters.alias_history(session, "shop", "prod")[0].evaluation_run_id == "eval-1"
+    row = service.get_run(ev_registry, "eval-1")
+    assert row.promotion is not None and row.promotion["state"] == "moved"
+    assert row.worker_id is None and service.public(row).status == "succeeded"
     # The alias moved since this run was prepared: compare-and-set refuses to overwrite it.
     v2 = register_adapter(ev_settings, ev_registry, random_adapter(tmp_path / "b", 3), "shop")
     stale = service.prepare(
@@ -240,8 +276,10 @@ def test_promotion_moves_alias_only_on_pass_with_compare_and_set(
     )
     with ev_registry.session() as session:
         adapters.set_alias(session, "shop", "prod", v2)
-    info = service.promote(ev_registry, stale, "eval-2", passing)
-    assert info is not None and info["moved"] is False and "someone else moved it" in info["error"]
+    info = service.finish_promotion(ev_registry, store("eval-2", stale, passing))
+    assert info is not None and info["moved"] is False and info["state"] == "refused"
+    assert "someone else moved it" in info["error"]
+    assert service.public(service.get_run(ev_registry, "eval-2")).exit_code == 3
 
 
 def test_api_submit_status_report_and_errors(
@@ -302,3 +340,31 @@ def test_held_out_split_is_rebuilt_exactly_as_the_trainer_made_it(
     ).validation
     assert [i.item_id for i in plan.data.items] == [e.id for e in expected]
     assert [i.reference for i in plan.data.items] == [e.messages[-1].content for e in expected]
+
+
+def test_policy_register_cli_stores_the_parsed_body_and_its_hash(
+    ev_settings: EvaluatorSettings, ev_registry: Registry, tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from services.evaluator.cli import eval_app
+
+    policy = tmp_path / "gate.yaml"
+    policy.write_text("min_items: 5\nmetrics:\n  exact_match: {min: 0.5}\n")
+    cli = CliRunner()
+    out = cli.invoke(eval_app, ["policy", "register", str(policy), "--name", "shop-gate"])
+    assert out.exit_code == 0, out.output
+    sha = parse_policy(policy.read_text()).sha256()
+    assert json.loads(out.output) == {"name": "shop-gate", "version": 1, "sha256": sha}
+    again = cli.invoke(eval_app, ["policy", "register", str(policy), "--name", "shop-gate"])
+    assert json.loads(again.output)["version"] == 1  # the same content is one version
+    policy.write_text("metrics:\n  bleurt: {min: 0.1}\n")
+    bad = cli.invoke(eval_app, ["policy", "register", str(policy), "--name", "shop-gate"])
+    assert bad.exit_code == 3 and "unknown metric 'bleurt'" in bad.output
+    shown = cli.invoke(eval_app, ["policy", "show", "shop-gate"])
+    body = json.loads(shown.output)
+    assert body["sha256"] == sha and body["body"]["min_items"] == 5
+    # What is stored parses back to the same hash: the registry never hashes policies itself.
+    assert parse_policy(json.dumps(body["body"])).sha256() == sha
