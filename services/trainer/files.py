@@ -2,6 +2,14 @@
 
 A ``fine-tune`` file is parsed completely on upload and refused with every problem listed (file,
 line, field) before anything is stored; nothing about a refused upload remains afterwards.
+
+The upload runs only the structural checks, whose cost is linear in the file (bounded by the
+upload size limit): parsing, record formats, exact duplicates. Near-duplicate detection is not
+run here: it is the worker's data validation (``shared.datasets.prepare``) that computes it, on
+the examples the job really trains on (after exact de-duplication, with the job's threshold),
+in a process built for long work, so an upload can neither stall nor bloat the API. The worker
+then writes its count into this file's report (:func:`record_near_duplicates`); until a job has
+validated the file the report's ``near_duplicates`` is ``null`` (not computed yet).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from services.trainer.schemas import FileObject, unix_time
 from shared.artifacts import open_store
-from shared.datasets import near_duplicates, parse_file
+from shared.datasets import parse_file
 from shared.errors import NotFoundError, ValidationError
 from shared.logs import event
 from shared.registry.models import DatasetRow
@@ -63,7 +71,6 @@ def inspect_training_file(data: bytes, filename: str) -> tuple[str, int, dict[st
     """(kind, rows, report) of a fine-tune file, or a ValidationError listing every problem."""
     loaded, problems = parse_file(data, filename)
     problems.raise_if_any(f"training data {filename}", param="file")
-    near = near_duplicates([e.text() for e in loaded.examples])
     keys = [e.content_key() for e in loaded.examples]
     report = {
         "file_format": loaded.file_format,
@@ -71,7 +78,7 @@ def inspect_training_file(data: bytes, filename: str) -> tuple[str, int, dict[st
         "formats": loaded.formats,
         "examples": len(loaded.examples),
         "exact_duplicates": len(keys) - len(set(keys)),
-        "near_duplicates": len(near),
+        "near_duplicates": None,  # filled in by the first job that validates the file
     }
     return loaded.kind, len(loaded.examples), report
 
@@ -111,9 +118,23 @@ def create_file(
         bytes=len(data),
         sha256=sha[:12],
         exact_duplicates=report.get("exact_duplicates"),
-        near_duplicates=report.get("near_duplicates"),
     )
     return row
+
+
+def record_near_duplicates(session: Session, file_id: str, found: dict[str, Any]) -> None:
+    """Put a job's near-duplicate count (its data report's ``near_duplicates`` section) into the
+    file's report; the latest job's count wins, with the threshold it used."""
+    row = session.get(DatasetRow, file_id)
+    if row is None or not isinstance(found.get("count"), int):
+        return
+    # A new dict: SQLAlchemy does not see in-place changes to a JSON column.
+    row.report = {
+        **(row.report or {}),
+        "near_duplicates": found["count"],
+        "near_duplicate_threshold": found.get("threshold"),
+        "near_duplicates_complete": found.get("complete", True),
+    }
 
 
 def local_filename(path: Path) -> str:

@@ -24,11 +24,12 @@ from services.trainer.schemas import (
     JobError,
     JobEvent,
     JobSpec,
+    target_modules_problem,
     unix_time,
 )
 from shared.errors import ConflictError, LoraplexError, NotFoundError, ValidationError
 from shared.logs import event
-from shared.registry.adapters import check_adapter_name, resolve
+from shared.registry.adapters import bound_base_model, check_adapter_name, resolve
 from shared.registry.models import (
     AdapterVersionRow,
     BaseModelRow,
@@ -138,6 +139,9 @@ def validate_spec(session: Session, settings: TrainerSettings, spec: JobSpec) ->
             "validation_file",
             spec.method.type,
         )
+    modules_problem = target_modules_problem(spec.lora.target_modules)
+    if modules_problem:
+        problems.append(("lora.target_modules", modules_problem))
     for reason in check_lora_settings(
         r=spec.lora.r,
         lora_alpha=spec.lora.alpha,
@@ -151,6 +155,38 @@ def validate_spec(session: Session, settings: TrainerSettings, spec: JobSpec) ->
     if spec.base_adapter:
         attempt("base_adapter", resolve_base_adapter, session, spec)
     return [f"{param}: {message}" for param, message in problems]
+
+
+def check_adapter_base(
+    session: Session, adapter_name: str, base_model: str, param: str = "suffix"
+) -> None:
+    """An adapter name is bound to the base model of its first version: a version on another
+    base would change what clients calling the name (and its aliases) get, and could not be
+    served next to the others. Unfinished jobs count too, so two jobs cannot race a new name onto
+    two bases (the registry refuses such a version again when it is registered)."""
+    bound = bound_base_model(session, adapter_name)
+    source = "its first version"
+    if bound is None:
+        other = session.scalars(
+            select(TrainingJobRow)
+            .where(
+                TrainingJobRow.adapter_name == adapter_name,
+                TrainingJobRow.status.in_(ACTIVE),
+                TrainingJobRow.base_model != base_model,
+            )
+            .limit(1)
+        ).first()
+        if other is None:
+            return
+        bound, source = other.base_model, f"unfinished job {other.id}"
+    if bound != base_model:
+        raise ConflictError(
+            f"adapter name {adapter_name!r} is bound to base model {bound!r} ({source}); "
+            f"a version trained on {base_model!r} cannot join it: use model {bound!r} or "
+            "choose another suffix",
+            param=param,
+            code="base_model_mismatch",
+        )
 
 
 def add_event(
@@ -177,6 +213,9 @@ def create_job(session: Session, settings: TrainerSettings, spec: JobSpec) -> Tr
             code="invalid_job",
             details=problems,
         )
+    check_adapter_base(
+        session, default_adapter_name(spec), spec.model, "suffix" if spec.suffix else "model"
+    )
     job = TrainingJobRow(
         id=new_job_id(),
         status=VALIDATING,

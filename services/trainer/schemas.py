@@ -10,6 +10,7 @@ SDK sends them with ``extra_body``).
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -39,13 +40,45 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# peft reads a string ``target_modules`` as a regular expression and fullmatches it against every
+# module name of the model, so a crafted pattern such as ``(.|.)*Z`` hangs a worker. Only forms
+# without regex power are accepted: "all-linear", a plain module name, or a list of plain names
+# (peft matches list entries by name or dotted suffix, never as a pattern).
+ALL_LINEAR = "all-linear"
+_PLAIN_MODULE = re.compile(r"[A-Za-z0-9_.]{1,128}")
+MAX_TARGET_MODULES = 64
+
+
+def target_modules_problem(value: str | list[str]) -> str | None:
+    """Why ``lora.target_modules`` is refused, or None when it has a safe form."""
+    hint = (
+        f"use {ALL_LINEAR!r} or a list of module names such as ['q_proj', 'v_proj'] "
+        "(letters, digits, '_' and '.'; regular expressions are not accepted)"
+    )
+    if value == ALL_LINEAR:
+        return None
+    names = [value] if isinstance(value, str) else value
+    if not names:
+        return f"the list is empty; {hint}"
+    if len(names) > MAX_TARGET_MODULES:
+        return f"{len(names)} module names is more than {MAX_TARGET_MODULES}; {hint}"
+    for name in names:
+        if not _PLAIN_MODULE.fullmatch(name):
+            return f"{name[:64]!r} is not a plain module name; {hint}"
+    return None
+
+
 class LoraSpec(Strict):
     """LoRA / QLoRA settings (extension field ``lora``)."""
 
     r: int = Field(default=16, ge=1, description="LoRA rank.")
     alpha: int = Field(default=32, gt=0, alias="lora_alpha", description="LoRA alpha.")
     dropout: float = Field(default=0.05, ge=0, lt=1, alias="lora_dropout")
-    target_modules: str | list[str] = Field(default="all-linear")
+    target_modules: str | list[str] = Field(
+        default=ALL_LINEAR,
+        description="'all-linear', or module names such as ['q_proj', 'v_proj'] (letters, "
+        "digits, '_', '.'); regular expressions are refused.",
+    )
     quantization: Literal["none", "nf4"] = Field(
         default="none", description="'nf4': QLoRA (4-bit NF4 base, double quantisation)."
     )

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from services.trainer.adapters import store_and_register
 from services.trainer.config import TrainerSettings
-from services.trainer.files import data_file, get_file
+from services.trainer.files import data_file, get_file, record_near_duplicates
 from services.trainer.jobs import (
     CANCELLED,
     FAILED,
@@ -49,10 +49,10 @@ from services.trainer.jobs import (
 )
 from services.trainer.k8s_jobs import KubernetesJobRunner, KubernetesJobSettings
 from services.trainer.recipes.common import RecipeContext, RecipeResult, Stopped
-from services.trainer.schemas import JobSpec
+from services.trainer.schemas import JobSpec, target_modules_problem
 from shared.artifacts import open_store
 from shared.basemodel import ResolvedBaseModel
-from shared.errors import LoraplexError
+from shared.errors import LoraplexError, ValidationError
 from shared.logs import configure as configure_logging
 from shared.logs import event, mask_url
 from shared.registry.adapters import get_version
@@ -80,7 +80,17 @@ class JobReporter:
     ) -> None:
         with self.worker.registry.session() as session:
             add_event(session, self.job_id, message, level=level, type=type, data=data)
+            if type == "validation" and isinstance(data, dict):
+                self._file_near_duplicates(session, data)
         self._log(message, type, data if isinstance(data, dict) else {})
+
+    def _file_near_duplicates(self, session: Session, report: dict[str, Any]) -> None:
+        """The data validation is where near-duplicates are computed (bounded, off the API; see
+        ``services.trainer.files``): its count goes into the training file's report too."""
+        job = session.get(TrainingJobRow, self.job_id)
+        found = report.get("near_duplicates")
+        if job is not None and isinstance(found, dict):
+            record_near_duplicates(session, job.training_file, found)
 
     def _log(self, message: str, type: str, data: dict[str, Any]) -> None:
         job = self.job_id
@@ -261,6 +271,9 @@ class Worker:
     # -- running a job -------------------------------------------------------------------------------
     def _context(self, job: TrainingJobRow, reporter: JobReporter) -> RecipeContext:
         spec = JobSpec.model_validate(job.config)
+        # Jobs queued before target_modules was checked at creation must not reach peft.
+        if problem := target_modules_problem(spec.lora.target_modules):
+            raise ValidationError(problem, param="lora.target_modules")
         with self.registry.session() as session:
             train = data_file(self.settings, get_file(session, job.training_file, "training_file"))
             validation = None

@@ -9,6 +9,7 @@ of blank lines) but keeps spacing inside lines and any ``<...>`` that is not an 
 from __future__ import annotations
 
 import html
+import itertools
 import re
 import unicodedata
 import zlib
@@ -54,56 +55,197 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 _PRIME = (1 << 61) - 1
 _NUM_PERM = 64
 _BANDS = 16
+_ROWS = _NUM_PERM // _BANDS
+_MAX_BUCKET = 200  # a band bucket larger than this is a common template, not a near-duplicate
+_VERIFY_BATCH = 1 << 20  # partner shingles looked up per numpy call
+_SIG_BLOCK = 1024  # texts whose signatures are turned into band keys together
+_SIG_CHUNK = 4096  # shingles hashed at once: bounds the (permutations x shingles) temporary
+
+# Bounds that keep the search linear in memory and time whatever the data: one 20 MB example
+# costs what a 32 KiB one does, and a file of near-identical templates cannot explode into
+# billions of pair checks. Both trainer and evaluator call this with the defaults, so they find
+# the same pairs and rebuild the same validation split.
+MAX_CHARS = 32 * 1024  # per text: the first and the last half of this many characters
+MAX_CANDIDATES = 250_000  # candidate pairs collected from the MinHash bands
+MAX_COMPARED = 50_000_000  # shingles compared while checking candidates exactly
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NearDuplicate:
     a: int
     b: int
     similarity: float
 
 
-def _shingles(text: str, n: int = 3) -> set[int]:
+@dataclass(frozen=True)
+class NearDuplicateSearch:
+    pairs: list[NearDuplicate]
+    # False when a work bound stopped the search early: ``pairs`` is then a subset.
+    complete: bool
+    clipped_texts: int  # texts longer than ``max_chars``, compared on their head and tail
+
+
+def _clip(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    half = max_chars // 2
+    return text[:half] + "\n" + text[-half:]
+
+
+def _shingles(text: str, n: int = 3) -> np.ndarray:
+    """Sorted, distinct crc32 hashes of the text's word n-grams (uint32: 4 bytes each)."""
     words = _WORD.findall(text.lower())
     if len(words) < n:
-        return {zlib.crc32(" ".join(words).encode())} if words else set()
-    return {zlib.crc32(" ".join(words[i : i + n]).encode()) for i in range(len(words) - n + 1)}
+        found = {zlib.crc32(" ".join(words).encode())} if words else set()
+    else:
+        found = {zlib.crc32(" ".join(words[i : i + n]).encode()) for i in range(len(words) - n + 1)}
+    return np.array(sorted(found), dtype=np.uint32)
 
 
-def near_duplicates(texts: Sequence[str], threshold: float = 0.85) -> list[NearDuplicate]:
+def _signature(shingles: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The MinHash signature: per permutation, the smallest permuted shingle."""
+    sig = np.full(_NUM_PERM, np.iinfo(np.uint64).max, dtype=np.uint64)
+    for start in range(0, len(shingles), _SIG_CHUNK):
+        x = shingles[start : start + _SIG_CHUNK].astype(np.uint64)
+        # (a*x + b) mod p on uint64 wraps, which is fine for hashing: only equality matters.
+        np.minimum(sig, ((x[None, :] * a[:, None] + b[:, None]) % _PRIME).min(axis=1), out=sig)
+    return sig
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection on 64 bits that spreads every input bit."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _band_keys(signatures: np.ndarray) -> np.ndarray:
+    """(texts, bands) keys: one 64-bit hash of each band's rows, so equal bands give equal keys
+    (and unequal ones collide with odds of about 2**-64) in 8 bytes instead of 32."""
+    rows = signatures.reshape(len(signatures), _BANDS, _ROWS)
+    keys = np.zeros(rows.shape[:2], dtype=np.uint64)
+    for r in range(_ROWS):
+        keys = _mix(keys ^ rows[:, :, r])
+    return keys
+
+
+def _candidates(keys: np.ndarray, active: np.ndarray, limit: int) -> tuple[np.ndarray, bool]:
+    """Sorted distinct pair codes ``i * n + j`` (i < j) of active items sharing a band bucket,
+    and whether all were collected within ``limit``."""
+    n = keys.shape[0]
+    found: list[np.ndarray] = []
+    total = 0
+    complete = True
+    for band in range(_BANDS):
+        order = active[np.argsort(keys[active, band], kind="stable")]
+        ordered = keys[order, band]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        ends = np.r_[starts[1:], len(order)]
+        sizes = ends - starts
+        keep = (sizes > 1) & (sizes <= _MAX_BUCKET)
+        for lo, hi in zip(starts[keep].tolist(), ends[keep].tolist(), strict=True):
+            members = np.sort(order[lo:hi]).astype(np.int64)
+            i, j = np.triu_indices(len(members), k=1)
+            if total + len(i) > limit:
+                complete = False
+                break
+            found.append(members[i] * n + members[j])
+            total += len(i)
+        if not complete:
+            break
+    codes = np.unique(np.concatenate(found)) if found else np.empty(0, np.int64)
+    return codes, complete
+
+
+def _verify(
+    codes: np.ndarray,
+    n: int,
+    flat: np.ndarray,
+    offsets: np.ndarray,
+    threshold: float,
+    max_compared: int,
+) -> tuple[list[NearDuplicate], bool]:
+    """Exact Jaccard of each candidate pair, in code order, a batch of partners at a time (one
+    numpy call per batch, not per pair); False once ``max_compared`` shingles were looked up."""
+    lengths = np.diff(offsets)
+    found: list[NearDuplicate] = []
+    compared = 0
+    firsts = codes // n
+    starts = np.flatnonzero(np.r_[True, firsts[1:] != firsts[:-1]]).tolist() if len(codes) else []
+    bounds = [*starts, len(codes)]
+    for lo, hi in itertools.pairwise(bounds):
+        i = int(firsts[lo])
+        si = flat[offsets[i] : offsets[i + 1]]
+        partners = codes[lo:hi] % n
+        while len(partners):
+            sizes = lengths[partners]
+            take = max(1, int(np.searchsorted(np.cumsum(sizes), _VERIFY_BATCH, side="right")))
+            batch, sizes, partners = partners[:take], sizes[:take], partners[take:]
+            compared += len(si) + int(sizes.sum())
+            if compared > max_compared:
+                return found, False
+            # Every shingle of the batch's partners, looked up in the sorted shingles of i.
+            begin = np.repeat(offsets[batch] - np.r_[0, np.cumsum(sizes)[:-1]], sizes)
+            values = flat[begin + np.arange(int(sizes.sum()))]
+            pos = np.minimum(np.searchsorted(si, values), len(si) - 1)
+            hits = (si[pos] == values).astype(np.int64)
+            common = np.add.reduceat(hits, np.r_[0, np.cumsum(sizes)[:-1]])
+            sims = common / (len(si) + sizes - common)
+            hit = np.flatnonzero(sims >= threshold)
+            for j, sim in zip(batch[hit].tolist(), sims[hit].tolist(), strict=True):
+                found.append(NearDuplicate(i, j, round(sim, 4)))
+    return found, True
+
+
+def find_near_duplicates(
+    texts: Sequence[str],
+    threshold: float = 0.85,
+    *,
+    max_chars: int = MAX_CHARS,
+    max_candidates: int = MAX_CANDIDATES,
+    max_compared: int = MAX_COMPARED,
+) -> NearDuplicateSearch:
     """Pairs of texts whose word-3-gram Jaccard similarity is at least ``threshold``.
 
     MinHash with banding finds candidate pairs in about linear time; each candidate is then checked
-    with the exact Jaccard similarity, so reported pairs are never false positives.
+    with the exact Jaccard similarity (of the compared characters), so reported pairs are never
+    false positives. Memory is a few bytes per shingle plus a fixed amount per text; the bounds
+    above stop the search early (``complete=False``) rather than let a crafted file take hours.
     """
-    shingle_sets = [_shingles(t) for t in texts]
     rng = np.random.default_rng(1234)  # fixed: the same data always gives the same report
     a = rng.integers(1, _PRIME, size=_NUM_PERM, dtype=np.uint64)
     b = rng.integers(0, _PRIME, size=_NUM_PERM, dtype=np.uint64)
-    rows = _NUM_PERM // _BANDS
-    buckets: dict[tuple[int, bytes], list[int]] = {}
-    for idx, shingles in enumerate(shingle_sets):
-        if not shingles:
-            continue
-        x = np.fromiter(shingles, dtype=np.uint64)
-        # (a*x + b) mod p on uint64 wraps, which is fine for hashing: only equality matters.
-        sig = ((x[None, :] * a[:, None] + b[:, None]) % _PRIME).min(axis=1)
-        for band in range(_BANDS):
-            key = (band, sig[band * rows : (band + 1) * rows].tobytes())
-            buckets.setdefault(key, []).append(idx)
-    candidates: set[tuple[int, int]] = set()
-    for members in buckets.values():
-        if 1 < len(members) <= 200:
-            for i, first in enumerate(members):
-                for second in members[i + 1 :]:
-                    candidates.add((first, second))
-    found = []
-    for i, j in sorted(candidates):
-        si, sj = shingle_sets[i], shingle_sets[j]
-        sim = len(si & sj) / len(si | sj)
-        if sim >= threshold:
-            found.append(NearDuplicate(i, j, round(sim, 4)))
-    return found
+    n = len(texts)
+    keys = np.zeros((n, _BANDS), dtype=np.uint64)
+    has_shingles = np.zeros(n, dtype=bool)
+    parts: list[np.ndarray] = []
+    clipped = 0
+    # Signatures are hashed into band keys a block of texts at a time (8 bytes per band kept).
+    block = np.zeros((_SIG_BLOCK, _NUM_PERM), dtype=np.uint64)
+    for idx, text in enumerate(texts):
+        clipped += len(text) > max_chars
+        shingles = _shingles(_clip(text, max_chars))
+        parts.append(shingles)
+        has_shingles[idx] = len(shingles) > 0
+        block[idx % _SIG_BLOCK] = _signature(shingles, a, b)
+        if idx % _SIG_BLOCK == _SIG_BLOCK - 1 or idx == n - 1:
+            first = idx - idx % _SIG_BLOCK
+            keys[first : idx + 1] = _band_keys(block[: idx + 1 - first])
+    # One flat array with offsets instead of a set per text: ~4 bytes per shingle, not ~70.
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in parts], out=offsets[1:])
+    flat = np.concatenate(parts) if parts else np.empty(0, np.uint32)
+    del parts
+    # Texts without words never pair.
+    codes, complete = _candidates(keys, np.flatnonzero(has_shingles), max_candidates)
+    found, finished = _verify(codes, n, flat, offsets, threshold, max_compared)
+    complete = complete and finished
+    return NearDuplicateSearch(found, complete, clipped)
+
+
+def near_duplicates(texts: Sequence[str], threshold: float = 0.85) -> list[NearDuplicate]:
+    """The pairs of :func:`find_near_duplicates` with its default bounds."""
+    return find_near_duplicates(texts, threshold).pairs
 
 
 def clusters(n: int, pairs: Sequence[NearDuplicate]) -> list[int]:

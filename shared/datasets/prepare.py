@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.datasets.cleaning import clusters, near_duplicates
+from shared.datasets.cleaning import clusters, find_near_duplicates
 from shared.datasets.loading import LoadedFile
 from shared.datasets.records import Example
 from shared.datasets.render import IGNORE_INDEX, ChatRenderer, RenderedExample, RenderedPair
@@ -252,7 +252,8 @@ def prepare(
     wanted = "preference" if kind == "preference" else "sft"
     dedup = drop_exact_duplicates([e for e in train_file.examples if e.kind == wanted])
     train = dedup.kept
-    near = near_duplicates([e.text() for e in train], near_duplicate_threshold)
+    search = find_near_duplicates([e.text() for e in train], near_duplicate_threshold)
+    near = search.pairs
     val_dups: list[tuple[str, str]] = []
     if validation_file is not None:
         seen = {e.content_key(): e.id for e in train}
@@ -267,6 +268,10 @@ def prepare(
             train, validation_fraction, seed, clusters(len(train), near)
         )
         split_source = f"held out {validation_fraction:.0%} of training_file (seed {seed})"
+    if not search.complete:
+        warnings.append(
+            "near-duplicate search stopped at its work limit; the count is a lower bound"
+        )
     if near:
         warnings.append(
             f"{len(near)} near-duplicate pair(s) in the training file (kept; they stay on one "
@@ -308,6 +313,8 @@ def prepare(
         "near_duplicates": {
             "count": len(near),
             "threshold": near_duplicate_threshold,
+            "complete": search.complete,
+            "clipped_examples": search.clipped_texts,
             "pairs": [
                 {"a": dedup.kept[p.a].id, "b": dedup.kept[p.b].id, "similarity": p.similarity}
                 for p in near[:MAX_IDS]

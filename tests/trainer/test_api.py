@@ -144,7 +144,7 @@ UPLOAD_CASES = {
     "file_far_too_large": (
         lines(*[order_chat(i % 8) for i in range(400)]),
         413,
-        ["above the limit"],
+        ["limit"],
     ),
 }
 
@@ -187,10 +187,10 @@ JOB_CASES: dict[str, tuple[dict[str, Any], int, list[str]]] = {
     "modules_to_save": ({"lora": {"modules_to_save": ["lm_head"]}}, 422, ["modules_to_save"]),
     "missing_training_file": ({"training_file": "file-doesnotexist"}, 422, ["does not exist"]),
     "dpo_on_chat_data": ({"method": {"type": "dpo"}}, 422, ["needs preference pairs"]),
-    "unknown_field": ({"learning_rate": 0.1}, 400, ["learning_rate"]),
+    "unknown_field": ({"learning_rate": 0.1}, 422, ["learning_rate"]),
     "bad_hyperparameter": (
         {"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}},
-        400,
+        422,
         ["n_epochs"],
     ),
     "bad_suffix": ({"suffix": "Has Spaces!"}, 422, ["adapter name"]),
