@@ -34,7 +34,12 @@ ALIAS = "support"
 
 
 async def clients(
-    url: str, concurrency: int, stop: asyncio.Event, out: list[RequestResult], max_tokens: int
+    url: str,
+    concurrency: int,
+    stop: asyncio.Event,
+    out: list[RequestResult],
+    max_tokens: int,
+    headers: dict[str, str],
 ) -> None:
     body = {
         "model": ALIAS,
@@ -49,16 +54,18 @@ async def clients(
 
         async def loop() -> None:
             while not stop.is_set():
-                out.append(await _one(session, url + "/v1/completions", body, {}))
+                out.append(await _one(session, url + "/v1/completions", body, headers))
 
         await asyncio.gather(*(loop() for _ in range(concurrency)))
 
 
-async def probe(session: aiohttp.ClientSession, url: str) -> tuple[str, float, float]:
+async def probe(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str]
+) -> tuple[str, float, float]:
     """(version, seconds to response headers, seconds to first chunk) of one streamed call."""
     started = time.perf_counter()
     body = {"model": ALIAS, "prompt": "Hello", "max_tokens": 1, "stream": True}
-    async with session.post(url + "/v1/completions", json=body) as resp:
+    async with session.post(url + "/v1/completions", json=body, headers=headers) as resp:
         headers_at = time.perf_counter() - started
         version = resp.headers.get("x-loraplex-adapter-version", "")
         await resp.content.readany()
@@ -69,7 +76,7 @@ async def scenario(server: Any, versions: list[str], args: argparse.Namespace) -
     stop = asyncio.Event()
     results: list[RequestResult] = []
     load = asyncio.create_task(
-        clients(server.url, args.concurrency, stop, results, args.max_tokens)
+        clients(server.url, args.concurrency, stop, results, args.max_tokens, server.infer_headers)
     )
     moves: list[dict[str, Any]] = []
     await asyncio.sleep(args.hold)
@@ -79,12 +86,12 @@ async def scenario(server: Any, versions: list[str], args: argparse.Namespace) -
             async with session.put(
                 server.url + f"/admin/aliases/{ALIAS}/prod",
                 json={"version": target},
-                headers={"authorization": f"Bearer {server.admin_key}"},
+                headers=server.admin_headers,
             ) as resp:
                 assert resp.status == 200, await resp.text()
             put_done = time.perf_counter()
             while True:
-                version, headers_s, first_s = await probe(session, server.url)
+                version, headers_s, first_s = await probe(session, server.url, server.infer_headers)
                 if version == target:
                     break
             now = time.perf_counter()

@@ -62,8 +62,10 @@ def main() -> None:
         for vid in versions:
             server.admin("POST", "/admin/adapters/load", {"model": vid})
         url = server.url + "/v1/completions"
-        asyncio.run(run_streams(url, completion_bodies(BASE, 8, 8), concurrency=8))  # warm-up
-        asyncio.run(run_streams(url, completion_bodies(versions, 8, 8), concurrency=8))
+        key = server.infer_headers
+        # warm-up
+        asyncio.run(run_streams(url, completion_bodies(BASE, 8, 8), concurrency=8, headers=key))
+        asyncio.run(run_streams(url, completion_bodies(versions, 8, 8), concurrency=8, headers=key))
         for name, models in [
             ("base", BASE),
             ("one_adapter", versions[0]),
@@ -74,6 +76,7 @@ def main() -> None:
                     url,
                     completion_bodies(models, args.requests, args.max_tokens),
                     concurrency=args.concurrency,
+                    headers=key,
                 )
             )
             runs[name] = res.summary()

@@ -88,10 +88,12 @@ def engines_cpu_s(server_pid: int) -> float:
     return total
 
 
-async def sequential_latency(url: str, model: str, n: int) -> list[float]:
+async def sequential_latency(
+    url: str, model: str, n: int, headers: dict[str, str] | None = None
+) -> list[float]:
     """One request at a time (1 token, streamed): the hop's latency without CPU contention."""
     out = []
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=headers) as session:
         for _ in range(n):
             started = time.perf_counter()
             body = {"model": model, "prompt": "Hi", "max_tokens": 1, "stream": True}
@@ -173,14 +175,18 @@ def main() -> None:
             "direct": server.engine_url + "/v1/completions",
             "server": server.url + "/v1/completions",
         }
+        # The server needs its inference key; the engine (loopback only) needs none.
+        keys = {"direct": {}, "server": server.infer_headers}
         # The engine knows adapters by version id and the base by name, as the server sends them.
         bodies = completion_bodies(served, args.requests, args.max_tokens)
-        for url in urls.values():  # warm-up
-            asyncio.run(run_streams(url, bodies[:16], concurrency=args.concurrency))
+        for name, url in urls.items():  # warm-up
+            asyncio.run(
+                run_streams(url, bodies[:16], concurrency=args.concurrency, headers=keys[name])
+            )
         sequential: dict[str, list[float]] = {"direct": [], "server": []}
         for _ in range(3):
             for name, url in urls.items():
-                sequential[name] += asyncio.run(sequential_latency(url, served, 10))
+                sequential[name] += asyncio.run(sequential_latency(url, served, 10, keys[name]))
 
         # Separate rounds: the whole workload one way, then the other (throughput).
         server_cpu = 0.0
@@ -195,7 +201,11 @@ def main() -> None:
             for name in order:
                 cpu_before = process_cpu_s(server.process.pid)
                 engine_before = engines_cpu_s(server.process.pid)
-                res = asyncio.run(run_streams(urls[name], bodies, concurrency=args.concurrency))
+                res = asyncio.run(
+                    run_streams(
+                        urls[name], bodies, concurrency=args.concurrency, headers=keys[name]
+                    )
+                )
                 engine_cpu[name] += engines_cpu_s(server.process.pid) - engine_before
                 engine_tokens[name] += res.summary()["tokens"]
                 if name == "server":
@@ -216,7 +226,9 @@ def main() -> None:
         paired = []
         for i in range(args.paired_rounds):
             pr = asyncio.run(
-                run_paired(urls, bodies, concurrency=args.concurrency, swap=bool(i % 2))
+                run_paired(
+                    urls, bodies, concurrency=args.concurrency, swap=bool(i % 2), headers=keys
+                )
             )
             paired.append(pr)
             gaps = paired_gaps(pr)

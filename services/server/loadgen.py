@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -68,17 +69,58 @@ def random_adapter(base_dir: Path, out: Path, *, rank: int = 8, seed: int = 0) -
 
 
 # -- server process ----------------------------------------------------------------------------
+# Once any key is configured every route but /health and /ready needs one: the server under
+# benchmark gets an admin key (/admin) and an inference key (/v1, /metrics), and every call sends
+# the one its route needs.
+ADMIN_KEY = "bench-admin-key-0123456789"
+INFER_KEY = "bench-infer-key-0123456789"
+# Keys the benchmark's server process must not inherit from the caller's environment.
+_KEY_VARIABLES = ("LORAPLEX_KEYS", "LORAPLEX_KEYS_FILE", "LORAPLEX_ADMIN_KEY", "LORAPLEX_API_KEYS")
+
+
+def bench_keys(admin_key: str = ADMIN_KEY, infer_key: str = INFER_KEY) -> str:
+    """``LORAPLEX_KEYS`` for a benchmark's server: one admin key, one inference key (also
+    ``read`` and ``metrics``) whose concurrency cap no benchmark reaches."""
+    return json.dumps(
+        [
+            {"name": "bench-admin", "key": admin_key, "scopes": ["admin"]},
+            {
+                "name": "bench-infer",
+                "key": infer_key,
+                "scopes": ["infer", "read", "metrics"],
+                "max_concurrent": 4096,
+            },
+        ]
+    )
+
+
+def bearer_headers(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
 @dataclass
 class ServerProcess:
     url: str
     process: subprocess.Popen[bytes]
     admin_key: str
     log_path: Path
+    infer_key: str = INFER_KEY
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return bearer_headers(self.admin_key)
+
+    @property
+    def infer_headers(self) -> dict[str, str]:
+        """For /v1 (and /metrics): the inference key."""
+        return bearer_headers(self.infer_key)
 
     def get(self, path: str) -> Any:
+        """GET with the inference key (``infer``, ``read`` and ``metrics`` scopes)."""
         import urllib.request
 
-        with urllib.request.urlopen(self.url + path, timeout=30) as resp:
+        req = urllib.request.Request(self.url + path, headers=self.infer_headers)
+        with urllib.request.urlopen(req, timeout=30) as resp:
             return json.loads(resp.read())
 
     def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -116,13 +158,12 @@ def server_process(
     import urllib.error
     import urllib.request
 
-    admin_key = "bench-admin"
-    full_env = dict(os.environ)
+    full_env = {k: v for k, v in os.environ.items() if k not in _KEY_VARIABLES}
     full_env.update(
         {
             "LORAPLEX_DATA_DIR": str(data_dir),
             "LORAPLEX_PORT": str(port),
-            "LORAPLEX_ADMIN_KEY": admin_key,
+            "LORAPLEX_KEYS": bench_keys(),
             "LORAPLEX_LOG_LEVEL": "WARNING",
         }
     )
@@ -138,7 +179,7 @@ def server_process(
         start_new_session=True,
         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
-    server = ServerProcess(f"http://127.0.0.1:{port}", process, admin_key, log_path)
+    server = ServerProcess(f"http://127.0.0.1:{port}", process, ADMIN_KEY, log_path, INFER_KEY)
     try:
         deadline = time.monotonic() + ready_timeout
         while True:
@@ -183,6 +224,10 @@ class RequestResult:
     version: str = ""
     started: float = 0.0
     error: str = ""
+    answered: float = 0.0
+    """``time.perf_counter()`` when the response headers arrived (0: no response)."""
+    text: str = ""
+    """The generated text (completions' ``text``, chat's ``delta.content``), streamed answers."""
 
 
 @dataclass
@@ -221,55 +266,72 @@ async def _one(
     session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str]
 ) -> RequestResult:
     started = time.perf_counter()
+    answered = 0.0
     ttft = None
     tokens = 0
+    version = ""
+    text: list[str] = []
+
+    def result(ok: bool, status: int, error: str = "") -> RequestResult:
+        return RequestResult(
+            ok,
+            status,
+            time.perf_counter() - started,
+            ttft,
+            tokens,
+            version,
+            started,
+            error,
+            answered,
+            "".join(text),
+        )
+
     try:
         async with session.post(url, json=body, headers=headers) as resp:
+            answered = time.perf_counter()
             version = resp.headers.get("x-loraplex-adapter-version", "")
             if resp.status != 200:
-                await resp.read()
-                return RequestResult(
-                    False, resp.status, time.perf_counter() - started, None, 0, version, started
+                return result(
+                    False, resp.status, (await resp.read())[:300].decode(errors="replace")
                 )
             buffer = b""
+            done = False
             async for chunk in resp.content.iter_any():
                 if ttft is None:
                     ttft = time.perf_counter() - started
                 buffer += chunk
                 while b"\n\n" in buffer:
                     event, buffer = buffer.split(b"\n\n", 1)
-                    if event.startswith(b"data: {"):
+                    if event.startswith(b"data: [DONE]"):
+                        done = True
+                    elif event.startswith(b"data: {"):
                         data = json.loads(event[6:])
                         if "error" in data:
-                            return RequestResult(
-                                False,
-                                200,
-                                time.perf_counter() - started,
-                                ttft,
-                                tokens,
-                                version,
-                                started,
-                                str(data["error"]),
-                            )
+                            return result(False, 200, str(data["error"]))
                         usage = data.get("usage")
-                        if usage and not data.get("choices"):
+                        choices = data.get("choices")
+                        if usage and not choices:
                             tokens = int(usage.get("completion_tokens", tokens))
-                        elif data.get("choices") and not usage:
+                        elif choices and not usage:
                             tokens += 1
-            return RequestResult(
-                True, 200, time.perf_counter() - started, ttft, tokens, version, started
-            )
+                        for choice in choices or ():
+                            piece = choice.get("text") or (choice.get("delta") or {}).get("content")
+                            if piece:
+                                text.append(piece)
+            if body.get("stream") and not done:
+                return result(False, 200, "stream ended without [DONE]")
+            return result(True, 200)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        return RequestResult(
-            False, 0, time.perf_counter() - started, ttft, tokens, "", started, repr(exc)
-        )
+        return result(False, 0, repr(exc))
 
 
-def _client() -> aiohttp.ClientSession:
-    """No connection limit (the concurrency is the caller's), no total timeout (long streams)."""
+def _client(headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
+    """No connection limit (the concurrency is the caller's), no total timeout (long streams);
+    ``headers`` go with every request (e.g. :attr:`ServerProcess.infer_headers`)."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0),
         timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
+        headers=headers,
     )
 
 
@@ -312,12 +374,17 @@ class PairedResult:
 
 
 async def run_paired(
-    urls: dict[str, str], bodies: Sequence[dict[str, Any]], *, concurrency: int, swap: bool
+    urls: dict[str, str],
+    bodies: Sequence[dict[str, Any]],
+    *,
+    concurrency: int,
+    swap: bool,
+    headers: dict[str, dict[str, str]] | None = None,
 ) -> PairedResult:
     """``concurrency`` streams on one engine at once, half to each of the two ``urls``: stream
     ``p`` of the first half and stream ``p`` of the second run the same bodies in the same order,
     so each request has a twin that shares its engine steps. ``swap`` flips which half goes where
-    (alternate it between rounds)."""
+    (alternate it between rounds). ``headers``: per name of ``urls`` (e.g. the server's key)."""
     names = list(urls)
     if len(names) != 2 or concurrency % 2:
         raise ValueError("run_paired needs two urls and an even concurrency")
@@ -330,10 +397,271 @@ async def run_paired(
             name = names[(k >= half) != swap]
             pair = k % half
             for position, body in enumerate(bodies[pair::half][:per_stream]):
-                sides[name][(pair, position)] = await _one(session, urls[name], _streamed(body), {})
+                sides[name][(pair, position)] = await _one(
+                    session, urls[name], _streamed(body), (headers or {}).get(name, {})
+                )
 
         await asyncio.gather(*(stream(k) for k in range(concurrency)))
     return PairedResult(sides)
+
+
+# -- alias moves under load --------------------------------------------------------------------
+@dataclass
+class AdminCall:
+    """One admin call (an alias move, a load, an unload): ``started`` when it was sent and
+    ``done`` when its answer had arrived (``time.perf_counter()``)."""
+
+    action: str
+    model: str
+    started: float
+    done: float
+    status: int
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    @property
+    def seconds(self) -> float:
+        return self.done - self.started
+
+
+def allowed_versions(
+    initial: str, moves: Sequence[AdminCall], sent: float, answered: float
+) -> list[str]:
+    """The versions that may answer a request for an alias that moved ``moves`` (in order, each
+    to ``move.model``) from ``initial``; ``sent``/``answered``: when the request went out and
+    when its response headers came back.
+
+    How the server swaps (services/server/service.py ``set_alias``): the PUT loads the new
+    version, writes the registry, and its reconcile pass swaps in a new name table in one
+    assignment, all before the PUT answers; a request's name is looked up once, on the table
+    current then, after it was sent and before its headers go out. So the swap falls somewhere
+    between the PUT's sending and its answer, and the lookup between ``sent`` and ``answered``:
+
+    - a request sent after a move was answered gets that move's version (or a later one);
+    - a request answered before a move was sent gets the version from before it;
+    - a request in flight while a move was (lookup and swap windows overlap) may get either.
+
+    Failed moves are left out (a failed move fails the benchmark anyway)."""
+    done = [m for m in moves if m.ok]
+    timeline = [initial, *(m.model for m in done)]
+    low = sum(m.done <= sent for m in done)
+    high = sum(m.started < answered for m in done)
+    return timeline[low : high + 1]
+
+
+@dataclass
+class AliasLoad:
+    """What :func:`run_alias_load` saw: the alias's requests, the moves, the other adapters'
+    loads and unloads and the one request sent to each while it was loaded."""
+
+    initial: str
+    requests: list[RequestResult] = field(default_factory=list)
+    moves: list[AdminCall] = field(default_factory=list)
+    churn: list[AdminCall] = field(default_factory=list)
+    churn_requests: list[RequestResult] = field(default_factory=list)
+    wall_s: float = 0.0
+    body_index: list[int] = field(default_factory=list)
+    """For each of ``requests``: which of the ``bodies`` it sent."""
+
+    def allowed(self, r: RequestResult) -> list[str]:
+        return allowed_versions(self.initial, self.moves, r.started, r.answered)
+
+    def misattributed(self) -> list[RequestResult]:
+        """Answered (200) by a version the alias did not name while the request was in flight."""
+        return [
+            r
+            for r in self.requests
+            if r.status == 200 and r.answered and r.version not in self.allowed(r)
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        ok = [r for r in self.requests if r.ok]
+        failed = [r for r in self.requests if not r.ok]
+        tokens = sum(r.tokens for r in ok)
+        lat = [r.latency_s for r in ok]
+        ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
+        answered_by: dict[str, int] = {}
+        for r in self.requests:
+            answered_by[r.version or "(none)"] = answered_by.get(r.version or "(none)", 0) + 1
+        loads = [c for c in self.churn if c.action == "load"]
+        unloads = [c for c in self.churn if c.action == "unload"]
+        admin_failed = [c for c in [*self.moves, *self.churn] if not c.ok]
+        wrong = self.misattributed()
+
+        def q(values: Sequence[float], quantile: float) -> float | None:
+            return round(_quantile(values, quantile), 4) if values else None
+
+        return {
+            "requests": len(self.requests),
+            "failed": len(failed),
+            "misattributed": len(wrong),
+            "in_flight_during_a_move": sum(len(self.allowed(r)) > 1 for r in self.requests),
+            "answered_by": dict(sorted(answered_by.items())),
+            "tokens": tokens,
+            "wall_s": round(self.wall_s, 2),
+            "tokens_per_s": round(tokens / self.wall_s, 1) if self.wall_s else 0.0,
+            "latency_p50_s": q(lat, 0.5),
+            "latency_p99_s": q(lat, 0.99),
+            "ttft_p50_s": q(ttft, 0.5),
+            "ttft_p99_s": q(ttft, 0.99),
+            "moves": [
+                {"to": m.model, "seconds": round(m.seconds, 3), "status": m.status}
+                for m in self.moves
+            ],
+            "loads": len(loads),
+            "unloads": len(unloads),
+            "load_seconds_p50_max": [
+                q([c.seconds for c in loads], 0.5),
+                q([c.seconds for c in loads], 1),
+            ],
+            "unload_seconds_p50_max": [
+                q([c.seconds for c in unloads], 0.5),
+                q([c.seconds for c in unloads], 1),
+            ],
+            "admin_calls_failed": len(admin_failed),
+            "churn_requests": len(self.churn_requests),
+            "churn_requests_failed": sum(not r.ok for r in self.churn_requests),
+            "failures": [f"{r.status} {r.error}"[:200] for r in failed[:10]]
+            + [f"{c.action} {c.model}: {c.status} {c.error}"[:200] for c in admin_failed[:10]]
+            + [
+                f"churn request: {r.status} {r.error}"[:200]
+                for r in self.churn_requests
+                if not r.ok
+            ][:10],
+            "misattributed_examples": [
+                {
+                    "version": r.version,
+                    "allowed": self.allowed(r),
+                    "sent_s": round(r.started - self._t0, 3),
+                    "answered_s": round(r.answered - self._t0, 3),
+                }
+                for r in wrong[:10]
+            ],
+        }
+
+    @property
+    def _t0(self) -> float:
+        return min((r.started for r in self.requests), default=0.0)
+
+
+async def _admin_call(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    action: str,
+    model: str,
+) -> AdminCall:
+    started = time.perf_counter()
+    try:
+        async with session.request(method, url, json=body, headers=headers) as resp:
+            text = await resp.text()
+            error = "" if resp.status == 200 else text[:300]
+            return AdminCall(action, model, started, time.perf_counter(), resp.status, error)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        return AdminCall(action, model, started, time.perf_counter(), 0, repr(exc))
+
+
+async def run_alias_load(
+    url: str,
+    *,
+    model: str,
+    alias_path: str,
+    initial: str,
+    targets: Sequence[str],
+    move_at: Sequence[float],
+    duration: float,
+    concurrency: int,
+    bodies: Sequence[dict[str, Any]],
+    infer_headers: dict[str, str],
+    admin_headers: dict[str, str],
+    churn: Sequence[str] = (),
+    churn_pause: float = 1.0,
+    ramp_s: float = 0.0,
+) -> AliasLoad:
+    """``concurrency`` streaming clients call ``model`` (an alias naming ``initial``) back to back
+    for ``duration`` seconds, client k's j-th request with ``bodies[(k + j) % len(bodies)]`` (its
+    ``model`` replaced); clients start ``ramp_s / concurrency`` apart. Bodies of different lengths
+    and the ramp keep the clients from marching in step, so requests arrive all the time,
+    during the moves too. Meanwhile the alias moves to each of ``targets`` at ``move_at`` seconds after the start
+    (``PUT url + alias_path``), and, when ``churn`` names versions, each in turn is loaded
+    (``/admin/adapters/load``), called once, and unloaded (``/admin/adapters/unload``), with
+    ``churn_pause`` seconds between rounds, until the end. Requests started before the end
+    finish; nothing is retried."""
+    if len(targets) != len(move_at):
+        raise ValueError("one move time per target")
+    out = AliasLoad(initial)
+    async with _client() as session:
+        t0 = time.perf_counter()
+        end = t0 + duration
+
+        async def stream(k: int) -> None:
+            await asyncio.sleep(ramp_s * k / concurrency)
+            for i in itertools.count(k):
+                if time.perf_counter() >= end:
+                    return
+                body = _streamed({**bodies[i % len(bodies)], "model": model})
+                result = await _one(session, url + "/v1/completions", body, infer_headers)
+                out.requests.append(result)
+                out.body_index.append(i % len(bodies))
+
+        async def mover() -> None:
+            for target, at in zip(targets, move_at, strict=True):
+                await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+                out.moves.append(
+                    await _admin_call(
+                        session,
+                        "PUT",
+                        url + alias_path,
+                        {"version": target},
+                        admin_headers,
+                        "move",
+                        target,
+                    )
+                )
+
+        async def churner() -> None:
+            for name in itertools.cycle(churn):
+                if time.perf_counter() >= end:
+                    return
+                load = await _admin_call(
+                    session,
+                    "POST",
+                    url + "/admin/adapters/load",
+                    {"model": name},
+                    admin_headers,
+                    "load",
+                    name,
+                )
+                out.churn.append(load)
+                if load.ok:
+                    body = _streamed({**bodies[0], "model": name})
+                    out.churn_requests.append(
+                        await _one(session, url + "/v1/completions", body, infer_headers)
+                    )
+                out.churn.append(
+                    await _admin_call(
+                        session,
+                        "POST",
+                        url + "/admin/adapters/unload",
+                        {"model": name},
+                        admin_headers,
+                        "unload",
+                        name,
+                    )
+                )
+                await asyncio.sleep(churn_pause)
+
+        tasks = [stream(k) for k in range(concurrency)] + [mover()]
+        if churn:
+            tasks.append(churner())
+        await asyncio.gather(*tasks)
+        out.wall_s = time.perf_counter() - t0
+    return out
 
 
 def completion_bodies(model: str | Sequence[str], n: int, max_tokens: int) -> list[dict[str, Any]]:
