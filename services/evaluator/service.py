@@ -820,7 +820,7 @@ def policy_public(row: Any) -> dict[str, Any]:
 def get_run(registry: Registry, run_id: str) -> EvaluationRunRow:
     if not RUN_ID_RE.fullmatch(run_id):  # never a database error for a malformed id
         raise NotFoundError(f"evaluation {run_id!r} does not exist", param="id")
-    with registry.session() as session:
+    with registry.read_session() as session:
         row = session.get(EvaluationRunRow, run_id)
         if row is None:
             raise NotFoundError(f"evaluation {run_id!r} does not exist", param="id")
@@ -829,7 +829,7 @@ def get_run(registry: Registry, run_id: str) -> EvaluationRunRow:
 
 
 def list_runs(registry: Registry, limit: int = 50) -> list[EvaluationRunRow]:
-    with registry.session() as session:
+    with registry.read_session() as session:
         rows = list(
             session.scalars(
                 select(EvaluationRunRow).order_by(EvaluationRunRow.created_at.desc()).limit(limit)

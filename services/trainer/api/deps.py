@@ -27,6 +27,13 @@ def get_session(registry: Annotated[Registry, Depends(get_registry)]) -> Iterato
         yield session
 
 
+def get_read_session(registry: Annotated[Registry, Depends(get_registry)]) -> Iterator[Session]:
+    # Reads take no write lock: on SQLite a GET must never queue behind (or block) a writer.
+    with registry.read_session() as session:
+        yield session
+
+
 SettingsDep = Annotated[TrainerSettings, Depends(get_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 SessionDep = Annotated[Session, Depends(get_session)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]

@@ -15,7 +15,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
 from services.trainer import files
-from services.trainer.api.deps import RegistryDep, SessionDep, SettingsDep
+from services.trainer.api.deps import ReadSessionDep, RegistryDep, SettingsDep
 from services.trainer.config import TrainerSettings
 from services.trainer.schemas import FileList, FileObject
 from shared.errors import LoraplexError, TooLarge, ValidationError
@@ -254,7 +254,7 @@ async def upload_file(request: Request, registry: RegistryDep, settings: Setting
 
 @router.get("", response_model=FileList)
 def list_files(
-    session: SessionDep,
+    session: ReadSessionDep,
     purpose: str | None = None,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
@@ -274,13 +274,13 @@ def list_files(
 
 
 @router.get("/{file_id}", response_model=FileObject)
-def retrieve_file(file_id: str, session: SessionDep) -> FileObject:
+def retrieve_file(file_id: str, session: ReadSessionDep) -> FileObject:
     """One file's metadata, including its validation report."""
     return files.to_api(files.get_file(session, file_id))
 
 
 @router.get("/{file_id}/content")
-def file_content(file_id: str, session: SessionDep, settings: SettingsDep) -> FileResponse:
+def file_content(file_id: str, session: ReadSessionDep, settings: SettingsDep) -> FileResponse:
     """The file's bytes, as uploaded."""
     row = files.get_file(session, file_id)
     path = files.file_path(settings, row)

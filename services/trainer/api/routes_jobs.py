@@ -11,9 +11,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from services.trainer import jobs
-from services.trainer.api.deps import RegistryDep, SessionDep, SettingsDep
+from services.trainer.api.deps import ReadSessionDep, RegistryDep, SessionDep, SettingsDep
 from services.trainer.schemas import (
     CheckpointList,
     EventList,
@@ -27,7 +28,7 @@ from shared.registry.db import Registry
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 
-def _public(session: SessionDep, job_id: str) -> FineTuningJob:
+def _public(session: Session, job_id: str) -> FineTuningJob:
     job = jobs.get_job(session, job_id)
     progress, tokens, finish = jobs.job_progress(session, job_id)
     return jobs.job_to_api(job, progress, tokens, finish)
@@ -50,7 +51,7 @@ def create_job(
 
 @router.get("", response_model=JobList)
 def list_jobs(
-    session: SessionDep,
+    session: ReadSessionDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> JobList:
@@ -60,7 +61,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=FineTuningJob)
-def retrieve_job(job_id: str, session: SessionDep) -> FineTuningJob:
+def retrieve_job(job_id: str, session: ReadSessionDep) -> FineTuningJob:
     """One job, with its progress and, once it succeeded, ``fine_tuned_model`` (name@vN)."""
     return _public(session, job_id)
 
@@ -87,7 +88,7 @@ def list_events(
     # No request-long session here: a streaming response would hold its transaction (and, on
     # SQLite, the write lock) for as long as the client listens.
     if stream:
-        with registry.session() as session:
+        with registry.read_session() as session:
             jobs.get_job(session, job_id)
         start = jobs.parse_event_id(last_event_id or after)
         return StreamingResponse(
@@ -95,7 +96,7 @@ def list_events(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
-    with registry.session() as session:
+    with registry.read_session() as session:
         rows, has_more = jobs.list_events(
             session, job_id, after=jobs.parse_event_id(after), limit=limit
         )
@@ -106,7 +107,7 @@ async def _event_stream(
     registry: Registry, job_id: str, after: int | None, request: Request
 ) -> AsyncIterator[bytes]:
     def fetch(cursor: int | None) -> tuple[list[tuple[int, str]], bool]:
-        with registry.session() as session:
+        with registry.read_session() as session:
             rows, _ = jobs.list_events(session, job_id, after=cursor, limit=200, newest_first=False)
             done = jobs.get_job(session, job_id).status in jobs.TERMINAL
             return [(r.id, jobs.event_to_api(r).model_dump_json()) for r in rows], done
@@ -127,7 +128,7 @@ async def _event_stream(
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
 def list_checkpoints(
     job_id: str,
-    session: SessionDep,
+    session: ReadSessionDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> CheckpointList:
