@@ -499,12 +499,15 @@ def test_admin_api_protect_move_force_rollback_history(server: Stack) -> None:
         history = c.get(f"{path}/history").json()
         assert history["protection"]["policy"] == "gate@1"
         last, moved = history["data"][:2]
+        # The actor is the key's name (what the body claims is kept next to it, never alone).
+        key_name = moved["actor"].split(" ")[0]
+        assert key_name.startswith("admin-key-")
         assert (moved["actor"], moved["evaluation_run_id"], moved["forced"]) == (
-            "ci",
+            f"{key_name} (ci)",
             "eval-ok",
             False,
         )
-        assert (last["actor"], last["forced"]) == ("oncall", True)
+        assert (last["actor"], last["forced"]) == (f"{key_name} (oncall)", True)
         assert last["reason"] == f"rollback from {v2}: p99 regression"
 
         assert c.delete(f"{path}/protection").status_code == 422  # the reason is required

@@ -1,4 +1,5 @@
-"""Admin API: load, unload, pin, aliases, reconcile, upload. Mounted only with an admin key."""
+"""Admin API: load, unload, pin, aliases, reconcile, upload. Mounted only when a key has the
+admin scope; the alias history records the key's name as the actor."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 
-from services.server.api.deps import Service, admin_only
+from services.server.api.deps import AdminKey, Service, actor_name, admin_only
 from services.server.schemas import (
     AliasChange,
     AliasHistory,
@@ -49,7 +50,9 @@ async def unpin(body: PinRequest, service: Service) -> dict[str, Any]:
 
 
 @router.put("/aliases/{adapter}/{alias}", response_model=AliasChange)
-async def set_alias(adapter: str, alias: str, body: AliasRequest, service: Service) -> AliasChange:
+async def set_alias(
+    adapter: str, alias: str, body: AliasRequest, service: Service, key: AdminKey
+) -> AliasChange:
     """Move an alias: the registry's move rules are checked, the version is validated and loaded,
     then the registry moves (compare-and-set with ``expected``), then traffic switches and the old
     version drains. A protected alias needs ``evaluation_run_id`` of a passing evaluation of this
@@ -60,7 +63,7 @@ async def set_alias(adapter: str, alias: str, body: AliasRequest, service: Servi
         body.version,
         expected=body.expected,
         expected_given="expected" in body.model_fields_set,
-        actor=body.actor,
+        actor=actor_name(key, body.actor),
         reason=body.reason,
         evaluation_run_id=body.evaluation_run_id,
         force=body.force,
@@ -69,12 +72,14 @@ async def set_alias(adapter: str, alias: str, body: AliasRequest, service: Servi
 
 @router.post("/aliases/{adapter}/{alias}/rollback", response_model=AliasChange)
 async def rollback(
-    adapter: str, alias: str, service: Service, body: RollbackRequest | None = None
+    adapter: str, alias: str, service: Service, key: AdminKey, body: RollbackRequest | None = None
 ) -> AliasChange:
     """Move the alias back to the version it held before its last move (a protected alias needs
     a ``reason``; the rollback is recorded as forced)."""
     body = body or RollbackRequest()
-    return await service.rollback_alias(adapter, alias, actor=body.actor, reason=body.reason)
+    return await service.rollback_alias(
+        adapter, alias, actor=actor_name(key, body.actor), reason=body.reason
+    )
 
 
 @router.get("/aliases/{adapter}/{alias}/history", response_model=AliasHistory)
@@ -85,7 +90,7 @@ async def alias_history(adapter: str, alias: str, service: Service) -> AliasHist
 
 @router.put("/aliases/{adapter}/{alias}/protection", response_model=ProtectionOut)
 async def protect(
-    adapter: str, alias: str, body: ProtectionRequest, service: Service
+    adapter: str, alias: str, body: ProtectionRequest, service: Service, key: AdminKey
 ) -> ProtectionOut:
     """Protect an alias with a registered gate policy (``NAME`` or ``NAME@VERSION``): from now on
     it moves only on passing evidence under that policy version's hash."""
@@ -94,7 +99,7 @@ async def protect(
         alias,
         body.policy,
         first_baseline=body.first_baseline,
-        actor=body.actor,
+        actor=actor_name(key, body.actor),
         reason=body.reason,
     )
 
@@ -105,10 +110,13 @@ async def unprotect(
     alias: str,
     service: Service,
     reason: Annotated[str, Query(min_length=1, max_length=2000, description="Recorded.")],
+    key: AdminKey,
     actor: Annotated[str, Query(max_length=128)] = "admin-api",
 ) -> ProtectionOut:
     """Lift an alias's protection (returns what it was); the reason is recorded."""
-    return await service.unprotect_alias(adapter, alias, actor=actor, reason=reason)
+    return await service.unprotect_alias(
+        adapter, alias, actor=actor_name(key, actor), reason=reason
+    )
 
 
 @router.post("/reconcile")

@@ -8,6 +8,7 @@ from fastapi import Depends, Header, Request
 
 from services.server.auth import Scope
 from services.server.service import ServerService
+from shared.auth import Principal
 
 
 def get_service(request: Request) -> ServerService:
@@ -24,8 +25,21 @@ def inference_scope(
     return service.access.listing_scope(authorization)
 
 
-def admin_only(service: Service, authorization: Annotated[str | None, Header()] = None) -> None:
-    service.access.check_admin(authorization)
+def admin_only(
+    service: Service, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    return service.access.check_admin(authorization)
+
+
+def actor_name(principal: Principal, claimed: str) -> str:
+    """Who the history records: the key's name, never only what the body says; a body's
+    ``actor`` (a person behind a shared key) is kept next to it."""
+    if claimed and claimed not in ("admin-api", principal.name):
+        return f"{principal.name} ({claimed})"[:128]
+    return principal.name
+
+
+AdminKey = Annotated[Principal, Depends(admin_only)]
 
 
 InferenceScope = Annotated[Scope, Depends(inference_scope)]
