@@ -103,7 +103,7 @@ def test_a_release_and_a_failed_job_in_json_logs(stack: LocalStack, tmp_path: Pa
     decision = _find(evaluator, "gate.decision", run=run, decision="pass")
     assert decision["reasons"] and decision["policy_sha256"]
     moved = _find(evaluator, "alias.moved", alias="logged:prod", to_version="logged@v1")
-    assert moved["actor"] == "loraplex-gate" and moved["evaluation"] == run
+    assert moved["actor"] == "loraplex-gate for operator" and moved["evaluation"] == run
 
     started = _find(server, "engine.started", engine="engine-0")
     assert started["dtype"] in ("bfloat16", "float32", "auto") and started["dtype_reason"]

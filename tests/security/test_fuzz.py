@@ -28,26 +28,21 @@ def _check(result_cases: int, failures: list[str], statuses: list[int]) -> None:
 
 
 @pytest.mark.slow
-def test_trainer_api_has_no_server_errors(settings: SharedSettings) -> None:
-    app = trainer_app(TrainerSettings(data_dir=settings.data_dir, keys=KEYS))
+@pytest.mark.parametrize(
+    ("service", "operations"), [("trainer", 8), ("evaluator", 4)], ids=["trainer", "evaluator"]
+)
+def test_api_has_no_server_errors(settings: SharedSettings, service: str, operations: int) -> None:
+    app = (
+        trainer_app(TrainerSettings(data_dir=settings.data_dir, keys=KEYS))
+        if service == "trainer"
+        else evaluator_app(EvaluatorSettings(data_dir=settings.data_dir, keys=KEYS))
+    )
     server = ThreadServer(app).start()
     try:
         result = fuzz_openapi(server.url, bearer("admin"), cases=CASES)
     finally:
         server.stop()
-    assert result.operations >= 8
-    _check(result.cases, result.failures, result.statuses)
-
-
-@pytest.mark.slow
-def test_evaluator_api_has_no_server_errors(settings: SharedSettings) -> None:
-    app = evaluator_app(EvaluatorSettings(data_dir=settings.data_dir, keys=KEYS))
-    server = ThreadServer(app).start()
-    try:
-        result = fuzz_openapi(server.url, bearer("admin"), cases=CASES)
-    finally:
-        server.stop()
-    assert result.operations >= 4
+    assert result.operations >= operations
     _check(result.cases, result.failures, result.statuses)
 
 

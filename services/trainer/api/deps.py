@@ -35,5 +35,8 @@ def get_read_session(registry: Annotated[Registry, Depends(get_registry)]) -> It
 
 SettingsDep = Annotated[TrainerSettings, Depends(get_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
-SessionDep = Annotated[Session, Depends(get_session)]
-ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+# scope="function": the transaction commits before the response is sent, so a client that reads
+# right after a 200 sees what it created (with the default "request" scope the commit ran after
+# the response, and a reader that takes no lock could miss it).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
