@@ -95,7 +95,7 @@ class Live:
         return self.app.state.service
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=120)
+        return httpx.Client(base_url=self.url, timeout=120, headers=ADMIN)
 
     def wait_ready(self, timeout: float) -> float:
         started = time.monotonic()
@@ -150,7 +150,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, base_model: ResolvedBaseModel
 
 
 def test_openai_sdk_serves_base_version_and_alias(live: Live) -> None:
-    client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused")
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="admin-key")
     v1, v2 = live.versions
     for model, expected in [(BASE, "base"), (v2, v2), ("support", v1), ("support:prod", v1)]:
         raw = client.chat.completions.with_raw_response.create(
@@ -203,7 +203,7 @@ def test_prompt_logprobs_for_adapters_work_and_the_engine_survives(live: Live) -
         return list(r.json()["choices"][0]["logprobs"]["token_logprobs"][1:-1])
 
     async def run() -> list[list[float]]:
-        async with httpx.AsyncClient(base_url=live.url, timeout=120) as client:
+        async with httpx.AsyncClient(base_url=live.url, timeout=120, headers=ADMIN) as client:
             solo = [await ask(client, m) for m in (v1, BASE)]
             together = await asyncio.gather(*(ask(client, m) for m in [v1, BASE, v2, v1, BASE, v2]))
             return solo + list(together)
@@ -283,7 +283,7 @@ def test_hot_swap_under_16_streaming_clients(live: Live) -> None:
     errors: list[str] = []
 
     def client_loop() -> None:
-        with httpx.Client(base_url=live.url, timeout=120) as c:
+        with httpx.Client(base_url=live.url, timeout=120, headers=ADMIN) as c:
             while not stop.is_set():
                 try:
                     with c.stream(
