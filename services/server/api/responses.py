@@ -14,16 +14,16 @@ StreamingResponse would notice only at its next write, many seconds later during
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from services.server.errors import TooLarge, Unavailable, error_body
+from services.server.errors import TooLarge, Unavailable
 from services.server.proxy import Reply
 from services.server.service import ServerService
 from shared.errors import LoraplexError, SystemFailure
+from shared.http import error_response_parts
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,11 @@ JSON_TYPE = (b"content-type", b"application/json")
 
 
 def error_reply(exc: LoraplexError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """OpenAI's error envelope with the status (and ``Retry-After`` for 503) of ``exc``."""
-    headers = [JSON_TYPE]
-    if isinstance(exc, Unavailable):
-        headers.append((b"retry-after", str(exc.retry_after).encode()))
+    """The suite's one error mapping (:func:`shared.http.error_response_parts`) for the raw-ASGI
+    proxy path; our own failures are logged here, where the request is known to have failed."""
     if exc.status_code >= 500 and not isinstance(exc, Unavailable):
         log.error("request failed: %s", exc)
-    body = json.dumps(error_body(exc), ensure_ascii=False, separators=(",", ":")).encode()
-    return exc.status_code, headers, body
+    return error_response_parts(exc)
 
 
 async def _send_whole(
