@@ -1,6 +1,6 @@
 """``make demo``: the release flow end to end on the embedded defaults, no network, no configuration.
 
-1. prepare the base model (once) and generate the example data (300 held-out orders);
+1. prepare the base model (once) and generate the example data (250 held-out orders);
 2. start the three services as separate processes (trainer API + worker, evaluator API + worker,
    server with a vLLM engine) and wait until the engine is ready;
 3. release version 1 of the example adapter: train, evaluate against the base model, gate, promote
@@ -187,8 +187,8 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--items",
         type=int,
-        default=int(os.environ.get("LORAPLEX_DEMO_ITEMS") or 300),
-        help="held-out orders the gates judge (LORAPLEX_DEMO_ITEMS, 300)",
+        default=int(os.environ.get("LORAPLEX_DEMO_ITEMS") or 250),
+        help="held-out orders the gates judge (LORAPLEX_DEMO_ITEMS, 250)",
     )
     args = parser.parse_args(argv)
     if args.precision not in PRECISIONS:

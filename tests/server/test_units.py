@@ -12,7 +12,13 @@ from services.server.auth import Access
 from services.server.config import ServerSettings
 from services.server.engines import Engine, EngineState, Residency, ResidencyState
 from services.server.errors import AuthError, ForbiddenError
-from services.server.metrics import OTHER, AdapterLabels, ServerMetrics, relabel_engine_metrics
+from services.server.metrics import (
+    OTHER,
+    AdapterLabels,
+    RequestSummary,
+    ServerMetrics,
+    relabel_engine_metrics,
+)
 from services.server.names import BASE, NameTable, Target, VersionInfo, parse_name
 from services.server.proxy import _take_usage, needs_prompt_logprobs
 from services.server.routing import choose
@@ -75,6 +81,30 @@ def test_adapter_labels_are_capped() -> None:
     assert labels.of("b", "v1") == ("b", "v1")
     assert labels.of("c", "v1") == (OTHER, OTHER)
     assert labels.of("a", "v1") == ("a", "v1")
+
+
+def test_request_summary_counts_a_recreated_series_from_zero() -> None:
+    """The demo's log once said ``requests=-155``: a series that went away and came back."""
+    metrics = ServerMetrics("base", max_adapters=10)
+    summary = RequestSummary(metrics)
+    labels = ("bot", "v1", "chat", "200")
+    metrics.requests.labels(*labels).inc(299)
+    assert summary.since_last() == {
+        "requests": 299,
+        "client_errors": 0,
+        "server_errors": 0,
+        "by_model": {"bot@v1": 299},
+    }
+    metrics.requests.remove(*labels)
+    metrics.requests.labels(*labels).inc(4)
+    metrics.requests.labels("base", "base", "chat", "503").inc(2)
+    assert summary.since_last() == {
+        "requests": 6,
+        "client_errors": 0,
+        "server_errors": 2,
+        "by_model": {"base": 2, "bot@v1": 4},
+    }
+    assert summary.since_last() is None
 
 
 def test_metrics_render_parses_and_relabels_engine_series() -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.processes import engine_cpu_layout
+
 REPO = Path(__file__).resolve().parents[2]
 
 # Stands in for the server: starts a long-lived child the way the supervisor starts vLLM (own
@@ -73,3 +75,30 @@ def test_without_the_guard_the_child_would_outlive_the_server() -> None:
         assert _alive(child)
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("cores", "engines", "environ", "bind", "says"),
+    [
+        ({0, 1}, 1, {}, "0,1", "all 2 cores"),
+        ({0, 1, 2, 3}, 1, {}, "0,1,2,3", "all 4 cores"),
+        (set(range(16)), 1, {}, None, "all cores but one, of 16"),
+        ({0, 1}, 2, {}, None, "all cores but one, of 2"),
+        ({0, 1}, 1, {"VLLM_CPU_OMP_THREADS_BIND": "1"}, None, "set by the operator"),
+    ],
+)
+def test_engine_cpu_layout_gives_a_small_machine_every_core(
+    monkeypatch: pytest.MonkeyPatch,
+    cores: set[int],
+    engines: int,
+    environ: dict[str, str],
+    bind: str | None,
+    says: str,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: cores)
+    env, sentence = engine_cpu_layout(environ, engines)
+    assert says in sentence
+    if bind is None:
+        assert env == {}
+    else:
+        assert env == {"VLLM_CPU_OMP_THREADS_BIND": bind, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
