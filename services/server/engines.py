@@ -450,7 +450,7 @@ class EngineSupervisor:
         assert self.command is not None
         self.engine.patched = False
         dtype, why = engine_dtype(self.settings.dtype)
-        cpus = {"cpus": self.cpus} if self.cpus else {}
+        cpus: dict[str, Any] = {"cpus": self.cpus} if self.cpus else {}
         event(
             log,
             "engine.restarted" if self.engine.restarts else "engine.started",

@@ -31,7 +31,7 @@ from services.trainer.memory import (
 from services.trainer.schemas import JobSpec, ResolvedHyperparameters
 from shared.basemodel import ResolvedBaseModel, resolve_base_model
 from shared.datasets import ChatRenderer, PreparedData, load_examples, prepare, stop_token_ids
-from shared.doctor import cpu_has_bf16
+from shared.doctor import cpu_prefers_bf16
 from shared.errors import SystemFailure, ValidationError
 from shared.servability import (
     LoraLimits,
@@ -177,15 +177,22 @@ def lora_config(spec: JobSpec) -> Any:
     )
 
 
-def choose_precision(hp: ResolvedHyperparameters) -> str:
-    """bf16 where the hardware computes it natively (measured 2.3x fp32 matmul on this CPU)."""
+def choose_precision(ctx: Any, hp: ResolvedHyperparameters) -> str:
+    """bf16 where the hardware computes it faster than fp32: on CUDA where it is supported, on
+    a CPU where a measured matmul says so (shared.doctor.cpu_prefers_bf16). The job's events say
+    which and why."""
     if hp.precision != "auto":
+        ctx.reporter.event(f"precision {hp.precision} (set in the job)")
         return hp.precision
     import torch
 
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_bf16() else "fp32"
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        ctx.reporter.event(f"precision {precision} (CUDA bf16 support)")
+        return precision
+    bf16, why = cpu_prefers_bf16()
+    ctx.reporter.event(f"precision {'bf16' if bf16 else 'fp32'}: {why}")
+    return "bf16" if bf16 else "fp32"
 
 
 EAGER_ATTENTION_MAX_TOKENS = 512

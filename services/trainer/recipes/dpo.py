@@ -48,7 +48,7 @@ def run_dpo(ctx: RecipeContext) -> RecipeResult:
         check_lora_servable(ctx.spec, ctx.settings)
     base = setup_base(ctx)
     tokenizer, renderer = setup_tokenizer(base)
-    precision = choose_precision(hp)
+    precision = choose_precision(ctx, hp)
 
     # 2. Data: preference pairs, validated (identical pairs, missing prompts, stop tokens).
     data = prepare_data(ctx, renderer, "preference", hp)

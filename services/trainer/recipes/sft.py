@@ -48,7 +48,7 @@ def run_sft(ctx: RecipeContext) -> RecipeResult:
     check_lora_servable(ctx.spec, ctx.settings)
     base = setup_base(ctx)
     tokenizer, renderer = setup_tokenizer(base)
-    precision = choose_precision(hp)
+    precision = choose_precision(ctx, hp)
 
     # 2. Data: load, clean, split, render with label masks, validate (blocking).
     data = prepare_data(ctx, renderer, "sft", hp)
