@@ -68,7 +68,7 @@ def test_seed_and_precision_come_from_flags_or_the_environment(
     monkeypatch.setenv("LORAPLEX_DEMO_SEED", "11")
     monkeypatch.setenv("LORAPLEX_DEMO_PRECISION", "fp32")
     args = options([])
-    assert (args.seed, args.precision, args.items) == (11, "fp32", 300)
+    assert (args.seed, args.precision, args.items) == (11, "fp32", 250)
     assert options(["--seed", "3", "--precision", "bf16"]).seed == 3
     monkeypatch.setenv("LORAPLEX_DEMO_PRECISION", "fp8")
     with pytest.raises(SystemExit):
