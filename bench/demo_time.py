@@ -95,8 +95,8 @@ def _row(run: dict[str, Any]) -> dict[str, Any]:
 
 SWEEP_NOTES = (
     "Rows from earlier sweeps are kept (keyed by seed and precision). `auto` lets training and "
-    "the engine pick what the CPU computes fastest (bf16 on CPUs with AVX512-BF16 or AMX, fp32 "
-    "elsewhere); `fp32` forces both to fp32, what a CPU without native bf16 runs. MDD: minimum "
+    "the engine pick what the CPU computes fastest, measured (bf16 only where its matmuls reach "
+    "1.1x fp32's); `fp32` forces both to fp32, what a CPU without native bf16 runs. MDD: minimum "
     "detectable difference of the gate's comparison line at 95% confidence and 80% power; each "
     "must be below its margin (0.3 for v1, 0.1 for v2)."
 )
