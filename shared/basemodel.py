@@ -114,14 +114,10 @@ def _gguf_parsed_once() -> Iterator[None]:
         gguf_lib.GGUFReader, gguf_lib.get_tensor_name_map = reader, names  # type: ignore[misc]
 
 
+@_gguf_parsed_once()
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """GGUF -> safetensors folder. transformers dequantises the GGUF, but refuses to save the
     quantised object, so the weights are copied into a fresh model built from the same config."""
-    with _gguf_parsed_once():
-        _convert_parsed_once(gguf, out)
-
-
-def _convert_parsed_once(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

@@ -177,7 +177,7 @@ def lora_config(spec: JobSpec) -> Any:
     )
 
 
-def choose_precision(ctx: Any, hp: ResolvedHyperparameters) -> str:
+def choose_precision(ctx: RecipeContext, hp: ResolvedHyperparameters) -> str:
     """bf16 where the hardware computes it faster than fp32: on CUDA where it is supported, on
     a CPU where a measured matmul says so (shared.doctor.cpu_prefers_bf16). The job's events say
     which and why."""
