@@ -65,8 +65,8 @@ def engine_cpu_layout(environ: dict[str, str], engines: int) -> tuple[dict[str, 
     """Environment for a CPU vLLM engine's thread binding, and a sentence saying what it does.
 
     On a machine with at most ``SMALL_CPU_CORES`` cores and one engine, the model's threads get
-    every core (the scheduler shares them; it yields while it waits): 1.6x the generation
-    throughput of vLLM's layout on 2 cores (docs/design.md). An operator's own
+    every core (the scheduler shares them; it yields while it waits): 1.4x the generation
+    throughput of vLLM's layout on 2 cores (bench/engine_layout.py). An operator's own
     ``VLLM_CPU_OMP_THREADS_BIND`` always wins.
     """
     if "VLLM_CPU_OMP_THREADS_BIND" in environ:

@@ -68,8 +68,8 @@ class ServerSettings(SharedSettings):
     )
     max_lora_rank: int = Field(default=16, description="vLLM --max-lora-rank.")
     max_model_len: int = Field(default=2048, ge=16, description="vLLM --max-model-len.")
-    # 128 rather than 64: a CPU engine decodes about 12% more tokens/s at 128 concurrent
-    # sequences (fp32, 2 cores), and the KV cache (kv_cache_gib) bounds memory either way.
+    # 128 rather than 64: a CPU engine answered 4% more orders/s at 128 concurrent sequences
+    # (bench/engine_layout.py, fp32, 2 cores), and the KV cache (kv_cache_gib) bounds memory.
     max_num_seqs: int = Field(default=128, ge=1, description="vLLM --max-num-seqs.")
     kv_cache_gib: float = Field(
         default=2.0, gt=0, description="KV cache per engine on CPU (VLLM_CPU_KVCACHE_SPACE)."
