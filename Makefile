@@ -18,8 +18,9 @@ setup: ## Create .venv and install everything (seconds when nothing changed)
 demo: setup ## Run the release flow end to end on the embedded defaults
 	@$(PY) -m services.demo
 
-test: setup ## The CI test suite (includes a real vLLM + training + evaluation path)
-	@$(PY) -m pytest -m "not gpu and not heavy" -q
+test: setup ## The CI test suite (real vLLM + training + evaluation paths), with line coverage
+	@rm -f .coverage .coverage.*
+	@$(PY) -m pytest -m "not gpu and not heavy" -q --cov --cov-report=term:skip-covered
 
 test-fast: setup ## Only the fast tests
 	@$(PY) -m pytest -m "not slow and not gpu and not heavy" -q
@@ -27,10 +28,11 @@ test-fast: setup ## Only the fast tests
 test-all: setup ## Everything, GPU tests too (skipped without a GPU)
 	@$(PY) -m pytest -q
 
-lint: setup ## ruff check, ruff format --check, mypy
+lint: setup ## ruff check, ruff format --check, mypy, the import rules (lint-imports)
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
 	@$(BIN)/mypy
+	@$(BIN)/lint-imports
 
 format: setup ## Apply ruff fixes and formatting
 	@$(BIN)/ruff check --fix .

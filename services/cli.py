@@ -18,6 +18,7 @@ import typer
 from shared.errors import LoraplexError
 from shared.logs import configure as configure_logging
 from shared.settings import SharedSettings, load_settings
+from shared.verdicts import ExitCode
 
 app = typer.Typer(
     name="loraplex",
@@ -64,7 +65,7 @@ def _mount_services() -> None:
             @missing.callback(invoke_without_command=True)
             def _unavailable(reason: str = str(exc), group: str = name) -> None:
                 typer.echo(f"loraplex {group} is not available: {reason}", err=True)
-                raise typer.Exit(3)
+                raise typer.Exit(ExitCode.ERROR)
 
             app.add_typer(missing, name=name)
         else:
@@ -164,7 +165,7 @@ def main() -> None:
         app()
     except LoraplexError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(3)
+        sys.exit(ExitCode.ERROR)
 
 
 _mount_services()

@@ -36,11 +36,10 @@ from services.evaluator.schemas import EvaluationCreate
 from services.trainer.schemas import JobSpec
 from shared.errors import ConfigError, LoraplexError, SystemFailure
 from shared.registry.adapters import check_adapter_name, check_alias
+from shared.verdicts import ExitCode, decision_of, exit_code
 
 app = typer.Typer(help="Train, evaluate, gate and promote in one command.", no_args_is_help=True)
 
-EXIT = {"pass": 0, "fail": 1, "inconclusive": 2}
-ERROR_EXIT = 3
 
 
 class Services(BaseModel):
@@ -329,7 +328,10 @@ class HttpRelease:
         if self.on_trained is not None:
             self.on_trained(version)
         self.say(f"[2/3] evaluate and gate {version}")
+        started = time.monotonic()
         self.wait_for_server()
+        if (waited := time.monotonic() - started) >= 1.0:
+            self.timings["wait for the server"] = waited
         started = time.monotonic()
         run = self.evaluate(version)
         self.timings["evaluate and gate"] = time.monotonic() - started
@@ -363,7 +365,7 @@ class HttpRelease:
                 }
             )
         )
-        return EXIT.get(decision, ERROR_EXIT)
+        return exit_code(decision)
 
 
 # -- in-process -----------------------------------------------------------------------------------
@@ -406,7 +408,7 @@ def run_in_process(cfg: ReleaseConfig, root: Path, say: Say = _say) -> int:
                 args += [flag, value]
         say(f"[2/3] evaluate and gate {version}")
         gate = subprocess.run(_loraplex(*args), check=False)
-        decision = {v: k for k, v in EXIT.items()}.get(gate.returncode, "error")
+        decision = decision_of(gate.returncode)
         say(
             f"[3/3] decision: {decision}; {cfg.adapter}:{cfg.promote} "
             + (f"-> {version}" if decision == "pass" else "unchanged")
@@ -435,5 +437,5 @@ def run_cmd(
         code = HttpRelease(cfg, root).run() if cfg.services else run_in_process(cfg, root)
     except LoraplexError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(ERROR_EXIT) from exc
+        raise typer.Exit(ExitCode.ERROR) from exc
     raise typer.Exit(code)
