@@ -29,6 +29,7 @@ from services.server.errors import ModelNotFound, Unavailable
 from services.server.manager import AdapterManager, Lease
 from services.server.metrics import AdapterSeries, ServerMetrics
 from services.server.names import Names, Target, VersionInfo, parse_name
+from services.server.routes import ProxiedRoute
 from services.server.routing import choose
 from services.server.upstream import EnginePool, Exchange, UpstreamError
 from shared.errors import LoraplexError, NotFoundError, ValidationError
@@ -43,7 +44,6 @@ ENGINE_HEADER = "x-loraplex-engine"
 VERSION_HEADER_B = VERSION_HEADER.encode()
 MODEL_HEADER_B = MODEL_HEADER.encode()
 ENGINE_HEADER_B = ENGINE_HEADER.encode()
-ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 _NEGATIVE_TTL_S = 1.0
 _NO_LABELS = ("none", "none")
 
@@ -163,13 +163,13 @@ def _stream_error(exc: Exception) -> bytes:
     return b"data: " + json.dumps(error).encode() + b"\n\n"
 
 
-def needs_prompt_logprobs(endpoint: str, payload: dict[str, Any]) -> bool:
+def needs_prompt_logprobs(route: ProxiedRoute, payload: dict[str, Any]) -> bool:
     """Whether the engine will compute log-probabilities of the prompt tokens (``payload`` has
     passed :func:`check_request`)."""
     if payload.get("prompt_logprobs") is not None:
         return True
     return (
-        endpoint == "completions"
+        route.echo_scores_prompt
         and payload.get("echo") is True
         and (payload.get("logprobs") is not None)
     )
@@ -193,7 +193,7 @@ _BOOLEANS = ("stream", "echo")
 _NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
 
 
-def check_request(endpoint: str, payload: dict[str, Any]) -> None:
+def check_request(route: ProxiedRoute, payload: dict[str, Any]) -> None:
     """Types and ranges of the fields this proxy reads or that size the work, as JSON types.
 
     Strict on purpose: ``"echo": "false"`` is true in Python but false to vLLM's parser, so a
@@ -230,7 +230,7 @@ def check_request(endpoint: str, payload: dict[str, Any]) -> None:
         raise ValidationError("'temperature' must be at least 0", param="temperature")
     logprobs = payload.get("logprobs")
     if logprobs is not None:
-        if endpoint == "chat":
+        if route.logprobs == "flag":
             if not isinstance(logprobs, bool):
                 raise ValidationError("'logprobs' must be true or false", param="logprobs")
         else:
@@ -283,7 +283,7 @@ class Proxy:
         self._pools.clear()
 
     # -- entry -----------------------------------------------------------------------------------
-    async def handle(self, endpoint: str, raw: bytes, authorization: str | None) -> Reply:
+    async def handle(self, route: ProxiedRoute, raw: bytes, authorization: str | None) -> Reply:
         """Answer one request: a complete answer, or a :class:`Relay` to stream (then the caller
         must ``close`` it). Raises :class:`LoraplexError` for answers of our own (4xx, 503)."""
         started = time.perf_counter()
@@ -293,20 +293,20 @@ class Proxy:
             model = payload["model"]
             scope = self.access.inference_scope(authorization)
             self.access.check_model(scope, model)
-            check_request(endpoint, payload)
+            check_request(route, payload)
             target = self.names.table.lookup(model)
             if target is None:
                 target = await self._resolve_unknown(model)
             series = self.metrics.series(self.metrics.adapter_labels(target))
-            return await self._forward(endpoint, payload, target, series, started)
+            return await self._forward(route, payload, target, series, started)
         except LoraplexError as exc:
             series = series or self.metrics.series(_NO_LABELS)
-            series.requests(endpoint, exc.status_code).inc()
+            series.requests(route.name, exc.status_code).inc()
             raise
         except asyncio.CancelledError:
             # The client left before the answer (499, nginx's "client closed request").
             series = series or self.metrics.series(_NO_LABELS)
-            series.requests(endpoint, 499).inc()
+            series.requests(route.name, 499).inc()
             series.duration.observe(time.perf_counter() - started)
             raise
 
@@ -415,7 +415,7 @@ class Proxy:
 
     async def _forward(
         self,
-        endpoint: str,
+        route: ProxiedRoute,
         payload: dict[str, Any],
         target: Target,
         series: AdapterSeries,
@@ -429,7 +429,7 @@ class Proxy:
         gated = exclusive = holds_gate = False
         try:
             gated = not engine.patched
-            exclusive = gated and needs_prompt_logprobs(endpoint, payload)
+            exclusive = gated and needs_prompt_logprobs(route, payload)
             if exclusive and (payload.get("n") or 1) > 1:
                 raise ValidationError(
                     "prompt log-probabilities with n > 1 are not supported on this engine",
@@ -459,7 +459,7 @@ class Proxy:
                 (ENGINE_HEADER_B, engine.id.encode()),
             ]
             try:
-                exchange = await self._pool(engine).post_json(ENDPOINTS[endpoint], body)
+                exchange = await self._pool(engine).post_json(route.upstream_path, body)
             except UpstreamError as exc:
                 raise Unavailable(
                     f"engine {engine.id} did not answer ({exc}); retry shortly",
@@ -479,12 +479,12 @@ class Proxy:
                     # connection is dropped, so vLLM aborts the request.
                     exchange.close()
                 headers.append((b"content-type", exchange.content_type or b"application/json"))
-                self._record(endpoint, series, status, started, _usage(data, status))
+                self._record(route.name, series, status, started, _usage(data, status))
                 return Reply(status, headers, data)
             headers.append((b"content-type", exchange.content_type or b"text/event-stream"))
             headers.append((b"cache-control", b"no-cache"))
             relay = self._relay(
-                exchange, lease, gated, exclusive, endpoint, series, started, strip_usage
+                exchange, lease, gated, exclusive, route.name, series, started, strip_usage
             )
             handed_over = True
             return Reply(200, headers, stream=relay)

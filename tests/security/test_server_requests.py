@@ -24,6 +24,7 @@ from services.server.config import ServerSettings
 from services.server.engines import Engine, EngineSupervisor, plugin_reports_safe
 from services.server.errors import EngineError
 from services.server.proxy import check_request
+from services.server.routes import CHAT, COMPLETIONS
 from services.server.vllm_plugin import MARKER
 from shared.errors import ValidationError
 from tests.events import assert_event
@@ -132,12 +133,12 @@ def test_malformed_sampling_fields_are_422_before_any_lease_and_nothing_leaks(
 
 def test_well_formed_values_pass_and_integral_floats_become_ints() -> None:
     payload: dict[str, Any] = {"model": "m", "n": 2.0, "logprobs": 0, "echo": False}
-    check_request("completions", payload)
+    check_request(COMPLETIONS, payload)
     assert payload["n"] == 2 and isinstance(payload["n"], int)
-    check_request("chat", {"model": "m", "logprobs": True, "top_logprobs": 5, "stream": True})
-    check_request("completions", {"model": "m", "n": None, "stream_options": None})
+    check_request(CHAT, {"model": "m", "logprobs": True, "top_logprobs": 5, "stream": True})
+    check_request(COMPLETIONS, {"model": "m", "n": None, "stream_options": None})
     with pytest.raises(ValidationError) as info:
-        check_request("completions", {"model": "m", "n": float("inf")})
+        check_request(COMPLETIONS, {"model": "m", "n": float("inf")})
     assert info.value.param == "n" and info.value.status_code == 422
 
 

@@ -21,6 +21,7 @@ from services.server.metrics import (
 )
 from services.server.names import BASE, NameTable, Target, VersionInfo, parse_name
 from services.server.proxy import _take_usage, needs_prompt_logprobs
+from services.server.routes import CHAT, COMPLETIONS
 from services.server.routing import choose
 from shared.errors import ConfigError
 from shared.settings import load_settings
@@ -152,11 +153,11 @@ def test_usage_event_is_found_and_stripped_only_when_asked() -> None:
 
 
 def test_prompt_logprob_detection() -> None:
-    assert needs_prompt_logprobs("completions", {"echo": True, "logprobs": 0})
-    assert not needs_prompt_logprobs("completions", {"echo": True})
-    assert not needs_prompt_logprobs("completions", {"logprobs": 1})
-    assert needs_prompt_logprobs("chat", {"prompt_logprobs": 1})
-    assert not needs_prompt_logprobs("chat", {"logprobs": True, "top_logprobs": 2})
+    assert needs_prompt_logprobs(COMPLETIONS, {"echo": True, "logprobs": 0})
+    assert not needs_prompt_logprobs(COMPLETIONS, {"echo": True})
+    assert not needs_prompt_logprobs(COMPLETIONS, {"logprobs": 1})
+    assert needs_prompt_logprobs(CHAT, {"prompt_logprobs": 1})
+    assert not needs_prompt_logprobs(CHAT, {"logprobs": True, "top_logprobs": 2})
 
 
 def test_access_scopes_and_admin() -> None:
