@@ -21,10 +21,12 @@ import httpx
 import pytest
 
 from services.server.config import ServerSettings
-from services.server.engines import Engine, EngineSupervisor, plugin_reports_safe
+from services.server.engine_process import plugin_reports_safe
+from services.server.engines import Engine
 from services.server.errors import EngineError
-from services.server.proxy import check_request
+from services.server.request_checks import check_request
 from services.server.routes import CHAT, COMPLETIONS
+from services.server.supervisor import EngineSupervisor
 from services.server.vllm_plugin import MARKER
 from shared.errors import ValidationError
 from tests.events import assert_event

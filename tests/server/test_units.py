@@ -20,7 +20,8 @@ from services.server.metrics import (
     relabel_engine_metrics,
 )
 from services.server.names import BASE, NameTable, Target, VersionInfo, parse_name
-from services.server.proxy import _take_usage, needs_prompt_logprobs
+from services.server.relay import take_usage
+from services.server.request_checks import needs_prompt_logprobs
 from services.server.routes import CHAT, COMPLETIONS
 from services.server.routing import choose
 from shared.errors import ConfigError
@@ -145,10 +146,10 @@ def test_usage_event_is_found_and_stripped_only_when_asked() -> None:
         b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
         b"data: [DONE]\n\n"
     )
-    kept, usage = _take_usage(block, strip=True)
+    kept, usage = take_usage(block, strip=True)
     assert usage == {"prompt_tokens": 3, "completion_tokens": 2}
     assert b"usage" not in kept and kept.endswith(b"data: [DONE]\n\n")
-    kept, _ = _take_usage(block, strip=False)
+    kept, _ = take_usage(block, strip=False)
     assert kept == block
 
 

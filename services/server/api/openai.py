@@ -43,10 +43,10 @@ for _route in PROXIED_ROUTES:
 @router.get("/models", response_model=ModelList, response_model_exclude_none=False)
 async def models(service: Service, scope: InferenceScope) -> ModelList:
     """The base model, every adapter version served and every alias, with metadata."""
-    return await service.models(scope)
+    return await service.catalog.models(scope)
 
 
 @router.get("/adapters", response_model=ResidencyList)
 async def adapters(service: Service, scope: InferenceScope) -> ResidencyList:
     """Adapter residency per engine: state, rank, size, load time, last use, pins, in flight."""
-    return service.residency(scope)
+    return service.catalog.residency(scope)
