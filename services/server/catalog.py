@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
-from services.server.auth import Scope
+from services.server.auth import AccessScope
 from services.server.config import ServerSettings
 from services.server.engines import Engine
 from services.server.names import Names, NameTable, VersionInfo
@@ -44,7 +44,7 @@ class Catalog:
         self.reconciler = reconciler
         self.started_at = time.time()
 
-    def residency(self, scope: Scope) -> ResidencyList:
+    def residency(self, scope: AccessScope) -> ResidencyList:
         aliases_of = _aliases_of(self.names.table)
         pins = self.reconciler.desired.pins
         data = []
@@ -83,7 +83,7 @@ class Catalog:
             )
         return ResidencyList(data=data)
 
-    async def models(self, scope: Scope) -> ModelList:
+    async def models(self, scope: AccessScope) -> ModelList:
         table = self.names.table
         base = table.base_name
         evaluations = await asyncio.to_thread(self._evaluations, list(table.versions))

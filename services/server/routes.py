@@ -42,7 +42,7 @@ class ProxiedRoute:
     (completions: how many candidates per token)."""
     echo_scores_prompt: bool
     """Whether ``echo`` with ``logprobs`` makes the engine score the prompt tokens, which an engine
-    without the plugin must run alone (see :mod:`services.server.proxy`)."""
+    without the plugin must run alone (see :mod:`services.server.isolation`)."""
 
 
 def _body_schema(required: list[str], props: dict[str, Any]) -> dict[str, Any]:

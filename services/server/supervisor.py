@@ -188,8 +188,7 @@ class EngineSupervisor:
         self.engine.state = EngineState.DOWN
         self.engine.ready_since = None
         self.engine.adapters.clear()
-        # Wake anything waiting for idleness so waiters do not hang on a dead engine.
-        self.engine.shared_idle.set()
+        self.engine.isolation.wake_waiters()
 
     # -- process ---------------------------------------------------------------------------------
     async def _spawn(self) -> None:

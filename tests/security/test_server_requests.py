@@ -122,7 +122,7 @@ def test_malformed_sampling_fields_are_422_before_any_lease_and_nothing_leaks(
         assert r.status_code == 422 and r.json()["error"]["param"] == "n"
     assert _leases(s) == [0, 0]
     engine = s.service.engines[0]
-    assert not engine.exclusive.locked() and engine.shared_count == 0
+    assert not engine.isolation.exclusive_held and engine.isolation.shared == 0
     # The adapter drains and unloads at once (drain_timeout_s is 5 s: a leaked lease would
     # hold it that long and then keep it loaded).
     started = time.monotonic()
@@ -175,13 +175,13 @@ def test_exclusive_request_leaving_while_queued_does_not_release_the_holders_loc
     )
     holder.start()
     s.wait(lambda: fake.active == 1)
-    assert engine.exclusive.locked()
+    assert engine.isolation.exclusive_held
     # A second echo request queues for the lock, then its client leaves.
     left: list[int] = []
     _post_bg(s, {"model": "tiny-base", **ECHO, "prompt": "leaver"}, left, timeout=0.3)
     assert left == [499]
     time.sleep(0.2)  # the server has noticed and cancelled it
-    assert engine.exclusive.locked(), "the leaving request released the holder's lock"
+    assert engine.isolation.exclusive_held, "the leaving request released the holder's lock"
     # A plain request now must still wait for the holder.
     plain: list[int] = []
     _post_bg(s, {"model": "tiny-base", "prompt": "plain"}, plain)
@@ -190,7 +190,7 @@ def test_exclusive_request_leaving_while_queued_does_not_release_the_holders_loc
     starts = {body["prompt"]: (active, pos) for body, active, pos in _starts(s)}
     assert "leaver" not in starts  # it never reached the engine
     assert starts["plain"][0] == 1, fake.log  # alone: the holder had ended
-    assert not engine.exclusive.locked() and engine.shared_count == 0
+    assert not engine.isolation.exclusive_held and engine.isolation.shared == 0
     assert _leases(s) == [0]
 
 
@@ -212,7 +212,7 @@ def test_shared_request_leaving_while_queued_does_not_end_the_isolation(
         target=_post_bg, args=(s, {"model": "tiny-base", **ECHO, "prompt": "echo"}, results)
     )
     echo.start()
-    s.wait(lambda: engine.exclusive.locked())
+    s.wait(lambda: engine.isolation.exclusive_held)
     # ... while a plain request queued behind it leaves.
     left: list[int] = []
     _post_bg(s, {"model": "tiny-base", "prompt": "leaver"}, left, timeout=0.3)
@@ -222,8 +222,8 @@ def test_shared_request_leaving_while_queued_does_not_end_the_isolation(
     assert results == [200, 200]
     starts = {body["prompt"]: active for body, active, _ in _starts(s)}
     assert starts["echo"] == 1, fake.log  # it ran alone, after "running" ended
-    assert not engine.exclusive.locked() and engine.shared_count == 0
-    assert engine.shared_idle.is_set()
+    assert not engine.isolation.exclusive_held and engine.isolation.shared == 0
+    assert engine.isolation.idle
     assert _leases(s) == [0]
 
 
@@ -351,7 +351,7 @@ def test_real_engine_malformed_n_with_echo_is_422_and_the_adapter_still_drains(l
     finally:
         engine.patched = patched
     assert engine.in_flight == 0 and engine.adapters[v2].in_flight == 0
-    assert not engine.exclusive.locked() and engine.shared_count == 0
+    assert not engine.isolation.exclusive_held and engine.isolation.shared == 0
     started = time.monotonic()
     with live.client() as c:
         r = c.post("/admin/adapters/unload", json={"model": v2}, headers=ADMIN)
