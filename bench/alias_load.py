@@ -6,7 +6,7 @@ load``), called once and unloaded (``/admin/adapters/unload``) in turn the whole
 Every request is checked against the alias's history: the version that answered
 (``x-loraplex-adapter-version``) must be one the alias named while the request was in flight,
 from the moves' log (when each PUT was sent and answered; see ``allowed_versions`` in
-services/server/loadgen.py for the rule, read off how ``set_alias`` swaps). The answer's text is
+bench/loadgen.py for the rule, read off how ``set_alias`` swaps). The answer's text is
 also compared with each version's own greedy answer to the same prompt, fetched by version id
 before the load starts: an answer whose text is another version's and not its named one's would
 mean the header lied. Exits 1 on any failed request (non-200 or broken stream), failed admin
@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.server.loadgen import (
+from bench.loadgen import (
     completion_bodies,
     machine,
     prepare_data_dir,

@@ -18,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.server.loadgen import (
+from bench.loadgen import (
     completion_bodies,
     machine,
     prepare_data_dir,

@@ -38,7 +38,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.server.loadgen import (
+from bench.loadgen import (
     PairedResult,
     completion_bodies,
     machine,

@@ -14,8 +14,11 @@ from shared.auth import ALL, LOCAL, SCOPES, KeyRing, Principal
 from shared.errors import ForbiddenError
 
 
-class Scope:
-    """What one inference caller may use: adapter names (patterns) and the base by its name."""
+class AccessScope:
+    """What one inference caller may use: adapter names (patterns) and the base by its name.
+
+    Not ``Scope``: that is ASGI's request scope, which the app and the proxy also handle.
+    """
 
     __slots__ = ("principal",)
 
@@ -30,7 +33,7 @@ class Scope:
         return self.principal.may_touch(model) or self.principal.may_touch(adapter_of(model))
 
 
-OPEN = Scope(LOCAL)
+OPEN = AccessScope(LOCAL)
 
 
 def _label(key: str, kind: str) -> str:
@@ -70,20 +73,20 @@ class Access:
     def inference_keys_required(self) -> bool:
         return self.keys.enabled
 
-    def inference_scope(self, authorization: str | None) -> Scope:
+    def inference_scope(self, authorization: str | None) -> AccessScope:
         """The caller's scope; AuthError when keys are configured and none matches."""
         principal = self.keys.authenticate(authorization)
         principal.require("infer")
-        return Scope(principal)
+        return AccessScope(principal)
 
-    def listing_scope(self, authorization: str | None) -> Scope:
+    def listing_scope(self, authorization: str | None) -> AccessScope:
         """What a caller may see in /v1/models and /v1/adapters: ``infer`` or ``read`` keys."""
         principal = self.keys.authenticate(authorization)
         if not (principal.has("infer") or principal.has("read")):
             raise ForbiddenError(f"key {principal.name!r} lacks the 'infer' or 'read' scope")
-        return Scope(principal)
+        return AccessScope(principal)
 
-    def check_model(self, scope: Scope, model: str) -> None:
+    def check_model(self, scope: AccessScope, model: str) -> None:
         if not scope.allows(model):
             raise ForbiddenError(f"this API key may not use model {model!r}", param="model")
 

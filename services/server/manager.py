@@ -27,7 +27,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from services.server.config import ServerSettings
-from services.server.engines import Engine, EngineClient, Residency, ResidencyState
+from services.server.engine_client import EngineClient
+from services.server.engines import Engine, Residency, ResidencyState
 from services.server.errors import EngineError, Quarantined, Unavailable
 from services.server.metrics import ServerMetrics
 from services.server.names import Target, VersionInfo

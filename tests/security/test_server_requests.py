@@ -21,9 +21,12 @@ import httpx
 import pytest
 
 from services.server.config import ServerSettings
-from services.server.engines import Engine, EngineSupervisor, plugin_reports_safe
+from services.server.engine_process import plugin_reports_safe
+from services.server.engines import Engine
 from services.server.errors import EngineError
-from services.server.proxy import check_request
+from services.server.request_checks import check_request
+from services.server.routes import CHAT, COMPLETIONS
+from services.server.supervisor import EngineSupervisor
 from services.server.vllm_plugin import MARKER
 from shared.errors import ValidationError
 from tests.events import assert_event
@@ -119,7 +122,7 @@ def test_malformed_sampling_fields_are_422_before_any_lease_and_nothing_leaks(
         assert r.status_code == 422 and r.json()["error"]["param"] == "n"
     assert _leases(s) == [0, 0]
     engine = s.service.engines[0]
-    assert not engine.exclusive.locked() and engine.shared_count == 0
+    assert not engine.isolation.exclusive_held and engine.isolation.shared == 0
     # The adapter drains and unloads at once (drain_timeout_s is 5 s: a leaked lease would
     # hold it that long and then keep it loaded).
     started = time.monotonic()
@@ -132,12 +135,12 @@ def test_malformed_sampling_fields_are_422_before_any_lease_and_nothing_leaks(
 
 def test_well_formed_values_pass_and_integral_floats_become_ints() -> None:
     payload: dict[str, Any] = {"model": "m", "n": 2.0, "logprobs": 0, "echo": False}
-    check_request("completions", payload)
+    check_request(COMPLETIONS, payload)
     assert payload["n"] == 2 and isinstance(payload["n"], int)
-    check_request("chat", {"model": "m", "logprobs": True, "top_logprobs": 5, "stream": True})
-    check_request("completions", {"model": "m", "n": None, "stream_options": None})
+    check_request(CHAT, {"model": "m", "logprobs": True, "top_logprobs": 5, "stream": True})
+    check_request(COMPLETIONS, {"model": "m", "n": None, "stream_options": None})
     with pytest.raises(ValidationError) as info:
-        check_request("completions", {"model": "m", "n": float("inf")})
+        check_request(COMPLETIONS, {"model": "m", "n": float("inf")})
     assert info.value.param == "n" and info.value.status_code == 422
 
 
@@ -172,13 +175,13 @@ def test_exclusive_request_leaving_while_queued_does_not_release_the_holders_loc
     )
     holder.start()
     s.wait(lambda: fake.active == 1)
-    assert engine.exclusive.locked()
+    assert engine.isolation.exclusive_held
     # A second echo request queues for the lock, then its client leaves.
     left: list[int] = []
     _post_bg(s, {"model": "tiny-base", **ECHO, "prompt": "leaver"}, left, timeout=0.3)
     assert left == [499]
     time.sleep(0.2)  # the server has noticed and cancelled it
-    assert engine.exclusive.locked(), "the leaving request released the holder's lock"
+    assert engine.isolation.exclusive_held, "the leaving request released the holder's lock"
     # A plain request now must still wait for the holder.
     plain: list[int] = []
     _post_bg(s, {"model": "tiny-base", "prompt": "plain"}, plain)
@@ -187,7 +190,7 @@ def test_exclusive_request_leaving_while_queued_does_not_release_the_holders_loc
     starts = {body["prompt"]: (active, pos) for body, active, pos in _starts(s)}
     assert "leaver" not in starts  # it never reached the engine
     assert starts["plain"][0] == 1, fake.log  # alone: the holder had ended
-    assert not engine.exclusive.locked() and engine.shared_count == 0
+    assert not engine.isolation.exclusive_held and engine.isolation.shared == 0
     assert _leases(s) == [0]
 
 
@@ -209,7 +212,7 @@ def test_shared_request_leaving_while_queued_does_not_end_the_isolation(
         target=_post_bg, args=(s, {"model": "tiny-base", **ECHO, "prompt": "echo"}, results)
     )
     echo.start()
-    s.wait(lambda: engine.exclusive.locked())
+    s.wait(lambda: engine.isolation.exclusive_held)
     # ... while a plain request queued behind it leaves.
     left: list[int] = []
     _post_bg(s, {"model": "tiny-base", "prompt": "leaver"}, left, timeout=0.3)
@@ -219,8 +222,8 @@ def test_shared_request_leaving_while_queued_does_not_end_the_isolation(
     assert results == [200, 200]
     starts = {body["prompt"]: active for body, active, _ in _starts(s)}
     assert starts["echo"] == 1, fake.log  # it ran alone, after "running" ended
-    assert not engine.exclusive.locked() and engine.shared_count == 0
-    assert engine.shared_idle.is_set()
+    assert not engine.isolation.exclusive_held and engine.isolation.shared == 0
+    assert engine.isolation.idle
     assert _leases(s) == [0]
 
 
@@ -348,7 +351,7 @@ def test_real_engine_malformed_n_with_echo_is_422_and_the_adapter_still_drains(l
     finally:
         engine.patched = patched
     assert engine.in_flight == 0 and engine.adapters[v2].in_flight == 0
-    assert not engine.exclusive.locked() and engine.shared_count == 0
+    assert not engine.isolation.exclusive_held and engine.isolation.shared == 0
     started = time.monotonic()
     with live.client() as c:
         r = c.post("/admin/adapters/unload", json={"model": v2}, headers=ADMIN)

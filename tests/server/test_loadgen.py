@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from services.server.loadgen import (
+from bench.loadgen import (
     AdminCall,
     allowed_versions,
     completion_bodies,

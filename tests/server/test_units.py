@@ -20,7 +20,9 @@ from services.server.metrics import (
     relabel_engine_metrics,
 )
 from services.server.names import BASE, NameTable, Target, VersionInfo, parse_name
-from services.server.proxy import _take_usage, needs_prompt_logprobs
+from services.server.relay import take_usage
+from services.server.request_checks import needs_prompt_logprobs
+from services.server.routes import CHAT, COMPLETIONS
 from services.server.routing import choose
 from shared.errors import ConfigError
 from shared.settings import load_settings
@@ -144,19 +146,19 @@ def test_usage_event_is_found_and_stripped_only_when_asked() -> None:
         b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
         b"data: [DONE]\n\n"
     )
-    kept, usage = _take_usage(block, strip=True)
+    kept, usage = take_usage(block, strip=True)
     assert usage == {"prompt_tokens": 3, "completion_tokens": 2}
     assert b"usage" not in kept and kept.endswith(b"data: [DONE]\n\n")
-    kept, _ = _take_usage(block, strip=False)
+    kept, _ = take_usage(block, strip=False)
     assert kept == block
 
 
 def test_prompt_logprob_detection() -> None:
-    assert needs_prompt_logprobs("completions", {"echo": True, "logprobs": 0})
-    assert not needs_prompt_logprobs("completions", {"echo": True})
-    assert not needs_prompt_logprobs("completions", {"logprobs": 1})
-    assert needs_prompt_logprobs("chat", {"prompt_logprobs": 1})
-    assert not needs_prompt_logprobs("chat", {"logprobs": True, "top_logprobs": 2})
+    assert needs_prompt_logprobs(COMPLETIONS, {"echo": True, "logprobs": 0})
+    assert not needs_prompt_logprobs(COMPLETIONS, {"echo": True})
+    assert not needs_prompt_logprobs(COMPLETIONS, {"logprobs": 1})
+    assert needs_prompt_logprobs(CHAT, {"prompt_logprobs": 1})
+    assert not needs_prompt_logprobs(CHAT, {"logprobs": True, "top_logprobs": 2})
 
 
 def test_access_scopes_and_admin() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.server.proxy import Relay
+from services.server.relay import Relay
 from services.server.upstream import EnginePool, UpstreamError, UpstreamTimeout
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]

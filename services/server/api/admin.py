@@ -28,25 +28,25 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_
 @router.post("/adapters/load", response_model=ResidencyList)
 async def load(body: LoadRequest, service: Service) -> ResidencyList:
     """Validate and load a registered version now (evictable unless an alias or pin needs it)."""
-    return await service.load(body.model, body.engines)
+    return await service.admin.load(body.model, body.engines)
 
 
 @router.post("/adapters/unload", response_model=ResidencyList)
 async def unload(body: UnloadRequest, service: Service) -> ResidencyList:
     """Unload a version after its in-flight requests finish (refused if an alias or pin needs it)."""
-    return await service.unload(body.model, body.engines)
+    return await service.admin.unload(body.model, body.engines)
 
 
 @router.post("/adapters/pin")
 async def pin(body: PinRequest, service: Service) -> dict[str, Any]:
     """Pin a version in the registry (every server keeps it loaded), then reconcile."""
-    return await service.pin(body.model, True)
+    return await service.admin.pin(body.model, True)
 
 
 @router.post("/adapters/unpin")
 async def unpin(body: PinRequest, service: Service) -> dict[str, Any]:
     """Remove a pin, then reconcile (the version is unloaded unless an alias needs it)."""
-    return await service.pin(body.model, False)
+    return await service.admin.pin(body.model, False)
 
 
 @router.put("/aliases/{adapter}/{alias}", response_model=AliasChange)
@@ -57,7 +57,7 @@ async def set_alias(
     then the registry moves (compare-and-set with ``expected``), then traffic switches and the old
     version drains. A protected alias needs ``evaluation_run_id`` of a passing evaluation of this
     move under its policy (403 otherwise), or ``force`` with a ``reason``."""
-    return await service.set_alias(
+    return await service.admin.set_alias(
         adapter,
         alias,
         body.version,
@@ -77,7 +77,7 @@ async def rollback(
     """Move the alias back to the version it held before its last move (a protected alias needs
     a ``reason``; the rollback is recorded as forced)."""
     body = body or RollbackRequest()
-    return await service.rollback_alias(
+    return await service.admin.rollback_alias(
         adapter, alias, actor=actor_name(key, body.actor), reason=body.reason
     )
 
@@ -85,7 +85,7 @@ async def rollback(
 @router.get("/aliases/{adapter}/{alias}/history", response_model=AliasHistory)
 async def alias_history(adapter: str, alias: str, service: Service) -> AliasHistory:
     """The alias's protection and its moves, newest first: who, why, on which evidence, forced."""
-    return await service.alias_history(adapter, alias)
+    return await service.admin.alias_history(adapter, alias)
 
 
 @router.put("/aliases/{adapter}/{alias}/protection", response_model=ProtectionOut)
@@ -94,7 +94,7 @@ async def protect(
 ) -> ProtectionOut:
     """Protect an alias with a registered gate policy (``NAME`` or ``NAME@VERSION``): from now on
     it moves only on passing evidence under that policy version's hash."""
-    return await service.protect_alias(
+    return await service.admin.protect_alias(
         adapter,
         alias,
         body.policy,
@@ -114,7 +114,7 @@ async def unprotect(
     actor: Annotated[str, Query(max_length=128)] = "admin-api",
 ) -> ProtectionOut:
     """Lift an alias's protection (returns what it was); the reason is recorded."""
-    return await service.unprotect_alias(
+    return await service.admin.unprotect_alias(
         adapter, alias, actor=actor_name(key, actor), reason=reason
     )
 
@@ -122,7 +122,7 @@ async def unprotect(
 @router.post("/reconcile")
 async def reconcile(service: Service) -> dict[str, Any]:
     """Run a reconcile pass now (also retries versions refused earlier)."""
-    return await service.reconcile()
+    return await service.admin.reconcile()
 
 
 @router.post("/adapters/import", response_model=VersionOut, status_code=201)
@@ -143,4 +143,4 @@ async def import_adapter(
 
             raise ValidationError(f"upload larger than {limit} bytes", param="files")
         contents[upload.filename or ""] = data
-    return await service.import_upload(name, contents)
+    return await service.admin.import_upload(name, contents)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -13,15 +14,12 @@ from services.server.api import admin, openai, ops
 from services.server.api.responses import serve_proxied
 from services.server.auth import Access, keyring
 from services.server.config import ServerSettings
+from services.server.routes import BY_PATH, PROXIED_ROUTES
 from services.server.service import ServerService
 from shared.auth import DOCS, METRICS, PUBLIC_OPS, Guard, Rule, rule
 from shared.http import install_error_handlers
 
 log = logging.getLogger(__name__)
-
-# Served without FastAPI's routing and middleware (see api/responses.py); the FastAPI routes of
-# the same paths document them in the OpenAPI schema and answer identically.
-PROXIED = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 
 
 def guard_rules(settings: ServerSettings) -> list[Rule]:
@@ -30,7 +28,10 @@ def guard_rules(settings: ServerSettings) -> list[Rule]:
         *PUBLIC_OPS,
         *METRICS,
         *DOCS,
-        rule("POST", r"/v1/(chat/)?completions", "infer", max_body=settings.max_body_bytes),
+        *(
+            rule(r.method, re.escape(r.path), r.scope, max_body=settings.max_body_bytes)
+            for r in PROXIED_ROUTES
+        ),
         rule("GET HEAD", r"/v1/(models|adapters)(/.*)?", "infer", "read"),
         rule("GET HEAD POST PUT DELETE PATCH", r"/admin/.*", "admin"),
     ]
@@ -47,11 +48,14 @@ class ServerApp(FastAPI):
         await self._dispatch(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = PROXIED.get(scope["path"])
+        # The proxied routes are served without FastAPI's routing and middleware (see
+        # api/responses.py); their FastAPI routes document them in the OpenAPI schema and answer
+        # identically.
+        if scope["type"] == "http":
+            route = BY_PATH.get((scope["method"], scope["path"]))
             service = getattr(self.state, "service", None)
-            if endpoint is not None and service is not None:
-                await serve_proxied(service, endpoint, scope, receive, send)
+            if route is not None and service is not None:
+                await serve_proxied(service, route, scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from services.server.auth import Scope
+from services.server.auth import AccessScope
 from services.server.service import ServerService
 from shared.auth import Principal
 
@@ -21,7 +21,7 @@ Service = Annotated[ServerService, Depends(get_service)]
 
 def inference_scope(
     service: Service, authorization: Annotated[str | None, Header()] = None
-) -> Scope:
+) -> AccessScope:
     return service.access.listing_scope(authorization)
 
 
@@ -42,4 +42,4 @@ def actor_name(principal: Principal, claimed: str) -> str:
 AdminKey = Annotated[Principal, Depends(admin_only)]
 
 
-InferenceScope = Annotated[Scope, Depends(inference_scope)]
+InferenceScope = Annotated[AccessScope, Depends(inference_scope)]

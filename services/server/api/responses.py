@@ -1,8 +1,8 @@
 """The proxied routes as plain ASGI: what every request and every streamed chunk goes through.
 
 FastAPI's routing, dependency injection and middleware cost more per request than the hop itself,
-and on a CPU machine every cycle here is taken from the engine, so ``POST /v1/chat/completions``
-and ``POST /v1/completions`` are served by :func:`serve_proxied` straight from the application's
+and on a CPU machine every cycle here is taken from the engine, so the proxied routes
+(:mod:`services.server.routes`) are served by :func:`serve_proxied` straight from the application's
 ``__call__`` (see ``app.py``). The FastAPI routes stay (OpenAPI schema, and a fallback) and run
 the same function.
 
@@ -21,6 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from services.server.errors import TooLarge, Unavailable
 from services.server.proxy import Reply
+from services.server.routes import ProxiedRoute
 from services.server.service import ServerService
 from shared.errors import LoraplexError, SystemFailure
 from shared.http import error_response_parts
@@ -92,9 +93,9 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 
 
 async def serve_proxied(
-    service: ServerService, endpoint: str, scope: Scope, receive: Receive, send: Send
+    service: ServerService, route: ProxiedRoute, scope: Scope, receive: Receive, send: Send
 ) -> None:
-    """Answer one proxied request (``endpoint``: ``chat`` or ``completions``) over raw ASGI."""
+    """Answer one request to a proxied ``route`` over raw ASGI."""
     authorization = None
     limit = service.settings.max_body_bytes
     for name, value in scope["headers"]:
@@ -118,7 +119,7 @@ async def serve_proxied(
     started = False
     try:
         try:
-            reply = await service.proxy.handle(endpoint, raw, authorization)
+            reply = await service.proxy.handle(route, raw, authorization)
         except LoraplexError as exc:
             watch.done = True
             await _send_whole(send, *error_reply(exc))
@@ -159,10 +160,10 @@ async def serve_proxied(
 class ProxiedResponse(Response):
     """For the FastAPI routes: runs :func:`serve_proxied` with the request's own receive/send."""
 
-    def __init__(self, service: ServerService, endpoint: str) -> None:
+    def __init__(self, service: ServerService, route: ProxiedRoute) -> None:
         self.service = service
-        self.endpoint = endpoint
+        self.route = route
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await serve_proxied(self.service, self.endpoint, scope, receive, send)
+        await serve_proxied(self.service, self.route, scope, receive, send)

@@ -1,6 +1,9 @@
 """Tools for the server benchmarks (``bench/*.py``): a streaming load generator, a server process,
 and random LoRA adapters with the base model's real shapes (no training, no model load).
 
+Test tooling, so it lives here and not in the shipped ``services`` package; the bench scripts put
+the repository root on ``sys.path`` and import it as ``bench.loadgen``, as the tests do.
+
 Kept small and dependency-free beyond what the server already uses (aiohttp, safetensors).
 """
 
@@ -434,7 +437,7 @@ def allowed_versions(
     to ``move.model``) from ``initial``; ``sent``/``answered``: when the request went out and
     when its response headers came back.
 
-    How the server swaps (services/server/service.py ``set_alias``): the PUT loads the new
+    How the server swaps (services/server/admin_ops.py ``set_alias``): the PUT loads the new
     version, writes the registry, and its reconcile pass swaps in a new name table in one
     assignment, all before the PUT answers; a request's name is looked up once, on the table
     current then, after it was sent and before its headers go out. So the swap falls somewhere
@@ -698,7 +701,7 @@ def machine() -> dict[str, Any]:
 
 
 def write_result(name: str, data: dict[str, Any]) -> Path:
-    out = Path(__file__).resolve().parents[2] / "bench" / "results"
+    out = Path(__file__).resolve().parents[1] / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     path.write_text(json.dumps(data, indent=2))
@@ -713,7 +716,7 @@ def prepare_data_dir(data_dir: Path) -> Path:
 
     data_dir.mkdir(parents=True, exist_ok=True)
     target = data_dir / "models" / EMBEDDED_BASE_MODEL
-    cache = Path(__file__).resolve().parents[2] / ".loraplex" / "test-cache" / "models"
+    cache = Path(__file__).resolve().parents[1] / ".loraplex" / "test-cache" / "models"
     if not target.exists() and (cache / EMBEDDED_BASE_MODEL).is_dir():
         target.mkdir(parents=True)
         for item in (cache / EMBEDDED_BASE_MODEL).iterdir():
