@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from services.evaluator import stats
+from services.evaluator.metrics import catalogue
 from services.evaluator.policy import MetricRule, Policy
 from services.evaluator.results import MetricResult, RunResult, paired_arrays
 
@@ -102,7 +103,7 @@ def _check_line(name: str, rule: MetricRule, policy: Policy, run: RunResult) -> 
             metric=name, status="skipped", reasons=[f"[skipped] {name}: {why}; not required"]
         )
 
-    if name.startswith("judge.") and (refusal := _judge_refusal(policy, run)):
+    if catalogue.is_judged(name) and (refusal := _judge_refusal(policy, run)):
         return LineResult(
             metric=name,
             status="inconclusive",

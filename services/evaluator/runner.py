@@ -27,11 +27,11 @@ from services.evaluator.generation import (
     generate_server,
 )
 from services.evaluator.local_model import LocalModels
-from services.evaluator.metrics import overlap, task
-from services.evaluator.metrics.catalogue import CATALOGUE
+from services.evaluator.metrics import catalogue
+from services.evaluator.metrics.catalogue import ScoreOptions
 from services.evaluator.results import ItemResult, RunResult, SubjectResult
 from services.evaluator.subjects import Subject, loss_curve
-from services.evaluator.suite import Suite
+from services.evaluator.suite import Suite, enabled_components
 from shared.errors import SystemFailure, ValidationError
 from shared.logs import event
 
@@ -145,21 +145,19 @@ class RunPlan:
 def validate_plan(plan: RunPlan) -> None:
     """Everything that can be checked before a model is loaded, with clear messages."""
     suite = plan.suite
-    needs_prompts = suite.generation.enabled or suite.judge.enabled or suite.parity.enabled
+    needs_prompts = sorted(
+        c for c in enabled_components(suite) if catalogue.COMPONENTS[c].needs_prompts
+    )
     if needs_prompts and not plan.data.has_prompts:
         text_rows = [i.location for i in plan.data.items if i.is_text][:3]
         raise ValidationError(
-            "generation, judge and parity need prompt + reference rows, but the data has plain "
+            f"{', '.join(needs_prompts)} need prompt + reference rows, but the data has plain "
             f"text rows (e.g. {', '.join(text_rows)}); use the perplexity-only suite `quick`",
             param="data",
         )
-    unknown = [
-        m
-        for m in suite.generation.metrics
-        if m not in CATALOGUE or CATALOGUE[m].component != "generation"
-    ]
-    if unknown:
-        raise ValidationError(f"unknown generation metrics: {', '.join(unknown)}", param="suite")
+    for name in suite.generation.metrics:
+        if catalogue.lookup(name) is None or catalogue.spec(name).component != "generation":
+            raise catalogue.unknown_metric(name, "generation", param="suite")
     if plan.generation_backend() == "server" and suite.generation.enabled and not plan.server_url:
         raise ValidationError("generation backend `server` needs a server URL", param="server_url")
     if suite.parity.enabled and not plan.server_url:
@@ -240,35 +238,13 @@ def generation_metrics(
     by_id = result.item_map()
     for item, out in zip(items, outputs, strict=True):
         by_id[item.item_id].output = out
-    pairs = list(zip(items, outputs, strict=True))
-    rouge_cache = {
-        i.item_id: overlap.rouge_item(o, i.reference, rouge_stemmer)
-        for i, o in pairs
-        if {"rouge1", "rouge2", "rougeL"} & set(metrics)
-    }
+    options = ScoreOptions(rouge_stemmer=rouge_stemmer)
     for name in metrics:
-        values: dict[str, Any]
-        extra: dict[str, Any] = {}
-        if name in task.PER_ITEM:
-            values = {i.item_id: task.PER_ITEM[name](o, i.reference) for i, o in pairs}
-            extra = task.SETTINGS[name]
-        elif name == "schema_match":
-            values = {
-                i.item_id: task.schema_match(o, i.reference, i.raw.get("schema")) for i, o in pairs
-            }
-            extra = task.SETTINGS[name]
-        elif name in ("rouge1", "rouge2", "rougeL"):
-            values = {k: v[name] for k, v in rouge_cache.items()}
-            extra = overlap.RougeSettings(use_stemmer=rouge_stemmer).describe()
-        elif name == "bleu":
-            values = {i.item_id: overlap.bleu_item_stats(o, i.reference) for i, o in pairs}
-            extra = {"signature": overlap.bleu_signature(), "aggregate": "corpus"}
-        elif name == "chrf":
-            values = {i.item_id: overlap.chrf_item_stats(o, i.reference) for i, o in pairs}
-            extra = {"signature": overlap.chrf_signature(), "aggregate": "corpus"}
-        else:  # pragma: no cover - validate_plan refuses these
-            raise ValidationError(f"unknown generation metric {name}")
-        result.add_metric(CATALOGUE[name], values, {**extra, **settings}, confidence=confidence)
+        spec = catalogue.spec(name)
+        assert spec.score is not None and spec.definition is not None  # test_registry checks it
+        values = {i.item_id: spec.score(o, i, options) for i, o in zip(items, outputs, strict=True)}
+        definition = spec.definition(options)
+        result.add_metric(spec, values, {**definition, **settings}, confidence=confidence)
 
 
 def perplexity_metrics(
@@ -284,11 +260,13 @@ def perplexity_metrics(
         rec.extra["nll"] = s.nll
         rec.extra["n_tokens"] = s.n_tokens
         rec.extra["n_bytes"] = s.n_bytes
-    tok = {i.item_id: [s.nll, float(s.n_tokens)] for i, s in pairs}
-    byt = {i.item_id: [s.nll, float(s.n_bytes)] for i, s in pairs}
-    result.add_metric(CATALOGUE["perplexity"], tok, settings, confidence=confidence)
-    result.add_metric(CATALOGUE["nll"], tok, settings, confidence=confidence)
-    result.add_metric(CATALOGUE["bits_per_byte"], byt, settings, confidence=confidence)
+    options = ScoreOptions()
+    for name in catalogue.metrics_of("perplexity"):
+        spec = catalogue.spec(name)
+        assert spec.score is not None and spec.definition is not None  # test_registry checks it
+        values = {i.item_id: spec.score(s, options) for i, s in pairs}
+        definition = spec.definition(options)
+        result.add_metric(spec, values, {**definition, **settings}, confidence=confidence)
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,7 +457,7 @@ class Runner:
                     endpoint, sub, answers["candidate"][:n], answers["baseline"][:n], advance
                 )
                 result.candidate.add_metric(
-                    CATALOGUE["judge.win_rate"],
+                    catalogue.spec("judge.win_rate"),
                     {i.item_id: o.candidate_score for i, o in zip(sub, outcomes, strict=True)},
                     {
                         **settings,
@@ -494,7 +472,7 @@ class Runner:
                 for subject in result.subjects():
                     scores = judge.judge_rubric(endpoint, sub, answers[subject.role][:n], advance)
                     subject.add_metric(
-                        CATALOGUE["judge.score"],
+                        catalogue.spec("judge.score"),
                         {i.item_id: s for i, s in zip(sub, scores, strict=True)},
                         {**settings, "prompt_version": judge.RUBRIC_VERSION, "scale": "1-10"},
                         confidence=conf,
@@ -508,7 +486,7 @@ class Runner:
             ("judge.flip_rate", rel.flip_rate, rel.pairs),
             ("judge.anchor_accuracy", rel.anchor_accuracy, 2 * rel.anchors),
         ):
-            spec = CATALOGUE[name]
+            spec = catalogue.spec(name)
             if value is None:
                 result.candidate.add_error(spec, "not measured (no pairs or anchors)", settings)
                 continue

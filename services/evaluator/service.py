@@ -46,7 +46,14 @@ from services.evaluator.subjects import (
     resolve_subject,
     validation_data_path,
 )
-from services.evaluator.suite import SUITES_DIR, TASKS_DIR, Suite, load_suite, suite_for_policy
+from services.evaluator.suite import (
+    SUITES_DIR,
+    TASKS_DIR,
+    Suite,
+    enabled_components,
+    load_suite,
+    suite_for_policy,
+)
 from shared.errors import (
     ConflictError,
     ForbiddenError,
@@ -368,11 +375,7 @@ def prepare(
     else:
         suite = load_suite(request_suite)
         if policy is not None:
-            missing = policy.components() - {
-                part
-                for part in ("generation", "perplexity", "judge", "lmeval", "forgetting", "parity")
-                if getattr(suite, part).enabled
-            }
+            missing = policy.components() - enabled_components(suite)
             if missing:
                 log.warning(
                     "suite %s does not run %s; those policy lines will fail closed",

@@ -1,17 +1,62 @@
-"""Every metric the evaluator can compute, with what the gate needs to compare it.
+"""The evaluator's registry: one entry per component and one per metric, and nothing else decides.
 
-``kind`` picks the paired method (pass/fail -> McNemar + Newcombe, continuous -> bootstrap);
-``statistic`` names how per-item values combine into the corpus value (see ``stats.STATISTICS``).
-Harness metrics are named ``lmeval.<task>.<metric>`` and described by the run that produced them.
+A **component** is a part of a suite (``Suite.<name>``) that produces metrics; a **metric** entry
+holds everything the rest of the evaluator asks about it: its component, ``kind`` (pass/fail ->
+McNemar + Newcombe, continuous -> bootstrap), direction, ``statistic`` (how per-item values
+combine into the corpus value, see ``stats.STATISTICS``), whether it pairs item by item with a
+baseline, which judge mode produces it, and for metrics scored here (generation, perplexity) the
+per-item ``score`` function and the ``definition`` recorded with every value.
+
+Harness metrics are named ``lmeval.<task>.<metric>`` and described by the run that produced them
+(:func:`lmeval_spec`). Adding a metric is one entry here plus its scoring code; :func:`problems`
+lists what an entry lacks and ``tests/evaluator/test_registry.py`` fails on any of it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+from services.evaluator import stats
+from services.evaluator.metrics import overlap, task
+from shared.errors import ValidationError
 
 Kind = Literal["binary", "continuous"]
+JudgeMode = Literal["rubric", "pairwise"]
+ItemValue = float | list[float] | None
+KINDS: tuple[Kind, ...] = ("binary", "continuous")
+JUDGE_MODES: tuple[JudgeMode, ...] = ("rubric", "pairwise")
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """The suite settings a per-item scorer or a definition may depend on."""
+
+    rouge_stemmer: bool = False
+
+
+# A per-item scorer; its input is what the component produced for the item:
+# generation ``(output: str, item: EvalItem, options)``, perplexity ``(nll: ItemNLL, options)``.
+Scorer = Callable[..., ItemValue]
+Definition = Callable[[ScoreOptions], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str  # the suite part that runs it: ``Suite.<name>``
+    description: str
+    module: str  # where its metrics are computed
+    needs_prompts: bool = False  # prompt + reference rows, not plain text
+    needs_answers: bool = False  # reads the generated answers (generation runs for it)
+    per_subject: bool = True  # runs for candidate and baseline, else once per run
+    scores_per_item: bool = False  # its metrics carry ``score`` + ``definition`` entries
+    suite_selectable: bool = False  # a suite lists which of its metrics to compute
+    open_names: bool = False  # its metric names come from the run (lm-eval tasks)
+    judged: bool = False  # its values are an LLM judge's verdicts: the gate checks the judge
 
 
 @dataclass(frozen=True)
@@ -24,64 +69,227 @@ class MetricSpec:
     # False for metrics that already compare two subjects (win rate) or describe the judge itself.
     paired: bool = True
     description: str = ""
+    score: Scorer | None = field(default=None, compare=False)
+    definition: Definition | None = field(default=None, compare=False)
+    judge_mode: JudgeMode | None = None  # the judge mode that must run to produce it
 
 
-def _spec(*args: object, **kwargs: object) -> MetricSpec:
-    return MetricSpec(*args, **kwargs)  # type: ignore[arg-type]
+COMPONENTS: dict[str, ComponentSpec] = {
+    c.name: c
+    for c in [
+        ComponentSpec(
+            "generation",
+            "answers generated for each prompt, scored against the reference",
+            "services.evaluator.metrics.task",
+            needs_prompts=True,
+            scores_per_item=True,
+            suite_selectable=True,
+        ),
+        ComponentSpec(
+            "perplexity",
+            "log-likelihood of the reference text under each subject",
+            "services.evaluator.perplexity",
+            scores_per_item=True,
+        ),
+        ComponentSpec(
+            "judge",
+            "an LLM judge: rubric scores, pairwise wins, and its own reliability",
+            "services.evaluator.judge",
+            needs_prompts=True,
+            needs_answers=True,
+            per_subject=False,
+            judged=True,
+        ),
+        ComponentSpec(
+            "lmeval",
+            "lm-eval harness tasks; metric names lmeval.<task>.<metric>",
+            "services.evaluator.lmeval_runner",
+            open_names=True,
+        ),
+        ComponentSpec(
+            "forgetting",
+            "general multiple-choice questions, to see what the adapter lost",
+            "services.evaluator.forgetting",
+        ),
+        ComponentSpec(
+            "parity",
+            "served model vs in-process model on the same prompts",
+            "services.evaluator.parity",
+            needs_prompts=True,
+            per_subject=False,
+        ),
+    ]
+}
 
+
+def _fixed(settings: dict[str, Any]) -> Definition:
+    return lambda _options: dict(settings)
+
+
+@lru_cache(maxsize=4096)
+def _rouge(output: str, reference: str, stemmer: bool) -> dict[str, float]:
+    # The three ROUGE entries score the same pair: compute it once.
+    return overlap.rouge_item(output, reference, stemmer)
+
+
+def _rouge_entry(kind: str, description: str) -> MetricSpec:
+    return MetricSpec(
+        kind,
+        "generation",
+        True,
+        "continuous",
+        description=description,
+        score=lambda o, i, opt: _rouge(o, i.reference, opt.rouge_stemmer)[kind],
+        definition=lambda opt: overlap.RougeSettings(use_stemmer=opt.rouge_stemmer).describe(),
+    )
+
+
+def _sacrebleu_definition(signature: Callable[[], str]) -> Definition:
+    return lambda _options: {"signature": signature(), "aggregate": "corpus"}
+
+
+_JSON_PARSER = {"parser": "json.loads", "code_fences": "stripped"}
 
 CATALOGUE: dict[str, MetricSpec] = {
     s.name: s
     for s in [
-        _spec("exact_match", "generation", True, "binary", description="output == reference"),
-        _spec("accuracy", "generation", True, "binary", description="normalised label match"),
-        _spec("json_valid", "generation", True, "binary", description="output parses as JSON"),
-        _spec("json_match", "generation", True, "binary", description="parsed JSON equal"),
-        _spec("schema_match", "generation", True, "binary", description="output fits the schema"),
-        _spec("token_f1", "generation", True, "continuous", description="word-overlap F1"),
-        _spec("rouge1", "generation", True, "continuous", description="ROUGE-1 F"),
-        _spec("rouge2", "generation", True, "continuous", description="ROUGE-2 F"),
-        _spec("rougeL", "generation", True, "continuous", description="ROUGE-L F"),
-        _spec(
-            "bleu", "generation", True, "continuous", "bleu", description="sacrebleu corpus BLEU"
+        MetricSpec(
+            "exact_match",
+            "generation",
+            True,
+            "binary",
+            description="output == reference",
+            score=lambda o, i, _opt: task.exact_match(o, i.reference),
+            definition=_fixed({"normalize": "strip + collapse whitespace", "case_sensitive": True}),
         ),
-        _spec(
-            "chrf", "generation", True, "continuous", "chrf", description="sacrebleu corpus chrF"
+        MetricSpec(
+            "accuracy",
+            "generation",
+            True,
+            "binary",
+            description="normalised label match",
+            score=lambda o, i, _opt: task.accuracy(o, i.reference),
+            definition=_fixed({"normalize": "NFKC, casefold, strip punctuation and whitespace"}),
         ),
-        _spec(
+        MetricSpec(
+            "json_valid",
+            "generation",
+            True,
+            "binary",
+            description="output parses as JSON",
+            score=lambda o, i, _opt: task.json_valid(o, i.reference),
+            definition=_fixed(_JSON_PARSER),
+        ),
+        MetricSpec(
+            "json_match",
+            "generation",
+            True,
+            "binary",
+            description="parsed JSON equal",
+            score=lambda o, i, _opt: task.json_match(o, i.reference),
+            definition=_fixed(
+                {"parser": "json.loads", "equality": "parsed values (key order ignored)"}
+            ),
+        ),
+        MetricSpec(
+            "schema_match",
+            "generation",
+            True,
+            "binary",
+            description="output fits the schema",
+            score=lambda o, i, _opt: task.schema_match(o, i.reference, i.raw.get("schema")),
+            definition=_fixed(
+                {
+                    "schema": "item 'schema' field (JSON Schema) if present, else inferred from "
+                    "the reference: same keys required, same JSON types, no extra keys",
+                }
+            ),
+        ),
+        MetricSpec(
+            "token_f1",
+            "generation",
+            True,
+            "continuous",
+            description="word-overlap F1",
+            score=lambda o, i, _opt: task.token_f1(o, i.reference),
+            definition=_fixed(
+                {
+                    "tokenizer": "unicode \\w+ words, CJK characters split, casefold",
+                    "average": "per item, then mean",
+                }
+            ),
+        ),
+        _rouge_entry("rouge1", "ROUGE-1 F"),
+        _rouge_entry("rouge2", "ROUGE-2 F"),
+        _rouge_entry("rougeL", "ROUGE-L F"),
+        MetricSpec(
+            "bleu",
+            "generation",
+            True,
+            "continuous",
+            "bleu",
+            description="sacrebleu corpus BLEU",
+            score=lambda o, i, _opt: overlap.bleu_item_stats(o, i.reference),
+            definition=_sacrebleu_definition(overlap.bleu_signature),
+        ),
+        MetricSpec(
+            "chrf",
+            "generation",
+            True,
+            "continuous",
+            "chrf",
+            description="sacrebleu corpus chrF",
+            score=lambda o, i, _opt: overlap.chrf_item_stats(o, i.reference),
+            definition=_sacrebleu_definition(overlap.chrf_signature),
+        ),
+        MetricSpec(
             "perplexity",
             "perplexity",
             False,
             "continuous",
             "perplexity",
             description="token-weighted corpus perplexity of the reference text",
+            score=lambda s, _opt: [s.nll, float(s.n_tokens)],
+            definition=_fixed({}),
         ),
-        _spec(
-            "bits_per_byte",
-            "perplexity",
-            False,
-            "continuous",
-            "bits_per_byte",
-            description="corpus bits per UTF-8 byte (tokenizer-independent)",
-        ),
-        _spec(
+        MetricSpec(
             "nll",
             "perplexity",
             False,
             "continuous",
             "ratio",
             description="mean negative log-likelihood per token (nats)",
+            score=lambda s, _opt: [s.nll, float(s.n_tokens)],
+            definition=_fixed({}),
         ),
-        _spec("judge.score", "judge", True, "continuous", description="rubric score 1-10"),
-        _spec(
+        MetricSpec(
+            "bits_per_byte",
+            "perplexity",
+            False,
+            "continuous",
+            "bits_per_byte",
+            description="corpus bits per UTF-8 byte (tokenizer-independent)",
+            score=lambda s, _opt: [s.nll, float(s.n_bytes)],
+            definition=_fixed({}),
+        ),
+        MetricSpec(
+            "judge.score",
+            "judge",
+            True,
+            "continuous",
+            description="rubric score 1-10",
+            judge_mode="rubric",
+        ),
+        MetricSpec(
             "judge.win_rate",
             "judge",
             True,
             "continuous",
             paired=False,
             description="pairwise vs baseline, both orders; tie = 0.5",
+            judge_mode="pairwise",
         ),
-        _spec(
+        MetricSpec(
             "judge.flip_rate",
             "judge",
             False,
@@ -89,7 +297,7 @@ CATALOGUE: dict[str, MetricSpec] = {
             paired=False,
             description="share of pairs whose verdict changes when the order is swapped",
         ),
-        _spec(
+        MetricSpec(
             "judge.anchor_accuracy",
             "judge",
             True,
@@ -97,14 +305,14 @@ CATALOGUE: dict[str, MetricSpec] = {
             paired=False,
             description="agreement with known verdicts on anchor pairs",
         ),
-        _spec(
+        MetricSpec(
             "forgetting.accuracy",
             "forgetting",
             True,
             "binary",
             description="general multiple-choice accuracy (log-likelihood)",
         ),
-        _spec(
+        MetricSpec(
             "parity.greedy_agreement",
             "parity",
             True,
@@ -112,7 +320,7 @@ CATALOGUE: dict[str, MetricSpec] = {
             paired=False,
             description="in-process and served greedy outputs identical",
         ),
-        _spec(
+        MetricSpec(
             "parity.max_logprob_diff",
             "parity",
             False,
@@ -121,7 +329,7 @@ CATALOGUE: dict[str, MetricSpec] = {
             paired=False,
             description="largest |logprob difference| per token, in-process vs served",
         ),
-        _spec(
+        MetricSpec(
             "parity.mean_logprob_diff",
             "parity",
             False,
@@ -145,3 +353,89 @@ def lookup(name: str) -> MetricSpec | None:
 
 def known_names() -> list[str]:
     return [*sorted(CATALOGUE), "lmeval.<task>.<metric>"]
+
+
+def unknown_metric(
+    name: str, component: str | None = None, param: str = "metrics"
+) -> ValidationError:
+    """The one error for a metric name nobody registered, naming the valid ones."""
+    valid = metrics_of(component) if component else known_names()
+    where = f" {component}" if component else ""
+    return ValidationError(
+        f"unknown{where} metric {name!r}; known{where} metrics: {', '.join(valid)}", param=param
+    )
+
+
+def spec(name: str) -> MetricSpec:
+    """The entry for ``name``; a clear error naming the valid metrics if there is none."""
+    found = CATALOGUE.get(name)
+    if found is None:
+        raise unknown_metric(name)
+    return found
+
+
+def component_of(name: str) -> str:
+    """Which component produces ``name`` (harness metrics: ``lmeval``)."""
+    found = CATALOGUE.get(name)
+    if found is not None:
+        return found.component
+    if LMEVAL_RE.match(name):
+        return "lmeval"
+    raise unknown_metric(name)
+
+
+def is_judged(name: str) -> bool:
+    """Whether ``name``'s values come from the LLM judge (so its reliability limits apply)."""
+    found = CATALOGUE.get(name)
+    return found is not None and COMPONENTS[found.component].judged
+
+
+def metrics_of(component: str) -> list[str]:
+    return [n for n, s in CATALOGUE.items() if s.component == component]
+
+
+def lmeval_spec(
+    name: str, higher_is_better: bool, kind: Kind, statistic: str = "mean", paired: bool = True
+) -> MetricSpec:
+    """A harness metric, described by the run that produced it."""
+    return MetricSpec(name, "lmeval", higher_is_better, kind, statistic, paired)
+
+
+def problems(
+    metrics: Mapping[str, MetricSpec] | None = None,
+    components: Mapping[str, ComponentSpec] | None = None,
+) -> list[str]:
+    """What each entry lacks; empty when every entry has every piece it needs."""
+    metrics = CATALOGUE if metrics is None else metrics
+    components = COMPONENTS if components is None else components
+    out: list[str] = []
+    for key, comp in components.items():
+        if key != comp.name or not comp.description:
+            out.append(f"component {key}: key, name and description must be set and agree")
+        if importlib.util.find_spec(comp.module) is None:
+            out.append(f"component {key}: module {comp.module} does not exist")
+        if not comp.open_names and not any(s.component == key for s in metrics.values()):
+            out.append(f"component {key}: produces no registered metric")
+    for key, m in metrics.items():
+        where = f"metric {key}"
+        if key != m.name or not m.description:
+            out.append(f"{where}: key, name and description must be set and agree")
+        if LMEVAL_RE.match(key):
+            out.append(f"{where}: lmeval.<task>.<metric> names belong to the harness")
+        comp = components.get(m.component)
+        if comp is None:
+            out.append(f"{where}: unknown component {m.component!r}")
+            continue
+        if m.kind not in KINDS:
+            out.append(f"{where}: kind {m.kind!r} is not one of {', '.join(KINDS)}")
+        if m.statistic not in stats.STATISTICS:
+            out.append(f"{where}: statistic {m.statistic!r} is not in stats.STATISTICS")
+        if not isinstance(m.higher_is_better, bool) or not isinstance(m.paired, bool):
+            out.append(f"{where}: higher_is_better and paired must be booleans")
+        if comp.scores_per_item and not (callable(m.score) and callable(m.definition)):
+            out.append(f"{where}: a {comp.name} metric needs a score and a definition")
+        if not comp.scores_per_item and (m.score is not None or m.definition is not None):
+            out.append(f"{where}: {comp.name} computes its metrics itself; no score here")
+        if m.judge_mode is not None and (comp.name != "judge" or m.judge_mode not in JUDGE_MODES):
+            out.append(f"{where}: judge_mode {m.judge_mode!r} is for judge metrics only")
+    return out
