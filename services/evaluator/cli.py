@@ -88,7 +88,7 @@ def _fail(exc: BaseException) -> None:
 
 
 def _tracker_factory(quiet: bool) -> Any:
-    from services.evaluator.runner import Tracker, stages
+    from services.evaluator.stages import Tracker, stages
 
     def make(plan: Any) -> Tracker:
         if quiet or not sys.stderr.isatty():

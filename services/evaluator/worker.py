@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session
 
 from services.evaluator import service
 from services.evaluator.config import EvaluatorSettings
-from services.evaluator.runner import Tracker, stages
 from services.evaluator.schemas import EvaluationCreate
+from services.evaluator.stages import Tracker, stages
 from shared.logs import event, mask_url
 from shared.registry import queue
 from shared.registry.db import Registry, open_registry

@@ -21,7 +21,7 @@ from services.evaluator.metrics.catalogue import (
 )
 from services.evaluator.perplexity import ItemNLL
 from services.evaluator.results import ItemResult, SubjectResult
-from services.evaluator.runner import generation_metrics, perplexity_metrics
+from services.evaluator.scoring import generation_metrics, perplexity_metrics
 from services.evaluator.suite import SUITES_DIR, Suite, load_suite
 from shared.datasets.records import Message
 from shared.errors import ValidationError

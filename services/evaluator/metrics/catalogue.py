@@ -57,6 +57,9 @@ class ComponentSpec:
     suite_selectable: bool = False  # a suite lists which of its metrics to compute
     open_names: bool = False  # its metric names come from the run (lm-eval tasks)
     judged: bool = False  # its values are an LLM judge's verdicts: the gate checks the judge
+    stage: str = ""  # progress label of its stage (per subject: "<stage> (<role>)")
+    # Work units of its stage, from the suite and the number of items: the one place it is computed.
+    units: Callable[[Any, int], int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,19 @@ class MetricSpec:
     judge_mode: JudgeMode | None = None  # the judge mode that must run to produce it
 
 
+def _forgetting_units(suite: Any, _n: int) -> int:
+    from services.evaluator import forgetting  # it imports this module: import it late
+
+    return forgetting.count(suite.forgetting.data)
+
+
+def _judge_units(suite: Any, n: int) -> int:
+    # Both orders of every judged item per mode, plus both orders of every anchor pair.
+    judged = min(n, suite.judge.max_items or n)
+    return 2 * judged * len(suite.judge.modes) + 2 * suite.judge.anchors
+
+
+# In run order: per-subject components run for the candidate, then the baseline; the others after.
 COMPONENTS: dict[str, ComponentSpec] = {
     c.name: c
     for c in [
@@ -84,12 +100,31 @@ COMPONENTS: dict[str, ComponentSpec] = {
             needs_prompts=True,
             scores_per_item=True,
             suite_selectable=True,
+            stage="generate",
+            units=lambda _suite, n: n,
         ),
         ComponentSpec(
             "perplexity",
             "log-likelihood of the reference text under each subject",
             "services.evaluator.perplexity",
             scores_per_item=True,
+            stage="perplexity",
+            units=lambda _suite, n: n,
+        ),
+        ComponentSpec(
+            "forgetting",
+            "general multiple-choice questions, to see what the adapter lost",
+            "services.evaluator.forgetting",
+            stage="forgetting",
+            units=_forgetting_units,
+        ),
+        ComponentSpec(
+            "lmeval",
+            "lm-eval harness tasks; metric names lmeval.<task>.<metric>",
+            "services.evaluator.lmeval_runner",
+            open_names=True,
+            stage="lm-eval",
+            units=lambda suite, _n: len(suite.lmeval.tasks),
         ),
         ComponentSpec(
             "judge",
@@ -99,17 +134,8 @@ COMPONENTS: dict[str, ComponentSpec] = {
             needs_answers=True,
             per_subject=False,
             judged=True,
-        ),
-        ComponentSpec(
-            "lmeval",
-            "lm-eval harness tasks; metric names lmeval.<task>.<metric>",
-            "services.evaluator.lmeval_runner",
-            open_names=True,
-        ),
-        ComponentSpec(
-            "forgetting",
-            "general multiple-choice questions, to see what the adapter lost",
-            "services.evaluator.forgetting",
+            stage="judge",
+            units=_judge_units,
         ),
         ComponentSpec(
             "parity",
@@ -117,6 +143,8 @@ COMPONENTS: dict[str, ComponentSpec] = {
             "services.evaluator.parity",
             needs_prompts=True,
             per_subject=False,
+            stage="parity",
+            units=lambda suite, _n: suite.parity.items,
         ),
     ]
 }
@@ -412,6 +440,8 @@ def problems(
     for key, comp in components.items():
         if key != comp.name or not comp.description:
             out.append(f"component {key}: key, name and description must be set and agree")
+        if not comp.stage or not callable(comp.units):
+            out.append(f"component {key}: needs a stage label and a units function")
         if importlib.util.find_spec(comp.module) is None:
             out.append(f"component {key}: module {comp.module} does not exist")
         if not comp.open_names and not any(s.component == key for s in metrics.values()):
