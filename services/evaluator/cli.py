@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
+from services.evaluator.statuses import ExitCode, RunStatus
 from shared.errors import LoraplexError
 
 eval_app = typer.Typer(
@@ -33,8 +34,6 @@ gate_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app = eval_app  # the skeleton's conventional name
-
-ERROR_EXIT = 3
 
 Candidate = Annotated[
     str, typer.Option("--candidate", "-c", help="name@vN, name:alias, name (its prod), or base")
@@ -84,7 +83,7 @@ def _fail(exc: BaseException) -> None:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     else:
         typer.secho(f"error: {type(exc).__name__}: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(ERROR_EXIT)
+    raise typer.Exit(ExitCode.ERROR)
 
 
 def _tracker_factory(quiet: bool) -> Any:
@@ -309,14 +308,14 @@ def eval_status(
         settings = _settings()
         registry = open_registry(settings)
         pub = service.public(service.get_run(registry, run_id))
-        while wait and pub.status in ("queued", "running"):
+        while wait and pub.status in (RunStatus.QUEUED, RunStatus.RUNNING):
             time.sleep(2)
             pub = service.public(service.get_run(registry, run_id))
     except Exception as exc:
         _fail(exc)
     typer.echo(pub.model_dump_json(indent=1))
     if wait:
-        raise typer.Exit(pub.exit_code if pub.exit_code is not None else ERROR_EXIT)
+        raise typer.Exit(pub.exit_code if pub.exit_code is not None else ExitCode.ERROR)
 
 
 @eval_app.command("report")

@@ -12,6 +12,7 @@ from typing import Any
 
 from services.evaluator import gate as gate_mod
 from services.evaluator.prepare import Prepared
+from services.evaluator.statuses import RunStatus
 from shared.errors import LoraplexError
 from shared.registry import adapters, queue
 from shared.registry.db import Registry
@@ -57,7 +58,11 @@ def finish_promotion(registry: Registry, claim: Claim) -> dict[str, Any] | None:
     try:
         with registry.session() as session:
             queue.require(
-                session, EvaluationRunRow, claim, statuses=("succeeded",), heartbeat_at=utcnow()
+                session,
+                EvaluationRunRow,
+                claim,
+                statuses=(RunStatus.SUCCEEDED,),
+                heartbeat_at=utcnow(),
             )
             adapters.set_alias(
                 session,

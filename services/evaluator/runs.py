@@ -22,6 +22,7 @@ from services.evaluator import gate as gate_mod
 from services.evaluator.prepare import Prepared
 from services.evaluator.results import RunResult
 from services.evaluator.schemas import EvaluationCreate, EvaluationPublic
+from services.evaluator.statuses import ExitCode, RunStatus
 from shared.errors import LoraplexError, NotFoundError
 from shared.registry import queue
 from shared.registry.db import Registry
@@ -95,8 +96,8 @@ def fail_run(registry: Registry, claim: Claim, exc: BaseException | dict[str, An
             session,
             EvaluationRunRow,
             claim,
-            statuses=("running",),
-            status="failed",
+            statuses=(RunStatus.RUNNING,),
+            status=RunStatus.FAILED,
             error=error,
             finished_at=utcnow(),
             worker_id=None,
@@ -129,8 +130,8 @@ def store_result(
             session,
             EvaluationRunRow,
             claim,
-            statuses=("running",),
-            status="succeeded",
+            statuses=(RunStatus.RUNNING,),
+            status=RunStatus.SUCCEEDED,
             summary=summary,
             decision=gate.decision if gate else None,
             report_path=str(report_path),
@@ -206,10 +207,10 @@ def public(row: EvaluationRunRow, *, with_results: bool = True) -> EvaluationPub
     summary = row.summary or {}
     promotion = row.promotion or summary.get("promotion")
     # A stored pass whose alias has not moved yet is not finished: callers wait for the move.
-    pending = row.status == "succeeded" and (promotion or {}).get("state") == "pending"
-    status = "running" if pending else row.status
+    pending = row.status == RunStatus.SUCCEEDED and (promotion or {}).get("state") == "pending"
+    status = RunStatus.RUNNING if pending else RunStatus(row.status)
     results = None
-    if with_results and status == "succeeded":
+    if with_results and status == RunStatus.SUCCEEDED:
         results = {
             "candidate": {
                 k: v.get("value")
@@ -224,11 +225,11 @@ def public(row: EvaluationRunRow, *, with_results: bool = True) -> EvaluationPub
             "promotion": promotion,
         }
     exit_code = None
-    if status == "succeeded":
+    if status == RunStatus.SUCCEEDED:
         refused = bool(promotion and promotion.get("error"))
-        exit_code = gate_mod.EXIT_CODES.get("error" if refused else (row.decision or "pass"), 0)
-    elif status == "failed":
-        exit_code = gate_mod.EXIT_CODES["error"]
+        exit_code = int(ExitCode.of("error" if refused else (row.decision or "pass")))
+    elif status == RunStatus.FAILED:
+        exit_code = int(ExitCode.ERROR)
     return EvaluationPublic(
         id=row.id,
         status=status,

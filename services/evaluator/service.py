@@ -47,6 +47,7 @@ from services.evaluator.runs import public as public
 from services.evaluator.runs import store_result as store_result
 from services.evaluator.schemas import EvaluationCreate
 from services.evaluator.stages import Tracker, stages
+from services.evaluator.statuses import ExitCode, RunStatus
 from shared.logs import event
 from shared.registry.db import Registry
 from shared.registry.queue import Claim, ClaimLost
@@ -69,8 +70,8 @@ class Outcome:
     @property
     def exit_code(self) -> int:
         if self.promotion and self.promotion.get("error"):
-            return gate_mod.EXIT_CODES["error"]
-        return self.gate.exit_code if self.gate else 0
+            return int(ExitCode.ERROR)
+        return self.gate.exit_code if self.gate else int(ExitCode.PASS)
 
 
 def run_dir(settings: EvaluatorSettings, claim: Claim) -> Path:
@@ -172,7 +173,12 @@ def run_now(
     """Synchronous run (CLI): validate first (nothing stored on bad input), then execute."""
     prepared = prepare(settings, registry, request, local=local)
     claim = create_run(
-        registry, request, prepared, prepared.plan.run_id, "running", owner=local_worker_id()
+        registry,
+        request,
+        prepared,
+        prepared.plan.run_id,
+        RunStatus.RUNNING,
+        owner=local_worker_id(),
     )
     assert claim is not None
     tracker = tracker_factory(prepared.plan) if tracker_factory else None
@@ -194,5 +200,10 @@ def submit(
     of the key that asked (recorded, and named in the alias history on promotion)."""
     prepared = prepare(settings, registry, request)
     create_run(
-        registry, request, prepared, prepared.plan.run_id, "queued", requested_by=requested_by
+        registry,
+        request,
+        prepared,
+        prepared.plan.run_id,
+        RunStatus.QUEUED,
+        requested_by=requested_by,
     )
