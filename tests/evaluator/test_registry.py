@@ -51,6 +51,14 @@ def test_every_component_is_a_suite_part() -> None:
     assert set(COMPONENTS) == parts
 
 
+@pytest.mark.parametrize("name", list(COMPONENTS))
+def test_each_component_sizes_its_stage(name: str) -> None:
+    units = COMPONENTS[name].units
+    assert units is not None
+    size = units(Suite(), 5)
+    assert isinstance(size, int) and size >= 0
+
+
 def _usable(value: object) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
