@@ -12,7 +12,7 @@ from typing import Any
 
 from services.evaluator import gate as gate_mod
 from services.evaluator.prepare import Prepared
-from services.evaluator.statuses import RunStatus
+from services.evaluator.statuses import PromotionState, RunStatus
 from shared.errors import LoraplexError
 from shared.registry import adapters, queue
 from shared.registry.db import Registry
@@ -40,8 +40,12 @@ def requested_promotion(
     }
     if gate is None or gate.decision != "pass":
         why = f"gate decision is {gate.decision if gate else 'missing'}; nothing moves"
-        return {**info, "state": "skipped", "why": why}
-    return {**info, "state": "pending", "reason": f"gate pass (policy {gate.policy_sha256[:12]})"}
+        return {**info, "state": PromotionState.SKIPPED, "why": why}
+    return {
+        **info,
+        "state": PromotionState.PENDING,
+        "reason": f"gate pass (policy {gate.policy_sha256[:12]})",
+    }
 
 
 def finish_promotion(registry: Registry, claim: Claim) -> dict[str, Any] | None:
@@ -53,7 +57,7 @@ def finish_promotion(registry: Registry, claim: Claim) -> dict[str, Any] | None:
         requested_by = str((row.config or {}).get("requested_by") or "") if row is not None else ""
     # The alias history names the gate and the key that asked for the promotion.
     actor = f"{PROMOTION_ACTOR} for {requested_by}" if requested_by else PROMOTION_ACTOR
-    if promotion.get("state") != "pending":
+    if promotion.get("state") != PromotionState.PENDING:
         return promotion or None
     try:
         with registry.session() as session:
@@ -74,7 +78,7 @@ def finish_promotion(registry: Registry, claim: Claim) -> dict[str, Any] | None:
                 actor=actor,
                 reason=str(promotion.get("reason") or "gate pass"),
             )
-            promotion.update(state="moved", moved=True)
+            promotion.update(state=PromotionState.MOVED, moved=True)
             queue.require(
                 session,
                 EvaluationRunRow,
@@ -86,7 +90,9 @@ def finish_promotion(registry: Registry, claim: Claim) -> dict[str, Any] | None:
     except ClaimLost:
         raise
     except LoraplexError as exc:  # the registry refused (moved meanwhile, protected, base, ...)
-        promotion.update(state="refused", moved=False, error=exc.message, code=exc.code)
+        promotion.update(
+            state=PromotionState.REFUSED, moved=False, error=exc.message, code=exc.code
+        )
         with registry.session() as session:
             queue.require(
                 session,

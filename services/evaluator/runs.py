@@ -22,7 +22,7 @@ from services.evaluator import gate as gate_mod
 from services.evaluator.prepare import Prepared
 from services.evaluator.results import RunResult
 from services.evaluator.schemas import EvaluationCreate, EvaluationPublic
-from services.evaluator.statuses import ExitCode, RunStatus
+from services.evaluator.statuses import ExitCode, PromotionState, RunStatus
 from shared.errors import LoraplexError, NotFoundError
 from shared.registry import queue
 from shared.registry.db import Registry
@@ -123,7 +123,7 @@ def store_result(
 ) -> None:
     """Everything the run produced and the promotion it asks for, in one transaction, under the
     claim (raises :class:`ClaimLost`, storing nothing, when another worker owns the run now)."""
-    pending = bool(promotion and promotion.get("state") == "pending")
+    pending = bool(promotion and promotion.get("state") == PromotionState.PENDING)
     with registry.session() as session:
         # The guarded UPDATE comes first: it fences and locks the row until the commit.
         queue.require(
@@ -207,8 +207,11 @@ def public(row: EvaluationRunRow, *, with_results: bool = True) -> EvaluationPub
     summary = row.summary or {}
     promotion = row.promotion or summary.get("promotion")
     # A stored pass whose alias has not moved yet is not finished: callers wait for the move.
-    pending = row.status == RunStatus.SUCCEEDED and (promotion or {}).get("state") == "pending"
-    status = RunStatus.RUNNING if pending else RunStatus(row.status)
+    pending = (
+        row.status == RunStatus.SUCCEEDED
+        and (promotion or {}).get("state") == PromotionState.PENDING
+    )
+    status: str = RunStatus.RUNNING if pending else row.status
     results = None
     if with_results and status == RunStatus.SUCCEEDED:
         results = {

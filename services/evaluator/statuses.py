@@ -1,4 +1,4 @@
-"""The evaluator's vocabulary of states: run statuses, gate verdicts, and the exit codes CI reads.
+"""The evaluator's states: run statuses, promotion states, gate verdicts, the exit codes CI reads.
 
 One definition each; the values are what the registry stores and the API and CLI return, so they
 never change. Light on purpose (no third-party imports): the CLI imports it at start-up.
@@ -17,6 +17,15 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+
+
+class PromotionState(StrEnum):
+    """What became of the alias move a run asked for (``promotion.state`` in the run row)."""
+
+    SKIPPED = "skipped"  # the gate did not pass: nothing moves
+    PENDING = "pending"  # a stored pass; the move follows (or the next claimant finishes it)
+    MOVED = "moved"
+    REFUSED = "refused"  # the registry refused the move (moved meanwhile, protected, ...)
 
 
 # The gate's verdict on a run, and on each policy line (a line may also be skipped).

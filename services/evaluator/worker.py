@@ -30,7 +30,7 @@ from services.evaluator import service
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.schemas import EvaluationCreate
 from services.evaluator.stages import Tracker, stages
-from services.evaluator.statuses import RunStatus
+from services.evaluator.statuses import PromotionState, RunStatus
 from shared.logs import event, mask_url
 from shared.registry import queue
 from shared.registry.db import Registry, open_registry
@@ -69,7 +69,7 @@ class Worker:
                 stale_after_s=stale,
                 waiting=(),
                 running=(RunStatus.SUCCEEDED,),
-                where=EvaluationRunRow.promotion["state"].as_string() == "pending",
+                where=EvaluationRunRow.promotion["state"].as_string() == PromotionState.PENDING,
                 set_status=None,
             ) or queue.claim_next(session, EvaluationRunRow, self.worker_id, stale_after_s=stale)
         if claim is not None:
