@@ -71,6 +71,7 @@ def suite_spec(
 def request_policy(
     settings: EvaluatorSettings, spec: str | dict[str, Any] | None, local: bool
 ) -> Policy | None:
+    """The request's policy: inline YAML or a mapping, or a file (allowed dirs unless local)."""
     if spec is None:
         return None
     if isinstance(spec, dict):
@@ -111,6 +112,7 @@ def named_endpoint(settings: EvaluatorSettings, name: str, param: str) -> Endpoi
 def server_endpoint(
     settings: EvaluatorSettings, request: EvaluationCreate, local: bool
 ) -> tuple[str | None, Endpoint | None]:
+    """(name, endpoint) of the server; a URL only in the operator's own (local) run."""
     if request.server_url is not None:
         if not local:
             raise ValidationError(
@@ -138,6 +140,7 @@ def server_endpoint(
 def judge_endpoint(
     settings: EvaluatorSettings, suite: Suite, server: tuple[str | None, Endpoint | None]
 ) -> tuple[str | None, Endpoint | None]:
+    """(name, endpoint) of the judge: the suite's named one, else ``judge``, else the server."""
     if suite.judge.endpoint:
         name = suite.judge.endpoint
         return name, named_endpoint(settings, name, "suite.judge.endpoint")
