@@ -207,3 +207,4 @@ def submit(
         RunStatus.QUEUED,
         requested_by=requested_by,
     )
+    return prepared.plan.run_id
