@@ -69,6 +69,13 @@ class MetricSpec:
 LMEVAL_RE = re.compile(r"^lmeval\.(?P<task>[A-Za-z0-9_\-]+)\.(?P<metric>[A-Za-z0-9_\-]+)$")
 
 
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
 def check(metrics: Mapping[str, MetricSpec], components: Mapping[str, ComponentSpec]) -> list[str]:
     """What each entry lacks; empty when every entry has every piece it needs.
 
@@ -80,7 +87,7 @@ def check(metrics: Mapping[str, MetricSpec], components: Mapping[str, ComponentS
             out.append(f"component {key}: key, name and description must be set and agree")
         if not comp.stage or not callable(comp.units):
             out.append(f"component {key}: needs a stage label and a units function")
-        if importlib.util.find_spec(comp.module) is None:
+        if not _module_exists(comp.module):
             out.append(f"component {key}: module {comp.module} does not exist")
         if not comp.open_names and not any(s.component == key for s in metrics.values()):
             out.append(f"component {key}: produces no registered metric")
@@ -90,8 +97,8 @@ def check(metrics: Mapping[str, MetricSpec], components: Mapping[str, ComponentS
             out.append(f"{where}: key, name and description must be set and agree")
         if LMEVAL_RE.match(key):
             out.append(f"{where}: lmeval.<task>.<metric> names belong to the harness")
-        comp = components.get(m.component)
-        if comp is None:
+        owner = components.get(m.component)
+        if owner is None:
             out.append(f"{where}: unknown component {m.component!r}")
             continue
         if m.kind not in KINDS:
@@ -100,10 +107,10 @@ def check(metrics: Mapping[str, MetricSpec], components: Mapping[str, ComponentS
             out.append(f"{where}: statistic {m.statistic!r} is not in stats.STATISTICS")
         if not isinstance(m.higher_is_better, bool) or not isinstance(m.paired, bool):
             out.append(f"{where}: higher_is_better and paired must be booleans")
-        if comp.scores_per_item and not (callable(m.score) and callable(m.definition)):
-            out.append(f"{where}: a {comp.name} metric needs a score and a definition")
-        if not comp.scores_per_item and (m.score is not None or m.definition is not None):
-            out.append(f"{where}: {comp.name} computes its metrics itself; no score here")
-        if m.judge_mode is not None and (comp.name != "judge" or m.judge_mode not in JUDGE_MODES):
+        if owner.scores_per_item and not (callable(m.score) and callable(m.definition)):
+            out.append(f"{where}: a {owner.name} metric needs a score and a definition")
+        if not owner.scores_per_item and (m.score is not None or m.definition is not None):
+            out.append(f"{where}: {owner.name} computes its metrics itself; no score here")
+        if m.judge_mode is not None and (owner.name != "judge" or m.judge_mode not in JUDGE_MODES):
             out.append(f"{where}: judge_mode {m.judge_mode!r} is for judge metrics only")
     return out
