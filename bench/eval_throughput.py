@@ -63,7 +63,7 @@ def bench_generation(
     }
     if args.skip_server:
         return out
-    from services.evaluator import launch
+    from tests.evaluator import launch
 
     with launch.serve(data_dir, log_path=data_dir / "server.log") as url:
         # One warm-up request: vLLM compiles and allocates on the first batch.

@@ -12,14 +12,13 @@ unreachable endpoint, crashed run, promotion conflict).
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from services.evaluator.statuses import ExitCode, RunStatus
 from shared.errors import LoraplexError
 
 eval_app = typer.Typer(
@@ -33,8 +32,6 @@ gate_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app = eval_app  # the skeleton's conventional name
-
-ERROR_EXIT = 3
 
 Candidate = Annotated[
     str, typer.Option("--candidate", "-c", help="name@vN, name:alias, name (its prod), or base")
@@ -84,90 +81,21 @@ def _fail(exc: BaseException) -> None:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     else:
         typer.secho(f"error: {type(exc).__name__}: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(ERROR_EXIT)
-
-
-def _tracker_factory(quiet: bool) -> Any:
-    from services.evaluator.runner import Tracker, stages
-
-    def make(plan: Any) -> Tracker:
-        if quiet or not sys.stderr.isatty():
-            last = {"label": ""}
-
-            def plain(fraction: float, label: str) -> None:
-                if label != last["label"]:
-                    last["label"] = label
-                    typer.echo(f"[{100 * fraction:5.1f}%] {label}", err=True)
-
-            return Tracker(stages(plan), plain)
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(
-            TextColumn("{task.description:<24}"),
-            BarColumn(),
-            TextColumn("{task.percentage:>5.1f}%"),
-            TimeElapsedColumn(),
-            transient=False,
-        )
-        task_id = bar.add_task("starting", total=1.0)
-        bar.start()
-
-        def update(fraction: float, label: str) -> None:
-            bar.update(task_id, completed=fraction, description=label)
-            if fraction >= 1.0:
-                bar.stop()
-
-        return Tracker(stages(plan), update)
-
-    return make
-
-
-def _print_outcome(outcome: Any, as_json: bool, out: Path | None) -> None:
-    from services.evaluator import report
-
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        for path in outcome.paths.values():
-            shutil.copy(path, out / path.name)
-    if as_json:
-        typer.echo(
-            json.dumps(report.result_json(outcome.result, outcome.gate), indent=1, default=str)
-        )
-        return
-    res = outcome.result
-    typer.echo(
-        f"run {outcome.run_id}: {res.candidate.model} vs "
-        f"{res.baseline.model if res.baseline else 'no baseline'} "
-        f"({res.data.get('n_used')} items)"
-    )
-    for name, m in res.candidate.metrics.items():
-        b = res.baseline.metrics.get(name) if res.baseline else None
-        value = f"{m.value:.4g}" if m.ok else f"error: {m.error}"
-        base = f"{b.value:.4g}" if b is not None and b.ok else "-"
-        typer.echo(f"  {name:<26} {value:>12}   baseline {base:>10}")
-    if outcome.gate is not None:
-        colour = {"pass": typer.colors.GREEN, "fail": typer.colors.RED}.get(
-            outcome.gate.decision, typer.colors.YELLOW
-        )
-        typer.secho(f"gate: {outcome.gate.decision.upper()}", fg=colour, bold=True)
-        for reason in outcome.gate.reasons:
-            typer.echo(f"  {reason}")
-    if outcome.promotion is not None:
-        typer.echo(f"promotion: {json.dumps(outcome.promotion)}")
-    typer.echo(f"report: {outcome.paths['html']}")
+    raise typer.Exit(ExitCode.ERROR)
 
 
 def _run(request: Any, as_json: bool, out: Path | None, quiet: bool) -> None:
     from services.evaluator import service
+    from services.evaluator.cli_output import print_outcome, tracker_factory
     from shared.registry.db import open_registry
 
     try:
         settings = _settings()
         registry = open_registry(settings)
-        outcome = service.run_now(settings, registry, request, _tracker_factory(quiet))
+        outcome = service.run_now(settings, registry, request, tracker_factory(quiet))
     except Exception as exc:
         _fail(exc)
-    _print_outcome(outcome, as_json, out)
+    print_outcome(outcome, as_json, out)
     raise typer.Exit(outcome.exit_code)
 
 
@@ -309,14 +237,14 @@ def eval_status(
         settings = _settings()
         registry = open_registry(settings)
         pub = service.public(service.get_run(registry, run_id))
-        while wait and pub.status in ("queued", "running"):
+        while wait and pub.status in (RunStatus.QUEUED, RunStatus.RUNNING):
             time.sleep(2)
             pub = service.public(service.get_run(registry, run_id))
     except Exception as exc:
         _fail(exc)
     typer.echo(pub.model_dump_json(indent=1))
     if wait:
-        raise typer.Exit(pub.exit_code if pub.exit_code is not None else ERROR_EXIT)
+        raise typer.Exit(pub.exit_code if pub.exit_code is not None else ExitCode.ERROR)
 
 
 @eval_app.command("report")

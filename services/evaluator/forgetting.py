@@ -17,7 +17,7 @@ from typing import Any
 
 from services.evaluator import perplexity
 from services.evaluator.local_model import LocalModels
-from services.evaluator.metrics.catalogue import CATALOGUE
+from services.evaluator.metrics import catalogue
 from services.evaluator.results import ItemResult, SubjectResult
 from services.evaluator.subjects import Subject
 from shared.errors import NotFoundError, ValidationError
@@ -91,7 +91,7 @@ def run(
             )
         )
     result.add_metric(
-        CATALOGUE["forgetting.accuracy"],
+        catalogue.spec("forgetting.accuracy"),
         values,
         {
             "set": Path(path).name,

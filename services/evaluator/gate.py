@@ -14,17 +14,17 @@ and skipped); else ``inconclusive`` if any line is; else ``pass``.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from services.evaluator import stats
+from services.evaluator.metrics import catalogue
 from services.evaluator.policy import MetricRule, Policy
 from services.evaluator.results import MetricResult, RunResult, paired_arrays
+from services.evaluator.statuses import Decision as Decision
+from services.evaluator.statuses import ExitCode
+from services.evaluator.statuses import LineStatus as Status
 
-Status = Literal["pass", "fail", "inconclusive", "skipped"]
-Decision = Literal["pass", "fail", "inconclusive"]
-EXIT_CODES: dict[str, int] = {"pass": 0, "fail": 1, "inconclusive": 2, "error": 3}
 _RANK = {"skipped": 0, "pass": 1, "inconclusive": 2, "fail": 3}
 
 
@@ -48,7 +48,7 @@ class GateResult(BaseModel):
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES[self.decision]
+        return int(ExitCode.of(self.decision))
 
 
 def _fmt(x: float | None) -> str:
@@ -102,7 +102,7 @@ def _check_line(name: str, rule: MetricRule, policy: Policy, run: RunResult) -> 
             metric=name, status="skipped", reasons=[f"[skipped] {name}: {why}; not required"]
         )
 
-    if name.startswith("judge.") and (refusal := _judge_refusal(policy, run)):
+    if catalogue.is_judged(name) and (refusal := _judge_refusal(policy, run)):
         return LineResult(
             metric=name,
             status="inconclusive",

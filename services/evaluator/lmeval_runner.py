@@ -22,7 +22,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from services.evaluator.metrics.catalogue import MetricSpec
+from services.evaluator.metrics import catalogue
 from services.evaluator.results import ItemResult, SubjectResult
 from services.evaluator.subjects import Subject
 from services.evaluator.suite import TASKS_DIR
@@ -212,9 +212,8 @@ def run_tasks(
         for metric, per_item in values.items():
             rows = [v for v in per_item.values() if v is not None]
             binary = all(isinstance(v, float) and v in (0.0, 1.0) for v in rows)
-            spec = MetricSpec(
-                name=f"lmeval.{task_name}.{metric}",
-                component="lmeval",
+            spec = catalogue.lmeval_spec(
+                f"lmeval.{task_name}.{metric}",
                 higher_is_better=bool(hib.get(metric, True)),
                 kind="binary" if binary else "continuous",
                 statistic=PPL_STATISTIC.get(metric, "mean"),

@@ -16,7 +16,7 @@ from typing import Any
 from services.evaluator.data import EvalItem
 from services.evaluator.generation import DecodingSettings, chat_completions, generate_local
 from services.evaluator.local_model import LocalModels
-from services.evaluator.metrics.catalogue import CATALOGUE
+from services.evaluator.metrics import catalogue
 from services.evaluator.results import SubjectResult
 
 
@@ -105,6 +105,10 @@ def run(
         "local": models.describe(),
     }
     conf = plan.suite.confidence
-    result.add_metric(CATALOGUE["parity.greedy_agreement"], agree, settings, confidence=conf)
-    result.add_metric(CATALOGUE["parity.max_logprob_diff"], max_diff, settings, confidence=conf)
-    result.add_metric(CATALOGUE["parity.mean_logprob_diff"], mean_diff, settings, confidence=conf)
+    result.add_metric(catalogue.spec("parity.greedy_agreement"), agree, settings, confidence=conf)
+    result.add_metric(
+        catalogue.spec("parity.max_logprob_diff"), max_diff, settings, confidence=conf
+    )
+    result.add_metric(
+        catalogue.spec("parity.mean_logprob_diff"), mean_diff, settings, confidence=conf
+    )

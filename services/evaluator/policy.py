@@ -107,11 +107,7 @@ class Policy(BaseModel):
 
     def components(self) -> set[str]:
         """Which parts of the evaluator must run to produce every metric the policy names."""
-        out: set[str] = set()
-        for name in self.metrics:
-            spec = catalogue.lookup(name)
-            out.add(spec.component if spec else "lmeval")
-        return out
+        return {catalogue.component_of(name) for name in self.metrics}
 
 
 def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:

@@ -15,10 +15,13 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from services.evaluator import stats
-from services.evaluator.metrics.catalogue import CATALOGUE, Kind, MetricSpec
+from services.evaluator.metrics import catalogue
+from services.evaluator.metrics.catalogue import (
+    ItemValue as ItemValue,  # re-exported: the per-item value type lives with the registry
+)
+from services.evaluator.metrics.catalogue import Kind, MetricSpec
 
 Role = Literal["candidate", "baseline"]
-ItemValue = float | list[float] | None
 
 
 class MetricResult(BaseModel):
@@ -39,8 +42,8 @@ class MetricResult(BaseModel):
         return self.error is None and self.value is not None and math.isfinite(self.value)
 
     def spec(self) -> MetricSpec:
-        return CATALOGUE.get(self.name) or MetricSpec(
-            self.name, "lmeval", self.higher_is_better, self.kind, self.statistic, self.paired
+        return catalogue.lookup(self.name) or catalogue.lmeval_spec(
+            self.name, self.higher_is_better, self.kind, self.statistic, self.paired
         )
 
 

@@ -1,298 +1,39 @@
 """Run a suite on a candidate and its baseline and collect every metric with per-item records.
 
-The runner touches no database: it takes resolved subjects and loaded data (a :class:`RunPlan`)
-and returns a :class:`RunResult`. Storing, gating and promotion happen in ``service.py``, after the
-whole run succeeded, so a failure half-way leaves nothing behind but the failed run's error.
+The runner touches no database: it takes resolved subjects and loaded data (a :class:`RunPlan`,
+``plan.py``) and returns a :class:`RunResult`. Storing, gating and promotion happen in
+``service.py``, after the whole run succeeded, so a failure half-way leaves nothing behind but the
+failed run's error. Stage sizes come from ``stages.py``, metric dispatch from ``scoring.py``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
 from services.evaluator import forgetting, judge, perplexity
-from services.evaluator.data import EvalData, EvalItem
-from services.evaluator.generation import (
-    ResponseCache,
-    check_server,
-    generate_local,
-    generate_server,
-)
+from services.evaluator.data import EvalItem
+from services.evaluator.generation import ResponseCache, generate_local, generate_server
 from services.evaluator.local_model import LocalModels
-from services.evaluator.metrics import overlap, task
-from services.evaluator.metrics.catalogue import CATALOGUE
-from services.evaluator.results import ItemResult, RunResult, SubjectResult
+from services.evaluator.metrics import catalogue
+
+# Re-exported: other modules and tests import these names from ``runner``.
+from services.evaluator.plan import RunPlan as RunPlan
+from services.evaluator.plan import preflight as preflight
+from services.evaluator.plan import validate_plan as validate_plan
+from services.evaluator.results import RunResult, SubjectResult
+from services.evaluator.scoring import generation_metrics as generation_metrics
+from services.evaluator.scoring import new_subject, scalar_metric
+from services.evaluator.scoring import perplexity_metrics as perplexity_metrics
+from services.evaluator.stages import Tracker as Tracker
+from services.evaluator.stages import components_run, stage_label, stage_units
+from services.evaluator.stages import stages as stages
 from services.evaluator.subjects import Subject, loss_curve
-from services.evaluator.suite import Suite
-from shared.errors import SystemFailure, ValidationError
-from shared.logs import event
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------
-# progress
-
-
-class Tracker:
-    """Stages with item counts; reports overall fraction and the current stage to a callback."""
-
-    def __init__(
-        self,
-        stages: list[tuple[str, int]],
-        on_update: Callable[[float, str], None] | None = None,
-        run_id: str = "",
-    ) -> None:
-        self.stages = stages
-        self.run_id = run_id
-        self.total = sum(max(n, 1) for _, n in stages) or 1
-        self.done = 0
-        self.on_update = on_update
-        self.current = ""
-        self._stage_done = 0
-        self._stage_total = 0
-
-    @contextmanager
-    def stage(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
-        self.current, self._stage_done, self._stage_total = label, 0, max(total, 1)
-        self._emit()
-        event(log, "evaluation.stage_started", run=self.run_id, stage=label, items=total)
-        started = time.perf_counter()
-
-        def advance(n: int = 1) -> None:
-            self._stage_done += n
-            self.done += n
-            self._emit()
-
-        yield advance
-        event(
-            log,
-            "evaluation.stage_finished",
-            run=self.run_id,
-            stage=label,
-            items=total,
-            seconds=round(time.perf_counter() - started, 2),
-        )
-        # Count the whole stage even if a part reported fewer units (cache hits).
-        self.done += max(self._stage_total - self._stage_done, 0)
-        self._emit()
-
-    @property
-    def fraction(self) -> float:
-        return min(1.0, self.done / self.total)
-
-    def _emit(self) -> None:
-        if self.on_update is not None:
-            self.on_update(self.fraction, self.current)
-
-
-# --------------------------------------------------------------------------------------------
-# plan
-
-
-@dataclass
-class RunPlan:
-    run_id: str
-    candidate: Subject
-    baseline: Subject | None
-    data: EvalData
-    suite: Suite
-    server_url: str = ""
-    server_api_key: str = ""
-    judge_url: str = ""
-    judge_model: str = ""
-    judge_api_key: str = ""
-    cache_dir: Path | None = None
-    threads: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def subjects(self) -> list[tuple[str, Subject]]:
-        out = [("candidate", self.candidate)]
-        if self.baseline is not None:
-            out.append(("baseline", self.baseline))
-        return out
-
-    @property
-    def items(self) -> list[EvalItem]:
-        items = self.data.items
-        return items[: self.suite.limit] if self.suite.limit else items
-
-    def generation_backend(self) -> str:
-        part = self.suite.generation
-        if part.backend == "auto":
-            return "server" if self.server_url else "local"
-        return part.backend
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "candidate": self.candidate.label,
-            "baseline": self.baseline.label if self.baseline else None,
-            "data": self.data.describe(),
-            "suite": self.suite.model_dump(mode="json", exclude={"judge": {"api_key"}}),
-            "server_url": self.server_url or None,
-        }
-
-
-def validate_plan(plan: RunPlan) -> None:
-    """Everything that can be checked before a model is loaded, with clear messages."""
-    suite = plan.suite
-    needs_prompts = suite.generation.enabled or suite.judge.enabled or suite.parity.enabled
-    if needs_prompts and not plan.data.has_prompts:
-        text_rows = [i.location for i in plan.data.items if i.is_text][:3]
-        raise ValidationError(
-            "generation, judge and parity need prompt + reference rows, but the data has plain "
-            f"text rows (e.g. {', '.join(text_rows)}); use the perplexity-only suite `quick`",
-            param="data",
-        )
-    unknown = [
-        m
-        for m in suite.generation.metrics
-        if m not in CATALOGUE or CATALOGUE[m].component != "generation"
-    ]
-    if unknown:
-        raise ValidationError(f"unknown generation metrics: {', '.join(unknown)}", param="suite")
-    if plan.generation_backend() == "server" and suite.generation.enabled and not plan.server_url:
-        raise ValidationError("generation backend `server` needs a server URL", param="server_url")
-    if suite.parity.enabled and not plan.server_url:
-        raise ValidationError("the serving-parity check needs a server URL", param="server_url")
-    if suite.judge.enabled:
-        if not plan.judge_url:
-            raise ValidationError(
-                "the judge needs an OpenAI-compatible endpoint: set judge.endpoint in the suite, "
-                "LORAPLEX_JUDGE_URL or LORAPLEX_SERVER_URL",
-                param="judge",
-            )
-        if "pairwise" in suite.judge.modes and plan.baseline is None:
-            raise ValidationError("pairwise judging needs a baseline", param="baseline")
-
-
-def preflight(plan: RunPlan) -> None:
-    """Reach every remote endpoint the run will need before doing any heavy work."""
-    if plan.suite.judge.enabled:
-        try:
-            check_server(plan.judge_url, plan.judge_api_key or None)
-        except SystemFailure as exc:
-            raise SystemFailure(
-                f"the judge endpoint {plan.judge_url} is unreachable: {exc.message}",
-                param="judge",
-            ) from exc
-    uses_server = (plan.suite.generation.enabled and plan.generation_backend() == "server") or (
-        plan.suite.parity.enabled
-        or (plan.suite.lmeval.enabled and plan.suite.lmeval.backend == "local-completions")
-    )
-    if uses_server:
-        check_server(plan.server_url, plan.server_api_key or None)
-
-
-def stages(plan: RunPlan) -> list[tuple[str, int]]:
-    n = len(plan.items)
-    out: list[tuple[str, int]] = []
-    suite = plan.suite
-    for role, _subject in plan.subjects:
-        if suite.generation.enabled or suite.judge.enabled:
-            out.append((f"generate ({role})", n))
-        if suite.perplexity.enabled:
-            out.append((f"perplexity ({role})", n))
-        if suite.forgetting.enabled:
-            out.append((f"forgetting ({role})", forgetting.count(suite.forgetting.data)))
-        if suite.lmeval.enabled:
-            out.append((f"lm-eval ({role})", len(suite.lmeval.tasks)))
-    if suite.judge.enabled:
-        jn = min(n, suite.judge.max_items or n)
-        out.append(("judge", 2 * jn * len(suite.judge.modes) + 2 * suite.judge.anchors))
-    if suite.parity.enabled:
-        out.append(("parity", suite.parity.items))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# metrics
-
-
-def _new_subject(role: Any, subject: Subject, items: list[EvalItem]) -> SubjectResult:
-    return SubjectResult(
-        role=role,
-        model=subject.label,
-        identity=subject.identity(),
-        items=[ItemResult(item_id=i.item_id, item_hash=i.item_hash) for i in items],
-    )
-
-
-def generation_metrics(
-    result: SubjectResult,
-    items: list[EvalItem],
-    outputs: list[str],
-    metrics: list[str],
-    settings: dict[str, Any],
-    *,
-    rouge_stemmer: bool,
-    confidence: float,
-) -> None:
-    by_id = result.item_map()
-    for item, out in zip(items, outputs, strict=True):
-        by_id[item.item_id].output = out
-    pairs = list(zip(items, outputs, strict=True))
-    rouge_cache = {
-        i.item_id: overlap.rouge_item(o, i.reference, rouge_stemmer)
-        for i, o in pairs
-        if {"rouge1", "rouge2", "rougeL"} & set(metrics)
-    }
-    for name in metrics:
-        values: dict[str, Any]
-        extra: dict[str, Any] = {}
-        if name in task.PER_ITEM:
-            values = {i.item_id: task.PER_ITEM[name](o, i.reference) for i, o in pairs}
-            extra = task.SETTINGS[name]
-        elif name == "schema_match":
-            values = {
-                i.item_id: task.schema_match(o, i.reference, i.raw.get("schema")) for i, o in pairs
-            }
-            extra = task.SETTINGS[name]
-        elif name in ("rouge1", "rouge2", "rougeL"):
-            values = {k: v[name] for k, v in rouge_cache.items()}
-            extra = overlap.RougeSettings(use_stemmer=rouge_stemmer).describe()
-        elif name == "bleu":
-            values = {i.item_id: overlap.bleu_item_stats(o, i.reference) for i, o in pairs}
-            extra = {"signature": overlap.bleu_signature(), "aggregate": "corpus"}
-        elif name == "chrf":
-            values = {i.item_id: overlap.chrf_item_stats(o, i.reference) for i, o in pairs}
-            extra = {"signature": overlap.chrf_signature(), "aggregate": "corpus"}
-        else:  # pragma: no cover - validate_plan refuses these
-            raise ValidationError(f"unknown generation metric {name}")
-        result.add_metric(CATALOGUE[name], values, {**extra, **settings}, confidence=confidence)
-
-
-def perplexity_metrics(
-    result: SubjectResult,
-    items: list[EvalItem],
-    scores: list[perplexity.ItemNLL],
-    settings: dict[str, Any],
-    confidence: float,
-) -> None:
-    pairs = list(zip(items, scores, strict=True))
-    for item, s in pairs:
-        rec = result.item_map()[item.item_id]
-        rec.extra["nll"] = s.nll
-        rec.extra["n_tokens"] = s.n_tokens
-        rec.extra["n_bytes"] = s.n_bytes
-    tok = {i.item_id: [s.nll, float(s.n_tokens)] for i, s in pairs}
-    byt = {i.item_id: [s.nll, float(s.n_bytes)] for i, s in pairs}
-    result.add_metric(CATALOGUE["perplexity"], tok, settings, confidence=confidence)
-    result.add_metric(CATALOGUE["nll"], tok, settings, confidence=confidence)
-    result.add_metric(CATALOGUE["bits_per_byte"], byt, settings, confidence=confidence)
-
-
-# --------------------------------------------------------------------------------------------
-# the run
 
 
 class Runner:
@@ -335,7 +76,8 @@ class Runner:
         cached = cache.get_many(items) if cache else {}
         todo = [i for i in items if ResponseCache.key(i) not in cached]
         start = time.perf_counter()
-        with self.tracker.stage(f"generate ({role})", len(items)) as advance:
+        label, units = stage_label("generation", role), stage_units(self.plan, "generation")
+        with self.tracker.stage(label, units) as advance:
             advance(len(items) - len(todo))
             if todo and backend == "server":
                 fresh = generate_server(
@@ -386,10 +128,11 @@ class Runner:
         subjects: dict[str, SubjectResult] = {}
         answers: dict[str, list[str]] = {}
         conf = suite.confidence
+        run = components_run(suite)
         for role, subject in plan.subjects:
-            res = _new_subject(role, subject, items)
+            res = new_subject(role, subject, items)
             subjects[role] = res
-            if suite.generation.enabled or suite.judge.enabled:
+            if "generation" in run:
                 outs, gen_settings = self.generate(role, subject, items)
                 answers[role] = outs
                 metrics = suite.generation.metrics if suite.generation.enabled else []
@@ -402,11 +145,12 @@ class Runner:
                     rouge_stemmer=suite.generation.rouge_stemmer,
                     confidence=conf,
                 )
-            if suite.perplexity.enabled:
+            if "perplexity" in run:
                 t0 = time.perf_counter()
-                with self.tracker.stage(f"perplexity ({role})", len(items)) as advance:
+                label, units = stage_label("perplexity", role), stage_units(plan, "perplexity")
+                with self.tracker.stage(label, units) as advance:
                     n_win = perplexity.n_windows(self.models, items, suite.perplexity)
-                    scale = len(items) / max(n_win, 1)
+                    scale = units / max(n_win, 1)
 
                     def tick(k: int, s: float = scale, adv: Any = advance) -> None:
                         adv(max(1, round(k * s)))
@@ -417,15 +161,15 @@ class Runner:
                 self.timings[f"perplexity_{role}_s"] = time.perf_counter() - t0
                 ppl_settings = {**suite.perplexity.describe(), **self.models.describe()}
                 perplexity_metrics(res, items, scores, ppl_settings, conf)
-            if suite.forgetting.enabled:
-                with self.tracker.stage(
-                    f"forgetting ({role})", forgetting.count(suite.forgetting.data)
-                ) as advance:
+            if "forgetting" in run:
+                label, units = stage_label("forgetting", role), stage_units(plan, "forgetting")
+                with self.tracker.stage(label, units) as advance:
                     forgetting.run(self.models, subject, res, suite.forgetting.data, advance, conf)
-            if suite.lmeval.enabled:
+            if "lmeval" in run:
                 from services.evaluator import lmeval_runner
 
-                with self.tracker.stage(f"lm-eval ({role})", len(suite.lmeval.tasks)) as advance:
+                label, units = stage_label("lmeval", role), stage_units(plan, "lmeval")
+                with self.tracker.stage(label, units) as advance:
                     lmeval_runner.run_tasks(plan, subject, res, advance)
         result = RunResult(
             run_id=plan.run_id,
@@ -439,12 +183,12 @@ class Runner:
                 for p in ("transformers", "peft", "torch", "lm_eval", "rouge-score", "sacrebleu")
             },
         )
-        if suite.judge.enabled:
+        if "judge" in run:
             self._judge(result, items, answers)
-        if suite.parity.enabled:
+        if "parity" in run:
             from services.evaluator import parity
 
-            with self.tracker.stage("parity", suite.parity.items) as advance:
+            with self.tracker.stage(stage_label("parity"), stage_units(plan, "parity")) as advance:
                 parity.run(self.models, plan, result.candidate, items, advance)
         self.timings["total_s"] = time.perf_counter() - started
         result.timings = dict(self.timings)
@@ -471,15 +215,14 @@ class Runner:
         }
         conf = plan.suite.confidence
         t0 = time.perf_counter()
-        total = 2 * n * len(part.modes) + 2 * part.anchors
-        with self.tracker.stage("judge", total) as advance:
+        with self.tracker.stage(stage_label("judge"), stage_units(plan, "judge")) as advance:
             outcomes: list[judge.PairOutcome] = []
             if "pairwise" in part.modes and result.baseline is not None:
                 outcomes = judge.judge_pairs(
                     endpoint, sub, answers["candidate"][:n], answers["baseline"][:n], advance
                 )
                 result.candidate.add_metric(
-                    CATALOGUE["judge.win_rate"],
+                    catalogue.spec("judge.win_rate"),
                     {i.item_id: o.candidate_score for i, o in zip(sub, outcomes, strict=True)},
                     {
                         **settings,
@@ -494,7 +237,7 @@ class Runner:
                 for subject in result.subjects():
                     scores = judge.judge_rubric(endpoint, sub, answers[subject.role][:n], advance)
                     subject.add_metric(
-                        CATALOGUE["judge.score"],
+                        catalogue.spec("judge.score"),
                         {i.item_id: s for i, s in zip(sub, scores, strict=True)},
                         {**settings, "prompt_version": judge.RUBRIC_VERSION, "scale": "1-10"},
                         confidence=conf,
@@ -508,29 +251,13 @@ class Runner:
             ("judge.flip_rate", rel.flip_rate, rel.pairs),
             ("judge.anchor_accuracy", rel.anchor_accuracy, 2 * rel.anchors),
         ):
-            spec = CATALOGUE[name]
+            spec = catalogue.spec(name)
             if value is None:
                 result.candidate.add_error(spec, "not measured (no pairs or anchors)", settings)
                 continue
-            result.candidate.metrics[name] = result.candidate.metrics.get(name) or _scalar(
+            result.candidate.metrics[name] = result.candidate.metrics.get(name) or scalar_metric(
                 spec, value, count, settings
             )
-
-
-def _scalar(spec: Any, value: float, n: int, settings: dict[str, Any]) -> Any:
-    from services.evaluator.results import MetricResult
-
-    return MetricResult(
-        name=spec.name,
-        value=value if math.isfinite(value) else None,
-        higher_is_better=spec.higher_is_better,
-        kind=spec.kind,
-        statistic=spec.statistic,
-        paired=spec.paired,
-        n=n,
-        settings=settings,
-        error=None if math.isfinite(value) else "NaN",
-    )
 
 
 def dump(result: RunResult) -> str:

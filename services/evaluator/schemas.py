@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RunStatus = Literal["queued", "running", "succeeded", "failed"]
+from services.evaluator.statuses import RunStatus as RunStatus  # re-exported: defined once there
 
 
 class EvaluationCreate(BaseModel):

@@ -21,7 +21,7 @@ from shared.errors import NotFoundError, ValidationError
 
 SUITES_DIR = Path(__file__).with_name("suites")
 TASKS_DIR = Path(__file__).with_name("tasks")
-GENERATION_METRICS = [n for n, s in catalogue.CATALOGUE.items() if s.component == "generation"]
+GENERATION_METRICS = catalogue.metrics_of("generation")
 
 
 class _Part(BaseModel):
@@ -165,21 +165,24 @@ def suite_for_policy(policy_metrics: list[str], base: Suite | None = None) -> Su
     """Turn on every part that produces a metric the policy names."""
     suite = (base or Suite(name="policy")).model_copy(deep=True)
     tasks: list[str] = []
+    modes = set(suite.judge.modes)
     for name in policy_metrics:
+        component = catalogue.component_of(name)
+        getattr(suite, component).enabled = True
         spec = catalogue.lookup(name)
-        component = spec.component if spec else "lmeval"
-        if component == "lmeval":
+        if spec is None:  # a harness metric: lmeval.<task>.<metric> names its task
             match = catalogue.LMEVAL_RE.match(name)
             if match and match["task"] not in tasks:
                 tasks.append(match["task"])
-        getattr(suite, component).enabled = True
+        elif spec.judge_mode is not None:
+            modes.add(spec.judge_mode)
     if tasks:
         suite.lmeval.tasks = sorted(set(suite.lmeval.tasks) | set(tasks)) if base else tasks
     if suite.judge.enabled:
-        modes = set(suite.judge.modes)
-        if "judge.score" in policy_metrics:
-            modes.add("rubric")
-        if "judge.win_rate" in policy_metrics:
-            modes.add("pairwise")
         suite.judge.modes = sorted(modes)
     return suite
+
+
+def enabled_components(suite: Suite) -> set[str]:
+    """The registered components this suite runs."""
+    return {name for name in catalogue.COMPONENTS if getattr(suite, name).enabled}

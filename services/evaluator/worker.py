@@ -28,8 +28,9 @@ from sqlalchemy.orm import Session
 
 from services.evaluator import service
 from services.evaluator.config import EvaluatorSettings
-from services.evaluator.runner import Tracker, stages
 from services.evaluator.schemas import EvaluationCreate
+from services.evaluator.stages import Tracker, stages
+from services.evaluator.statuses import PromotionState, RunStatus
 from shared.logs import event, mask_url
 from shared.registry import queue
 from shared.registry.db import Registry, open_registry
@@ -67,8 +68,8 @@ class Worker:
                 self.worker_id,
                 stale_after_s=stale,
                 waiting=(),
-                running=("succeeded",),
-                where=EvaluationRunRow.promotion["state"].as_string() == "pending",
+                running=(RunStatus.SUCCEEDED,),
+                where=EvaluationRunRow.promotion["state"].as_string() == PromotionState.PENDING,
                 set_status=None,
             ) or queue.claim_next(session, EvaluationRunRow, self.worker_id, stale_after_s=stale)
         if claim is not None:
@@ -110,7 +111,7 @@ class Worker:
         fraction, stage = self._progress
         row = session.get(EvaluationRunRow, claim.row_id)
         config = {**((row.config or {}) if row is not None else {}), "stage": stage}
-        if row is not None and row.status != "running":
+        if row is not None and row.status != RunStatus.RUNNING:
             return queue.heartbeat(session, EvaluationRunRow, claim)
         return queue.heartbeat(session, EvaluationRunRow, claim, progress=fraction, config=config)
 
@@ -129,7 +130,9 @@ class Worker:
         self._lost.clear()
         self._progress = (0.0, "")
         row = service.get_run(self.registry, run_id)
-        if row.status == "succeeded":  # a stored pass whose alias move a dead worker left pending
+        if (
+            row.status == RunStatus.SUCCEEDED
+        ):  # a stored pass whose alias move a dead worker left pending
             try:
                 promotion = service.finish_promotion(self.registry, claim)
             except ClaimLost:

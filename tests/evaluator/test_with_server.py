@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from services.evaluator import launch, service
+from services.evaluator import service
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.schemas import EvaluationCreate
 from shared.basemodel import ResolvedBaseModel
 from shared.registry.db import open_registry
+from tests.evaluator import launch
 from tests.evaluator.conftest import EXAMPLES, random_adapter, register_adapter
 
 pytestmark = pytest.mark.slow

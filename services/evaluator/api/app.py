@@ -6,12 +6,18 @@ from fastapi import FastAPI
 
 from services.evaluator.api.routes import router
 from services.evaluator.config import EvaluatorSettings
+from services.evaluator.statuses import RunStatus
 from shared.auth import rule
 from shared.registry.models import EvaluationRunRow
 from shared.service_app import QueueSpec, create_service_app, serve
 from shared.settings import load_settings
 
-QUEUE = QueueSpec("evaluator", EvaluationRunRow, waiting=("queued",), running=("running",))
+QUEUE = QueueSpec(
+    "evaluator",
+    EvaluationRunRow,
+    waiting=(RunStatus.QUEUED,),
+    running=(RunStatus.RUNNING,),
+)
 
 
 def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:

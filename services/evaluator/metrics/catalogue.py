@@ -1,87 +1,283 @@
-"""Every metric the evaluator can compute, with what the gate needs to compare it.
+"""The evaluator's registry: one entry per component and one per metric, and nothing else decides.
 
-``kind`` picks the paired method (pass/fail -> McNemar + Newcombe, continuous -> bootstrap);
-``statistic`` names how per-item values combine into the corpus value (see ``stats.STATISTICS``).
-Harness metrics are named ``lmeval.<task>.<metric>`` and described by the run that produced them.
+A **component** is a part of a suite (``Suite.<name>``) that produces metrics; a **metric** entry
+holds everything the rest of the evaluator asks about it: its component, ``kind`` (pass/fail ->
+McNemar + Newcombe, continuous -> bootstrap), direction, ``statistic`` (how per-item values
+combine into the corpus value, see ``stats.STATISTICS``), whether it pairs item by item with a
+baseline, which judge mode produces it, and for metrics scored here (generation, perplexity) the
+per-item ``score`` function and the ``definition`` recorded with every value.
+
+Harness metrics are named ``lmeval.<task>.<metric>`` and described by the run that produced them
+(:func:`lmeval_spec`). Adding a metric is one entry here plus its scoring code; :func:`problems`
+lists what an entry lacks and ``tests/evaluator/test_registry.py`` fails on any of it; the entry
+types and that check are in ``spec.py``.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import Any
 
-Kind = Literal["binary", "continuous"]
+from services.evaluator.metrics import overlap, task
+
+# The entry types are re-exported: callers import them from the registry.
+from services.evaluator.metrics.spec import JUDGE_MODES as JUDGE_MODES
+from services.evaluator.metrics.spec import KINDS as KINDS
+from services.evaluator.metrics.spec import LMEVAL_RE as LMEVAL_RE
+from services.evaluator.metrics.spec import ComponentSpec as ComponentSpec
+from services.evaluator.metrics.spec import Definition as Definition
+from services.evaluator.metrics.spec import ItemValue as ItemValue
+from services.evaluator.metrics.spec import JudgeMode as JudgeMode
+from services.evaluator.metrics.spec import Kind as Kind
+from services.evaluator.metrics.spec import MetricSpec as MetricSpec
+from services.evaluator.metrics.spec import ScoreOptions as ScoreOptions
+from services.evaluator.metrics.spec import Scorer as Scorer
+from services.evaluator.metrics.spec import check
+from shared.errors import ValidationError
 
 
-@dataclass(frozen=True)
-class MetricSpec:
-    name: str
-    component: str
-    higher_is_better: bool
-    kind: Kind
-    statistic: str = "mean"
-    # False for metrics that already compare two subjects (win rate) or describe the judge itself.
-    paired: bool = True
-    description: str = ""
+def _forgetting_units(suite: Any, _n: int) -> int:
+    from services.evaluator import forgetting  # it imports this module: import it late
+
+    return forgetting.count(suite.forgetting.data)
 
 
-def _spec(*args: object, **kwargs: object) -> MetricSpec:
-    return MetricSpec(*args, **kwargs)  # type: ignore[arg-type]
+def _judge_units(suite: Any, n: int) -> int:
+    # Both orders of every judged item per mode, plus both orders of every anchor pair.
+    judged = min(n, suite.judge.max_items or n)
+    return 2 * judged * len(suite.judge.modes) + 2 * suite.judge.anchors
 
+
+# In run order: per-subject components run for the candidate, then the baseline; the others after.
+COMPONENTS: dict[str, ComponentSpec] = {
+    c.name: c
+    for c in [
+        ComponentSpec(
+            "generation",
+            "answers generated for each prompt, scored against the reference",
+            "services.evaluator.metrics.task",
+            needs_prompts=True,
+            scores_per_item=True,
+            suite_selectable=True,
+            stage="generate",
+            units=lambda _suite, n: n,
+        ),
+        ComponentSpec(
+            "perplexity",
+            "log-likelihood of the reference text under each subject",
+            "services.evaluator.perplexity",
+            scores_per_item=True,
+            stage="perplexity",
+            units=lambda _suite, n: n,
+        ),
+        ComponentSpec(
+            "forgetting",
+            "general multiple-choice questions, to see what the adapter lost",
+            "services.evaluator.forgetting",
+            stage="forgetting",
+            units=_forgetting_units,
+        ),
+        ComponentSpec(
+            "lmeval",
+            "lm-eval harness tasks; metric names lmeval.<task>.<metric>",
+            "services.evaluator.lmeval_runner",
+            open_names=True,
+            stage="lm-eval",
+            units=lambda suite, _n: len(suite.lmeval.tasks),
+        ),
+        ComponentSpec(
+            "judge",
+            "an LLM judge: rubric scores, pairwise wins, and its own reliability",
+            "services.evaluator.judge",
+            needs_prompts=True,
+            needs_answers=True,
+            per_subject=False,
+            judged=True,
+            stage="judge",
+            units=_judge_units,
+        ),
+        ComponentSpec(
+            "parity",
+            "served model vs in-process model on the same prompts",
+            "services.evaluator.parity",
+            needs_prompts=True,
+            per_subject=False,
+            stage="parity",
+            units=lambda suite, _n: suite.parity.items,
+        ),
+    ]
+}
+
+
+def _fixed(settings: dict[str, Any]) -> Definition:
+    return lambda _options: dict(settings)
+
+
+@lru_cache(maxsize=4096)
+def _rouge(output: str, reference: str, stemmer: bool) -> dict[str, float]:
+    # The three ROUGE entries score the same pair: compute it once.
+    return overlap.rouge_item(output, reference, stemmer)
+
+
+def _rouge_entry(kind: str, description: str) -> MetricSpec:
+    return MetricSpec(
+        kind,
+        "generation",
+        True,
+        "continuous",
+        description=description,
+        score=lambda o, i, opt: _rouge(o, i.reference, opt.rouge_stemmer)[kind],
+        definition=lambda opt: overlap.RougeSettings(use_stemmer=opt.rouge_stemmer).describe(),
+    )
+
+
+def _sacrebleu_definition(signature: Callable[[], str]) -> Definition:
+    return lambda _options: {"signature": signature(), "aggregate": "corpus"}
+
+
+_JSON_PARSER = {"parser": "json.loads", "code_fences": "stripped"}
 
 CATALOGUE: dict[str, MetricSpec] = {
     s.name: s
     for s in [
-        _spec("exact_match", "generation", True, "binary", description="output == reference"),
-        _spec("accuracy", "generation", True, "binary", description="normalised label match"),
-        _spec("json_valid", "generation", True, "binary", description="output parses as JSON"),
-        _spec("json_match", "generation", True, "binary", description="parsed JSON equal"),
-        _spec("schema_match", "generation", True, "binary", description="output fits the schema"),
-        _spec("token_f1", "generation", True, "continuous", description="word-overlap F1"),
-        _spec("rouge1", "generation", True, "continuous", description="ROUGE-1 F"),
-        _spec("rouge2", "generation", True, "continuous", description="ROUGE-2 F"),
-        _spec("rougeL", "generation", True, "continuous", description="ROUGE-L F"),
-        _spec(
-            "bleu", "generation", True, "continuous", "bleu", description="sacrebleu corpus BLEU"
+        MetricSpec(
+            "exact_match",
+            "generation",
+            True,
+            "binary",
+            description="output == reference",
+            score=lambda o, i, _opt: task.exact_match(o, i.reference),
+            definition=_fixed({"normalize": "strip + collapse whitespace", "case_sensitive": True}),
         ),
-        _spec(
-            "chrf", "generation", True, "continuous", "chrf", description="sacrebleu corpus chrF"
+        MetricSpec(
+            "accuracy",
+            "generation",
+            True,
+            "binary",
+            description="normalised label match",
+            score=lambda o, i, _opt: task.accuracy(o, i.reference),
+            definition=_fixed({"normalize": "NFKC, casefold, strip punctuation and whitespace"}),
         ),
-        _spec(
+        MetricSpec(
+            "json_valid",
+            "generation",
+            True,
+            "binary",
+            description="output parses as JSON",
+            score=lambda o, i, _opt: task.json_valid(o, i.reference),
+            definition=_fixed(_JSON_PARSER),
+        ),
+        MetricSpec(
+            "json_match",
+            "generation",
+            True,
+            "binary",
+            description="parsed JSON equal",
+            score=lambda o, i, _opt: task.json_match(o, i.reference),
+            definition=_fixed(
+                {"parser": "json.loads", "equality": "parsed values (key order ignored)"}
+            ),
+        ),
+        MetricSpec(
+            "schema_match",
+            "generation",
+            True,
+            "binary",
+            description="output fits the schema",
+            score=lambda o, i, _opt: task.schema_match(o, i.reference, i.raw.get("schema")),
+            definition=_fixed(
+                {
+                    "schema": "item 'schema' field (JSON Schema) if present, else inferred from "
+                    "the reference: same keys required, same JSON types, no extra keys",
+                }
+            ),
+        ),
+        MetricSpec(
+            "token_f1",
+            "generation",
+            True,
+            "continuous",
+            description="word-overlap F1",
+            score=lambda o, i, _opt: task.token_f1(o, i.reference),
+            definition=_fixed(
+                {
+                    "tokenizer": "unicode \\w+ words, CJK characters split, casefold",
+                    "average": "per item, then mean",
+                }
+            ),
+        ),
+        _rouge_entry("rouge1", "ROUGE-1 F"),
+        _rouge_entry("rouge2", "ROUGE-2 F"),
+        _rouge_entry("rougeL", "ROUGE-L F"),
+        MetricSpec(
+            "bleu",
+            "generation",
+            True,
+            "continuous",
+            "bleu",
+            description="sacrebleu corpus BLEU",
+            score=lambda o, i, _opt: overlap.bleu_item_stats(o, i.reference),
+            definition=_sacrebleu_definition(overlap.bleu_signature),
+        ),
+        MetricSpec(
+            "chrf",
+            "generation",
+            True,
+            "continuous",
+            "chrf",
+            description="sacrebleu corpus chrF",
+            score=lambda o, i, _opt: overlap.chrf_item_stats(o, i.reference),
+            definition=_sacrebleu_definition(overlap.chrf_signature),
+        ),
+        MetricSpec(
             "perplexity",
             "perplexity",
             False,
             "continuous",
             "perplexity",
             description="token-weighted corpus perplexity of the reference text",
+            score=lambda s, _opt: [s.nll, float(s.n_tokens)],
+            definition=_fixed({}),
         ),
-        _spec(
-            "bits_per_byte",
-            "perplexity",
-            False,
-            "continuous",
-            "bits_per_byte",
-            description="corpus bits per UTF-8 byte (tokenizer-independent)",
-        ),
-        _spec(
+        MetricSpec(
             "nll",
             "perplexity",
             False,
             "continuous",
             "ratio",
             description="mean negative log-likelihood per token (nats)",
+            score=lambda s, _opt: [s.nll, float(s.n_tokens)],
+            definition=_fixed({}),
         ),
-        _spec("judge.score", "judge", True, "continuous", description="rubric score 1-10"),
-        _spec(
+        MetricSpec(
+            "bits_per_byte",
+            "perplexity",
+            False,
+            "continuous",
+            "bits_per_byte",
+            description="corpus bits per UTF-8 byte (tokenizer-independent)",
+            score=lambda s, _opt: [s.nll, float(s.n_bytes)],
+            definition=_fixed({}),
+        ),
+        MetricSpec(
+            "judge.score",
+            "judge",
+            True,
+            "continuous",
+            description="rubric score 1-10",
+            judge_mode="rubric",
+        ),
+        MetricSpec(
             "judge.win_rate",
             "judge",
             True,
             "continuous",
             paired=False,
             description="pairwise vs baseline, both orders; tie = 0.5",
+            judge_mode="pairwise",
         ),
-        _spec(
+        MetricSpec(
             "judge.flip_rate",
             "judge",
             False,
@@ -89,7 +285,7 @@ CATALOGUE: dict[str, MetricSpec] = {
             paired=False,
             description="share of pairs whose verdict changes when the order is swapped",
         ),
-        _spec(
+        MetricSpec(
             "judge.anchor_accuracy",
             "judge",
             True,
@@ -97,14 +293,14 @@ CATALOGUE: dict[str, MetricSpec] = {
             paired=False,
             description="agreement with known verdicts on anchor pairs",
         ),
-        _spec(
+        MetricSpec(
             "forgetting.accuracy",
             "forgetting",
             True,
             "binary",
             description="general multiple-choice accuracy (log-likelihood)",
         ),
-        _spec(
+        MetricSpec(
             "parity.greedy_agreement",
             "parity",
             True,
@@ -112,7 +308,7 @@ CATALOGUE: dict[str, MetricSpec] = {
             paired=False,
             description="in-process and served greedy outputs identical",
         ),
-        _spec(
+        MetricSpec(
             "parity.max_logprob_diff",
             "parity",
             False,
@@ -121,7 +317,7 @@ CATALOGUE: dict[str, MetricSpec] = {
             paired=False,
             description="largest |logprob difference| per token, in-process vs served",
         ),
-        _spec(
+        MetricSpec(
             "parity.mean_logprob_diff",
             "parity",
             False,
@@ -131,8 +327,6 @@ CATALOGUE: dict[str, MetricSpec] = {
         ),
     ]
 }
-
-LMEVAL_RE = re.compile(r"^lmeval\.(?P<task>[A-Za-z0-9_\-]+)\.(?P<metric>[A-Za-z0-9_\-]+)$")
 
 
 def is_known(name: str) -> bool:
@@ -145,3 +339,60 @@ def lookup(name: str) -> MetricSpec | None:
 
 def known_names() -> list[str]:
     return [*sorted(CATALOGUE), "lmeval.<task>.<metric>"]
+
+
+def unknown_metric(
+    name: str, component: str | None = None, param: str = "metrics"
+) -> ValidationError:
+    """The one error for a metric name nobody registered, naming the valid ones."""
+    valid = metrics_of(component) if component else known_names()
+    where = f" {component}" if component else ""
+    return ValidationError(
+        f"unknown{where} metric {name!r}; known{where} metrics: {', '.join(valid)}", param=param
+    )
+
+
+def spec(name: str) -> MetricSpec:
+    """The entry for ``name``; a clear error naming the valid metrics if there is none."""
+    found = CATALOGUE.get(name)
+    if found is None:
+        raise unknown_metric(name)
+    return found
+
+
+def component_of(name: str) -> str:
+    """Which component produces ``name`` (harness metrics: ``lmeval``)."""
+    found = CATALOGUE.get(name)
+    if found is not None:
+        return found.component
+    if LMEVAL_RE.match(name):
+        return "lmeval"
+    raise unknown_metric(name)
+
+
+def is_judged(name: str) -> bool:
+    """Whether ``name``'s values come from the LLM judge (so its reliability limits apply)."""
+    found = CATALOGUE.get(name)
+    return found is not None and COMPONENTS[found.component].judged
+
+
+def metrics_of(component: str) -> list[str]:
+    return [n for n, s in CATALOGUE.items() if s.component == component]
+
+
+def lmeval_spec(
+    name: str, higher_is_better: bool, kind: Kind, statistic: str = "mean", paired: bool = True
+) -> MetricSpec:
+    """A harness metric, described by the run that produced it."""
+    return MetricSpec(name, "lmeval", higher_is_better, kind, statistic, paired)
+
+
+def problems(
+    metrics: Mapping[str, MetricSpec] | None = None,
+    components: Mapping[str, ComponentSpec] | None = None,
+) -> list[str]:
+    """What each entry lacks (default: the shipped registry); empty when nothing does."""
+    return check(
+        CATALOGUE if metrics is None else metrics,
+        COMPONENTS if components is None else components,
+    )

@@ -1,7 +1,8 @@
 """Task metrics on one (prediction, reference) pair: exact match, token F1, accuracy, JSON checks.
 
 Every function returns a float per item (1.0/0.0 for pass/fail metrics) so candidate and baseline
-can be paired item by item. ``SETTINGS`` records the normalisation that defines each metric.
+can be paired item by item. The normalisation that defines each metric is recorded with its entry
+in ``catalogue.py``.
 """
 
 from __future__ import annotations
@@ -19,21 +20,6 @@ _CJK_CLASS = r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaf
 # \w is Unicode-aware, so Cyrillic, Greek and accented Latin survive; CJK scripts have no spaces
 # between words, so each of their characters is one token.
 _TOKEN = re.compile(rf"{_CJK_CLASS}|(?:(?!{_CJK_CLASS})\w)+")
-
-SETTINGS: dict[str, dict[str, Any]] = {
-    "exact_match": {"normalize": "strip + collapse whitespace", "case_sensitive": True},
-    "accuracy": {"normalize": "NFKC, casefold, strip punctuation and whitespace"},
-    "token_f1": {
-        "tokenizer": "unicode \\w+ words, CJK characters split, casefold",
-        "average": "per item, then mean",
-    },
-    "json_valid": {"parser": "json.loads", "code_fences": "stripped"},
-    "json_match": {"parser": "json.loads", "equality": "parsed values (key order ignored)"},
-    "schema_match": {
-        "schema": "item 'schema' field (JSON Schema) if present, else inferred from the reference: "
-        "same keys required, same JSON types, no extra keys",
-    },
-}
 
 
 def normalize_ws(text: str) -> str:
@@ -149,12 +135,3 @@ def schema_match(prediction: str, reference: str, schema: dict[str, Any] | None 
     except jsonschema.ValidationError:
         return 0.0
     return 1.0
-
-
-PER_ITEM = {
-    "exact_match": exact_match,
-    "accuracy": accuracy,
-    "token_f1": token_f1,
-    "json_valid": json_valid,
-    "json_match": json_match,
-}

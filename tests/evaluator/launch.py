@@ -1,6 +1,7 @@
 """Start our OpenAI-compatible server (``loraplex serve``) as a child process, for benchmarks,
-slow tests and one-off parity checks. The evaluator never imports the server: it only runs its
-command and talks HTTP to it.
+slow tests and one-off parity checks. Test tooling: it lives under ``tests/`` so it never ships in
+the ``services`` package; ``bench/`` imports it from here. It only runs the server's command and
+talks HTTP to it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,48 @@
+"""The evaluator's states: run statuses, promotion states, gate verdicts, the exit codes CI reads.
+
+One definition each; the values are what the registry stores and the API and CLI return, so they
+never change. Light on purpose (no third-party imports): the CLI imports it at start-up.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+from typing import Literal
+
+
+class RunStatus(StrEnum):
+    """An evaluation run's status (``evaluation_runs.status``)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class PromotionState(StrEnum):
+    """What became of the alias move a run asked for (``promotion.state`` in the run row)."""
+
+    SKIPPED = "skipped"  # the gate did not pass: nothing moves
+    PENDING = "pending"  # a stored pass; the move follows (or the next claimant finishes it)
+    MOVED = "moved"
+    REFUSED = "refused"  # the registry refused the move (moved meanwhile, protected, ...)
+
+
+# The gate's verdict on a run, and on each policy line (a line may also be skipped).
+Decision = Literal["pass", "fail", "inconclusive"]
+LineStatus = Literal["pass", "fail", "inconclusive", "skipped"]
+
+
+class ExitCode(IntEnum):
+    """Exit code of ``eval run``, ``gate run`` and ``eval status --wait``, and ``exit_code`` in
+    results: the decision, or ``ERROR`` for bad input, a crashed run or a refused promotion."""
+
+    PASS = 0
+    FAIL = 1
+    INCONCLUSIVE = 2
+    ERROR = 3
+
+    @classmethod
+    def of(cls, outcome: str) -> ExitCode:
+        """The code of a decision (``pass``, ``fail``, ``inconclusive``) or of ``error``."""
+        return cls[outcome.upper()]
