@@ -235,7 +235,7 @@ def publish(result: dict[str, Any]) -> Path:
         notes=NOTES,
         extra={"result": result},
     )
-    return RESULTS / "alias_load.json"
+    return Path(RESULTS / "alias_load.json")
 
 
 NOTES = (

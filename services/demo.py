@@ -266,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
 
         def engine_line(version: str) -> None:
             say(f"  {version} trained; the server's engine: {_engine_line(demo_dir)}")
+
         services = Services(
             trainer_url=stack.trainer_url,
             evaluator_url=stack.evaluator_url,

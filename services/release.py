@@ -36,10 +36,9 @@ from services.evaluator.schemas import EvaluationCreate
 from services.trainer.schemas import JobSpec
 from shared.errors import ConfigError, LoraplexError, SystemFailure
 from shared.registry.adapters import check_adapter_name, check_alias
-from shared.verdicts import ExitCode, decision_of, exit_code
+from shared.verdicts import ExitCode, decision_of
 
 app = typer.Typer(help="Train, evaluate, gate and promote in one command.", no_args_is_help=True)
-
 
 
 class Services(BaseModel):
@@ -365,7 +364,7 @@ class HttpRelease:
                 }
             )
         )
-        return exit_code(decision)
+        return ExitCode.of(decision)
 
 
 # -- in-process -----------------------------------------------------------------------------------

@@ -1,42 +1,36 @@
-"""Gate decisions and the exit codes every command line maps them to, defined once.
+"""The exit codes every loraplex command line maps a gate decision to, defined once.
 
-CI jobs branch on these codes (``loraplex gate``, ``loraplex release run``, ``make demo``), so they are
-part of the public interface: 0 pass, 1 fail, 2 inconclusive, 3 error (bad input, a service down).
+CI jobs branch on these codes (``loraplex gate``, ``loraplex eval run``, ``loraplex release run``,
+``make demo``), so they are part of the public interface: 0 pass, 1 fail, 2 inconclusive, 3 error
+(bad input, a crashed run, a refused promotion, a service down).
 """
 
 from __future__ import annotations
 
-from enum import IntEnum, StrEnum
-
-
-class Decision(StrEnum):
-    """What a gate decided about a candidate."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    INCONCLUSIVE = "inconclusive"
+from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Process exit status of every loraplex command."""
+    """Process exit status of every loraplex command, and ``exit_code`` in evaluation results."""
 
     PASS = 0
     FAIL = 1
     INCONCLUSIVE = 2
     ERROR = 3
 
-
-def exit_code(decision: str) -> ExitCode:
-    """The exit status for a decision; anything that is not a decision is an error."""
-    try:
-        return ExitCode[Decision(decision).name]
-    except ValueError:
-        return ExitCode.ERROR
+    @classmethod
+    def of(cls, outcome: str) -> ExitCode:
+        """The code of a decision (``pass``, ``fail``, ``inconclusive``); anything else, ``error``
+        included, is ``ERROR``."""
+        try:
+            return cls[outcome.upper()] if outcome == outcome.lower() else cls.ERROR
+        except KeyError:
+            return cls.ERROR
 
 
 def decision_of(code: int) -> str:
-    """The decision a command's exit status reports, or ``"error"``."""
+    """The decision (or ``"error"``) a command's exit status reports."""
     try:
-        return Decision[ExitCode(code).name].value
-    except (ValueError, KeyError):
+        return ExitCode(code).name.lower()
+    except ValueError:
         return "error"

@@ -49,7 +49,7 @@ def _fuzz_one(
         suppress_health_check=list(HealthCheck),
         database=None,
     )
-    def run(case: schemathesis.Case) -> None:
+    def run(case: schemathesis.Case[Any]) -> None:
         response = case.call(base_url=base_url, headers=headers)
         out.statuses.append(response.status_code)
         if response.status_code >= 500:

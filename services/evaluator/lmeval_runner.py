@@ -231,4 +231,4 @@ def run_tasks(
                 confidence=plan.suite.confidence,
             )
         advance(1)
-    return res
+    return dict(res)

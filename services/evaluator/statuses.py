@@ -1,4 +1,5 @@
-"""The evaluator's states: run statuses, promotion states, gate verdicts, the exit codes CI reads.
+"""The evaluator's states: run statuses, promotion states, gate verdicts (and the exit codes CI reads,
+defined in :mod:`shared.verdicts`).
 
 One definition each; the values are what the registry stores and the API and CLI return, so they
 never change. Light on purpose (no third-party imports): the CLI imports it at start-up.
@@ -6,8 +7,10 @@ never change. Light on purpose (no third-party imports): the CLI imports it at s
 
 from __future__ import annotations
 
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from typing import Literal
+
+from shared.verdicts import ExitCode as ExitCode  # re-exported: defined once, for every CLI
 
 
 class RunStatus(StrEnum):
@@ -31,18 +34,3 @@ class PromotionState(StrEnum):
 # The gate's verdict on a run, and on each policy line (a line may also be skipped).
 Decision = Literal["pass", "fail", "inconclusive"]
 LineStatus = Literal["pass", "fail", "inconclusive", "skipped"]
-
-
-class ExitCode(IntEnum):
-    """Exit code of ``eval run``, ``gate run`` and ``eval status --wait``, and ``exit_code`` in
-    results: the decision, or ``ERROR`` for bad input, a crashed run or a refused promotion."""
-
-    PASS = 0
-    FAIL = 1
-    INCONCLUSIVE = 2
-    ERROR = 3
-
-    @classmethod
-    def of(cls, outcome: str) -> ExitCode:
-        """The code of a decision (``pass``, ``fail``, ``inconclusive``) or of ``error``."""
-        return cls[outcome.upper()]

@@ -185,7 +185,8 @@ def logits_indices(wrapper: Any, rows: int) -> torch.Tensor:
         return token_indices
     distinct = torch.unique(token_indices)
     if distinct.numel() == 1:
-        return distinct.expand(rows)
+        expanded: torch.Tensor = distinct.expand(rows)
+        return expanded
     raise ValueError(
         f"cannot tell which LoRA adapter each of {rows} logits rows belongs to "
         f"({sampler.size(0)} sampled rows, {token_indices.size(0)} tokens in the step)"

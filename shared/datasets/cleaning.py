@@ -116,7 +116,8 @@ def _mix(z: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser: a bijection on 64 bits that spreads every input bit."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    mixed: np.ndarray = z ^ (z >> np.uint64(31))
+    return mixed
 
 
 def _band_keys(signatures: np.ndarray) -> np.ndarray:

@@ -55,7 +55,8 @@ def _answering_version(stack: LocalStack, model: str) -> str | None:
         timeout=60,
     )
     assert response.status_code == 200, response.text
-    return response.headers.get("x-loraplex-adapter-version")
+    version: str | None = response.headers.get("x-loraplex-adapter-version")
+    return version
 
 
 def _registry(stack: LocalStack) -> Any:

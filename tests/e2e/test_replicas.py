@@ -55,7 +55,8 @@ def _answer(client: httpx.Client, replica: LocalStack) -> str | None:
     )
     # A replica switching versions keeps serving: an error here is a failure, not a retry.
     assert response.status_code == 200, f"{url}: {response.status_code} {response.text}"
-    return response.headers.get(VERSION_HEADER)
+    version: str | None = response.headers.get(VERSION_HEADER)
+    return version
 
 
 def _converge(replicas: list[LocalStack], version: str, since: float) -> list[float]:

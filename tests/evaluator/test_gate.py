@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.evaluator import gate
-from services.evaluator.policy import load_policy, parse_policy
+from services.evaluator.policy import Policy, load_policy, parse_policy
 from services.evaluator.results import JudgeReliability
 from shared.errors import NotFoundError, ValidationError
 from tests.evaluator.helpers import run
@@ -16,7 +16,7 @@ from tests.evaluator.helpers import run
 N = 60
 
 
-def _policy(text: str) -> gate.Policy:
+def _policy(text: str) -> Policy:
     return parse_policy(text, "p.yaml")
 
 

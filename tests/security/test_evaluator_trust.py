@@ -349,6 +349,7 @@ def test_zombie_worker_taken_over_while_alive_writes_nothing(
 
     def run_zombie() -> None:
         try:
+            assert first is not None
             zombie.process(first)
         finally:
             zombie_done.set()

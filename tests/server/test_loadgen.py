@@ -160,7 +160,7 @@ async def _fake_server(*, swap_late: bool) -> tuple[web.AppRunner, str, dict[str
 
 
 def _alias_load(*, swap_late: bool, infer: dict[str, str] = INFER) -> tuple[Any, dict[str, Any]]:
-    async def run() -> Any:
+    async def run() -> tuple[Any, dict[str, Any]]:
         runner, url, state = await _fake_server(swap_late=swap_late)
         try:
             load = await run_alias_load(

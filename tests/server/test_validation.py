@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,7 +39,8 @@ def _other_base(stack: Stack) -> str:
     return "other-base"
 
 
-BAD_KINDS = {
+# kind -> (build the bad adapter folder from the stack, the reason the server gives)
+BAD_KINDS: dict[str, tuple[Callable[[Any], Path], str]] = {
     "missing config": (
         lambda s: _break_config(s.adapter(), None),
         "adapter_config.json is missing",

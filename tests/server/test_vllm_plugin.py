@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -22,7 +24,7 @@ def weights() -> dict[str, object]:
     }
 
 
-def test_ops_match_vllm_for_valid_indices(weights: dict) -> None:
+def test_ops_match_vllm_for_valid_indices(weights: dict[str, Any]) -> None:
     w = weights
     y1, y2 = torch.zeros(7, 8), torch.zeros(7, 8)
     lora_ops.bgmv_shrink(w["x"], w["a"], y1, w["idx"], 0.5)
@@ -45,7 +47,7 @@ def test_ops_match_vllm_for_valid_indices(weights: dict) -> None:
     assert torch.allclose(y1, y2, atol=1e-5)
 
 
-def test_rows_without_an_adapter_get_no_delta(weights: dict) -> None:
+def test_rows_without_an_adapter_get_no_delta(weights: dict[str, Any]) -> None:
     w = weights
     idx = torch.tensor([-1, 1, -1, 2, 0, -1, 1])
     out = torch.zeros(7, 48)
@@ -58,7 +60,7 @@ def test_rows_without_an_adapter_get_no_delta(weights: dict) -> None:
     assert bad[0].abs().sum() > 0
 
 
-def test_mismatched_rows_raise_instead_of_guessing(weights: dict) -> None:
+def test_mismatched_rows_raise_instead_of_guessing(weights: dict[str, Any]) -> None:
     w = weights
     with pytest.raises(ValueError, match="indices"):
         plugin.bgmv_shrink(w["x"], w["a"], torch.zeros(7, 8), torch.tensor([0, 1, 2]), 1.0)

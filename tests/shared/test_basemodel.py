@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,8 +48,8 @@ def test_greedy_answer_mentions_paris(base_model: ResolvedBaseModel) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base_model.path)
-    model = AutoModelForCausalLM.from_pretrained(base_model.path, dtype=torch.float32)
-    ids = tok.apply_chat_template(
+    model: Any = AutoModelForCausalLM.from_pretrained(base_model.path, dtype=torch.float32)
+    ids: Any = tok.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
         add_generation_prompt=True,
         return_tensors="pt",

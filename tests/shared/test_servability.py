@@ -89,7 +89,7 @@ def test_unservable_adapters_are_refused_with_a_reason(
 def test_shapes_of_another_model_are_refused(
     tmp_path: Path, shapes: dict[str, tuple[int, ...]]
 ) -> None:
-    tiny = {MODULE: (64, 64)}
+    tiny: dict[str, tuple[int, ...]] = {MODULE: (64, 64)}
     folder = make_adapter(tmp_path / "other", tiny)
     reasons = check_adapter_dir(folder, base_shapes=shapes)
     assert any("does not fit the base model's" in r for r in reasons), reasons

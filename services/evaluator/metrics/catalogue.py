@@ -40,7 +40,7 @@ from shared.errors import ValidationError
 def _forgetting_units(suite: Any, _n: int) -> int:
     from services.evaluator import forgetting  # it imports this module: import it late
 
-    return forgetting.count(suite.forgetting.data)
+    return int(forgetting.count(suite.forgetting.data))
 
 
 def _judge_units(suite: Any, n: int) -> int:

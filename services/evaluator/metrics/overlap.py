@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from rouge_score import rouge_scorer
-from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu import BLEU, CHRF
 
 from services.evaluator import stats
 from services.evaluator.metrics.task import words

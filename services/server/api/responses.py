@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from services.server.errors import TooLarge, Unavailable
-from services.server.proxy import Reply
+from services.server.relay import Reply
 from services.server.routes import ProxiedRoute
 from services.server.service import ServerService
 from shared.errors import LoraplexError, SystemFailure
