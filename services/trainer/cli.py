@@ -102,9 +102,8 @@ def run(
 
     from services.trainer.adapters import store_and_register
     from services.trainer.jobs import default_adapter_name
+    from services.trainer.methods import get_method
     from services.trainer.recipes.common import RecipeContext
-    from services.trainer.recipes.dpo import run_dpo
-    from services.trainer.recipes.sft import run_sft
 
     try:
         settings = load_settings(TrainerSettings)
@@ -135,8 +134,7 @@ def run(
                 base_adapter_dir=base_dir,
                 base_adapter_lineage=lineage,
             )
-            recipe = run_sft if spec.method.type == "supervised" else run_dpo
-            result = recipe(ctx)
+            result = get_method(spec.method.type).load_recipe()(ctx)
         shutil.rmtree(work, ignore_errors=True)
         typer.echo(json.dumps({"version_id": result.version_id, "metrics": result.metrics}))
     except LoraplexError as exc:

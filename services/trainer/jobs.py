@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from services.trainer.config import TrainerSettings
 from services.trainer.files import FINE_TUNE, get_file
+from services.trainer.methods import DATA_KIND_LABELS, get_method
 from services.trainer.schemas import (
     Checkpoint,
     CheckpointMetrics,
@@ -46,7 +47,6 @@ VALIDATING, QUEUED, RUNNING = "validating_files", "queued", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 ACTIVE = (VALIDATING, QUEUED, RUNNING)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
-KIND_FOR_METHOD = {"supervised": "sft", "dpo": "preference"}
 
 
 def new_job_id() -> str:
@@ -56,8 +56,8 @@ def new_job_id() -> str:
 def default_adapter_name(spec: JobSpec) -> str:
     if spec.suffix:
         return spec.suffix.lower()
-    method = "sft" if spec.method.type == "supervised" else "dpo"
-    return f"{spec.model.lower()}-{method}"[:63]
+    suffix = get_method(spec.method.type).adapter_suffix
+    return f"{spec.model.lower()}-{suffix}"[:63]
 
 
 def check_base_model(session: Session, name: str) -> None:
@@ -83,12 +83,11 @@ def _check_data_file(session: Session, file_id: str, param: str, method: str) ->
             param=param,
             code="invalid_file_purpose",
         )
-    want = KIND_FOR_METHOD[method]
-    if row.format != want:
-        label = {"sft": "supervised (chat)", "preference": "preference"}.get(row.format, row.format)
+    entry = get_method(method)
+    if row.format != entry.data_kind:
+        label = DATA_KIND_LABELS.get(row.format, row.format)
         raise ValidationError(
-            f"{param} {file_id} holds {label} data, but method {method!r} needs "
-            f"{'preference pairs (prompt, chosen, rejected)' if method == 'dpo' else 'chat data'}",
+            f"{param} {file_id} holds {label} data, but method {method!r} needs {entry.data_label}",
             param=param,
             code="invalid_file_kind",
         )

@@ -60,7 +60,7 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class PlanInput:
-    method: str  # supervised | dpo
+    sequences_per_example: int  # 1, or 2 for DPO's chosen and rejected (methods.py)
     quantization: str  # none | nf4
     r: int
     target_modules: str | list[str]
@@ -108,7 +108,7 @@ def estimate(shape: ModelShape, p: PlanInput, available: int | None = None) -> M
     ]
     trainable = sum(p.r * (i + o) for i, o in dims)
     optimizer = trainable * ADAM_BYTES_PER_TRAINABLE
-    sequences = p.batch_size * (2 if p.method == "dpo" else 1)
+    sequences = p.batch_size * p.sequences_per_example
     tokens = sequences * p.seq_len
     act_bytes = 2  # activations live in bf16 under autocast, in fp32 otherwise: take the mean-ish
     per_layer_token = 34 * shape.hidden * act_bytes // 2 + 5 * shape.heads * p.seq_len

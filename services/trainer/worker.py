@@ -48,6 +48,7 @@ from services.trainer.jobs import (
     job_dir,
 )
 from services.trainer.k8s_jobs import KubernetesJobRunner, KubernetesJobSettings
+from services.trainer.methods import get_method
 from services.trainer.recipes.common import RecipeContext, RecipeResult, Stopped
 from services.trainer.schemas import JobSpec, target_modules_problem
 from shared.artifacts import open_store
@@ -344,9 +345,6 @@ class Worker:
         return register
 
     def process(self, job_id: str) -> None:
-        from services.trainer.recipes.dpo import run_dpo
-        from services.trainer.recipes.sft import run_sft
-
         with self.registry.session() as session:
             job = session.get(TrainingJobRow, job_id)
             assert job is not None
@@ -374,7 +372,7 @@ class Worker:
                 self._process_in_kubernetes(job_id)
                 return
             ctx = self._context(job, reporter)
-            recipe = run_sft if ctx.spec.method.type == "supervised" else run_dpo
+            recipe = get_method(ctx.spec.method.type).load_recipe()
             result: RecipeResult = recipe(ctx)
             event(
                 log,

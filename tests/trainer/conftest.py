@@ -147,9 +147,8 @@ def run_in_process(
 ) -> tuple[Any, RecordingReporter]:
     """Run the spec's recipe in this process, registering into ``settings``' registry."""
     from services.trainer.adapters import store_and_register
+    from services.trainer.methods import get_method
     from services.trainer.recipes.common import DataFile, RecipeContext
-    from services.trainer.recipes.dpo import run_dpo
-    from services.trainer.recipes.sft import run_sft
     from services.trainer.schemas import JobSpec
 
     job = JobSpec.model_validate({"training_file": str(train), **spec})
@@ -181,5 +180,4 @@ def run_in_process(
         base_adapter_lineage=lineage,
     )
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
-    recipe = run_sft if job.method.type == "supervised" else run_dpo
-    return recipe(ctx), reporter
+    return get_method(job.method.type).load_recipe()(ctx), reporter

@@ -28,6 +28,7 @@ from services.trainer.memory import (
     available_memory,
     plan_or_refuse,
 )
+from services.trainer.methods import get_method
 from services.trainer.schemas import JobSpec, ResolvedHyperparameters
 from shared.basemodel import ResolvedBaseModel, resolve_base_model
 from shared.datasets import ChatRenderer, PreparedData, load_examples, prepare, stop_token_ids
@@ -298,7 +299,7 @@ def plan_memory(
     shape = ModelShape.from_folder(base.path)
     want_gc = hp.gradient_checkpointing is True
     plan_input = PlanInput(
-        method=ctx.spec.method.type,
+        sequences_per_example=get_method(ctx.spec.method.type).sequences_per_example,
         quantization=ctx.spec.lora.quantization,
         r=ctx.spec.lora.r,
         target_modules=ctx.spec.lora.target_modules,
