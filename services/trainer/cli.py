@@ -25,7 +25,7 @@ from shared.errors import LoraplexError, ValidationError
 from shared.settings import load_settings
 
 if TYPE_CHECKING:
-    from services.trainer.recipes.common import DataFile
+    from services.trainer.files import DataFile
 
 app = typer.Typer(help="Train LoRA adapters (SFT, DPO; LoRA, QLoRA).", no_args_is_help=True)
 
@@ -103,7 +103,7 @@ def run(
     from services.trainer.adapters import store_and_register
     from services.trainer.jobs import default_adapter_name
     from services.trainer.methods import get_method
-    from services.trainer.recipes.common import RecipeContext
+    from services.trainer.recipes.context import RecipeContext
 
     try:
         settings = load_settings(TrainerSettings)

@@ -22,7 +22,7 @@ from services.trainer.hyperparameters import Hyperparameters
 from shared.errors import ValidationError
 
 if TYPE_CHECKING:
-    from services.trainer.recipes.common import RecipeContext, RecipeResult
+    from services.trainer.recipes.context import RecipeContext, RecipeResult
 
 Recipe = Callable[["RecipeContext"], "RecipeResult"]
 

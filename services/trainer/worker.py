@@ -49,7 +49,7 @@ from services.trainer.jobs import (
 )
 from services.trainer.k8s_jobs import KubernetesJobRunner, KubernetesJobSettings
 from services.trainer.methods import get_method
-from services.trainer.recipes.common import RecipeContext, RecipeResult, Stopped
+from services.trainer.recipes.context import RecipeContext, RecipeResult, Stopped
 from services.trainer.schemas import JobSpec, target_modules_problem
 from shared.artifacts import open_store
 from shared.basemodel import ResolvedBaseModel

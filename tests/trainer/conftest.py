@@ -147,8 +147,9 @@ def run_in_process(
 ) -> tuple[Any, RecordingReporter]:
     """Run the spec's recipe in this process, registering into ``settings``' registry."""
     from services.trainer.adapters import store_and_register
+    from services.trainer.files import DataFile
     from services.trainer.methods import get_method
-    from services.trainer.recipes.common import DataFile, RecipeContext
+    from services.trainer.recipes.context import RecipeContext
     from services.trainer.schemas import JobSpec
 
     job = JobSpec.model_validate({"training_file": str(train), **spec})
