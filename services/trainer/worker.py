@@ -28,15 +28,14 @@ import threading
 import time
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from services.trainer.adapters import store_and_register
 from services.trainer.config import TrainerSettings
-from services.trainer.files import data_file, get_file, record_near_duplicates
+from services.trainer.job_context import job_context, registrar
+from services.trainer.job_reporter import WORKER_STOPPING, JobReporter
 from services.trainer.jobs import (
     CANCELLED,
     FAILED,
@@ -47,100 +46,18 @@ from services.trainer.jobs import (
     add_event,
     job_dir,
 )
-from services.trainer.k8s_jobs import KubernetesJobRunner, KubernetesJobSettings
+from services.trainer.k8s_jobs import KubernetesJobSettings
+from services.trainer.k8s_runner import KubernetesJobRunner
 from services.trainer.methods import get_method
-from services.trainer.recipes.context import RecipeContext, RecipeResult, Stopped
-from services.trainer.schemas import JobSpec, target_modules_problem
-from shared.artifacts import open_store
-from shared.basemodel import ResolvedBaseModel
-from shared.errors import LoraplexError, ValidationError
+from services.trainer.recipes.context import RecipeResult, Stopped
+from shared.errors import LoraplexError
 from shared.logs import configure as configure_logging
 from shared.logs import event, mask_url
-from shared.registry.adapters import get_version
 from shared.registry.db import Registry, open_registry
-from shared.registry.models import AdapterVersionRow, TrainingJobRow, utcnow
+from shared.registry.models import TrainingJobRow, utcnow
 from shared.settings import load_settings
 
 log = logging.getLogger("loraplex.trainer.worker")
-
-CLAIM_LOST = "claim lost"
-WORKER_STOPPING = "worker stopping"
-
-
-class JobReporter:
-    """Events to the registry; stop requests from it (cancel, lost claim, shutdown)."""
-
-    def __init__(self, worker: Worker, job_id: str) -> None:
-        self.worker = worker
-        self.job_id = job_id
-        self.lost = threading.Event()
-        self.last_metrics: dict[str, Any] = {}  # the latest loss and tokens/s, for job.* lines
-
-    def event(
-        self, message: str, *, level: str = "info", type: str = "message", data: Any = None
-    ) -> None:
-        with self.worker.registry.session() as session:
-            add_event(session, self.job_id, message, level=level, type=type, data=data)
-            if type == "validation" and isinstance(data, dict):
-                self._file_near_duplicates(session, data)
-        self._log(message, type, data if isinstance(data, dict) else {})
-
-    def _file_near_duplicates(self, session: Session, report: dict[str, Any]) -> None:
-        """The data validation is where near-duplicates are computed (bounded, off the API; see
-        ``services.trainer.files``): its count goes into the training file's report too."""
-        job = session.get(TrainingJobRow, self.job_id)
-        found = report.get("near_duplicates")
-        if job is not None and isinstance(found, dict):
-            record_near_duplicates(session, job.training_file, found)
-
-    def _log(self, message: str, type: str, data: dict[str, Any]) -> None:
-        job = self.job_id
-        if type == "metrics" and "train_loss" in data:
-            self.last_metrics.update(
-                train_loss=data.get("train_loss"), tokens_per_s=data.get("tokens_per_second")
-            )
-            event(
-                log,
-                "job.progress",
-                job=job,
-                step=data.get("step"),
-                total_steps=data.get("total_steps"),
-                train_loss=data.get("train_loss"),
-                tokens_per_s=data.get("tokens_per_second"),
-            )
-        elif type == "metrics" and "valid_loss" in data:
-            self.last_metrics["valid_loss"] = data.get("valid_loss")
-        elif type == "checkpoint":
-            metrics = data.get("metrics") or {}
-            event(
-                log,
-                "job.checkpoint",
-                job=job,
-                step=data.get("step"),
-                train_loss=metrics.get("train_loss"),
-                valid_loss=metrics.get("valid_loss"),
-            )
-        elif message.startswith("training started"):
-            event(log, "job.started", job=job, step=data.get("step"), total=data.get("total_steps"))
-        elif message.startswith("validated"):
-            event(log, "job.data_validated", job=job, detail=message)
-
-    def should_stop(self) -> str | None:
-        if self.lost.is_set():
-            return CLAIM_LOST
-        if self.worker.stopping.is_set():
-            return WORKER_STOPPING
-        with self.worker.registry.session() as session:
-            job = session.get(TrainingJobRow, self.job_id)
-            if job is None or job.worker_id != self.worker.worker_id:
-                self.lost.set()
-                return CLAIM_LOST
-            return CANCELLED if job.cancel_requested else None
-
-    def phase(self, status: str) -> None:
-        with self.worker.registry.session() as session:
-            if self.worker.guarded_update(session, self.job_id, status=status):
-                add_event(session, self.job_id, f"job status: {status}")
 
 
 class Worker:
@@ -270,80 +187,6 @@ class Worker:
         event(log, "job.released", job=job_id, worker=self.worker_id)
 
     # -- running a job -------------------------------------------------------------------------------
-    def _context(self, job: TrainingJobRow, reporter: JobReporter) -> RecipeContext:
-        spec = JobSpec.model_validate(job.config)
-        # Jobs queued before target_modules was checked at creation must not reach peft.
-        if problem := target_modules_problem(spec.lora.target_modules):
-            raise ValidationError(problem, param="lora.target_modules")
-        with self.registry.session() as session:
-            train = data_file(self.settings, get_file(session, job.training_file, "training_file"))
-            validation = None
-            if job.validation_file:
-                validation = data_file(
-                    self.settings, get_file(session, job.validation_file, "validation_file")
-                )
-            adapter_dir, lineage = None, None
-            if spec.base_adapter:
-                version = get_version(session, spec.base_adapter)
-                adapter_dir = open_store(self.settings).get_dir(version.sha256)
-                lineage = {"id": version.id, "sha256": version.sha256}
-        out = job_dir(self.settings, job.id)
-        out.mkdir(parents=True, exist_ok=True)
-        return RecipeContext(
-            spec=spec,
-            settings=self.settings,
-            train_file=train,
-            validation_file=validation,
-            output_dir=out,
-            reporter=reporter,
-            register=self._registrar(job.id, job.adapter_name),
-            adapter_name=job.adapter_name,
-            job_id=job.id,
-            base_adapter_dir=adapter_dir,
-            base_adapter_lineage=lineage,
-        )
-
-    def _registrar(self, job_id: str, adapter_name: str) -> Any:
-        def register(folder: Path, manifest: dict[str, Any], base: ResolvedBaseModel) -> str:
-            def mark_succeeded(session: Session, row: AdapterVersionRow, created: bool) -> None:
-                job = session.get(TrainingJobRow, job_id)
-                if job is not None and job.cancel_requested:
-                    raise Stopped(CANCELLED)  # rolls the registration back
-                if not self.guarded_update(
-                    session,
-                    job_id,
-                    status=SUCCEEDED,
-                    finished_at=utcnow(),
-                    result_version_id=row.id,
-                ):
-                    raise Stopped(CLAIM_LOST)
-                add_event(
-                    session,
-                    job_id,
-                    f"fine-tuned adapter registered as {row.id}"
-                    + ("" if created else " (identical content was already registered)"),
-                    type="result",
-                    data={
-                        "version_id": row.id,
-                        "sha256": row.sha256,
-                        "trained_tokens": manifest.get("trained_tokens"),
-                        "metrics": manifest.get("metrics"),
-                        "progress": 100.0,
-                    },
-                )
-
-            return store_and_register(
-                self.settings,
-                folder,
-                manifest,
-                base,
-                adapter_name,
-                job_id=job_id,
-                in_session=mark_succeeded,
-            )
-
-        return register
-
     def process(self, job_id: str) -> None:
         with self.registry.session() as session:
             job = session.get(TrainingJobRow, job_id)
@@ -371,7 +214,13 @@ class Worker:
             if self.kubernetes is not None:
                 self._process_in_kubernetes(job_id)
                 return
-            ctx = self._context(job, reporter)
+            ctx = job_context(
+                self.settings,
+                self.registry,
+                job,
+                reporter,
+                registrar(self.settings, job_id, job.adapter_name, self.guarded_update),
+            )
             recipe = get_method(ctx.spec.method.type).load_recipe()
             result: RecipeResult = recipe(ctx)
             event(

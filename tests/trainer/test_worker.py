@@ -146,7 +146,7 @@ def test_a_job_whose_files_vanished_fails_cleanly(tsettings: TrainerSettings) ->
 def test_kubernetes_mode_follows_the_job_and_fails_it_if_the_pod_did_not_finish(
     tsettings: TrainerSettings,
 ) -> None:
-    from services.trainer.k8s_jobs import JobPhase, JobState
+    from services.trainer.k8s_runner import JobPhase, JobState
 
     class FakeRunner:
         def __init__(self) -> None:

@@ -18,6 +18,9 @@ from services.trainer.files import DataFile
 from services.trainer.schemas import JobSpec
 from shared.basemodel import ResolvedBaseModel
 
+# Stores and registers the saved adapter folder with its manifest; returns the version id.
+Register = Callable[[Path, dict[str, Any], ResolvedBaseModel], str]
+
 
 class Reporter(Protocol):
     """Where a recipe sends events and asks whether it should stop."""
@@ -51,7 +54,7 @@ class RecipeContext:
     validation_file: DataFile | None
     output_dir: Path
     reporter: Reporter
-    register: Callable[[Path, dict[str, Any], ResolvedBaseModel], str]
+    register: Register
     adapter_name: str
     job_id: str | None = None
     base_adapter_dir: Path | None = None
