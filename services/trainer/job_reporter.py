@@ -88,7 +88,12 @@ class JobReporter:
             return WORKER_STOPPING
         with self.worker.registry.session() as session:
             job = session.get(TrainingJobRow, self.job_id)
-            if job is None or job.worker_id != self.worker.worker_id:
+            claim = self.worker.claims.get(self.job_id)
+            if (
+                job is None
+                or job.worker_id != self.worker.worker_id
+                or (claim is not None and job.attempts != claim.attempt)
+            ):
                 self.lost.set()
                 return CLAIM_LOST
             return CANCELLED if job.cancel_requested else None

@@ -1,16 +1,16 @@
 """The job worker: claims queued jobs from the registry and runs their recipe.
 
-Safe with several workers on one registry:
+Safe with several workers on one registry. Claims, heartbeats and every write of a job's holder go
+through the fenced work queue of ``shared/registry/queue.py`` (the evaluator's too):
 
-- **Claiming** is a compare-and-set: ``UPDATE ... WHERE id = ? AND attempts = ? AND <claimable>``.
-  ``attempts`` grows with every claim, so it doubles as a version number; of two workers racing for
-  a job exactly one update matches a row.
-- **Heartbeats** refresh ``heartbeat_at`` every few seconds while the job runs, again guarded by
-  ``worker_id``. A job whose heartbeat is older than ``stale_after_seconds`` is claimable by anyone:
-  that is how a job survives ``kill -9`` of its worker. The new worker resumes from the job's newest
-  complete checkpoint.
+- **Claiming** is a compare-and-set that increments ``attempts``; of two workers racing for a job
+  exactly one wins, and ``attempts`` is the claim's fencing token.
+- **Heartbeats** refresh ``heartbeat_at`` every few seconds while the job runs. A job whose
+  heartbeat is older than ``stale_after_seconds`` is claimable by anyone: that is how a job survives
+  ``kill -9`` of its worker. The new worker resumes from the job's newest complete checkpoint, and
+  every write of the old one (fenced by worker id *and* attempt) matches nothing.
 - **Finishing** registers the adapter version and marks the job succeeded in one transaction, under
-  the same guard, so a job yields exactly one version even if two workers ever ran it.
+  the same fence, so a job yields exactly one version even if two workers ever ran it.
 - **Cancel** is a flag the training loop checks after every step; nothing is saved or registered
   afterwards and the job's scratch folder is removed.
 
@@ -27,16 +27,16 @@ import socket
 import threading
 import time
 import uuid
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from services.trainer.config import TrainerSettings
 from services.trainer.job_context import job_context, registrar
+from services.trainer.job_reporter import CLAIM_LOST as CLAIM_LOST  # re-exported: its old home
 from services.trainer.job_reporter import WORKER_STOPPING, JobReporter
 from services.trainer.jobs import (
+    ACTIVE,
     CANCELLED,
     FAILED,
     QUEUED,
@@ -53,6 +53,7 @@ from services.trainer.recipes.context import RecipeResult, Stopped
 from shared.errors import LoraplexError
 from shared.logs import configure as configure_logging
 from shared.logs import event, mask_url
+from shared.registry import queue
 from shared.registry.db import Registry, open_registry
 from shared.registry.models import TrainingJobRow, utcnow
 from shared.settings import load_settings
@@ -66,92 +67,71 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.registry: Registry = open_registry(settings)
         self.stopping = threading.Event()
+        self.claims: dict[str, queue.Claim] = {}  # job id -> this worker's claim (fencing token)
         # With LORAPLEX_K8S_ENABLED each job trains in its own Kubernetes Job (k8s_jobs.py).
         self.kubernetes: KubernetesJobRunner | None = None
         k8s = KubernetesJobSettings()
         if k8s.enabled:
             self.kubernetes = KubernetesJobRunner.in_cluster(k8s, data_dir=str(settings.data_dir))
 
-    # -- registry operations -----------------------------------------------------------------------
+    # -- registry operations (fenced: shared/registry/queue.py) ------------------------------------
     def guarded_update(self, session: Session, job_id: str, **values: Any) -> bool:
-        """Update the job only while this worker holds it and it is unfinished."""
-        result = session.execute(
-            update(TrainingJobRow)
-            .where(
-                TrainingJobRow.id == job_id,
-                TrainingJobRow.worker_id == self.worker_id,
-                TrainingJobRow.status.in_((VALIDATING, QUEUED, RUNNING)),
-            )
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        """Update the job only while this worker's claim holds it and it is unfinished."""
+        claim = self.claims.get(job_id)
+        if claim is None:
+            return False
+        return queue.guarded_update(session, TrainingJobRow, claim, statuses=ACTIVE, **values)
 
     def claim(self, only: str | None = None) -> str | None:
-        """Claim the oldest claimable job (compare-and-set); None when there is none."""
-        now = utcnow()
-        stale = now - timedelta(seconds=self.settings.stale_after_seconds)
-        claimable = or_(
-            and_(
-                TrainingJobRow.status.in_((VALIDATING, QUEUED)),
-                TrainingJobRow.worker_id.is_(None),
-            ),
-            and_(
-                TrainingJobRow.status.in_((VALIDATING, QUEUED, RUNNING)),
-                TrainingJobRow.worker_id.is_not(None),
-                TrainingJobRow.heartbeat_at < stale,
-            ),
-        )
-        stmt = select(TrainingJobRow.id, TrainingJobRow.attempts, TrainingJobRow.worker_id).where(
-            claimable
-        )
-        if only is not None:
-            stmt = stmt.where(TrainingJobRow.id == only)
+        """Claim the oldest claimable job (waiting, or its holder's heartbeat stopped); None when
+        there is none. The job keeps its status: the recipe moves it on once its data is valid."""
         with self.registry.session() as session:
-            candidates = session.execute(stmt.order_by(TrainingJobRow.created_at).limit(5)).all()
-        for job_id, attempts, previous in candidates:
-            with self.registry.session() as session:
-                result = session.execute(
-                    update(TrainingJobRow)
-                    .where(
-                        TrainingJobRow.id == job_id, TrainingJobRow.attempts == attempts, claimable
-                    )
-                    .values(
-                        worker_id=self.worker_id,
-                        heartbeat_at=now,
-                        attempts=attempts + 1,
-                        started_at=now,
-                    )
-                    .execution_options(synchronize_session=False)
-                )
-                if result.rowcount != 1:  # type: ignore[attr-defined]
-                    continue  # another worker won this one
-                note = (
-                    f" (taking over from {previous}, whose heartbeat stopped)" if previous else ""
-                )
-                add_event(
-                    session,
-                    job_id,
-                    f"worker {self.worker_id} claimed the job, attempt {attempts + 1}{note}",
-                    data={"worker_id": self.worker_id, "attempt": attempts + 1},
-                )
-                took_over: dict[str, Any] = {"took_over_from": previous} if previous else {}
-                event(
-                    log,
-                    "job.claimed",
-                    job=job_id,
-                    worker=self.worker_id,
-                    attempt=attempts + 1,
-                    **took_over,
-                )
-                return str(job_id)
-        return None
+            claim = queue.claim_next(
+                session,
+                TrainingJobRow,
+                self.worker_id,
+                stale_after_s=self.settings.stale_after_seconds,
+                waiting=(VALIDATING, QUEUED),
+                running=ACTIVE,
+                set_status=None,
+                only=only,
+                extra={"started_at": utcnow()},
+            )
+            if claim is None:
+                return None
+            previous = claim.took_over_from
+            note = f" (taking over from {previous}, whose heartbeat stopped)" if previous else ""
+            add_event(
+                session,
+                claim.row_id,
+                f"worker {self.worker_id} claimed the job, attempt {claim.attempt}{note}",
+                data={"worker_id": self.worker_id, "attempt": claim.attempt},
+            )
+        self.claims[claim.row_id] = claim
+        took_over: dict[str, Any] = {"took_over_from": previous} if previous else {}
+        event(
+            log,
+            "job.claimed",
+            job=claim.row_id,
+            worker=self.worker_id,
+            attempt=claim.attempt,
+            **took_over,
+        )
+        return claim.row_id
+
+    def hold(self, job: TrainingJobRow) -> None:
+        """Act under the claim this worker's id already holds on ``job`` (``run-job`` in the
+        Kubernetes Job of the worker that claimed it): same id, same attempt, same fence."""
+        self.claims[job.id] = queue.Claim(job.id, self.worker_id, job.attempts, status=job.status)
 
     def _heartbeat(self, job_id: str, reporter: JobReporter, done: threading.Event) -> None:
         while not done.wait(self.settings.heartbeat_seconds):
             try:
+                claim = self.claims.get(job_id)
                 with self.registry.session() as session:
-                    if not self.guarded_update(session, job_id, heartbeat_at=utcnow()):
+                    if claim is None or not queue.heartbeat(
+                        session, TrainingJobRow, claim, statuses=ACTIVE
+                    ):
                         reporter.lost.set()
                         return
             except Exception:  # a busy database must not kill training; the next beat retries
@@ -179,15 +159,25 @@ class Worker:
 
     def _release(self, job_id: str) -> None:
         """Give the job back (worker shutting down): the next worker resumes from its checkpoint."""
+        claim = self.claims.get(job_id)
         with self.registry.session() as session:
-            if self.guarded_update(
-                session, job_id, worker_id=None, heartbeat_at=None, status=QUEUED
+            if claim is not None and queue.release(
+                session, TrainingJobRow, claim, status=QUEUED, statuses=ACTIVE
             ):
                 add_event(session, job_id, "worker stopped; job queued again to resume")
         event(log, "job.released", job=job_id, worker=self.worker_id)
 
     # -- running a job -------------------------------------------------------------------------------
     def process(self, job_id: str) -> None:
+        """Run a job this worker has claimed, to its end or until it is stopped."""
+        if job_id not in self.claims:
+            raise queue.ClaimLost(f"worker {self.worker_id} has not claimed job {job_id}")
+        try:
+            self._process(job_id)
+        finally:
+            self.claims.pop(job_id, None)
+
+    def _process(self, job_id: str) -> None:
         with self.registry.session() as session:
             job = session.get(TrainingJobRow, job_id)
             assert job is not None
@@ -314,7 +304,9 @@ def run_one(job_id: str) -> int:
         if job is None:
             log.error("job %s does not exist", job_id)
             return 2
-        if holder != worker.worker_id and worker.claim(only=job_id) is None:
+        if holder == worker.worker_id:
+            worker.hold(job)
+        elif worker.claim(only=job_id) is None:
             log.error("job %s is held by %s or already finished", job_id, holder)
             return 1
         worker.process(job_id)

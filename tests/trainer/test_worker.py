@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import update
 
 from services.trainer.config import TrainerSettings
+from services.trainer.job_reporter import CLAIM_LOST
 from services.trainer.jobs import add_event, cancel_job
-from services.trainer.worker import CLAIM_LOST, JobReporter, Worker
+from services.trainer.worker import JobReporter, Worker
 from shared.registry.models import TrainingJobRow, utcnow
 from shared.settings import SharedSettings
 
@@ -174,3 +175,25 @@ def test_kubernetes_mode_follows_the_job_and_fails_it_if_the_pod_did_not_finish(
         assert row is not None and row.status == "failed" and row.error is not None
         assert row.error["type"] == "system_error" and "OOMKilled" in row.error["details"][0]
     w.registry.dispose()
+
+
+def test_a_restarted_worker_with_the_same_id_fences_its_old_claim(
+    tsettings: TrainerSettings,
+) -> None:
+    # Same host and pid after a restart: the attempt, not the worker id, tells the claims apart.
+    old, new = Worker(tsettings, "w"), Worker(tsettings, "w")
+    (job_id,) = make_jobs(old, 1)
+    assert old.claim() == job_id
+    with old.registry.session() as s:
+        s.execute(
+            update(TrainingJobRow)
+            .where(TrainingJobRow.id == job_id)
+            .values(status="running", heartbeat_at=utcnow() - timedelta(seconds=60))
+        )
+    assert new.claim() == job_id
+    with old.registry.session() as s:
+        assert not old.guarded_update(s, job_id, status="failed")
+    assert JobReporter(old, job_id).should_stop() == CLAIM_LOST
+    assert JobReporter(new, job_id).should_stop() is None
+    old.registry.dispose()
+    new.registry.dispose()
