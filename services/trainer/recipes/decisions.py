@@ -7,14 +7,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from services.trainer.memory import (
-    MemoryPlan,
-    ModelShape,
-    PlanInput,
-    available_memory,
-    estimate,
-    plan_or_refuse,
-)
 from services.trainer.methods import get_method
 from services.trainer.recipes.context import RecipeContext
 from services.trainer.recipes.data import longest_sequence
@@ -22,6 +14,14 @@ from services.trainer.schemas import ResolvedHyperparameters
 from shared.basemodel import ResolvedBaseModel
 from shared.datasets import PreparedData
 from shared.doctor import cpu_prefers_bf16
+from shared.memory import (
+    MemoryPlan,
+    ModelShape,
+    PlanInput,
+    available_memory,
+    estimate_plan,
+    plan_or_refuse,
+)
 
 
 def cuda_available() -> bool:
@@ -85,7 +85,7 @@ def plan_memory(
     available = available_memory(ctx.settings.memory_limit_bytes)
     if hp.gradient_checkpointing is False:
         # The user pinned it off: plan exactly that, without switching it on for them.
-        plan = estimate(shape, plan_input, available)
+        plan = estimate_plan(shape, plan_input, available)
         if not plan.fits:
             plan_or_refuse(shape, plan_input, available)
         chosen = plan_input
