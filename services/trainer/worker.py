@@ -6,7 +6,7 @@ through the fenced work queue of ``shared/registry/queue.py`` (the evaluator's t
 - **Claiming** is a compare-and-set that increments ``attempts``; of two workers racing for a job
   exactly one wins, and ``attempts`` is the claim's fencing token.
 - **Heartbeats** refresh ``heartbeat_at`` every few seconds while the job runs. A job whose
-  heartbeat is older than ``stale_after_seconds`` is claimable by anyone: that is how a job survives
+  heartbeat is older than ``worker_stale_s`` is claimable by anyone: that is how a job survives
   ``kill -9`` of its worker. The new worker resumes from the job's newest complete checkpoint, and
   every write of the old one (fenced by worker id *and* attempt) matches nothing.
 - **Finishing** registers the adapter version and marks the job succeeded in one transaction, under
@@ -90,7 +90,7 @@ class Worker:
                 session,
                 TrainingJobRow,
                 self.worker_id,
-                stale_after_s=self.settings.stale_after_seconds,
+                stale_after_s=self.settings.worker_stale_s,
                 waiting=(VALIDATING, QUEUED),
                 running=ACTIVE,
                 set_status=None,
@@ -125,7 +125,7 @@ class Worker:
         self.claims[job.id] = queue.Claim(job.id, self.worker_id, job.attempts, status=job.status)
 
     def _heartbeat(self, job_id: str, reporter: JobReporter, done: threading.Event) -> None:
-        while not done.wait(self.settings.heartbeat_seconds):
+        while not done.wait(self.settings.worker_heartbeat_s):
             try:
                 claim = self.claims.get(job_id)
                 with self.registry.session() as session:
@@ -282,7 +282,7 @@ class Worker:
             if job_id is None:
                 if once:
                     break
-                self.stopping.wait(self.settings.worker_poll_seconds)
+                self.stopping.wait(self.settings.worker_poll_s)
                 continue
             self.process(job_id)
             ran += 1

@@ -86,8 +86,8 @@ def trainer_model_settings(model_settings: SharedSettings) -> Iterator[TrainerSe
     # runs about 10x slower than one thread. Restored afterwards for other tests in the session.
     yield TrainerSettings(
         data_dir=model_settings.data_dir,
-        heartbeat_seconds=0.5,
-        stale_after_seconds=3,
+        worker_heartbeat_s=0.5,
+        worker_stale_s=3,
         torch_threads=1,
     )
     torch.set_num_threads(threads)

@@ -25,7 +25,7 @@ def tsettings(registry_settings: SharedSettings) -> TrainerSettings:
     return TrainerSettings(
         data_dir=registry_settings.data_dir,
         database_url=registry_settings.database_url,
-        stale_after_seconds=30,
+        worker_stale_s=30,
         max_attempts=2,
     )
 
