@@ -21,6 +21,7 @@ import yaml
 
 from services.trainer.config import TrainerSettings
 from services.trainer.schemas import JobSpec
+from services.trainer.statuses import JobStatus
 from shared.errors import LoraplexError, ValidationError
 from shared.settings import load_settings
 
@@ -262,7 +263,7 @@ def _follow(client: Any, job_id: str) -> None:
                     typer.echo(f"{event['level']:5} {event['message']}")
     job = _check(client.get(f"/v1/fine_tuning/jobs/{job_id}"))
     typer.echo(json.dumps({"status": job["status"], "fine_tuned_model": job["fine_tuned_model"]}))
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         raise typer.Exit(1)
 
 

@@ -13,9 +13,10 @@ from services.trainer.adapters import store_and_register
 from services.trainer.config import TrainerSettings
 from services.trainer.files import data_file, get_file
 from services.trainer.job_reporter import CLAIM_LOST
-from services.trainer.jobs import CANCELLED, SUCCEEDED, add_event, job_dir
+from services.trainer.jobs import add_event, job_dir
 from services.trainer.recipes.context import RecipeContext, Register, Reporter, Stopped
 from services.trainer.schemas import JobSpec, target_modules_problem
+from services.trainer.statuses import JobStatus
 from shared.artifacts import open_store
 from shared.basemodel import ResolvedBaseModel
 from shared.errors import ValidationError
@@ -79,11 +80,11 @@ def registrar(
         def mark_succeeded(session: Session, row: AdapterVersionRow, created: bool) -> None:
             job = session.get(TrainingJobRow, job_id)
             if job is not None and job.cancel_requested:
-                raise Stopped(CANCELLED)  # rolls the registration back
+                raise Stopped(JobStatus.CANCELLED)  # rolls the registration back
             if not guarded_update(
                 session,
                 job_id,
-                status=SUCCEEDED,
+                status=JobStatus.SUCCEEDED,
                 finished_at=utcnow(),
                 result_version_id=row.id,
             ):

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from services.trainer.files import record_near_duplicates
-from services.trainer.jobs import CANCELLED, add_event
+from services.trainer.jobs import add_event
+from services.trainer.statuses import JobStatus
 from shared.logs import event
 from shared.registry.models import TrainingJobRow
 
@@ -96,7 +97,7 @@ class JobReporter:
             ):
                 self.lost.set()
                 return CLAIM_LOST
-            return CANCELLED if job.cancel_requested else None
+            return JobStatus.CANCELLED if job.cancel_requested else None
 
     def phase(self, status: str) -> None:
         with self.worker.registry.session() as session:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.trainer.jobs import RUNNING
 from services.trainer.schemas import (
     Checkpoint,
     CheckpointMetrics,
@@ -16,6 +15,7 @@ from services.trainer.schemas import (
     JobSpec,
     unix_time,
 )
+from services.trainer.statuses import JobStatus
 from shared.errors import ValidationError
 from shared.registry.models import JobEventRow, TrainingJobRow
 
@@ -94,7 +94,7 @@ def job_to_api(
         lora=spec.lora.model_dump(mode="json"),
         adapter_name=job.adapter_name,
         progress=progress,
-        estimated_finish=estimated_finish if job.status == RUNNING else None,
+        estimated_finish=estimated_finish if job.status == JobStatus.RUNNING else None,
         cancel_requested=job.cancel_requested,
     )
 

@@ -1,8 +1,7 @@
 """Fine-tuning jobs in the registry: create (with every check that needs no model), read, cancel,
 events and checkpoints. No FastAPI here; the routes and the CLI call these functions.
 
-Status values are OpenAI's: ``validating_files`` (created; a worker checks the data against the
-model's template), ``queued``, ``running``, ``succeeded``, ``failed``, ``cancelled``.
+Status values are OpenAI's (:class:`~services.trainer.statuses.JobStatus`).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from services.trainer.schemas import (
     JobSpec,
     target_modules_problem,
 )
+from services.trainer.statuses import ACTIVE, JobStatus
 from shared.errors import ConflictError, LoraplexError, NotFoundError, ValidationError
 from shared.logs import event
 from shared.registry.adapters import bound_base_model, check_adapter_name, resolve
@@ -37,10 +37,9 @@ from shared.settings import EMBEDDED_BASE_MODEL
 
 log = logging.getLogger(__name__)
 
-VALIDATING, QUEUED, RUNNING = "validating_files", "queued", "running"
-SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
-ACTIVE = (VALIDATING, QUEUED, RUNNING)
-TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+# The statuses' names before statuses.py, for code that imports them from here.
+VALIDATING, QUEUED, RUNNING = JobStatus.VALIDATING, JobStatus.QUEUED, JobStatus.RUNNING
+SUCCEEDED, FAILED, CANCELLED = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 
 
 def new_job_id() -> str:
@@ -211,7 +210,7 @@ def create_job(session: Session, settings: TrainerSettings, spec: JobSpec) -> Tr
     )
     job = TrainingJobRow(
         id=new_job_id(),
-        status=VALIDATING,
+        status=JobStatus.VALIDATING,
         base_model=spec.model,
         adapter_name=default_adapter_name(spec),
         training_file=spec.training_file,
@@ -271,16 +270,16 @@ def list_jobs(
 def cancel_job(session: Session, job_id: str) -> TrainingJobRow:
     """Cancel now if no worker holds the job; otherwise ask the worker to stop at its next step."""
     job = get_job(session, job_id)
-    if job.status in (SUCCEEDED, FAILED):
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise ConflictError(
             f"job {job_id} already {job.status}; only unfinished jobs can be cancelled",
             param="fine_tuning_job_id",
             code="job_finished",
         )
-    if job.status == CANCELLED:
+    if job.status == JobStatus.CANCELLED:
         return job
     if job.worker_id is None:
-        job.status = CANCELLED
+        job.status = JobStatus.CANCELLED
         job.finished_at = utcnow()
         add_event(session, job.id, "job cancelled before a worker picked it up")
     elif not job.cancel_requested:

@@ -35,21 +35,12 @@ from services.trainer.config import TrainerSettings
 from services.trainer.job_context import job_context, registrar
 from services.trainer.job_reporter import CLAIM_LOST as CLAIM_LOST  # re-exported: its old home
 from services.trainer.job_reporter import WORKER_STOPPING, JobReporter
-from services.trainer.jobs import (
-    ACTIVE,
-    CANCELLED,
-    FAILED,
-    QUEUED,
-    RUNNING,
-    SUCCEEDED,
-    VALIDATING,
-    add_event,
-    job_dir,
-)
+from services.trainer.jobs import add_event, job_dir
 from services.trainer.k8s_jobs import KubernetesJobSettings
 from services.trainer.k8s_runner import KubernetesJobRunner
 from services.trainer.methods import get_method
 from services.trainer.recipes.context import RecipeResult, Stopped
+from services.trainer.statuses import ACTIVE, WAITING, JobStatus
 from shared.errors import LoraplexError
 from shared.logs import configure as configure_logging
 from shared.logs import event, mask_url
@@ -91,7 +82,7 @@ class Worker:
                 TrainingJobRow,
                 self.worker_id,
                 stale_after_s=self.settings.worker_stale_s,
-                waiting=(VALIDATING, QUEUED),
+                waiting=WAITING,
                 running=ACTIVE,
                 set_status=None,
                 only=only,
@@ -143,7 +134,7 @@ class Worker:
                 session, job_id, status=status, finished_at=utcnow(), **values
             )
             if updated:
-                level = "error" if status == FAILED else "info"
+                level = "error" if status == JobStatus.FAILED else "info"
                 add_event(session, job_id, message, level=level, data=values.get("error"))
         if not updated:
             return  # not ours any more: its new holder says what happened
@@ -151,7 +142,7 @@ class Worker:
         event(
             log,
             f"job.{status}",
-            logging.ERROR if status == FAILED else logging.INFO,
+            logging.ERROR if status == JobStatus.FAILED else logging.INFO,
             job=job_id,
             error=error.get("message"),
             code=error.get("code"),
@@ -162,7 +153,7 @@ class Worker:
         claim = self.claims.get(job_id)
         with self.registry.session() as session:
             if claim is not None and queue.release(
-                session, TrainingJobRow, claim, status=QUEUED, statuses=ACTIVE
+                session, TrainingJobRow, claim, status=JobStatus.QUEUED, statuses=ACTIVE
             ):
                 add_event(session, job_id, "worker stopped; job queued again to resume")
         event(log, "job.released", job=job_id, worker=self.worker_id)
@@ -186,7 +177,7 @@ class Worker:
         if job.attempts > self.settings.max_attempts:
             self._finish(
                 job_id,
-                FAILED,
+                JobStatus.FAILED,
                 "job failed: its worker stopped too often",
                 error={
                     "code": "too_many_attempts",
@@ -223,16 +214,16 @@ class Worker:
             )
             shutil.rmtree(out, ignore_errors=True)
         except Stopped as stop:
-            if stop.reason == CANCELLED:
+            if stop.reason == JobStatus.CANCELLED:
                 shutil.rmtree(out, ignore_errors=True)
-                self._finish(job_id, CANCELLED, "job cancelled; nothing was saved")
+                self._finish(job_id, JobStatus.CANCELLED, "job cancelled; nothing was saved")
             elif stop.reason == WORKER_STOPPING:
                 self._release(job_id)
             else:
                 event(log, "job.abandoned", logging.WARNING, job=job_id, reason=stop.reason)
         except LoraplexError as exc:
             error = {**exc.to_dict(), "type": "user_error" if exc.user_error else "system_error"}
-            self._finish(job_id, FAILED, f"job failed: {exc.message}", error=error)
+            self._finish(job_id, JobStatus.FAILED, f"job failed: {exc.message}", error=error)
             if exc.user_error:
                 shutil.rmtree(out, ignore_errors=True)
         except Exception as exc:
@@ -242,7 +233,7 @@ class Worker:
                 "message": f"training failed: {type(exc).__name__}: {exc}",
                 "type": "system_error",
             }
-            self._finish(job_id, FAILED, f"job failed: {error['message']}", error=error)
+            self._finish(job_id, JobStatus.FAILED, f"job failed: {error['message']}", error=error)
         finally:
             done.set()
             beat.join(timeout=5)
@@ -258,12 +249,12 @@ class Worker:
         state = runner.follow(name)
         with self.registry.session() as session:
             job = session.get(TrainingJobRow, job_id)
-            unfinished = job is not None and job.status in (VALIDATING, QUEUED, RUNNING)
+            unfinished = job is not None and job.status in ACTIVE
         if unfinished:
             reasons = runner.diagnose(name)
             self._finish(
                 job_id,
-                FAILED,
+                JobStatus.FAILED,
                 f"Kubernetes Job {name} ended ({state.phase}) without finishing the job",
                 error={
                     "code": "kubernetes_job_failed",
@@ -312,7 +303,7 @@ def run_one(job_id: str) -> int:
         worker.process(job_id)
         with worker.registry.session() as session:
             final = session.get(TrainingJobRow, job_id)
-            return 0 if final is not None and final.status == SUCCEEDED else 1
+            return 0 if final is not None and final.status == JobStatus.SUCCEEDED else 1
     finally:
         worker.registry.dispose()
 

@@ -22,6 +22,7 @@ from services.trainer.schemas import (
     JobList,
     JobSpec,
 )
+from services.trainer.statuses import TERMINAL
 from shared.auth import principal_of
 from shared.registry.db import Registry
 
@@ -109,7 +110,7 @@ async def _event_stream(
     def fetch(cursor: int | None) -> tuple[list[tuple[int, str]], bool]:
         with registry.read_session() as session:
             rows, _ = jobs.list_events(session, job_id, after=cursor, limit=200, newest_first=False)
-            done = jobs.get_job(session, job_id).status in jobs.TERMINAL
+            done = jobs.get_job(session, job_id).status in TERMINAL
             return [(r.id, job_views.event_to_api(r).model_dump_json()) for r in rows], done
 
     cursor = after

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from services.trainer.recipes.context import RecipeContext
 from services.trainer.schemas import ResolvedHyperparameters
+from services.trainer.statuses import JobStatus
 from shared.datasets import ChatRenderer, PreparedData, load_examples, prepare
 
 
@@ -41,7 +42,7 @@ def prepare_data(
     for warning in report["warnings"]:
         ctx.reporter.event(warning, level="warn")
     data.raise_for_errors()
-    ctx.reporter.phase("running")
+    ctx.reporter.phase(JobStatus.RUNNING)
     return data
 
 
