@@ -77,11 +77,14 @@ def test_a_plan_that_does_not_fit_is_refused_with_settings_that_would() -> None:
     p = plan_input(batch_size=8, seq_len=1024)
     need = estimate_plan(shape, p).total
     with pytest.raises(ValidationError) as info:
-        plan_or_refuse(shape, p, int(need * 0.6))
+        plan_or_refuse(shape, p, int(need * 0.3))
     assert info.value.code == "insufficient_memory"
-    assert any("would fit" in d for d in info.value.details or [])
+    assert any("would fit: micro_batch_size 4" in d for d in info.value.details)
     plan, chosen = plan_or_refuse(shape, p, need)
     assert plan.fits and chosen == p
+    # Gradient checkpointing alone is switched on when that is enough.
+    plan, chosen = plan_or_refuse(shape, p, int(need * 0.5))
+    assert plan.fits and chosen == dataclasses.replace(p, gradient_checkpointing=True)
 
 
 def test_the_doctor_reads_the_same_model_as_the_planner() -> None:
