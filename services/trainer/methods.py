@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from services.trainer.recipes.context import RecipeContext, RecipeResult
 
 Recipe = Callable[["RecipeContext"], "RecipeResult"]
+HyperparameterModel = type[Hyperparameters]  # named here: the entry's ``type`` field shadows it
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class TrainingMethod:
     data_kind: str  # the data file kind it trains on (``shared.datasets``: "sft", "preference")
     data_label: str  # that kind in words, for errors about a file of another kind
     default_learning_rate: float  # what ``learning_rate_multiplier`` multiplies
-    hyperparameters: type[Hyperparameters]  # its hyperparameter model
+    hyperparameters: HyperparameterModel  # its hyperparameter model
     recipe: str  # "module:function" of its recipe, imported when a job runs
     sequences_per_example: int  # sequences in one forward pass per example (memory plan)
     openai_hyperparameters: tuple[str, ...] = ()  # resolved knobs shown beside OpenAI's three
@@ -47,7 +48,7 @@ class TrainingMethod:
         fn = getattr(importlib.import_module(module), name)
         if not callable(fn):
             raise TypeError(f"recipe {self.recipe} of method {self.type!r} is not callable")
-        return fn  # type: ignore[no-any-return]
+        return fn
 
 
 # Data kinds in words (``DatasetRow.format``), for errors naming what a file holds.
