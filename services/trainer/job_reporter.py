@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from services.trainer.files import record_near_duplicates
 from services.trainer.jobs import add_event
+from services.trainer.recipes.context import EventKind
 from services.trainer.statuses import JobStatus
 from shared.logs import event
 from shared.registry.models import TrainingJobRow
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from services.trainer.worker import Worker
 
 log = logging.getLogger("loraplex.trainer.worker")
+
+# Event rows keep the types they always had: "training started" is a plain message row.
+STORED_TYPE = {EventKind.STARTED: EventKind.MESSAGE}
 
 CLAIM_LOST = "claim lost"
 WORKER_STOPPING = "worker stopping"
@@ -34,13 +38,20 @@ class JobReporter:
         self.last_metrics: dict[str, Any] = {}  # the latest loss and tokens/s, for job.* lines
 
     def event(
-        self, message: str, *, level: str = "info", type: str = "message", data: Any = None
+        self,
+        message: str,
+        *,
+        level: str = "info",
+        type: EventKind = EventKind.MESSAGE,
+        data: Any = None,
     ) -> None:
+        kind = EventKind(type)
+        stored = STORED_TYPE.get(kind, kind).value
         with self.worker.registry.session() as session:
-            add_event(session, self.job_id, message, level=level, type=type, data=data)
-            if type == "validation" and isinstance(data, dict):
+            add_event(session, self.job_id, message, level=level, type=stored, data=data)
+            if kind == EventKind.VALIDATION and isinstance(data, dict):
                 self._file_near_duplicates(session, data)
-        self._log(message, type, data if isinstance(data, dict) else {})
+        self._log(message, kind, data if isinstance(data, dict) else {})
 
     def _file_near_duplicates(self, session: Session, report: dict[str, Any]) -> None:
         """The data validation is where near-duplicates are computed (bounded, off the API; see
@@ -50,9 +61,9 @@ class JobReporter:
         if job is not None and isinstance(found, dict):
             record_near_duplicates(session, job.training_file, found)
 
-    def _log(self, message: str, type: str, data: dict[str, Any]) -> None:
+    def _log(self, message: str, kind: EventKind, data: dict[str, Any]) -> None:
         job = self.job_id
-        if type == "metrics" and "train_loss" in data:
+        if kind == EventKind.METRICS and "train_loss" in data:
             self.last_metrics.update(
                 train_loss=data.get("train_loss"), tokens_per_s=data.get("tokens_per_second")
             )
@@ -65,9 +76,9 @@ class JobReporter:
                 train_loss=data.get("train_loss"),
                 tokens_per_s=data.get("tokens_per_second"),
             )
-        elif type == "metrics" and "valid_loss" in data:
+        elif kind == EventKind.METRICS and "valid_loss" in data:
             self.last_metrics["valid_loss"] = data.get("valid_loss")
-        elif type == "checkpoint":
+        elif kind == EventKind.CHECKPOINT:
             metrics = data.get("metrics") or {}
             event(
                 log,
@@ -77,9 +88,9 @@ class JobReporter:
                 train_loss=metrics.get("train_loss"),
                 valid_loss=metrics.get("valid_loss"),
             )
-        elif message.startswith("training started"):
+        elif kind == EventKind.STARTED:
             event(log, "job.started", job=job, step=data.get("step"), total=data.get("total_steps"))
-        elif message.startswith("validated"):
+        elif kind == EventKind.VALIDATION:
             event(log, "job.data_validated", job=job, detail=message)
 
     def should_stop(self) -> str | None:

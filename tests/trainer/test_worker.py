@@ -5,18 +5,19 @@ These run without a model: they exercise the registry protocol only, on SQLite a
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from services.trainer.config import TrainerSettings
 from services.trainer.job_reporter import CLAIM_LOST
 from services.trainer.jobs import add_event, cancel_job
 from services.trainer.worker import JobReporter, Worker
-from shared.registry.models import TrainingJobRow, utcnow
+from shared.registry.models import JobEventRow, TrainingJobRow, utcnow
 from shared.settings import SharedSettings
 
 
@@ -197,3 +198,31 @@ def test_a_restarted_worker_with_the_same_id_fences_its_old_claim(
     assert JobReporter(new, job_id).should_stop() is None
     old.registry.dispose()
     new.registry.dispose()
+
+
+def test_event_kinds_drive_the_log_lines_and_rows_keep_their_types(
+    tsettings: TrainerSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from services.trainer.recipes.context import EventKind
+
+    w = Worker(tsettings, "w")
+    (job_id,) = make_jobs(w, 1)
+    reporter = JobReporter(w, job_id)
+    with caplog.at_level(logging.INFO, logger="loraplex.trainer.worker"):
+        # The wording is free: the kind, not the message's prefix, names the log line.
+        reporter.event("resuming: step 3 of 9", type=EventKind.STARTED, data={"step": 3})
+        reporter.event("data looks fine", type=EventKind.VALIDATION, data={})
+        reporter.event("training started, or so this message says")
+    names = [
+        r.getMessage().split()[0] for r in caplog.records if r.name == "loraplex.trainer.worker"
+    ]
+    assert names == [
+        "job.started",
+        "job.data_validated",
+    ]
+    with w.registry.session() as s:
+        rows = s.scalars(
+            select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id)
+        ).all()
+        assert [r.type for r in rows] == ["message", "message", "validation", "message"]
+    w.registry.dispose()

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.trainer.recipes.context import Reporter
+from services.trainer.recipes.context import EventKind, Reporter
 
 
 def make_progress_callback(reporter: Reporter) -> Any:
@@ -27,6 +27,7 @@ def make_progress_callback(reporter: Reporter) -> Any:
             self.start = self.last_time = time.monotonic()
             reporter.event(
                 f"training started at step {state.global_step} of {state.max_steps}",
+                type=EventKind.STARTED,
                 data={"step": state.global_step, "total_steps": state.max_steps},
             )
 
@@ -67,13 +68,13 @@ def make_progress_callback(reporter: Reporter) -> Any:
                         data[key.replace("/", "_")] = logs[key]
                 reporter.event(
                     f"step {step}/{total}: training loss={logs['loss']:.4f}",
-                    type="metrics",
+                    type=EventKind.METRICS,
                     data=data,
                 )
             elif "eval_loss" in logs:
                 reporter.event(
                     f"step {step}/{total}: validation loss={logs['eval_loss']:.4f}",
-                    type="metrics",
+                    type=EventKind.METRICS,
                     data={
                         "step": step,
                         "valid_loss": logs["eval_loss"],
@@ -89,7 +90,7 @@ def make_progress_callback(reporter: Reporter) -> Any:
             ]
             reporter.event(
                 f"checkpoint saved at step {state.global_step}",
-                type="checkpoint",
+                type=EventKind.CHECKPOINT,
                 data={
                     "step": state.global_step,
                     "path": str(Path(args.output_dir) / f"checkpoint-{state.global_step}"),

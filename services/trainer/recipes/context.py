@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,11 +23,29 @@ from shared.basemodel import ResolvedBaseModel
 Register = Callable[[Path, dict[str, Any], ResolvedBaseModel], str]
 
 
+class EventKind(StrEnum):
+    """What a recipe's event is, so a reporter acts on the kind, never on the message's wording.
+
+    A job stores each kind as its event row's ``type``, except ``started``, which is stored as the
+    plain ``message`` it has always been (OpenAI's SDK knows the types message and metrics)."""
+
+    MESSAGE = "message"
+    VALIDATION = "validation"  # the data report; ``data`` is the report
+    STARTED = "started"  # training started (or resumed); ``data`` has step and total_steps
+    METRICS = "metrics"  # a logged training or validation step
+    CHECKPOINT = "checkpoint"  # a checkpoint was saved; ``data`` has step, path and metrics
+
+
 class Reporter(Protocol):
     """Where a recipe sends events and asks whether it should stop."""
 
     def event(
-        self, message: str, *, level: str = "info", type: str = "message", data: Any = None
+        self,
+        message: str,
+        *,
+        level: str = "info",
+        type: EventKind = EventKind.MESSAGE,
+        data: Any = None,
     ) -> None: ...
 
     def should_stop(self) -> str | None:

@@ -3,7 +3,7 @@ fails on bad data), and the sequence lengths the decisions need."""
 
 from __future__ import annotations
 
-from services.trainer.recipes.context import RecipeContext
+from services.trainer.recipes.context import EventKind, RecipeContext
 from services.trainer.schemas import ResolvedHyperparameters
 from services.trainer.statuses import JobStatus
 from shared.datasets import ChatRenderer, PreparedData, load_examples, prepare
@@ -36,7 +36,7 @@ def prepare_data(
         f"validated {section['examples']} training and {report['validation']['examples']} "
         f"validation examples ({len(report['errors'])} errors, {len(report['warnings'])} warnings)",
         level="error" if report["errors"] else "info",
-        type="validation",
+        type=EventKind.VALIDATION,
         data=report,
     )
     for warning in report["warnings"]:
