@@ -49,7 +49,8 @@ def run_sft_in_process(
     import transformers
 
     from services.trainer.adapters import store_and_register
-    from services.trainer.recipes.common import DataFile, RecipeContext
+    from services.trainer.files import DataFile
+    from services.trainer.recipes.context import RecipeContext
     from services.trainer.recipes.sft import run_sft
 
     class Reporter:

@@ -184,7 +184,7 @@ def main() -> None:
         figures[f"{m}_plan_weights_gib"] = plan["weights"]
         figures[f"{m}_loss_first_last"] = [round(r["first_loss"], 4), round(r["last_loss"], 4)]
         figures[f"{m}_settings"] = r["settings"]
-    from services.trainer.recipes.common import library_versions
+    from services.trainer.recipes.saving import library_versions
 
     figures["cuda"] = torch.version.cuda
     figures["libraries"] = library_versions()

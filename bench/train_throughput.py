@@ -234,8 +234,8 @@ def main() -> None:
     if args.only:
         return
     flops = matmul_flops(args.threads)
-    from services.trainer.memory import ModelShape
     from shared.basemodel import prepare_embedded_model
+    from shared.memory import ModelShape
     from shared.settings import SharedSettings
 
     params = ModelShape.from_folder(

@@ -1,80 +1,264 @@
-"""Training-memory estimates by the curriculum's rule of thumb.
+"""Training-memory estimates: one model for the trainer's planner and ``loraplex doctor``.
 
-memory = weights (params x bytes per param at the method's precision)
-       + gradients of the trainable parameters
-       + optimizer states (AdamW: 2 fp32 values per trainable parameter)
-       + activations (batch x sequence x hidden x layers x a per-layer factor)
-       + a fixed overhead
+The estimate follows the curriculum's rule of thumb, made concrete from the model's own shapes
+(its tensors when the weights are at hand, else its ``config.json``): frozen weights (bf16/fp32,
+or NF4 for QLoRA) + trainable parameters with their gradients and Adam states + activations (per
+token per layer; much less with gradient checkpointing) + the logits, which for a 49k vocabulary
+are the largest single item on small models + a measured framework overhead. It is deliberately a
+little pessimistic: refusing a job that would have fitted costs a retry with a suggested setting;
+a job that dies out of memory costs the whole run.
 
-The numbers are estimates for planning, not promises: the trainer refuses a plan that does not fit
-with a suggestion instead of crashing half-way, and ``loraplex doctor`` shows which methods fit.
+- The trainer plans a job with :func:`estimate_plan` / :func:`plan_or_refuse`, which refuses with
+  the settings that would fit.
+- ``loraplex doctor`` shows which methods fit with :func:`estimate` (full, LoRA, QLoRA).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
-Method = Literal["full", "lora", "qlora"]
-GiB = 1024**3
+from shared.errors import ValidationError
 
-# Bytes per base-model parameter by method: full fine-tuning trains in fp32 master weights on CPU
-# and bf16 on GPU; LoRA keeps the frozen base in the compute dtype; QLoRA stores it in 4-bit NF4
-# (0.5 byte) plus quantisation constants (double-quantised: about 0.127 bit per parameter).
-_WEIGHT_BYTES = {"full": None, "lora": None, "qlora": 0.5 + 0.127 / 8}
-# Activation bytes per (token x hidden x layer) with gradient checkpointing off, by rough fit of
-# transformer blocks (attention + MLP intermediates kept for backward).
-_ACT_FACTOR = 34
+GIB = 1024**3
+GiB = GIB  # the doctor's spelling
+FRAMEWORK_OVERHEAD = int(1.0 * GIB)  # torch + transformers + tokenizer, measured ~0.9 GiB RSS
+ADAM_BYTES_PER_TRAINABLE = 16  # fp32 weight + grad + two Adam moments
+GRAD_BYTES = 4  # of those 16, the fp32 gradient
+NF4_BITS = 4.127  # 4 bits + ~0.127 bits of double-quantised scales per quantised weight
+
+Method = Literal["full", "lora", "qlora"]
 
 
 @dataclass(frozen=True)
 class ModelShape:
     params: int
-    hidden_size: int
-    num_layers: int
-    intermediate_size: int
-    num_linear_params: int  # parameters in the linear layers LoRA attaches to
-    q_dim: int = 0  # heads x head_dim (0: hidden size)
-    kv_dim: int = 0  # key/value heads x head_dim (0: hidden size)
+    linear_params: int  # quantisable 2-D weights (not embeddings / lm_head)
+    lora_dims: tuple[tuple[int, int], ...]  # (in, out) of every linear LoRA can target
+    leaf_names: tuple[str, ...]
+    hidden: int
+    layers: int
+    heads: int
+    vocab: int
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> ModelShape:
+        """From the weights' own tensor shapes (safetensors headers) and ``config.json``."""
+        from shared.servability import base_linear_shapes
+
+        shapes = base_linear_shapes(folder)
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg = cfg.get("text_config", cfg)
+        linear = {
+            k: s
+            for k, s in shapes.items()
+            if len(s) == 2 and "embed" not in k and "lm_head" not in k
+        }
+        return cls(
+            params=sum(math.prod(s) for s in shapes.values()),
+            linear_params=sum(math.prod(s) for s in linear.values()),
+            lora_dims=tuple((s[1], s[0]) for s in linear.values()),
+            leaf_names=tuple(k.rsplit(".", 1)[-1] for k in linear),
+            hidden=int(cfg["hidden_size"]),
+            layers=int(cfg["num_hidden_layers"]),
+            heads=int(cfg["num_attention_heads"]),
+            vocab=int(cfg["vocab_size"]),
+        )
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ModelShape:
-        h = int(config["hidden_size"])
-        layers = int(config["num_hidden_layers"])
-        inter = int(config.get("intermediate_size", 4 * h))
-        heads = int(config.get("num_attention_heads", 1))
-        kv = int(config.get("num_key_value_heads", heads))
-        head_dim = int(config.get("head_dim", h // heads))
-        vocab = int(config.get("vocab_size", 32000))
-        attn = h * heads * head_dim * 2 + h * kv * head_dim * 2
-        mlp = 3 * h * inter
-        linear = layers * (attn + mlp)
-        embed = vocab * h * (1 if config.get("tie_word_embeddings") else 2)
+        """From ``config.json`` alone (a Llama-style decoder: q/k/v/o and gate/up/down per layer),
+        for when the weights are not at hand yet."""
+        cfg = config.get("text_config", config)
+        h = int(cfg["hidden_size"])
+        layers = int(cfg["num_hidden_layers"])
+        heads = int(cfg.get("num_attention_heads", 1))
+        kv = int(cfg.get("num_key_value_heads", heads))
+        head_dim = int(cfg.get("head_dim", h // heads))
+        inter = int(cfg.get("intermediate_size", 4 * h))
+        vocab = int(cfg.get("vocab_size", 32000))
+        q, k = heads * head_dim, kv * head_dim
+        block = (
+            ("q_proj", (h, q)),
+            ("k_proj", (h, k)),
+            ("v_proj", (h, k)),
+            ("o_proj", (q, h)),
+            ("gate_proj", (h, inter)),
+            ("up_proj", (h, inter)),
+            ("down_proj", (inter, h)),
+        )
+        linear = layers * sum(i * o for _, (i, o) in block)
+        embeddings = vocab * h * (1 if cfg.get("tie_word_embeddings") else 2)
+        norms = (2 * layers + 1) * h
         return cls(
-            linear + embed + layers * 2 * h,
-            h,
-            layers,
-            inter,
-            linear,
-            heads * head_dim,
-            kv * head_dim,
+            params=linear + embeddings + norms,
+            linear_params=linear,
+            lora_dims=tuple(dims for _ in range(layers) for _, dims in block),
+            leaf_names=tuple(name for _ in range(layers) for name, _ in block),
+            hidden=h,
+            layers=layers,
+            heads=heads,
+            vocab=vocab,
         )
 
-    def lora_params(self, rank: int) -> int:
-        # A (r x in) + B (out x r) for each of q, k, v, o, gate, up, down ("all-linear").
-        h, q, kv = self.hidden_size, self.q_dim or self.hidden_size, self.kv_dim or self.hidden_size
-        attn = (h + q) + 2 * (h + kv) + (q + h)
-        mlp = 3 * (h + self.intermediate_size)
-        return self.num_layers * rank * (attn + mlp)
+
+@dataclass(frozen=True)
+class PlanInput:
+    quantization: str  # none | nf4
+    r: int
+    target_modules: str | list[str]
+    batch_size: int
+    seq_len: int
+    gradient_checkpointing: bool
+    weight_bytes: int  # 2 for bf16 weights, 4 for fp32
+    sequences_per_example: int = 1  # 2 for DPO: the chosen and the rejected answer
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    weights: int
+    trainable_params: int
+    optimizer: int
+    activations: int
+    logits: int
+    overhead: int
+    total: int
+    available: int | None
+
+    @property
+    def fits(self) -> bool:
+        return self.available is None or self.total <= self.available
+
+    def summary(self) -> dict[str, float | int | None]:
+        out: dict[str, float | int | None] = {
+            k: round(v / GIB, 3) if isinstance(v, int) and k != "trainable_params" else v
+            for k, v in asdict(self).items()
+        }
+        out["fits"] = self.fits
+        return out
+
+
+def estimate_plan(shape: ModelShape, p: PlanInput, available: int | None = None) -> MemoryPlan:
+    """Peak training memory of a LoRA / QLoRA job, in bytes, by part."""
+    if p.quantization == "nf4":
+        # Quantised linear weights; embeddings, norms and the head stay in bf16.
+        weights = int(shape.linear_params * NF4_BITS / 8 + (shape.params - shape.linear_params) * 2)
+    else:
+        weights = shape.params * p.weight_bytes
+    targets = p.target_modules
+    dims = [
+        d
+        for d, leaf in zip(shape.lora_dims, shape.leaf_names, strict=True)
+        if targets == "all-linear" or (isinstance(targets, list) and leaf in targets)
+    ]
+    trainable = sum(p.r * (i + o) for i, o in dims)
+    optimizer = trainable * ADAM_BYTES_PER_TRAINABLE
+    activations, logits = _activations(shape, p)
+    total = weights + optimizer + activations + logits + FRAMEWORK_OVERHEAD
+    return MemoryPlan(
+        weights, trainable, optimizer, activations, logits, FRAMEWORK_OVERHEAD, total, available
+    )
+
+
+def _activations(shape: ModelShape, p: PlanInput) -> tuple[int, int]:
+    """(activations kept for the backward pass, logits with their gradient) in bytes."""
+    tokens = p.batch_size * p.sequences_per_example * p.seq_len
+    act_bytes = 2  # activations live in bf16 under autocast, in fp32 otherwise: take the mean-ish
+    per_layer_token = 34 * shape.hidden * act_bytes // 2 + 5 * shape.heads * p.seq_len
+    if p.gradient_checkpointing:
+        activations = tokens * (shape.layers * shape.hidden * act_bytes + per_layer_token)
+    else:
+        activations = tokens * shape.layers * per_layer_token
+    # fp32 logits, their gradient and the softmax workspace.
+    return activations, tokens * shape.vocab * 12
+
+
+def available_memory(limit: int | None = None) -> int | None:
+    """Bytes this process may still use: the configured limit, else free RAM (cgroup-aware)."""
+    if limit is not None:
+        return limit
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            free, _total = torch.cuda.mem_get_info()
+            return int(free)
+    except Exception:  # no torch or no driver: fall back to host memory
+        pass
+    candidates = []
+    try:
+        import psutil
+
+        candidates.append(int(psutil.virtual_memory().available))
+    except ImportError:
+        pass
+    cgroup = Path("/sys/fs/cgroup/memory.max")
+    try:
+        raw = cgroup.read_text().strip()
+        if raw != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            candidates.append(int(raw) - used)
+    except (OSError, ValueError):
+        pass
+    return min(candidates) if candidates else None
+
+
+def plan_or_refuse(
+    shape: ModelShape, p: PlanInput, available: int | None
+) -> tuple[MemoryPlan, PlanInput]:
+    """The plan for ``p`` (gradient checkpointing switched on if that makes it fit), or a refusal
+    that lists settings which would fit."""
+    plan = estimate_plan(shape, p, available)
+    if plan.fits:
+        return plan, p
+    if not p.gradient_checkpointing:
+        with_gc = replace(p, gradient_checkpointing=True)
+        plan_gc = estimate_plan(shape, with_gc, available)
+        if plan_gc.fits:
+            return plan_gc, with_gc
+    options: list[tuple[str, PlanInput]] = []
+    if p.quantization != "nf4":
+        options.append(("use QLoRA: lora.quantization = 'nf4'", replace(p, quantization="nf4")))
+    bs = p.batch_size
+    while bs > 1:
+        bs //= 2
+        factor = p.batch_size // bs
+        options.append(
+            (
+                f"micro_batch_size {bs} (batch_size unchanged: {factor} accumulated passes per "
+                "step) with gradient checkpointing",
+                replace(p, batch_size=bs, gradient_checkpointing=True),
+            )
+        )
+    length = p.seq_len
+    while length > 128:
+        length //= 2
+        options.append((f"max_length {length}", replace(p, seq_len=length)))
+    suggestions = [text for text, o in options if estimate_plan(shape, o, available).fits]
+    need, have = plan.total / GIB, (available or 0) / GIB
+    raise ValidationError(
+        f"this job needs about {need:.1f} GiB but only {have:.1f} GiB is available; "
+        + (f"try: {suggestions[0]}" if suggestions else "no smaller setting fits this machine"),
+        param="hyperparameters",
+        code="insufficient_memory",
+        details=[
+            f"estimate (GiB): {plan.summary()}",
+            *(f"would fit: {s}" for s in suggestions),
+        ],
+    )
+
+
+# -- loraplex doctor: which methods fit ------------------------------------------------------
 @dataclass(frozen=True)
 class MemoryEstimate:
     method: Method
     weights_gib: float
     gradients_gib: float
     optimizer_gib: float
-    activations_gib: float
+    activations_gib: float  # with the logits
     overhead_gib: float
     trainable_params: int
 
@@ -102,18 +286,33 @@ def estimate(
     compute_bytes: int = 4,
     gradient_checkpointing: bool = False,
 ) -> MemoryEstimate:
-    """Estimate peak training memory in GiB. ``compute_bytes``: 4 for fp32 (CPU), 2 for bf16."""
-    per_param = _WEIGHT_BYTES[method] or compute_bytes
-    trainable = shape.params if method == "full" else shape.lora_params(rank)
-    act_factor = _ACT_FACTOR / (4 if gradient_checkpointing else 1)
-    activations = batch_size * seq_len * shape.hidden_size * shape.num_layers * act_factor
-    activations *= compute_bytes / 2
+    """Peak training memory in GiB of full fine-tuning, LoRA or QLoRA on every linear layer, by
+    the planner's model. ``compute_bytes``: 4 for fp32 (CPU), 2 for bf16."""
+    plan = estimate_plan(
+        shape,
+        PlanInput(
+            quantization="nf4" if method == "qlora" else "none",
+            r=rank,
+            target_modules="all-linear",
+            batch_size=batch_size,
+            seq_len=seq_len,
+            gradient_checkpointing=gradient_checkpointing,
+            weight_bytes=compute_bytes,
+        ),
+    )
+    if method == "full":
+        # Every weight trains: its gradient, two Adam moments, and fp32 master weights under bf16.
+        trainable = shape.params
+        optimizer = trainable * (8 + (4 if compute_bytes < 4 else 0))
+    else:
+        trainable = plan.trainable_params
+        optimizer = trainable * (ADAM_BYTES_PER_TRAINABLE - GRAD_BYTES)
     return MemoryEstimate(
         method=method,
-        weights_gib=shape.params * per_param / GiB,
-        gradients_gib=trainable * 4 / GiB,
-        optimizer_gib=trainable * 8 / GiB,
-        activations_gib=activations / GiB,
-        overhead_gib=0.5,
+        weights_gib=plan.weights / GIB,
+        gradients_gib=trainable * GRAD_BYTES / GIB,
+        optimizer_gib=optimizer / GIB,
+        activations_gib=(plan.activations + plan.logits) / GIB,
+        overhead_gib=plan.overhead / GIB,
         trainable_params=trainable,
     )

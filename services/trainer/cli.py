@@ -21,11 +21,12 @@ import yaml
 
 from services.trainer.config import TrainerSettings
 from services.trainer.schemas import JobSpec
+from services.trainer.statuses import JobStatus
 from shared.errors import LoraplexError, ValidationError
 from shared.settings import load_settings
 
 if TYPE_CHECKING:
-    from services.trainer.recipes.common import DataFile
+    from services.trainer.files import DataFile
 
 app = typer.Typer(help="Train LoRA adapters (SFT, DPO; LoRA, QLoRA).", no_args_is_help=True)
 
@@ -102,9 +103,8 @@ def run(
 
     from services.trainer.adapters import store_and_register
     from services.trainer.jobs import default_adapter_name
-    from services.trainer.recipes.common import RecipeContext
-    from services.trainer.recipes.dpo import run_dpo
-    from services.trainer.recipes.sft import run_sft
+    from services.trainer.methods import get_method
+    from services.trainer.recipes.context import RecipeContext
 
     try:
         settings = load_settings(TrainerSettings)
@@ -135,8 +135,7 @@ def run(
                 base_adapter_dir=base_dir,
                 base_adapter_lineage=lineage,
             )
-            recipe = run_sft if spec.method.type == "supervised" else run_dpo
-            result = recipe(ctx)
+            result = get_method(spec.method.type).load_recipe()(ctx)
         shutil.rmtree(work, ignore_errors=True)
         typer.echo(json.dumps({"version_id": result.version_id, "metrics": result.metrics}))
     except LoraplexError as exc:
@@ -264,7 +263,7 @@ def _follow(client: Any, job_id: str) -> None:
                     typer.echo(f"{event['level']:5} {event['message']}")
     job = _check(client.get(f"/v1/fine_tuning/jobs/{job_id}"))
     typer.echo(json.dumps({"status": job["status"], "fine_tuned_model": job["fine_tuned_model"]}))
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         raise typer.Exit(1)
 
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shared.settings import SharedSettings
+
+log = logging.getLogger("loraplex.trainer.config")
+
+# Durations were spelled *_seconds here and *_s everywhere else; the old names still work.
+DEPRECATED_DURATIONS = {
+    "worker_poll_seconds": "worker_poll_s",
+    "heartbeat_seconds": "worker_heartbeat_s",
+    "stale_after_seconds": "worker_stale_s",
+}
 
 
 class TrainerSettings(SharedSettings):
@@ -21,10 +31,20 @@ class TrainerSettings(SharedSettings):
     max_lora_rank: int = Field(
         default=16, ge=1, description="Highest LoRA rank the server loads (vLLM --max-lora-rank)."
     )
-    worker_poll_seconds: float = Field(default=2.0, gt=0, description="Idle wait between claims.")
-    heartbeat_seconds: float = Field(default=5.0, gt=0, description="Worker heartbeat period.")
-    stale_after_seconds: float = Field(
+    # The names the evaluator's worker uses for the same queue timing (shared/registry/queue.py).
+    worker_poll_s: float = Field(default=2.0, gt=0, description="Idle wait between claims.")
+    worker_heartbeat_s: float = Field(default=5.0, gt=0, description="Worker heartbeat period.")
+    worker_stale_s: float = Field(
         default=60.0, gt=0, description="A running job whose heartbeat is older is taken over."
+    )
+    worker_poll_seconds: float | None = Field(
+        default=None, gt=0, description="Deprecated: LORAPLEX_WORKER_POLL_S."
+    )
+    heartbeat_seconds: float | None = Field(
+        default=None, gt=0, description="Deprecated: LORAPLEX_WORKER_HEARTBEAT_S."
+    )
+    stale_after_seconds: float | None = Field(
+        default=None, gt=0, description="Deprecated: LORAPLEX_WORKER_STALE_S."
     )
     max_attempts: int = Field(
         default=3, ge=1, description="Claims of one job before it fails as a system error."
@@ -39,6 +59,22 @@ class TrainerSettings(SharedSettings):
     trainer_url: str = Field(
         default="", description="Trainer API base URL for the CLI; empty: http://host:port."
     )
+
+    @model_validator(mode="after")
+    def _map_deprecated_durations(self) -> TrainerSettings:
+        for old, new in DEPRECATED_DURATIONS.items():
+            value = getattr(self, old)
+            if value is None:
+                continue
+            old_env, new_env = f"LORAPLEX_{old.upper()}", f"LORAPLEX_{new.upper()}"
+            if new in self.model_fields_set:
+                log.warning("%s is deprecated and ignored: %s is set too", old_env, new_env)
+                continue
+            log.warning(
+                "%s is deprecated; use %s (read as %s=%s)", old_env, new_env, new_env, value
+            )
+            setattr(self, new, value)
+        return self
 
     @property
     def api_url(self) -> str:

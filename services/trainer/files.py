@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -33,14 +34,21 @@ from shared.settings import SharedSettings
 
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from services.trainer.recipes.common import DataFile
-
 FINE_TUNE = "fine-tune"
 # Other services keep their own files in the same table; the trainer stores them but never trains
 # on them.
 PURPOSES = (FINE_TUNE, "evals", "user_data")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ ()+-]{0,254}$")
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A data file as a recipe reads it, with what the adapter's lineage records about it."""
+
+    path: Path
+    name: str  # what errors call it: the uploaded file name or the path given
+    file_id: str | None = None
+    sha256: str | None = None
 
 
 def check_filename(name: str | None) -> str:
@@ -200,8 +208,6 @@ def file_path(settings: SharedSettings, row: DatasetRow) -> Path:
 def data_file(settings: SharedSettings, row: DatasetRow, name: str | None = None) -> DataFile:
     """A registered file as a recipe reads it: the stored copy, with the id and hash its lineage
     records (``name``: what errors call it, the stored file name by default)."""
-    from services.trainer.recipes.common import DataFile
-
     return DataFile(file_path(settings, row), name or row.filename, row.id, row.sha256)
 
 

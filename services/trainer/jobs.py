@@ -1,8 +1,7 @@
 """Fine-tuning jobs in the registry: create (with every check that needs no model), read, cancel,
 events and checkpoints. No FastAPI here; the routes and the CLI call these functions.
 
-Status values are OpenAI's: ``validating_files`` (created; a worker checks the data against the
-model's template), ``queued``, ``running``, ``succeeded``, ``failed``, ``cancelled``.
+Status values are OpenAI's (:class:`~services.trainer.statuses.JobStatus`).
 """
 
 from __future__ import annotations
@@ -17,16 +16,12 @@ from sqlalchemy.orm import Session
 
 from services.trainer.config import TrainerSettings
 from services.trainer.files import FINE_TUNE, get_file
+from services.trainer.methods import DATA_KIND_LABELS, get_method
 from services.trainer.schemas import (
-    Checkpoint,
-    CheckpointMetrics,
-    FineTuningJob,
-    JobError,
-    JobEvent,
     JobSpec,
     target_modules_problem,
-    unix_time,
 )
+from services.trainer.statuses import ACTIVE, JobStatus
 from shared.errors import ConflictError, LoraplexError, NotFoundError, ValidationError
 from shared.logs import event
 from shared.registry.adapters import bound_base_model, check_adapter_name, resolve
@@ -42,11 +37,9 @@ from shared.settings import EMBEDDED_BASE_MODEL
 
 log = logging.getLogger(__name__)
 
-VALIDATING, QUEUED, RUNNING = "validating_files", "queued", "running"
-SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
-ACTIVE = (VALIDATING, QUEUED, RUNNING)
-TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
-KIND_FOR_METHOD = {"supervised": "sft", "dpo": "preference"}
+# The statuses' names before statuses.py, for code that imports them from here.
+VALIDATING, QUEUED, RUNNING = JobStatus.VALIDATING, JobStatus.QUEUED, JobStatus.RUNNING
+SUCCEEDED, FAILED, CANCELLED = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 
 
 def new_job_id() -> str:
@@ -56,8 +49,8 @@ def new_job_id() -> str:
 def default_adapter_name(spec: JobSpec) -> str:
     if spec.suffix:
         return spec.suffix.lower()
-    method = "sft" if spec.method.type == "supervised" else "dpo"
-    return f"{spec.model.lower()}-{method}"[:63]
+    suffix = get_method(spec.method.type).adapter_suffix
+    return f"{spec.model.lower()}-{suffix}"[:63]
 
 
 def check_base_model(session: Session, name: str) -> None:
@@ -83,12 +76,11 @@ def _check_data_file(session: Session, file_id: str, param: str, method: str) ->
             param=param,
             code="invalid_file_purpose",
         )
-    want = KIND_FOR_METHOD[method]
-    if row.format != want:
-        label = {"sft": "supervised (chat)", "preference": "preference"}.get(row.format, row.format)
+    entry = get_method(method)
+    if row.format != entry.data_kind:
+        label = DATA_KIND_LABELS.get(row.format, row.format)
         raise ValidationError(
-            f"{param} {file_id} holds {label} data, but method {method!r} needs "
-            f"{'preference pairs (prompt, chosen, rejected)' if method == 'dpo' else 'chat data'}",
+            f"{param} {file_id} holds {label} data, but method {method!r} needs {entry.data_label}",
             param=param,
             code="invalid_file_kind",
         )
@@ -218,7 +210,7 @@ def create_job(session: Session, settings: TrainerSettings, spec: JobSpec) -> Tr
     )
     job = TrainingJobRow(
         id=new_job_id(),
-        status=VALIDATING,
+        status=JobStatus.VALIDATING,
         base_model=spec.model,
         adapter_name=default_adapter_name(spec),
         training_file=spec.training_file,
@@ -278,16 +270,16 @@ def list_jobs(
 def cancel_job(session: Session, job_id: str) -> TrainingJobRow:
     """Cancel now if no worker holds the job; otherwise ask the worker to stop at its next step."""
     job = get_job(session, job_id)
-    if job.status in (SUCCEEDED, FAILED):
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise ConflictError(
             f"job {job_id} already {job.status}; only unfinished jobs can be cancelled",
             param="fine_tuning_job_id",
             code="job_finished",
         )
-    if job.status == CANCELLED:
+    if job.status == JobStatus.CANCELLED:
         return job
     if job.worker_id is None:
-        job.status = CANCELLED
+        job.status = JobStatus.CANCELLED
         job.finished_at = utcnow()
         add_event(session, job.id, "job cancelled before a worker picked it up")
     elif not job.cancel_requested:
@@ -331,100 +323,3 @@ def list_checkpoints(session: Session, job_id: str) -> list[JobEventRow]:
 
 def job_dir(settings: TrainerSettings, job_id: str) -> Path:
     return settings.work_dir / job_id
-
-
-# -- API shapes ----------------------------------------------------------------------------------
-def event_id(row: JobEventRow) -> str:
-    return f"ftevent-{row.id}"
-
-
-def parse_event_id(value: str | None) -> int | None:
-    if value is None:
-        return None
-    raw = value.removeprefix("ftevent-")
-    if not raw.isdigit():
-        raise ValidationError(f"after={value!r} is not an event id", param="after")
-    return int(raw)
-
-
-def event_to_api(row: JobEventRow) -> JobEvent:
-    # OpenAI's SDK knows the types "message" and "metrics"; ours map onto them.
-    api_type = "metrics" if row.type == "metrics" else "message"
-    return JobEvent(
-        id=event_id(row),
-        created_at=unix_time(row.created_at) or 0,
-        level=row.level,
-        message=row.message,
-        type=api_type,
-        data={"kind": row.type, **(row.data or {})}
-        if row.type not in ("message", "metrics")
-        else (row.data or None),
-    )
-
-
-def checkpoint_to_api(row: JobEventRow) -> Checkpoint:
-    data = row.data or {}
-    step = int(data.get("step", 0))
-    metrics = {k: v for k, v in (data.get("metrics") or {}).items() if v is not None}
-    return Checkpoint(
-        id=f"ftckpt-{row.id}",
-        created_at=unix_time(row.created_at) or 0,
-        fine_tuned_model_checkpoint=f"{row.job_id}:checkpoint-{step}",
-        fine_tuning_job_id=row.job_id,
-        metrics=CheckpointMetrics(**metrics),
-        step_number=step,
-    )
-
-
-def job_to_api(
-    job: TrainingJobRow,
-    progress: float | None = None,
-    trained_tokens: int | None = None,
-    estimated_finish: int | None = None,
-) -> FineTuningJob:
-    spec = JobSpec.model_validate(job.config)
-    method = spec.method.type
-    hyper = spec.openai_hyperparameters()
-    error = None
-    if job.error:
-        error = JobError(**{k: v for k, v in job.error.items() if k in JobError.model_fields})
-    return FineTuningJob(
-        id=job.id,
-        created_at=unix_time(job.created_at) or 0,
-        finished_at=unix_time(job.finished_at),
-        error=error,
-        fine_tuned_model=job.result_version_id,
-        hyperparameters=hyper,
-        model=job.base_model,
-        seed=spec.resolved().seed,
-        status=job.status,
-        trained_tokens=trained_tokens,
-        training_file=job.training_file,
-        validation_file=job.validation_file,
-        metadata=job.job_metadata or None,
-        method={"type": method, method: {"hyperparameters": hyper}},
-        suffix=spec.suffix,
-        user_provided_suffix=spec.suffix,
-        lora=spec.lora.model_dump(mode="json"),
-        adapter_name=job.adapter_name,
-        progress=progress,
-        estimated_finish=estimated_finish if job.status == RUNNING else None,
-        cancel_requested=job.cancel_requested,
-    )
-
-
-def job_progress(session: Session, job_id: str) -> tuple[float | None, int | None, int | None]:
-    """(progress %, trained tokens, estimated finish as a unix time) from the newest metrics."""
-    row = session.scalars(
-        select(JobEventRow)
-        .where(JobEventRow.job_id == job_id, JobEventRow.type.in_(("metrics", "result")))
-        .order_by(JobEventRow.id.desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        return None, None, None
-    data = row.data or {}
-    eta = data.get("eta_seconds")
-    created = unix_time(row.created_at) or 0
-    finish = int(created + eta) if isinstance(eta, int | float) else None
-    return data.get("progress"), data.get("trained_tokens"), finish

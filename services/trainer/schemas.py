@@ -9,23 +9,26 @@ SDK sends them with ``extra_body``).
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.trainer.hyperparameters import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BETA,
+    DEFAULT_EPOCHS,
+    Hyperparameters,
+    MethodParams,
+    Strict,
+)
+from services.trainer.methods import METHODS, get_method
 from shared.settings import EMBEDDED_BASE_MODEL
 
+# One value per entry of services.trainer.methods.METHODS (a test keeps them equal); a Literal
+# so the OpenAPI schema lists the methods.
 MethodType = Literal["supervised", "dpo"]
-Auto = Literal["auto"]
-
-# Curriculum defaults for LoRA fine-tuning; "auto" resolves to these.
-DEFAULT_LR = {"supervised": 2e-4, "dpo": 5e-5}
-DEFAULT_EPOCHS = 2
-DEFAULT_BATCH_SIZE = 8
-DEFAULT_BETA = 0.1
 
 
 def unix_time(value: datetime | None) -> int | None:
@@ -34,10 +37,6 @@ def unix_time(value: datetime | None) -> int | None:
         return None
     # SQLite hands back naive datetimes; the registry stores UTC.
     return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp())
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # peft reads a string ``target_modules`` as a regular expression and fullmatches it against every
@@ -90,58 +89,6 @@ class LoraSpec(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class Hyperparameters(Strict):
-    """OpenAI's hyperparameters (``"auto"`` allowed) plus ours; all have curriculum defaults."""
-
-    n_epochs: int | Auto = "auto"
-    batch_size: int | Auto = "auto"
-    learning_rate_multiplier: float | Auto = "auto"
-    beta: float | Auto = "auto"
-    learning_rate: float | None = Field(default=None, gt=0, description="Overrides the multiplier.")
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
-    weight_decay: float = Field(default=0.01, ge=0)
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
-    micro_batch_size: int | Auto = Field(
-        default="auto",
-        description="Examples per forward pass; batch_size is reached by accumulation. 'auto': "
-        "on CPU the smallest divisor of batch_size giving ~160 tokens per pass (less activation "
-        "memory at the same speed), on GPU batch_size.",
-    )
-    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps.")
-    max_length: int = Field(default=1024, ge=16, description="Longest example in tokens.")
-    save_steps: int | None = Field(default=None, ge=1, description="Checkpoint period (steps).")
-    logging_steps: int = Field(default=1, ge=1)
-    batching: Literal["auto", "padding_free", "group_by_length", "padded"] = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    gradient_checkpointing: bool | Auto = "auto"
-
-    @field_validator("n_epochs", "batch_size", "micro_batch_size")
-    @classmethod
-    def _positive(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("must be at least 1 or 'auto'")
-        return value
-
-    @model_validator(mode="after")
-    def _micro_divides_batch(self) -> Hyperparameters:
-        micro, batch = self.micro_batch_size, self.batch_size
-        if isinstance(micro, int) and isinstance(batch, int) and batch % micro:
-            raise ValueError("micro_batch_size must divide batch_size")
-        return self
-
-    @field_validator("learning_rate_multiplier", "beta")
-    @classmethod
-    def _positive_float(cls, value: float | str) -> float | str:
-        if isinstance(value, float | int) and not (value > 0 and math.isfinite(value)):
-            raise ValueError("must be a positive number or 'auto'")
-        return value
-
-
-class MethodParams(Strict):
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-
-
 class Method(Strict):
     type: MethodType = "supervised"
     supervised: MethodParams | None = None
@@ -149,9 +96,9 @@ class Method(Strict):
 
     @model_validator(mode="after")
     def _matching_block(self) -> Method:
-        other = "dpo" if self.type == "supervised" else "supervised"
-        if getattr(self, other) is not None:
-            raise ValueError(f"method.type is {self.type!r} but method.{other} is set")
+        for other in METHODS:
+            if other != self.type and getattr(self, other, None) is not None:
+                raise ValueError(f"method.type is {self.type!r} but method.{other} is set")
         return self
 
 
@@ -207,6 +154,7 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _hyperparameters_in_one_place(self) -> JobSpec:
+        # OpenAI's deprecated top-level form exists for supervised fine-tuning only.
         if self.hyperparameters is not None:
             if self.method.type != "supervised" or self.method.supervised is not None:
                 raise ValueError(
@@ -219,17 +167,18 @@ class JobSpec(BaseModel):
 
     @property
     def params(self) -> Hyperparameters:
-        block = self.method.supervised if self.method.type == "supervised" else self.method.dpo
-        return block.hyperparameters if block is not None else Hyperparameters()
+        method = get_method(self.method.type)
+        block: MethodParams | None = getattr(self.method, method.type)
+        return block.hyperparameters if block is not None else method.hyperparameters()
 
     def resolved(self) -> ResolvedHyperparameters:
         hp = self.params
-        mtype = self.method.type
+        default_lr = get_method(self.method.type).default_learning_rate
         multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
         return ResolvedHyperparameters(
             n_epochs=DEFAULT_EPOCHS if hp.n_epochs == "auto" else hp.n_epochs,
             batch_size=DEFAULT_BATCH_SIZE if hp.batch_size == "auto" else hp.batch_size,
-            learning_rate=hp.learning_rate or DEFAULT_LR[mtype] * float(multiplier),
+            learning_rate=hp.learning_rate or default_lr * float(multiplier),
             beta=DEFAULT_BETA if hp.beta == "auto" else float(hp.beta),
             lr_scheduler_type=hp.lr_scheduler_type,
             warmup_ratio=hp.warmup_ratio,
@@ -248,13 +197,14 @@ class JobSpec(BaseModel):
 
     def openai_hyperparameters(self) -> dict[str, Any]:
         r = self.resolved()
+        method = get_method(self.method.type)
         out: dict[str, Any] = {
             "n_epochs": r.n_epochs,
             "batch_size": r.batch_size,
-            "learning_rate_multiplier": r.learning_rate / DEFAULT_LR[self.method.type],
+            "learning_rate_multiplier": r.learning_rate / method.default_learning_rate,
         }
-        if self.method.type == "dpo":
-            out["beta"] = r.beta
+        for name in method.openai_hyperparameters:
+            out[name] = getattr(r, name)
         return out
 
 

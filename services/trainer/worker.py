@@ -1,16 +1,16 @@
 """The job worker: claims queued jobs from the registry and runs their recipe.
 
-Safe with several workers on one registry:
+Safe with several workers on one registry. Claims, heartbeats and every write of a job's holder go
+through the fenced work queue of ``shared/registry/queue.py`` (the evaluator's too):
 
-- **Claiming** is a compare-and-set: ``UPDATE ... WHERE id = ? AND attempts = ? AND <claimable>``.
-  ``attempts`` grows with every claim, so it doubles as a version number; of two workers racing for
-  a job exactly one update matches a row.
-- **Heartbeats** refresh ``heartbeat_at`` every few seconds while the job runs, again guarded by
-  ``worker_id``. A job whose heartbeat is older than ``stale_after_seconds`` is claimable by anyone:
-  that is how a job survives ``kill -9`` of its worker. The new worker resumes from the job's newest
-  complete checkpoint.
+- **Claiming** is a compare-and-set that increments ``attempts``; of two workers racing for a job
+  exactly one wins, and ``attempts`` is the claim's fencing token.
+- **Heartbeats** refresh ``heartbeat_at`` every few seconds while the job runs. A job whose
+  heartbeat is older than ``worker_stale_s`` is claimable by anyone: that is how a job survives
+  ``kill -9`` of its worker. The new worker resumes from the job's newest complete checkpoint, and
+  every write of the old one (fenced by worker id *and* attempt) matches nothing.
 - **Finishing** registers the adapter version and marks the job succeeded in one transaction, under
-  the same guard, so a job yields exactly one version even if two workers ever ran it.
+  the same fence, so a job yields exactly one version even if two workers ever ran it.
 - **Cancel** is a flag the training loop checks after every step; nothing is saved or registered
   afterwards and the job's scratch folder is removed.
 
@@ -27,119 +27,29 @@ import socket
 import threading
 import time
 import uuid
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from services.trainer.adapters import store_and_register
 from services.trainer.config import TrainerSettings
-from services.trainer.files import data_file, get_file, record_near_duplicates
-from services.trainer.jobs import (
-    CANCELLED,
-    FAILED,
-    QUEUED,
-    RUNNING,
-    SUCCEEDED,
-    VALIDATING,
-    add_event,
-    job_dir,
-)
-from services.trainer.k8s_jobs import KubernetesJobRunner, KubernetesJobSettings
-from services.trainer.recipes.common import RecipeContext, RecipeResult, Stopped
-from services.trainer.schemas import JobSpec, target_modules_problem
-from shared.artifacts import open_store
-from shared.basemodel import ResolvedBaseModel
-from shared.errors import LoraplexError, ValidationError
+from services.trainer.job_context import job_context, registrar
+from services.trainer.job_reporter import CLAIM_LOST as CLAIM_LOST  # re-exported: its old home
+from services.trainer.job_reporter import WORKER_STOPPING, JobReporter
+from services.trainer.jobs import add_event, job_dir
+from services.trainer.k8s_jobs import KubernetesJobSettings
+from services.trainer.k8s_runner import KubernetesJobRunner
+from services.trainer.methods import get_method
+from services.trainer.recipes.context import RecipeResult, Stopped
+from services.trainer.statuses import ACTIVE, WAITING, JobStatus
+from shared.errors import LoraplexError
 from shared.logs import configure as configure_logging
 from shared.logs import event, mask_url
-from shared.registry.adapters import get_version
+from shared.registry import queue
 from shared.registry.db import Registry, open_registry
-from shared.registry.models import AdapterVersionRow, TrainingJobRow, utcnow
+from shared.registry.models import TrainingJobRow, utcnow
 from shared.settings import load_settings
 
 log = logging.getLogger("loraplex.trainer.worker")
-
-CLAIM_LOST = "claim lost"
-WORKER_STOPPING = "worker stopping"
-
-
-class JobReporter:
-    """Events to the registry; stop requests from it (cancel, lost claim, shutdown)."""
-
-    def __init__(self, worker: Worker, job_id: str) -> None:
-        self.worker = worker
-        self.job_id = job_id
-        self.lost = threading.Event()
-        self.last_metrics: dict[str, Any] = {}  # the latest loss and tokens/s, for job.* lines
-
-    def event(
-        self, message: str, *, level: str = "info", type: str = "message", data: Any = None
-    ) -> None:
-        with self.worker.registry.session() as session:
-            add_event(session, self.job_id, message, level=level, type=type, data=data)
-            if type == "validation" and isinstance(data, dict):
-                self._file_near_duplicates(session, data)
-        self._log(message, type, data if isinstance(data, dict) else {})
-
-    def _file_near_duplicates(self, session: Session, report: dict[str, Any]) -> None:
-        """The data validation is where near-duplicates are computed (bounded, off the API; see
-        ``services.trainer.files``): its count goes into the training file's report too."""
-        job = session.get(TrainingJobRow, self.job_id)
-        found = report.get("near_duplicates")
-        if job is not None and isinstance(found, dict):
-            record_near_duplicates(session, job.training_file, found)
-
-    def _log(self, message: str, type: str, data: dict[str, Any]) -> None:
-        job = self.job_id
-        if type == "metrics" and "train_loss" in data:
-            self.last_metrics.update(
-                train_loss=data.get("train_loss"), tokens_per_s=data.get("tokens_per_second")
-            )
-            event(
-                log,
-                "job.progress",
-                job=job,
-                step=data.get("step"),
-                total_steps=data.get("total_steps"),
-                train_loss=data.get("train_loss"),
-                tokens_per_s=data.get("tokens_per_second"),
-            )
-        elif type == "metrics" and "valid_loss" in data:
-            self.last_metrics["valid_loss"] = data.get("valid_loss")
-        elif type == "checkpoint":
-            metrics = data.get("metrics") or {}
-            event(
-                log,
-                "job.checkpoint",
-                job=job,
-                step=data.get("step"),
-                train_loss=metrics.get("train_loss"),
-                valid_loss=metrics.get("valid_loss"),
-            )
-        elif message.startswith("training started"):
-            event(log, "job.started", job=job, step=data.get("step"), total=data.get("total_steps"))
-        elif message.startswith("validated"):
-            event(log, "job.data_validated", job=job, detail=message)
-
-    def should_stop(self) -> str | None:
-        if self.lost.is_set():
-            return CLAIM_LOST
-        if self.worker.stopping.is_set():
-            return WORKER_STOPPING
-        with self.worker.registry.session() as session:
-            job = session.get(TrainingJobRow, self.job_id)
-            if job is None or job.worker_id != self.worker.worker_id:
-                self.lost.set()
-                return CLAIM_LOST
-            return CANCELLED if job.cancel_requested else None
-
-    def phase(self, status: str) -> None:
-        with self.worker.registry.session() as session:
-            if self.worker.guarded_update(session, self.job_id, status=status):
-                add_event(session, self.job_id, f"job status: {status}")
 
 
 class Worker:
@@ -148,92 +58,71 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.registry: Registry = open_registry(settings)
         self.stopping = threading.Event()
+        self.claims: dict[str, queue.Claim] = {}  # job id -> this worker's claim (fencing token)
         # With LORAPLEX_K8S_ENABLED each job trains in its own Kubernetes Job (k8s_jobs.py).
         self.kubernetes: KubernetesJobRunner | None = None
         k8s = KubernetesJobSettings()
         if k8s.enabled:
             self.kubernetes = KubernetesJobRunner.in_cluster(k8s, data_dir=str(settings.data_dir))
 
-    # -- registry operations -----------------------------------------------------------------------
+    # -- registry operations (fenced: shared/registry/queue.py) ------------------------------------
     def guarded_update(self, session: Session, job_id: str, **values: Any) -> bool:
-        """Update the job only while this worker holds it and it is unfinished."""
-        result = session.execute(
-            update(TrainingJobRow)
-            .where(
-                TrainingJobRow.id == job_id,
-                TrainingJobRow.worker_id == self.worker_id,
-                TrainingJobRow.status.in_((VALIDATING, QUEUED, RUNNING)),
-            )
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        """Update the job only while this worker's claim holds it and it is unfinished."""
+        claim = self.claims.get(job_id)
+        if claim is None:
+            return False
+        return queue.guarded_update(session, TrainingJobRow, claim, statuses=ACTIVE, **values)
 
     def claim(self, only: str | None = None) -> str | None:
-        """Claim the oldest claimable job (compare-and-set); None when there is none."""
-        now = utcnow()
-        stale = now - timedelta(seconds=self.settings.stale_after_seconds)
-        claimable = or_(
-            and_(
-                TrainingJobRow.status.in_((VALIDATING, QUEUED)),
-                TrainingJobRow.worker_id.is_(None),
-            ),
-            and_(
-                TrainingJobRow.status.in_((VALIDATING, QUEUED, RUNNING)),
-                TrainingJobRow.worker_id.is_not(None),
-                TrainingJobRow.heartbeat_at < stale,
-            ),
-        )
-        stmt = select(TrainingJobRow.id, TrainingJobRow.attempts, TrainingJobRow.worker_id).where(
-            claimable
-        )
-        if only is not None:
-            stmt = stmt.where(TrainingJobRow.id == only)
+        """Claim the oldest claimable job (waiting, or its holder's heartbeat stopped); None when
+        there is none. The job keeps its status: the recipe moves it on once its data is valid."""
         with self.registry.session() as session:
-            candidates = session.execute(stmt.order_by(TrainingJobRow.created_at).limit(5)).all()
-        for job_id, attempts, previous in candidates:
-            with self.registry.session() as session:
-                result = session.execute(
-                    update(TrainingJobRow)
-                    .where(
-                        TrainingJobRow.id == job_id, TrainingJobRow.attempts == attempts, claimable
-                    )
-                    .values(
-                        worker_id=self.worker_id,
-                        heartbeat_at=now,
-                        attempts=attempts + 1,
-                        started_at=now,
-                    )
-                    .execution_options(synchronize_session=False)
-                )
-                if result.rowcount != 1:  # type: ignore[attr-defined]
-                    continue  # another worker won this one
-                note = (
-                    f" (taking over from {previous}, whose heartbeat stopped)" if previous else ""
-                )
-                add_event(
-                    session,
-                    job_id,
-                    f"worker {self.worker_id} claimed the job, attempt {attempts + 1}{note}",
-                    data={"worker_id": self.worker_id, "attempt": attempts + 1},
-                )
-                took_over: dict[str, Any] = {"took_over_from": previous} if previous else {}
-                event(
-                    log,
-                    "job.claimed",
-                    job=job_id,
-                    worker=self.worker_id,
-                    attempt=attempts + 1,
-                    **took_over,
-                )
-                return str(job_id)
-        return None
+            claim = queue.claim_next(
+                session,
+                TrainingJobRow,
+                self.worker_id,
+                stale_after_s=self.settings.worker_stale_s,
+                waiting=WAITING,
+                running=ACTIVE,
+                set_status=None,
+                only=only,
+                extra={"started_at": utcnow()},
+            )
+            if claim is None:
+                return None
+            previous = claim.took_over_from
+            note = f" (taking over from {previous}, whose heartbeat stopped)" if previous else ""
+            add_event(
+                session,
+                claim.row_id,
+                f"worker {self.worker_id} claimed the job, attempt {claim.attempt}{note}",
+                data={"worker_id": self.worker_id, "attempt": claim.attempt},
+            )
+        self.claims[claim.row_id] = claim
+        took_over: dict[str, Any] = {"took_over_from": previous} if previous else {}
+        event(
+            log,
+            "job.claimed",
+            job=claim.row_id,
+            worker=self.worker_id,
+            attempt=claim.attempt,
+            **took_over,
+        )
+        return claim.row_id
+
+    def hold(self, job: TrainingJobRow) -> None:
+        """Act under the claim this worker's id already holds on ``job`` (``run-job`` in the
+        Kubernetes Job of the worker that claimed it): same id, same attempt, same fence."""
+        self.claims[job.id] = queue.Claim(job.id, self.worker_id, job.attempts, status=job.status)
 
     def _heartbeat(self, job_id: str, reporter: JobReporter, done: threading.Event) -> None:
-        while not done.wait(self.settings.heartbeat_seconds):
+        while not done.wait(self.settings.worker_heartbeat_s):
             try:
+                claim = self.claims.get(job_id)
                 with self.registry.session() as session:
-                    if not self.guarded_update(session, job_id, heartbeat_at=utcnow()):
+                    if claim is None or not queue.heartbeat(
+                        session, TrainingJobRow, claim, statuses=ACTIVE
+                    ):
                         reporter.lost.set()
                         return
             except Exception:  # a busy database must not kill training; the next beat retries
@@ -245,7 +134,7 @@ class Worker:
                 session, job_id, status=status, finished_at=utcnow(), **values
             )
             if updated:
-                level = "error" if status == FAILED else "info"
+                level = "error" if status == JobStatus.FAILED else "info"
                 add_event(session, job_id, message, level=level, data=values.get("error"))
         if not updated:
             return  # not ours any more: its new holder says what happened
@@ -253,7 +142,7 @@ class Worker:
         event(
             log,
             f"job.{status}",
-            logging.ERROR if status == FAILED else logging.INFO,
+            logging.ERROR if status == JobStatus.FAILED else logging.INFO,
             job=job_id,
             error=error.get("message"),
             code=error.get("code"),
@@ -261,92 +150,25 @@ class Worker:
 
     def _release(self, job_id: str) -> None:
         """Give the job back (worker shutting down): the next worker resumes from its checkpoint."""
+        claim = self.claims.get(job_id)
         with self.registry.session() as session:
-            if self.guarded_update(
-                session, job_id, worker_id=None, heartbeat_at=None, status=QUEUED
+            if claim is not None and queue.release(
+                session, TrainingJobRow, claim, status=JobStatus.QUEUED, statuses=ACTIVE
             ):
                 add_event(session, job_id, "worker stopped; job queued again to resume")
         event(log, "job.released", job=job_id, worker=self.worker_id)
 
     # -- running a job -------------------------------------------------------------------------------
-    def _context(self, job: TrainingJobRow, reporter: JobReporter) -> RecipeContext:
-        spec = JobSpec.model_validate(job.config)
-        # Jobs queued before target_modules was checked at creation must not reach peft.
-        if problem := target_modules_problem(spec.lora.target_modules):
-            raise ValidationError(problem, param="lora.target_modules")
-        with self.registry.session() as session:
-            train = data_file(self.settings, get_file(session, job.training_file, "training_file"))
-            validation = None
-            if job.validation_file:
-                validation = data_file(
-                    self.settings, get_file(session, job.validation_file, "validation_file")
-                )
-            adapter_dir, lineage = None, None
-            if spec.base_adapter:
-                version = get_version(session, spec.base_adapter)
-                adapter_dir = open_store(self.settings).get_dir(version.sha256)
-                lineage = {"id": version.id, "sha256": version.sha256}
-        out = job_dir(self.settings, job.id)
-        out.mkdir(parents=True, exist_ok=True)
-        return RecipeContext(
-            spec=spec,
-            settings=self.settings,
-            train_file=train,
-            validation_file=validation,
-            output_dir=out,
-            reporter=reporter,
-            register=self._registrar(job.id, job.adapter_name),
-            adapter_name=job.adapter_name,
-            job_id=job.id,
-            base_adapter_dir=adapter_dir,
-            base_adapter_lineage=lineage,
-        )
-
-    def _registrar(self, job_id: str, adapter_name: str) -> Any:
-        def register(folder: Path, manifest: dict[str, Any], base: ResolvedBaseModel) -> str:
-            def mark_succeeded(session: Session, row: AdapterVersionRow, created: bool) -> None:
-                job = session.get(TrainingJobRow, job_id)
-                if job is not None and job.cancel_requested:
-                    raise Stopped(CANCELLED)  # rolls the registration back
-                if not self.guarded_update(
-                    session,
-                    job_id,
-                    status=SUCCEEDED,
-                    finished_at=utcnow(),
-                    result_version_id=row.id,
-                ):
-                    raise Stopped(CLAIM_LOST)
-                add_event(
-                    session,
-                    job_id,
-                    f"fine-tuned adapter registered as {row.id}"
-                    + ("" if created else " (identical content was already registered)"),
-                    type="result",
-                    data={
-                        "version_id": row.id,
-                        "sha256": row.sha256,
-                        "trained_tokens": manifest.get("trained_tokens"),
-                        "metrics": manifest.get("metrics"),
-                        "progress": 100.0,
-                    },
-                )
-
-            return store_and_register(
-                self.settings,
-                folder,
-                manifest,
-                base,
-                adapter_name,
-                job_id=job_id,
-                in_session=mark_succeeded,
-            )
-
-        return register
-
     def process(self, job_id: str) -> None:
-        from services.trainer.recipes.dpo import run_dpo
-        from services.trainer.recipes.sft import run_sft
+        """Run a job this worker has claimed, to its end or until it is stopped."""
+        if job_id not in self.claims:
+            raise queue.ClaimLost(f"worker {self.worker_id} has not claimed job {job_id}")
+        try:
+            self._process(job_id)
+        finally:
+            self.claims.pop(job_id, None)
 
+    def _process(self, job_id: str) -> None:
         with self.registry.session() as session:
             job = session.get(TrainingJobRow, job_id)
             assert job is not None
@@ -355,7 +177,7 @@ class Worker:
         if job.attempts > self.settings.max_attempts:
             self._finish(
                 job_id,
-                FAILED,
+                JobStatus.FAILED,
                 "job failed: its worker stopped too often",
                 error={
                     "code": "too_many_attempts",
@@ -373,8 +195,14 @@ class Worker:
             if self.kubernetes is not None:
                 self._process_in_kubernetes(job_id)
                 return
-            ctx = self._context(job, reporter)
-            recipe = run_sft if ctx.spec.method.type == "supervised" else run_dpo
+            ctx = job_context(
+                self.settings,
+                self.registry,
+                job,
+                reporter,
+                registrar(self.settings, job_id, job.adapter_name, self.guarded_update),
+            )
+            recipe = get_method(ctx.spec.method.type).load_recipe()
             result: RecipeResult = recipe(ctx)
             event(
                 log,
@@ -386,16 +214,16 @@ class Worker:
             )
             shutil.rmtree(out, ignore_errors=True)
         except Stopped as stop:
-            if stop.reason == CANCELLED:
+            if stop.reason == JobStatus.CANCELLED:
                 shutil.rmtree(out, ignore_errors=True)
-                self._finish(job_id, CANCELLED, "job cancelled; nothing was saved")
+                self._finish(job_id, JobStatus.CANCELLED, "job cancelled; nothing was saved")
             elif stop.reason == WORKER_STOPPING:
                 self._release(job_id)
             else:
                 event(log, "job.abandoned", logging.WARNING, job=job_id, reason=stop.reason)
         except LoraplexError as exc:
             error = {**exc.to_dict(), "type": "user_error" if exc.user_error else "system_error"}
-            self._finish(job_id, FAILED, f"job failed: {exc.message}", error=error)
+            self._finish(job_id, JobStatus.FAILED, f"job failed: {exc.message}", error=error)
             if exc.user_error:
                 shutil.rmtree(out, ignore_errors=True)
         except Exception as exc:
@@ -405,7 +233,7 @@ class Worker:
                 "message": f"training failed: {type(exc).__name__}: {exc}",
                 "type": "system_error",
             }
-            self._finish(job_id, FAILED, f"job failed: {error['message']}", error=error)
+            self._finish(job_id, JobStatus.FAILED, f"job failed: {error['message']}", error=error)
         finally:
             done.set()
             beat.join(timeout=5)
@@ -421,12 +249,12 @@ class Worker:
         state = runner.follow(name)
         with self.registry.session() as session:
             job = session.get(TrainingJobRow, job_id)
-            unfinished = job is not None and job.status in (VALIDATING, QUEUED, RUNNING)
+            unfinished = job is not None and job.status in ACTIVE
         if unfinished:
             reasons = runner.diagnose(name)
             self._finish(
                 job_id,
-                FAILED,
+                JobStatus.FAILED,
                 f"Kubernetes Job {name} ended ({state.phase}) without finishing the job",
                 error={
                     "code": "kubernetes_job_failed",
@@ -445,7 +273,7 @@ class Worker:
             if job_id is None:
                 if once:
                     break
-                self.stopping.wait(self.settings.worker_poll_seconds)
+                self.stopping.wait(self.settings.worker_poll_s)
                 continue
             self.process(job_id)
             ran += 1
@@ -467,13 +295,15 @@ def run_one(job_id: str) -> int:
         if job is None:
             log.error("job %s does not exist", job_id)
             return 2
-        if holder != worker.worker_id and worker.claim(only=job_id) is None:
+        if holder == worker.worker_id:
+            worker.hold(job)
+        elif worker.claim(only=job_id) is None:
             log.error("job %s is held by %s or already finished", job_id, holder)
             return 1
         worker.process(job_id)
         with worker.registry.session() as session:
             final = session.get(TrainingJobRow, job_id)
-            return 0 if final is not None and final.status == SUCCEEDED else 1
+            return 0 if final is not None and final.status == JobStatus.SUCCEEDED else 1
     finally:
         worker.registry.dispose()
 

@@ -153,15 +153,38 @@ def require(
         )
 
 
-def heartbeat(session: Session, row_cls: type[Row], claim: Claim, **values: Any) -> bool:
-    """Refresh the claim (and e.g. progress); False means another worker took the row over."""
-    return guarded_update(session, row_cls, claim, heartbeat_at=utcnow(), **values)
+def heartbeat(
+    session: Session,
+    row_cls: type[Row],
+    claim: Claim,
+    *,
+    statuses: Iterable[str] | None = None,
+    **values: Any,
+) -> bool:
+    """Refresh the claim (and e.g. progress); False means another worker took the row over (or,
+    with ``statuses``, that the row has left them: finished)."""
+    return guarded_update(
+        session, row_cls, claim, statuses=statuses, heartbeat_at=utcnow(), **values
+    )
 
 
 def release(
-    session: Session, row_cls: type[Row], claim: Claim, *, status: str = "queued", **values: Any
+    session: Session,
+    row_cls: type[Row],
+    claim: Claim,
+    *,
+    status: str = "queued",
+    statuses: Iterable[str] | None = None,
+    **values: Any,
 ) -> bool:
     """Give the row back (worker shutting down): claimable at once by the next worker."""
     return guarded_update(
-        session, row_cls, claim, status=status, worker_id=None, heartbeat_at=None, **values
+        session,
+        row_cls,
+        claim,
+        statuses=statuses,
+        status=status,
+        worker_id=None,
+        heartbeat_at=None,
+        **values,
     )

@@ -141,3 +141,21 @@ def test_claim_narrowed_by_where_keeps_the_status(registry: Registry) -> None:
     with registry.session() as s:
         row = s.get(EvaluationRunRow, "eval-1")
         assert row is not None and row.status == "succeeded" and row.worker_id == "w2"
+
+
+def test_heartbeat_and_release_can_be_narrowed_to_unfinished_statuses(registry: Registry) -> None:
+    # The trainer's worker keeps beating until its thread stops: a finished row stays untouched.
+    _job(registry, "job-1")
+    with registry.session() as s:
+        claim = claim_next(s, TrainingJobRow, "w1", stale_after_s=60)
+    assert claim is not None
+    unfinished = ("queued", "running")
+    with registry.session() as s:
+        assert heartbeat(s, TrainingJobRow, claim, statuses=unfinished)
+        assert guarded_update(s, TrainingJobRow, claim, status="succeeded")
+    with registry.session() as s:
+        assert not heartbeat(s, TrainingJobRow, claim, statuses=unfinished)
+        assert not release(s, TrainingJobRow, claim, statuses=unfinished)
+    with registry.session() as s:
+        row = s.get(TrainingJobRow, "job-1")
+        assert row is not None and row.status == "succeeded" and row.worker_id == "w1"

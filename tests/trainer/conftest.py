@@ -86,8 +86,8 @@ def trainer_model_settings(model_settings: SharedSettings) -> Iterator[TrainerSe
     # runs about 10x slower than one thread. Restored afterwards for other tests in the session.
     yield TrainerSettings(
         data_dir=model_settings.data_dir,
-        heartbeat_seconds=0.5,
-        stale_after_seconds=3,
+        worker_heartbeat_s=0.5,
+        worker_stale_s=3,
         torch_threads=1,
     )
     torch.set_num_threads(threads)
@@ -147,9 +147,9 @@ def run_in_process(
 ) -> tuple[Any, RecordingReporter]:
     """Run the spec's recipe in this process, registering into ``settings``' registry."""
     from services.trainer.adapters import store_and_register
-    from services.trainer.recipes.common import DataFile, RecipeContext
-    from services.trainer.recipes.dpo import run_dpo
-    from services.trainer.recipes.sft import run_sft
+    from services.trainer.files import DataFile
+    from services.trainer.methods import get_method
+    from services.trainer.recipes.context import RecipeContext
     from services.trainer.schemas import JobSpec
 
     job = JobSpec.model_validate({"training_file": str(train), **spec})
@@ -181,5 +181,4 @@ def run_in_process(
         base_adapter_lineage=lineage,
     )
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
-    recipe = run_sft if job.method.type == "supervised" else run_dpo
-    return recipe(ctx), reporter
+    return get_method(job.method.type).load_recipe()(ctx), reporter

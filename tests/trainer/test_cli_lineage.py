@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from services.trainer import cli
-from services.trainer.recipes.common import RecipeContext, RecipeResult
+from services.trainer.recipes.context import RecipeContext, RecipeResult
 from shared.settings import SharedSettings
 from tests.trainer.conftest import order_chat, write_jsonl
 
@@ -29,15 +29,16 @@ def _user_prompts(messages_rows: list[list[dict[str, Any]]]) -> list[str]:
 def fake_training(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Replace the SFT recipe by one that prepares data and writes the manifest for real, then
     registers a tiny adapter folder instead of training one. Returns what the trainer held out."""
-    from services.trainer.recipes import common, sft
+    from services.trainer.recipes import data as recipe_data
+    from services.trainer.recipes import saving, setup, sft
 
     seen: dict[str, Any] = {}
 
     def fake_sft(ctx: RecipeContext) -> RecipeResult:
         hp = ctx.spec.resolved()
-        base = common.setup_base(ctx)
-        _tokenizer, renderer = common.setup_tokenizer(base)
-        data = common.prepare_data(ctx, renderer, "sft", hp)
+        base = setup.setup_base(ctx)
+        _tokenizer, renderer = setup.setup_tokenizer(base)
+        data = recipe_data.prepare_data(ctx, renderer, "sft", hp)
         seen["validation"] = _user_prompts(
             [[m.to_dict() for m in e.messages] for e in data.validation]
         )
@@ -46,7 +47,7 @@ def fake_training(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         folder.mkdir(parents=True)
         (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "peft_type": "LORA"}))
         (folder / "adapter_model.safetensors").write_bytes(b"not a real adapter")
-        manifest = common.write_manifest(
+        manifest = saving.write_manifest(
             ctx,
             folder,
             base=base,

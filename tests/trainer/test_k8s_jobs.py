@@ -15,15 +15,12 @@ import pytest
 
 from services.trainer import k8s_jobs
 from services.trainer.k8s_jobs import (
-    JobPhase,
-    JobState,
-    KubernetesJobRunner,
     KubernetesJobSettings,
     job_manifest,
     job_name,
-    job_state,
     resolve_namespace,
 )
+from services.trainer.k8s_runner import JobPhase, JobState, KubernetesJobRunner, job_state
 from shared.errors import ConfigError, ConflictError
 from tests.deploy.manifests import (
     EXTERNAL_SECRETS,

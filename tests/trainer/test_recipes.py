@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from services.trainer.config import TrainerSettings
-from services.trainer.recipes.common import MANIFEST, Stopped
+from services.trainer.recipes.context import Stopped
+from services.trainer.recipes.saving import MANIFEST
 from shared.errors import ValidationError
 from shared.registry.adapters import list_versions
 from shared.registry.db import open_registry

@@ -42,9 +42,9 @@ class Processes:
         self.env = {
             **os.environ,
             "LORAPLEX_DATA_DIR": str(settings.data_dir),
-            "LORAPLEX_HEARTBEAT_SECONDS": "0.5",
-            "LORAPLEX_STALE_AFTER_SECONDS": "4",
-            "LORAPLEX_WORKER_POLL_SECONDS": "0.5",
+            "LORAPLEX_WORKER_HEARTBEAT_S": "0.5",
+            "LORAPLEX_WORKER_STALE_S": "4",
+            "LORAPLEX_WORKER_POLL_S": "0.5",
             "LORAPLEX_TORCH_THREADS": "1",
             "PYTHONUNBUFFERED": "1",
         }

@@ -5,17 +5,19 @@ These run without a model: they exercise the registry protocol only, on SQLite a
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from services.trainer.config import TrainerSettings
+from services.trainer.job_reporter import CLAIM_LOST
 from services.trainer.jobs import add_event, cancel_job
-from services.trainer.worker import CLAIM_LOST, JobReporter, Worker
-from shared.registry.models import TrainingJobRow, utcnow
+from services.trainer.worker import JobReporter, Worker
+from shared.registry.models import JobEventRow, TrainingJobRow, utcnow
 from shared.settings import SharedSettings
 
 
@@ -24,7 +26,7 @@ def tsettings(registry_settings: SharedSettings) -> TrainerSettings:
     return TrainerSettings(
         data_dir=registry_settings.data_dir,
         database_url=registry_settings.database_url,
-        stale_after_seconds=30,
+        worker_stale_s=30,
         max_attempts=2,
     )
 
@@ -146,7 +148,7 @@ def test_a_job_whose_files_vanished_fails_cleanly(tsettings: TrainerSettings) ->
 def test_kubernetes_mode_follows_the_job_and_fails_it_if_the_pod_did_not_finish(
     tsettings: TrainerSettings,
 ) -> None:
-    from services.trainer.k8s_jobs import JobPhase, JobState
+    from services.trainer.k8s_runner import JobPhase, JobState
 
     class FakeRunner:
         def __init__(self) -> None:
@@ -173,4 +175,54 @@ def test_kubernetes_mode_follows_the_job_and_fails_it_if_the_pod_did_not_finish(
         row = s.get(TrainingJobRow, job_id)
         assert row is not None and row.status == "failed" and row.error is not None
         assert row.error["type"] == "system_error" and "OOMKilled" in row.error["details"][0]
+    w.registry.dispose()
+
+
+def test_a_restarted_worker_with_the_same_id_fences_its_old_claim(
+    tsettings: TrainerSettings,
+) -> None:
+    # Same host and pid after a restart: the attempt, not the worker id, tells the claims apart.
+    old, new = Worker(tsettings, "w"), Worker(tsettings, "w")
+    (job_id,) = make_jobs(old, 1)
+    assert old.claim() == job_id
+    with old.registry.session() as s:
+        s.execute(
+            update(TrainingJobRow)
+            .where(TrainingJobRow.id == job_id)
+            .values(status="running", heartbeat_at=utcnow() - timedelta(seconds=60))
+        )
+    assert new.claim() == job_id
+    with old.registry.session() as s:
+        assert not old.guarded_update(s, job_id, status="failed")
+    assert JobReporter(old, job_id).should_stop() == CLAIM_LOST
+    assert JobReporter(new, job_id).should_stop() is None
+    old.registry.dispose()
+    new.registry.dispose()
+
+
+def test_event_kinds_drive_the_log_lines_and_rows_keep_their_types(
+    tsettings: TrainerSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from services.trainer.recipes.context import EventKind
+
+    w = Worker(tsettings, "w")
+    (job_id,) = make_jobs(w, 1)
+    reporter = JobReporter(w, job_id)
+    with caplog.at_level(logging.INFO, logger="loraplex.trainer.worker"):
+        # The wording is free: the kind, not the message's prefix, names the log line.
+        reporter.event("resuming: step 3 of 9", type=EventKind.STARTED, data={"step": 3})
+        reporter.event("data looks fine", type=EventKind.VALIDATION, data={})
+        reporter.event("training started, or so this message says")
+    names = [
+        r.getMessage().split()[0] for r in caplog.records if r.name == "loraplex.trainer.worker"
+    ]
+    assert names == [
+        "job.started",
+        "job.data_validated",
+    ]
+    with w.registry.session() as s:
+        rows = s.scalars(
+            select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id)
+        ).all()
+        assert [r.type for r in rows] == ["message", "message", "validation", "message"]
     w.registry.dispose()

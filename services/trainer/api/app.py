@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from services.trainer.api.routes_files import router as files_router
 from services.trainer.api.routes_jobs import router as jobs_router
 from services.trainer.config import TrainerSettings
-from services.trainer.jobs import QUEUED, RUNNING, VALIDATING
+from services.trainer.statuses import WAITING, JobStatus
 from shared.auth import rule
 from shared.registry.models import TrainingJobRow
 from shared.service_app import QueueSpec, create_service_app, serve
@@ -15,7 +15,7 @@ from shared.settings import load_settings
 
 # Multipart framing around the file: boundary lines, headers and the ``purpose`` field.
 MULTIPART_OVERHEAD = 64 * 1024
-QUEUE = QueueSpec("trainer", TrainingJobRow, waiting=(VALIDATING, QUEUED), running=(RUNNING,))
+QUEUE = QueueSpec("trainer", TrainingJobRow, waiting=WAITING, running=(JobStatus.RUNNING,))
 
 
 def create_app(settings: TrainerSettings | None = None) -> FastAPI:

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from services.trainer import jobs
+from services.trainer import job_views, jobs
 from services.trainer.api.deps import ReadSessionDep, RegistryDep, SessionDep, SettingsDep
 from services.trainer.schemas import (
     CheckpointList,
@@ -22,6 +22,7 @@ from services.trainer.schemas import (
     JobList,
     JobSpec,
 )
+from services.trainer.statuses import TERMINAL
 from shared.auth import principal_of
 from shared.registry.db import Registry
 
@@ -30,8 +31,8 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 def _public(session: Session, job_id: str) -> FineTuningJob:
     job = jobs.get_job(session, job_id)
-    progress, tokens, finish = jobs.job_progress(session, job_id)
-    return jobs.job_to_api(job, progress, tokens, finish)
+    progress, tokens, finish = job_views.job_progress(session, job_id)
+    return job_views.job_to_api(job, progress, tokens, finish)
 
 
 @router.post("", response_model=FineTuningJob)
@@ -46,7 +47,7 @@ def create_job(
         source = re.split(r"[:@]", spec.base_adapter, maxsplit=1)[0]
         principal.require("train", source, param="base_adapter")
     job = jobs.create_job(session, settings, spec)
-    return jobs.job_to_api(job)
+    return job_views.job_to_api(job)
 
 
 @router.get("", response_model=JobList)
@@ -57,7 +58,7 @@ def list_jobs(
 ) -> JobList:
     """List jobs, newest first."""
     rows, has_more = jobs.list_jobs(session, after=after, limit=limit)
-    return JobList(data=[jobs.job_to_api(r) for r in rows], has_more=has_more)
+    return JobList(data=[job_views.job_to_api(r) for r in rows], has_more=has_more)
 
 
 @router.get("/{job_id}", response_model=FineTuningJob)
@@ -90,7 +91,7 @@ def list_events(
     if stream:
         with registry.read_session() as session:
             jobs.get_job(session, job_id)
-        start = jobs.parse_event_id(last_event_id or after)
+        start = job_views.parse_event_id(last_event_id or after)
         return StreamingResponse(
             _event_stream(registry, job_id, start, request),
             media_type="text/event-stream",
@@ -98,9 +99,9 @@ def list_events(
         )
     with registry.read_session() as session:
         rows, has_more = jobs.list_events(
-            session, job_id, after=jobs.parse_event_id(after), limit=limit
+            session, job_id, after=job_views.parse_event_id(after), limit=limit
         )
-        return EventList(data=[jobs.event_to_api(r) for r in rows], has_more=has_more)
+        return EventList(data=[job_views.event_to_api(r) for r in rows], has_more=has_more)
 
 
 async def _event_stream(
@@ -109,8 +110,8 @@ async def _event_stream(
     def fetch(cursor: int | None) -> tuple[list[tuple[int, str]], bool]:
         with registry.read_session() as session:
             rows, _ = jobs.list_events(session, job_id, after=cursor, limit=200, newest_first=False)
-            done = jobs.get_job(session, job_id).status in jobs.TERMINAL
-            return [(r.id, jobs.event_to_api(r).model_dump_json()) for r in rows], done
+            done = jobs.get_job(session, job_id).status in TERMINAL
+            return [(r.id, job_views.event_to_api(r).model_dump_json()) for r in rows], done
 
     cursor = after
     while not await request.is_disconnected():
@@ -134,7 +135,7 @@ def list_checkpoints(
 ) -> CheckpointList:
     """Checkpoints saved during training, newest first, with their metrics."""
     rows = jobs.list_checkpoints(session, job_id)
-    data = [jobs.checkpoint_to_api(r) for r in rows]
+    data = [job_views.checkpoint_to_api(r) for r in rows]
     if after:
         ids = [c.id for c in data]
         data = data[ids.index(after) + 1 :] if after in ids else []

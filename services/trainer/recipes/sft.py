@@ -13,27 +13,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.trainer.recipes.common import (
-    RecipeContext,
-    RecipeResult,
-    check_lora_servable,
+from services.trainer.recipes.callbacks import make_progress_callback
+from services.trainer.recipes.context import RecipeContext, RecipeResult
+from services.trainer.recipes.data import longest_sequence, mean_sequence, prepare_data
+from services.trainer.recipes.decisions import (
     choose_attention,
     choose_micro_batch,
     choose_precision,
     common_args,
-    finish,
-    latest_checkpoint,
-    load_model,
-    longest_sequence,
-    lora_config,
-    make_progress_callback,
-    mean_sequence,
     plan_memory,
-    prepare_data,
-    setup_base,
-    setup_tokenizer,
     steps_per_epoch,
     total_steps,
+)
+from services.trainer.recipes.saving import finish, latest_checkpoint
+from services.trainer.recipes.setup import (
+    check_lora_servable,
+    load_model,
+    lora_config,
+    setup_base,
+    setup_tokenizer,
 )
 
 
@@ -79,7 +77,7 @@ def run_sft(ctx: RecipeContext) -> RecipeResult:
         train_sampling_strategy="group_by_length" if batching == "group_by_length" else "random",
         dataset_num_proc=None,
     )
-    callback = make_progress_callback(ctx.reporter, sum(r.n_trained for r in data.train_rendered))
+    callback = make_progress_callback(ctx.reporter)
     trainer = SFTTrainer(
         model=model,
         args=args,

@@ -1,0 +1,98 @@
+"""shared.memory: the one memory model the trainer's planner and ``loraplex doctor`` share."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+
+from shared import doctor
+from shared.basemodel import ResolvedBaseModel
+from shared.errors import ValidationError
+from shared.memory import (
+    GIB,
+    ModelShape,
+    PlanInput,
+    estimate,
+    estimate_plan,
+    plan_or_refuse,
+)
+
+# SmolLM2-135M-Instruct's config.json (the embedded base model), as far as the estimate reads it.
+SMOLLM2 = {
+    "hidden_size": 576,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "intermediate_size": 1536,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+}
+
+
+def plan_input(**changes: Any) -> PlanInput:
+    base = PlanInput(
+        quantization="none",
+        r=16,
+        target_modules="all-linear",
+        batch_size=4,
+        seq_len=512,
+        gradient_checkpointing=False,
+        weight_bytes=4,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_the_shape_from_config_counts_the_embedded_model() -> None:
+    shape = ModelShape.from_config(SMOLLM2)
+    assert shape.params == 134_515_008  # SmolLM2-135M's published parameter count
+    assert len(shape.lora_dims) == len(shape.leaf_names) == 30 * 7
+
+
+@pytest.mark.slow
+def test_config_and_tensors_give_the_same_shape(base_model: ResolvedBaseModel) -> None:
+    from_tensors = ModelShape.from_folder(base_model.path)
+    config = json.loads((base_model.path / "config.json").read_text())
+    from_config = ModelShape.from_config(config)
+    assert from_config.params == from_tensors.params
+    assert from_config.linear_params == from_tensors.linear_params
+    assert sorted(zip(from_config.leaf_names, from_config.lora_dims, strict=True)) == sorted(
+        zip(from_tensors.leaf_names, from_tensors.lora_dims, strict=True)
+    )
+
+
+def test_dpo_doubles_the_sequences_and_targets_narrow_the_trainable() -> None:
+    shape = ModelShape.from_config(SMOLLM2)
+    sft = estimate_plan(shape, plan_input())
+    dpo = estimate_plan(shape, plan_input(sequences_per_example=2))
+    assert dpo.logits == 2 * sft.logits and dpo.activations == 2 * sft.activations
+    narrow = estimate_plan(shape, plan_input(target_modules=["q_proj", "v_proj"]))
+    assert 0 < narrow.trainable_params < sft.trainable_params
+
+
+def test_a_plan_that_does_not_fit_is_refused_with_settings_that_would() -> None:
+    shape = ModelShape.from_config(SMOLLM2)
+    p = plan_input(batch_size=8, seq_len=1024)
+    need = estimate_plan(shape, p).total
+    with pytest.raises(ValidationError) as info:
+        plan_or_refuse(shape, p, int(need * 0.3))
+    assert info.value.code == "insufficient_memory"
+    assert any("would fit: micro_batch_size 4" in d for d in info.value.details)
+    plan, chosen = plan_or_refuse(shape, p, need)
+    assert plan.fits and chosen == p
+    # Gradient checkpointing alone is switched on when that is enough.
+    plan, chosen = plan_or_refuse(shape, p, int(need * 0.5))
+    assert plan.fits and chosen == dataclasses.replace(p, gradient_checkpointing=True)
+
+
+def test_the_doctor_reads_the_same_model_as_the_planner() -> None:
+    shape = ModelShape.from_config(SMOLLM2)
+    lora = estimate(shape, "lora", rank=16, batch_size=4, seq_len=512, compute_bytes=4)
+    plan = estimate_plan(shape, plan_input())
+    assert lora.total_gib == pytest.approx(plan.total / GIB)
+    assert lora.trainable_params == plan.trainable_params
+    rows = {r["method"]: r for r in doctor.method_fit(SMOLLM2, budget_gib=64.0, on_gpu=False)}
+    assert rows["qlora"]["total_gib"] < rows["lora"]["total_gib"] < rows["full"]["total_gib"]
+    assert all(r["fits"] for r in rows.values())
