@@ -104,19 +104,21 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def launch(method: str, args: argparse.Namespace) -> dict[str, Any]:
-    return run_child(
-        __file__,
-        [
-            "--method",
+    return dict(
+        run_child(
+            __file__,
+            [
+                "--method",
+                method,
+                "--steps",
+                str(args.steps),
+                "--batch-size",
+                str(args.batch_size),
+                "--data-dir",
+                args.data_dir,
+            ],
             method,
-            "--steps",
-            str(args.steps),
-            "--batch-size",
-            str(args.batch_size),
-            "--data-dir",
-            args.data_dir,
-        ],
-        method,
+        )
     )
 
 

@@ -65,7 +65,8 @@ def _cuda() -> bool:
 def run_plain(args: argparse.Namespace) -> dict[str, Any]:
     """What a user writes from the TRL docs: model id, messages dataset, SFTConfig defaults."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_config import SFTConfig
+    from trl.trainer.sft_trainer import SFTTrainer
 
     base = model_dir(Path(args.data_dir))
     out = tempfile.mkdtemp(prefix="bench-plain-")
@@ -186,25 +187,27 @@ def child(args: argparse.Namespace) -> None:
 
 
 def launch(mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    return run_child(
-        __file__,
-        [
-            "--mode",
+    return dict(
+        run_child(
+            __file__,
+            [
+                "--mode",
+                mode,
+                "--steps",
+                str(args.steps),
+                "--batch-size",
+                str(args.batch_size),
+                "--threads",
+                str(args.threads),
+                "--data-dir",
+                args.data_dir,
+                "--batching",
+                args.batching,
+                "--micro-batch",
+                str(args.micro_batch),
+            ],
             mode,
-            "--steps",
-            str(args.steps),
-            "--batch-size",
-            str(args.batch_size),
-            "--threads",
-            str(args.threads),
-            "--data-dir",
-            args.data_dir,
-            "--batching",
-            args.batching,
-            "--micro-batch",
-            str(args.micro_batch),
-        ],
-        mode,
+        )
     )
 
 

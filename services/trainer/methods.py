@@ -45,7 +45,7 @@ class TrainingMethod:
     def load_recipe(self) -> Recipe:
         """The recipe function, imported now (looked up on every call, so tests can patch it)."""
         module, _, name = self.recipe.partition(":")
-        fn = getattr(importlib.import_module(module), name)
+        fn: Recipe = getattr(importlib.import_module(module), name)
         if not callable(fn):
             raise TypeError(f"recipe {self.recipe} of method {self.type!r} is not callable")
         return fn

@@ -68,7 +68,7 @@ def test_binary_comparison_never_calls_what_exact_mcnemar_does_not() -> None:
     assert res.ci_low <= 0 < res.ci_high
     # With clear evidence both agree and the interval excludes 0.
     res = stats.compare_binary([1] * 25 + [0] * 5, [1] * 5 + [0] * 25)
-    assert res.p_value < 1e-4 and res.ci_low is not None and res.ci_low > 0
+    assert res.p_value is not None and res.p_value < 1e-4 and res.ci_low > 0
 
 
 def test_newcombe_coverage_in_simulation() -> None:

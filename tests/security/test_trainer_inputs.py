@@ -20,8 +20,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.trainer.config import TrainerSettings
+from services.trainer.job_reporter import JobReporter
 from services.trainer.jobs import add_event
-from services.trainer.worker import JobReporter, Worker
+from services.trainer.recipes.context import EventKind
+from services.trainer.worker import Worker
 from shared.datasets.cleaning import find_near_duplicates
 from shared.registry.adapters import NewVersion, register_version
 from shared.registry.db import open_registry
@@ -251,7 +253,7 @@ def test_the_worker_writes_the_near_duplicate_count_into_the_file_report(
             )
         found = {"count": 3, "threshold": 0.9, "complete": True, "pairs": []}
         JobReporter(worker, "ftjob-near").event(
-            "validated", type="validation", data={"near_duplicates": found}
+            "validated", type=EventKind.VALIDATION, data={"near_duplicates": found}
         )
     finally:
         worker.registry.dispose()

@@ -102,7 +102,7 @@ def test_create_list_retrieve_cancel_a_job(client: TestClient) -> None:
 
 def assert_refused(resp: Any, status: int, *fragments: str) -> dict[str, Any]:
     assert resp.status_code == status, resp.text
-    error = resp.json()["error"]
+    error: dict[str, Any] = resp.json()["error"]
     assert set(error) >= {"code", "message", "param"}
     text = error["message"] + " " + " ".join(error.get("details") or [])
     for fragment in fragments:

@@ -40,7 +40,8 @@ def check_folder(folder: Path, settings: TrainerSettings) -> dict[str, Any]:
     assert config["base_model_name_or_path"] == BASE
     base_dir = settings.models_dir / BASE
     assert check_adapter_dir(folder, base_shapes=base_linear_shapes(base_dir)) == []
-    return json.loads((folder / MANIFEST).read_text())
+    manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    return manifest
 
 
 @pytest.mark.slow

@@ -181,7 +181,7 @@ def test_openai_sdk_drives_a_full_sft_job(
         folder = open_store(trainer_model_settings).get_dir(version.sha256)
     registry.dispose()
     base_dir = trainer_model_settings.models_dir / BASE
-    model = PeftModel.from_pretrained(
+    model: Any = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), folder
     )
     tok = AutoTokenizer.from_pretrained(base_dir)

@@ -20,5 +20,5 @@ def test_stored_values_are_openais() -> None:
 
 
 def test_a_status_is_its_string() -> None:
-    assert JobStatus.RUNNING == "running" and f"job.{JobStatus.FAILED}" == "job.failed"
+    assert str(JobStatus.RUNNING) == "running" and f"job.{JobStatus.FAILED}" == "job.failed"
     assert jobs.QUEUED is JobStatus.QUEUED  # the old names still import from jobs

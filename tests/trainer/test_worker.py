@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import select, update
 
 from services.trainer.config import TrainerSettings
-from services.trainer.job_reporter import CLAIM_LOST
+from services.trainer.job_reporter import CLAIM_LOST, JobReporter
 from services.trainer.jobs import add_event, cancel_job
-from services.trainer.worker import JobReporter, Worker
+from services.trainer.worker import Worker
 from shared.registry.models import JobEventRow, TrainingJobRow, utcnow
 from shared.settings import SharedSettings
 

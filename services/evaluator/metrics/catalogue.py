@@ -40,13 +40,14 @@ from shared.errors import ValidationError
 def _forgetting_units(suite: Any, _n: int) -> int:
     from services.evaluator import forgetting  # it imports this module: import it late
 
-    return int(forgetting.count(suite.forgetting.data))
+    return forgetting.count(suite.forgetting.data)
 
 
 def _judge_units(suite: Any, n: int) -> int:
     # Both orders of every judged item per mode, plus both orders of every anchor pair.
-    judged = min(n, suite.judge.max_items or n)
-    return 2 * judged * len(suite.judge.modes) + 2 * suite.judge.anchors
+    judged: int = min(n, suite.judge.max_items or n)
+    anchors: int = suite.judge.anchors
+    return 2 * judged * len(suite.judge.modes) + 2 * anchors
 
 
 # In run order: per-subject components run for the candidate, then the baseline; the others after.

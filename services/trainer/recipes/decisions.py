@@ -100,20 +100,31 @@ def plan_memory(
     return plan, chosen.gradient_checkpointing
 
 
-TOKENS_PER_PASS = 160
+# Tokens per forward pass for each compute thread. With 1 thread, passes of 190 and 380 tokens ran
+# at the same tokens/s (~100-token examples); with 2 threads one pass of 4 examples (420 tokens)
+# took 3.75 s per step against 4.14 s for two passes of 2 (SmolLM2-135M, fp32, 2-core EPYC): more
+# threads need bigger matrices to keep busy.
+TOKENS_PER_PASS_PER_THREAD = 160
 
 
-def choose_micro_batch(hp: ResolvedHyperparameters, mean_tokens: float) -> int:
-    """Examples per forward pass. On CPU, tokens/s was the same for passes of 190 and 380 tokens
-    (1 thread, ~100-token examples) while activation memory grows with every example, so take the
-    smallest divisor of batch_size that reaches TOKENS_PER_PASS; accumulation makes up the rest
-    of the batch, with the loss normalised over all its tokens as one batch would be."""
+def choose_micro_batch(
+    hp: ResolvedHyperparameters, mean_tokens: float, threads: int | None = None
+) -> int:
+    """Examples per forward pass: the smallest divisor of batch_size that reaches
+    TOKENS_PER_PASS_PER_THREAD for each of the ``threads`` compute threads (torch's, by default),
+    since activation memory grows with every example; accumulation makes up the rest of the
+    batch, with the loss normalised over all its tokens as one batch would be."""
     if isinstance(hp.micro_batch_size, int):
         return hp.micro_batch_size
     if cuda_available():
         return hp.batch_size
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    wanted = TOKENS_PER_PASS_PER_THREAD * max(1, threads)
     for micro in range(1, hp.batch_size + 1):
-        if hp.batch_size % micro == 0 and micro * mean_tokens >= TOKENS_PER_PASS:
+        if hp.batch_size % micro == 0 and micro * mean_tokens >= wanted:
             return micro
     return hp.batch_size
 

@@ -37,7 +37,8 @@ from services.trainer.recipes.setup import (
 def run_dpo(ctx: RecipeContext) -> RecipeResult:
     from datasets import Dataset
     from transformers import PrinterCallback
-    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_config import DPOConfig
+    from trl.trainer.dpo_trainer import DPOTrainer
 
     hp = ctx.spec.resolved()
 

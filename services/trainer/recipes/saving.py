@@ -49,7 +49,7 @@ def _normalise_adapter_config(path: Path, base_name: str) -> dict[str, Any]:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             config[key] = sorted(value)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return config
+    return dict(config)
 
 
 def save_adapter(trainer: Any, ctx: RecipeContext, base: ResolvedBaseModel) -> Path:

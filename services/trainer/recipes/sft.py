@@ -38,7 +38,8 @@ from services.trainer.recipes.setup import (
 def run_sft(ctx: RecipeContext) -> RecipeResult:
     from datasets import Dataset
     from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_config import SFTConfig
+    from trl.trainer.sft_trainer import SFTTrainer
 
     hp = ctx.spec.resolved()
 
