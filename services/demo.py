@@ -36,8 +36,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from services.demo_summary import decidability, release_line, release_summary
 from services.localstack import LocalStack
-from services.release import HttpRelease, Services, _policy_mapping, load_config
+from services.release import HttpRelease, Services, load_config
+from services.release_config import policy_mapping
 from shared.basemodel import prepare_embedded_model, register_base_model
 from shared.errors import LoraplexError
 from shared.registry.db import open_registry
@@ -115,58 +117,6 @@ class Traffic:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=120)
-
-
-def _summary(outcome: dict[str, Any]) -> str:
-    """One line per release: the task metric for candidate and baseline, the decision."""
-    run = outcome.get("run") or {}
-    results = run.get("results") or {}
-    cand, base = results.get("candidate") or {}, results.get("baseline") or {}
-    scores = ", ".join(
-        f"{m} {cand[m]:.3f} vs {base.get(m, float('nan')):.3f}"
-        for m in ("json_match", "json_valid")
-        if isinstance(cand.get(m), float | int)
-    )
-    promoted = "promoted to prod" if outcome.get("decision") == "pass" else "not promoted"
-    return (
-        f"{outcome.get('version')}: {scores} (baseline {run.get('baseline') or 'base model'}); "
-        f"gate {outcome.get('decision')}, {promoted}"
-    )
-
-
-def gate_lines(outcome: dict[str, Any], policy: dict[str, Any]) -> list[dict[str, Any]]:
-    """The gate's comparison lines with their margins: metric, rule, margin, mdd, n, status."""
-    gate = ((outcome.get("run") or {}).get("results") or {}).get("gate") or {}
-    out = []
-    for line in gate.get("lines") or []:
-        rule = (policy.get("metrics") or {}).get(line.get("metric")) or {}
-        for key in ("min_improvement", "max_regression"):
-            if rule.get(key) is None or line.get("mdd") is None:
-                continue
-            out.append(
-                {
-                    "metric": line["metric"],
-                    "rule": key,
-                    "margin": rule[key],
-                    "mdd": round(float(line["mdd"]), 4),
-                    "n": (line.get("comparison") or {}).get("n"),
-                    "status": line.get("status"),
-                }
-            )
-    return out
-
-
-def decidability(outcome: dict[str, Any], policy: dict[str, Any]) -> list[str]:
-    """Each comparison line of the gate: its minimum detectable difference against its margin."""
-    out = []
-    for ln in gate_lines(outcome, policy):
-        verdict = "decidable" if ln["mdd"] < ln["margin"] else "NOT decidable with this data"
-        out.append(
-            f"{ln['metric']} {ln['rule']} {ln['margin']:g}: minimum detectable difference "
-            f"{ln['mdd']:.3f} with {ln['n']} items ({ln['mdd'] / ln['margin']:.0%} of the margin, "
-            f"{verdict})"
-        )
-    return out
 
 
 def options(argv: list[str] | None = None) -> argparse.Namespace:
@@ -286,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         mark = time.monotonic()
         if code != 0:
             say(f"release v1 did not pass (exit {code}); see the report above")
-            first = _release_summary(release1.outcome, _policy_mapping(root, cfg.evaluation.policy))
+            first = release_summary(release1.outcome, policy_mapping(root, cfg.evaluation.policy))
             _write_summary(demo_dir, args, code, time.monotonic() - t0, stages, None, [first])
             return code
 
@@ -338,11 +288,11 @@ def run(args: argparse.Namespace) -> int:
     say(f"logs: {demo_dir / 'logs'}")
     say("\nsummary")
     judged = [
-        (release1.outcome, _policy_mapping(root, cfg.evaluation.policy)),
-        (release2.outcome, _policy_mapping(root2, cfg2.evaluation.policy)),
+        (release1.outcome, policy_mapping(root, cfg.evaluation.policy)),
+        (release2.outcome, policy_mapping(root2, cfg2.evaluation.policy)),
     ]
     for outcome, policy in judged:
-        say(f"  {_summary(outcome)}")
+        say(f"  {release_line(outcome)}")
         for line in decidability(outcome, policy):
             say(f"    {line}")
     say(
@@ -356,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"\ndemo finished in {wall:.0f} s")
     failed = traffic.outcomes["failed"]
     exit_code = code if code != ExitCode.PASS else (ExitCode.FAIL if failed else ExitCode.PASS)
-    releases = [_release_summary(outcome, policy) for outcome, policy in judged]
+    releases = [release_summary(outcome, policy) for outcome, policy in judged]
     _write_summary(demo_dir, args, exit_code, wall, stages, traffic, releases)
     return exit_code
 
@@ -384,20 +334,6 @@ def _write_summary(
         "releases": releases,
     }
     (demo_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-
-
-def _release_summary(outcome: dict[str, Any], policy: dict[str, Any]) -> dict[str, Any]:
-    """What bench/demo_time.py records of one release (``summary.json``)."""
-    run = outcome.get("run") or {}
-    results = run.get("results") or {}
-    cand, base = results.get("candidate") or {}, results.get("baseline") or {}
-    return {
-        "version": outcome.get("version"),
-        "baseline": run.get("baseline") or "base model",
-        "json_match": [cand.get("json_match"), base.get("json_match")],
-        "decision": outcome.get("decision"),
-        "lines": gate_lines(outcome, policy),
-    }
 
 
 def _engine_line(demo_dir: Path) -> str:

@@ -30,109 +30,16 @@ from typing import Annotated, Any
 import httpx
 import typer
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from services.evaluator.schemas import EvaluationCreate
-from services.trainer.schemas import JobSpec
+from services.release_config import ReleaseConfig as ReleaseConfig
+from services.release_config import Services as Services
+from services.release_config import load_config as load_config
+from services.release_config import policy_mapping, resolve_path
 from shared.errors import ConfigError, LoraplexError, SystemFailure
-from shared.registry.adapters import check_adapter_name, check_alias
 from shared.verdicts import ExitCode, decision_of
 
 app = typer.Typer(help="Train, evaluate, gate and promote in one command.", no_args_is_help=True)
-
-
-class Services(BaseModel):
-    """URLs of running services; when set, the release goes over HTTP."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    trainer_url: str = Field(description="e.g. http://127.0.0.1:8001")
-    evaluator_url: str = Field(description="e.g. http://127.0.0.1:8002")
-    server_url: str | None = Field(
-        default=None, description="When set, wait until it serves the promoted alias."
-    )
-    api_key: str | None = Field(
-        default=None,
-        description="Key sent to the trainer, evaluator and server (train, evaluate, promote, "
-        "read scopes). Empty: LORAPLEX_CLIENT_KEY from the environment, which keeps it out of "
-        "files checked into a repository.",
-    )
-    server_api_key: str | None = Field(
-        default=None, description="Key for the server's /v1 checks; empty: api_key."
-    )
-    reconcile_deadline_s: float = Field(default=60.0, gt=0)
-    server_ready_timeout_s: float = Field(
-        default=600.0, gt=0, description="How long evaluation waits for the server's /ready."
-    )
-    poll_s: float = Field(default=1.0, gt=0)
-
-
-class Evaluation(BaseModel):
-    """What decides the release. Fields as the evaluator's ``POST /v1/evaluations``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    policy: str | dict[str, Any] = Field(description="Gate policy: YAML file path or mapping.")
-    suite: str | dict[str, Any] | None = None
-    baseline: str | None = None
-    data: str | None = None
-    limit: int | None = Field(default=None, ge=1)
-
-
-class ReleaseConfig(BaseModel):
-    """``release.yaml``. Relative paths are relative to the file."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    adapter: str = Field(description="Adapter name; versions become <adapter>@vN.")
-    training: JobSpec
-    evaluation: Evaluation
-    promote: str = Field(default="prod", description="Alias moved to the new version on pass.")
-    services: Services | None = None
-
-    @field_validator("adapter")
-    @classmethod
-    def _adapter_name(cls, value: str) -> str:
-        return check_adapter_name(value, "adapter")
-
-    @field_validator("promote")
-    @classmethod
-    def _alias(cls, value: str) -> str:
-        return check_alias(value, "promote")
-
-
-def load_config(path: Path) -> tuple[ReleaseConfig, Path]:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}", param=str(path)) from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must be a mapping (adapter, training, evaluation, ...)")
-    try:
-        return ReleaseConfig.model_validate(raw), path.parent.resolve()
-    except ValidationError as exc:
-        details = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"{path} is invalid", param=str(path), details=details) from exc
-
-
-def _abs(root: Path, value: str | None) -> str | None:
-    if value is None:
-        return None
-    path = (root / value).expanduser()
-    return str(path.resolve()) if path.exists() else value
-
-
-def _policy_mapping(root: Path, policy: str | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(policy, dict):
-        return policy
-    path = (root / policy).expanduser()
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read policy {path}: {exc}", param="evaluation.policy") from exc
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"policy {path} must be a mapping", param="evaluation.policy")
-    return loaded
 
 
 Say = Callable[[str], None]
@@ -194,12 +101,12 @@ class HttpRelease:
 
     def train(self) -> str:
         spec = self.cfg.training
-        train_path = _abs(self.root, spec.training_file)
+        train_path = resolve_path(self.root, spec.training_file)
         assert train_path is not None
         body = spec.model_dump(mode="json", exclude_none=True, by_alias=True)
         body["training_file"] = self.upload(train_path)
         if spec.validation_file:
-            valid = _abs(self.root, spec.validation_file)
+            valid = resolve_path(self.root, spec.validation_file)
             assert valid is not None
             body["validation_file"] = self.upload(valid)
         body["suffix"] = self.cfg.adapter
@@ -247,8 +154,8 @@ class HttpRelease:
             candidate=version,
             baseline=ev.baseline,
             suite=ev.suite,
-            data=_abs(self.root, ev.data),
-            policy=_policy_mapping(self.root, ev.policy),
+            data=resolve_path(self.root, ev.data),
+            policy=policy_mapping(self.root, ev.policy),
             promote=self.cfg.promote,
             limit=ev.limit,
         )
@@ -375,9 +282,9 @@ def _loraplex(*args: str) -> list[str]:
 def run_in_process(cfg: ReleaseConfig, root: Path, say: Say = _say) -> int:
     with tempfile.TemporaryDirectory(prefix="loraplex-release-") as tmp:
         spec = cfg.training.model_dump(mode="json", exclude_none=True, by_alias=True)
-        spec["training_file"] = _abs(root, cfg.training.training_file)
+        spec["training_file"] = resolve_path(root, cfg.training.training_file)
         if cfg.training.validation_file:
-            spec["validation_file"] = _abs(root, cfg.training.validation_file)
+            spec["validation_file"] = resolve_path(root, cfg.training.validation_file)
         spec["suffix"] = cfg.adapter
         job_yaml = Path(tmp) / "job.yaml"
         job_yaml.write_text(yaml.safe_dump(spec))
@@ -393,14 +300,14 @@ def run_in_process(cfg: ReleaseConfig, root: Path, say: Say = _say) -> int:
         version = json.loads(train.stdout.strip().splitlines()[-1])["version_id"]
         say(f"  trained {version}")
         policy = Path(tmp) / "policy.yaml"
-        policy.write_text(yaml.safe_dump(_policy_mapping(root, cfg.evaluation.policy)))
+        policy.write_text(yaml.safe_dump(policy_mapping(root, cfg.evaluation.policy)))
         args = ["gate", "run", "--policy", str(policy), "--candidate", version]
         args += ["--promote", cfg.promote]
         ev = cfg.evaluation
         for flag, value in (
             ("--baseline", ev.baseline),
             ("--suite", ev.suite if isinstance(ev.suite, str) else None),
-            ("--data", _abs(root, ev.data)),
+            ("--data", resolve_path(root, ev.data)),
             ("--limit", str(ev.limit) if ev.limit else None),
         ):
             if value is not None:

@@ -1,19 +1,14 @@
-"""Adapters, their immutable versions, aliases (compare-and-set) and pins.
+"""Adapters, their immutable versions, aliases (compare-and-set); pins and names re-exported.
 
 Every alias move goes through :func:`set_alias`, whatever the caller (evaluator promotion, server
-admin API, CLI, release flow), so the move rules live there, in the move's own transaction:
-
-* the target must be on the same base model (name and weights hash) as the alias's current version
-  and as the adapter name's first version, and servable as far as the registry can tell;
-* a protected alias (:mod:`shared.registry.policies`) moves only on a passing evaluation of exactly
-  that version against the alias's current version under the protection's policy hash, unless an
-  admin forces it with a reason, which the alias history records.
+admin API, CLI, release flow), so the move rules (:mod:`shared.registry.move_rules`: same base
+model and servable; on a protected alias, passing evidence or a forced move with a reason) are
+checked there, in the move's own transaction.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,46 +25,23 @@ from shared.registry.models import (
     AliasEventRow,
     AliasRow,
     BaseModelRow,
-    EvaluationRunRow,
-    PinRow,
     ProtectedAliasRow,
     utcnow,
 )
-from shared.servability import check_registered_version
+from shared.registry.move_rules import check_evidence, check_target, fmt_base
+
+# Re-exported: callers name them through this module (``adapters.check_alias`` and so on).
+from shared.registry.names import BASE_BASELINE as BASE_BASELINE
+from shared.registry.names import DEFAULT_ALIAS as DEFAULT_ALIAS
+from shared.registry.names import VERSION_ID_RE as VERSION_ID_RE
+from shared.registry.names import check_adapter_name as check_adapter_name
+from shared.registry.names import check_alias as check_alias
+from shared.registry.names import version_id as version_id
+from shared.registry.pins import list_pins as list_pins
+from shared.registry.pins import pin as pin
+from shared.registry.pins import unpin as unpin
 
 log = logging.getLogger(__name__)
-
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-VERSION_ID_RE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,62})@v(?P<number>[1-9][0-9]*)$")
-DEFAULT_ALIAS = "prod"
-# How services.evaluator names the bare base model as a baseline (subjects.BASE_KEYWORDS); the
-# default ``first_baseline`` of a protected alias.
-BASE_BASELINE = "base"
-
-
-def check_adapter_name(name: str, param: str = "name") -> str:
-    if not NAME_RE.match(name):
-        raise ValidationError(
-            f"adapter name {name!r} is invalid: use 1-63 lowercase letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-            param=param,
-        )
-    return name
-
-
-def check_alias(alias: str, param: str = "alias") -> str:
-    if not ALIAS_RE.match(alias):
-        raise ValidationError(
-            f"alias {alias!r} is invalid: use 1-32 lowercase letters, digits, '_' or '-', "
-            "starting with a letter",
-            param=param,
-        )
-    return alias
-
-
-def version_id(name: str, number: int) -> str:
-    return f"{name}@v{number}"
 
 
 @dataclass(frozen=True)
@@ -97,8 +69,8 @@ def register_version(session: Session, new: NewVersion) -> tuple[AdapterVersionR
     bound = bound_base_identity(session, new.adapter_name)
     if bound is not None and bound != (base.name, base.weights_sha256):
         raise ConflictError(
-            f"adapter name {new.adapter_name!r} is bound to base model {_fmt_base(bound)} (the "
-            f"base of its first version); a version on {_fmt_base((base.name, base.weights_sha256))}"
+            f"adapter name {new.adapter_name!r} is bound to base model {fmt_base(bound)} (the "
+            f"base of its first version); a version on {fmt_base((base.name, base.weights_sha256))}"
             " must be registered under another name",
             param="base_model",
             code="base_model_mismatch",
@@ -184,10 +156,6 @@ def bound_base_identity(session: Session, adapter_name: str) -> tuple[str, str] 
     return (row[0], row[1]) if row is not None else None
 
 
-def _fmt_base(identity: tuple[str, str]) -> str:
-    return f"{identity[0]!r} (weights {identity[1][:12]})"
-
-
 def lock_alias(session: Session, adapter_name: str, alias: str) -> AliasRow | None:
     """The alias row, re-read and locked until the transaction ends (PostgreSQL; SQLite's
     ``BEGIN IMMEDIATE`` already serialises writers), so a move and a protection change cannot
@@ -261,109 +229,15 @@ def check_move(
             f"{expected or 'nothing'}; someone else moved it",
             param="expected",
         )
-    _check_target(session, f"{adapter_name}:{alias}", target, previous)
+    now = get_version(session, previous) if previous is not None else None
+    bound = bound_base_identity(session, target.adapter_name)
+    check_target(session, f"{adapter_name}:{alias}", target, now, bound)
     protection = session.get(ProtectedAliasRow, (adapter_name, alias))
     if protection is not None and not force:
-        _check_evidence(
+        check_evidence(
             session, f"{adapter_name}:{alias}", protection, target, previous, evaluation_run_id
         )
     return MovePlan(target, current, protection, forced=protection is not None and force)
-
-
-def _check_target(
-    session: Session, label: str, target: AdapterVersionRow, previous: str | None
-) -> None:
-    """Rule (a), for every alias: same base model identity, servable as far as the registry knows."""
-    identity = (target.base_model, target.base_model_sha256)
-    differs: list[str] = []
-    bound = bound_base_identity(session, target.adapter_name)
-    if bound is not None and bound != identity:
-        differs.append(
-            f"adapter name {target.adapter_name!r} is bound to {_fmt_base(bound)}, the base of "
-            "its first version"
-        )
-    if previous is not None:
-        now = get_version(session, previous)
-        if (now.base_model, now.base_model_sha256) != identity:
-            differs.append(
-                f"the alias serves {now.id}, on "
-                f"{_fmt_base((now.base_model, now.base_model_sha256))}"
-            )
-    base = session.get(BaseModelRow, target.base_model)
-    if base is not None and base.weights_sha256 != target.base_model_sha256:
-        differs.append(f"base model {target.base_model!r} is registered with other weights now")
-    if differs:
-        raise ConflictError(
-            f"alias {label} cannot move to {target.id}, which is on base model "
-            f"{_fmt_base(identity)}: {'; '.join(differs)}",
-            param="version",
-            code="base_model_mismatch",
-            details=differs,
-        )
-    reasons = check_registered_version(target.rank, target.manifest or {})
-    if reasons:
-        raise ValidationError(
-            f"alias {label} cannot move to {target.id}: it cannot be served: {reasons[0]}",
-            param="version",
-            code="adapter_not_servable",
-            details=reasons,
-        )
-
-
-def _check_evidence(
-    session: Session,
-    label: str,
-    protection: ProtectedAliasRow,
-    target: AdapterVersionRow,
-    previous: str | None,
-    run_id: str | None,
-) -> None:
-    """Rule (b): a passing evaluation of exactly this move under the protection's policy hash."""
-    baseline = previous or protection.first_baseline
-    policy = (
-        f"{protection.policy_name}@{protection.policy_version} "
-        f"(sha256 {protection.policy_sha256[:12]})"
-    )
-
-    def refuse(why: str) -> ForbiddenError:
-        return ForbiddenError(
-            f"alias {label} is protected by policy {policy}: {why}. A move needs the id of a "
-            f"passing evaluation of {target.id} against {baseline} under that policy, or force "
-            "with a reason",
-            param="evaluation_run_id",
-        )
-
-    if not run_id:
-        raise refuse("no evaluation_run_id was given")
-    # Re-read: the evaluator may have updated the row with a bulk UPDATE in this same session.
-    run = session.scalar(
-        select(EvaluationRunRow)
-        .where(EvaluationRunRow.id == run_id)
-        .execution_options(populate_existing=True)
-    )
-    if run is None:
-        raise refuse(f"evaluation {run_id} does not exist")
-    if run.status != "succeeded":
-        raise refuse(f"evaluation {run_id} is {run.status}, not succeeded")
-    if run.decision != "pass":
-        raise refuse(f"evaluation {run_id} decided {run.decision or 'nothing'}, not pass")
-    if run.candidate_version != target.id:
-        raise refuse(
-            f"evaluation {run_id} evaluated {run.candidate_version or 'no registered version'}, "
-            f"not {target.id}"
-        )
-    accepted = {baseline}
-    if previous is None and baseline == BASE_BASELINE:
-        accepted.add(target.base_model)  # the bare base model, named by its registry name
-    if run.baseline_version not in accepted:
-        raise refuse(
-            f"evaluation {run_id} compared with {run.baseline_version or 'nothing'}, not {baseline}"
-        )
-    if run.policy_sha256 != protection.policy_sha256:
-        raise refuse(
-            f"evaluation {run_id} was gated under policy sha256 "
-            f"{(run.policy_sha256 or 'none')[:12]}, not the protection's"
-        )
 
 
 def set_alias(
@@ -521,19 +395,3 @@ def resolve(session: Session, name: str) -> AdapterVersionRow:
     if row is None:
         raise NotFoundError(f"no adapter version or alias named {name!r}", param="model")
     return get_version(session, row.version_id)
-
-
-def pin(session: Session, vid: str) -> None:
-    get_version(session, vid)
-    if session.get(PinRow, vid) is None:
-        session.add(PinRow(version_id=vid))
-
-
-def unpin(session: Session, vid: str) -> None:
-    row = session.get(PinRow, vid)
-    if row is not None:
-        session.delete(row)
-
-
-def list_pins(session: Session) -> list[str]:
-    return list(session.scalars(select(PinRow.version_id)))

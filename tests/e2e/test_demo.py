@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.demo import _release_summary, decidability, options
+from services.demo import options
+from services.demo_summary import decidability, release_summary
 
 OUTCOME = {
     "version": "extraction@v2",
@@ -48,7 +49,7 @@ def test_a_gate_that_cannot_decide_says_so() -> None:
 
 
 def test_release_summary_keeps_scores_and_margins() -> None:
-    summary = _release_summary(OUTCOME, POLICY)
+    summary = release_summary(OUTCOME, POLICY)
     assert summary["json_match"] == [0.9, 0.88] and summary["decision"] == "pass"
     assert summary["lines"] == [
         {

@@ -1,0 +1,110 @@
+"""The release config (``loraplex release run release.yaml``): one typed file for training,
+evaluation, gate policy, promotion and, for a run over HTTP, the services' URLs. It is validated up
+front with the services' own request schemas, so a bad field fails before anything runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from services.trainer.schemas import JobSpec
+from shared.errors import ConfigError
+from shared.registry.adapters import check_adapter_name, check_alias
+
+
+class Services(BaseModel):
+    """URLs of running services; when set, the release goes over HTTP."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trainer_url: str = Field(description="e.g. http://127.0.0.1:8001")
+    evaluator_url: str = Field(description="e.g. http://127.0.0.1:8002")
+    server_url: str | None = Field(
+        default=None, description="When set, wait until it serves the promoted alias."
+    )
+    api_key: str | None = Field(
+        default=None,
+        description="Key sent to the trainer, evaluator and server (train, evaluate, promote, "
+        "read scopes). Empty: LORAPLEX_CLIENT_KEY from the environment, which keeps it out of "
+        "files checked into a repository.",
+    )
+    server_api_key: str | None = Field(
+        default=None, description="Key for the server's /v1 checks; empty: api_key."
+    )
+    reconcile_deadline_s: float = Field(default=60.0, gt=0)
+    server_ready_timeout_s: float = Field(
+        default=600.0, gt=0, description="How long evaluation waits for the server's /ready."
+    )
+    poll_s: float = Field(default=1.0, gt=0)
+
+
+class Evaluation(BaseModel):
+    """What decides the release. Fields as the evaluator's ``POST /v1/evaluations``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: str | dict[str, Any] = Field(description="Gate policy: YAML file path or mapping.")
+    suite: str | dict[str, Any] | None = None
+    baseline: str | None = None
+    data: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+
+
+class ReleaseConfig(BaseModel):
+    """``release.yaml``. Relative paths are relative to the file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str = Field(description="Adapter name; versions become <adapter>@vN.")
+    training: JobSpec
+    evaluation: Evaluation
+    promote: str = Field(default="prod", description="Alias moved to the new version on pass.")
+    services: Services | None = None
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_name(cls, value: str) -> str:
+        return check_adapter_name(value, "adapter")
+
+    @field_validator("promote")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        return check_alias(value, "promote")
+
+
+def load_config(path: Path) -> tuple[ReleaseConfig, Path]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}", param=str(path)) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping (adapter, training, evaluation, ...)")
+    try:
+        return ReleaseConfig.model_validate(raw), path.parent.resolve()
+    except ValidationError as exc:
+        details = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{path} is invalid", param=str(path), details=details) from exc
+
+
+def resolve_path(root: Path, value: str | None) -> str | None:
+    if value is None:
+        return None
+    path = (root / value).expanduser()
+    return str(path.resolve()) if path.exists() else value
+
+
+def policy_mapping(root: Path, policy: str | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(policy, dict):
+        return policy
+    path = (root / policy).expanduser()
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read policy {path}: {exc}", param="evaluation.policy") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"policy {path} must be a mapping", param="evaluation.policy")
+    return loaded
