@@ -22,10 +22,7 @@ class ExitCode(IntEnum):
     def of(cls, outcome: str) -> ExitCode:
         """The code of a decision (``pass``, ``fail``, ``inconclusive``); anything else, ``error``
         included, is ``ERROR``."""
-        try:
-            return cls[outcome.upper()] if outcome == outcome.lower() else cls.ERROR
-        except KeyError:
-            return cls.ERROR
+        return next((code for code in cls if code.name.lower() == outcome), cls.ERROR)
 
 
 def decision_of(code: int) -> str:
