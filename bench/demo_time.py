@@ -31,6 +31,19 @@ DATA = Path(os.environ.get("LORAPLEX_DATA_DIR") or REPO / ".loraplex")
 TARGET_S = 600.0
 
 
+def _cpu() -> str:
+    """The CPU's model name and what ``auto`` picks on it, so rows from several machines read apart."""
+    from shared.doctor import cpu_prefers_bf16
+
+    name = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+            break
+    bf16, _ = cpu_prefers_bf16()
+    return f"{name} ({'bf16' if bf16 else 'fp32'} faster)"
+
+
 def run_demo(seed: int, precision: str, keep_model: bool) -> dict[str, Any]:
     if not keep_model:
         shutil.rmtree(DATA / "models", ignore_errors=True)
@@ -60,6 +73,7 @@ def run_demo(seed: int, precision: str, keep_model: bool) -> dict[str, Any]:
         "wall_s": round(wall, 1),
         "model_prepared": not keep_model,
         "load_at_start": round(load, 2),
+        "cpu": _cpu(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "summary": summary,
     }
@@ -81,6 +95,7 @@ def _row(run: dict[str, Any]) -> dict[str, Any]:
     return {
         "seed": run["seed"],
         "precision": run["precision"],
+        "cpu": run["cpu"],
         "exit": run["exit_code"],
         "wall s": run["wall_s"],
         "v1 (json_match vs base model)": _release_text(releases[0]) if releases else "n/a",
@@ -94,7 +109,7 @@ def _row(run: dict[str, Any]) -> dict[str, Any]:
 
 
 SWEEP_NOTES = (
-    "Rows from earlier sweeps are kept (keyed by seed and precision). `auto` lets training and "
+    "Rows from earlier sweeps are kept (keyed by seed, precision and CPU). `auto` lets training and "
     "the engine pick what the CPU computes fastest, measured (bf16 only where its matmuls reach "
     "1.1x fp32's); `fp32` forces both to fp32, what a CPU without native bf16 runs. MDD: minimum "
     "detectable difference of the gate's comparison line at 95% confidence and 80% power; each "
@@ -102,10 +117,14 @@ SWEEP_NOTES = (
 )
 
 
+def _key(run: dict[str, Any]) -> str:
+    return f"{run['seed']}-{run['precision']}-{run.get('cpu', '')}"
+
+
 def runs_table(rows: list[dict[str, Any]]) -> str:
-    keys = list(rows[0])
+    keys = list(max(rows, key=len))
     lines = ["| " + " | ".join(keys) + " |", "| " + " | ".join("---" for _ in keys) + " |"]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -132,10 +151,10 @@ def main() -> None:
         if previous.is_file():
             saved = json.loads(previous.read_text())
             old = (saved.get("extra") or {}).get("runs") or saved["figures"].get("runs") or []
-            rows = {f"{r['seed']}-{r['precision']}": r for r in old}
+            rows = {_key(r): r for r in old}
         for run in runs:
-            rows[f"{run['seed']}-{run['precision']}"] = _row(run)
-        table = sorted(rows.values(), key=lambda r: (r["precision"], r["seed"]))
+            rows[_key(run)] = _row(run)
+        table = sorted(rows.values(), key=lambda r: (r.get("cpu", ""), r["precision"], r["seed"]))
         worst = max(r["wall s"] for r in table)
         record(
             "demo_runs",
