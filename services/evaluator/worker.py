@@ -7,7 +7,7 @@ paused long enough to look dead); if the old worker turns out to be alive, its n
 nothing, so it stops and touches nothing: it neither stores a second result, nor promotes, nor
 fails the run under the new owner.
 
-A run whose pass was stored but whose alias move never happened (``promotion.state = pending``,
+A run whose pass was stored but whose alias move never happened (``promotion_state = pending``,
 its worker died in between) is claimed the same way and the move is finished.
 
 SIGTERM (or SIGINT) stops the worker gracefully: the current run is given back to the queue at its
@@ -69,7 +69,7 @@ class Worker:
                 stale_after_s=stale,
                 waiting=(),
                 running=(RunStatus.SUCCEEDED,),
-                where=EvaluationRunRow.promotion["state"].as_string() == PromotionState.PENDING,
+                where=EvaluationRunRow.promotion_state == PromotionState.PENDING,
                 set_status=None,
             ) or queue.claim_next(session, EvaluationRunRow, self.worker_id, stale_after_s=stale)
         if claim is not None:
@@ -92,8 +92,9 @@ class Worker:
             row = session.get(EvaluationRunRow, claim.row_id)
             config = dict(row.config or {}) if row is not None else {}
             config["released"] = int(config.get("released", 0)) + 1
-            config.pop("stage", None)
-            released = queue.release(session, EvaluationRunRow, claim, config=config, progress=0.0)
+            released = queue.release(
+                session, EvaluationRunRow, claim, config=config, progress=0.0, stage=None
+            )
         if released:
             event(log, "evaluation.released", run=claim.row_id, worker=self.worker_id)
 
@@ -110,10 +111,9 @@ class Worker:
     def _beat(self, session: Session, claim: Claim) -> bool:
         fraction, stage = self._progress
         row = session.get(EvaluationRunRow, claim.row_id)
-        config = {**((row.config or {}) if row is not None else {}), "stage": stage}
         if row is not None and row.status != RunStatus.RUNNING:
             return queue.heartbeat(session, EvaluationRunRow, claim)
-        return queue.heartbeat(session, EvaluationRunRow, claim, progress=fraction, config=config)
+        return queue.heartbeat(session, EvaluationRunRow, claim, progress=fraction, stage=stage)
 
     def _heartbeat(self, claim: Claim, done: threading.Event) -> None:
         while not done.wait(self.settings.worker_heartbeat_s):

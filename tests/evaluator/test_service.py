@@ -203,7 +203,7 @@ def test_store_result_writes_everything_at_once_including_nan(
             )
         )
         assert nan_row is not None and nan_row.value is None
-        assert "NaN" in nan_row.settings["_meta"]["error"]
+        assert nan_row.error is not None and "NaN" in nan_row.error
     pub = service.public(service.get_run(ev_registry, "eval-test"))
     assert pub.status == "succeeded" and pub.decision == "fail" and pub.exit_code == 1
 
@@ -265,7 +265,7 @@ def test_promotion_moves_alias_only_on_pass_with_compare_and_set(
         assert adapters.resolve(session, "shop").id == adapter_v1
         assert adapters.alias_history(session, "shop", "prod")[0].evaluation_run_id == "eval-1"
     row = service.get_run(ev_registry, "eval-1")
-    assert row.promotion is not None and row.promotion["state"] == "moved"
+    assert row.promotion_state == "moved"
     assert row.worker_id is None and service.public(row).status == "succeeded"
     # The alias moved since this run was prepared: compare-and-set refuses to overwrite it.
     v2 = register_adapter(ev_settings, ev_registry, random_adapter(tmp_path / "b", 3), "shop")

@@ -43,6 +43,7 @@ from services.evaluator.worker import Worker
 from shared.artifacts import open_store
 from shared.registry import adapters, policies
 from shared.registry.db import Registry
+from shared.registry.evaluation_runs import promotion_record
 from shared.registry.models import (
     AliasEventRow,
     DatasetRow,
@@ -51,6 +52,7 @@ from shared.registry.models import (
     MetricResultRow,
     utcnow,
 )
+from shared.registry.queue import Claim
 from tests.evaluator.conftest import (  # noqa: F401 - fixtures
     EXAMPLES,
     adapter_v1,
@@ -374,7 +376,7 @@ def test_zombie_worker_taken_over_while_alive_writes_nothing(
     row = service.get_run(ev_registry, run_id)
     # The successor's result and promotion stand; the zombie stored, failed and moved nothing.
     assert row.status == "succeeded" and row.error is None and row.attempts == 2
-    assert row.promotion is not None and row.promotion["state"] == "moved"
+    assert row.promotion_state == "moved"
     assert row.report_path is not None and "attempt-2" in row.report_path
     assert Path(row.report_path).is_file()
     assert not (settings.evaluations_dir / run_id / "attempt-1").exists()
@@ -407,7 +409,7 @@ def test_crash_between_pass_and_promote_is_finished_by_the_next_claimant(
         crashed.process(claim)
     row = service.get_run(ev_registry, run_id)
     assert row.status == "succeeded" and row.decision == "pass"
-    assert row.promotion is not None and row.promotion["state"] == "pending"
+    assert row.promotion_state == "pending"
     pub = service.public(row)
     assert pub.status == "running" and pub.stage == "promotion"  # callers keep waiting
     with ev_registry.session() as session:
@@ -422,14 +424,14 @@ def test_crash_between_pass_and_promote_is_finished_by_the_next_claimant(
     assert resumed is not None and resumed.row_id == run_id and resumed.attempt == 2
     nxt.process(resumed)
     row = service.get_run(ev_registry, run_id)
-    assert row.promotion is not None and row.promotion["state"] == "moved"
+    assert row.promotion_state == "moved"
     assert row.worker_id is None and service.public(row).status == "succeeded"
     with ev_registry.session() as session:
         assert adapters.resolve(session, "shop:prod").id == adapter_v1
         history = adapters.alias_history(session, "shop", "prod")
     assert [e.evaluation_run_id for e in history] == [run_id]
     # The crashed owner, back, can neither move it again nor rewrite the run.
-    assert service.finish_promotion(ev_registry, claim) == row.promotion
+    assert service.finish_promotion(ev_registry, claim) == promotion_record(row)
     assert not service.fail_run(ev_registry, claim, RuntimeError("late"))
     assert service.get_run(ev_registry, run_id).status == "succeeded"
 
@@ -445,8 +447,15 @@ def test_sigterm_gives_the_run_back_and_the_worker_exits(
     worker = Worker(settings, ev_registry, worker_id="w")
 
     def slow_run(self: Runner) -> RunResult:
-        worker.stopping.set()  # what the SIGTERM handler does, mid-run
         with self.tracker.stage("generate (candidate)", 4) as advance:
+            advance(1)
+            # What the heartbeat thread does: the stage reached is stored and the API shows it.
+            claim = Claim(run_id, "w", service.get_run(ev_registry, run_id).attempts)
+            with ev_registry.session() as session:
+                assert worker._beat(session, claim)
+            running = service.get_run(ev_registry, run_id)
+            assert running.stage == service.public(running).stage == "generate (candidate)"
+            worker.stopping.set()  # what the SIGTERM handler does, mid-run
             advance(1)
         raise AssertionError("the worker should have stopped at the progress step")
 
@@ -455,6 +464,7 @@ def test_sigterm_gives_the_run_back_and_the_worker_exits(
     row = service.get_run(ev_registry, run_id)
     assert row.status == "queued" and row.worker_id is None and row.error is None
     assert row.config["released"] == 1 and _count(ev_registry, MetricResultRow) == 0
+    assert row.stage is None  # given back: no stage until the next claimant reaches one
     assert not (settings.evaluations_dir / run_id).exists()
 
 
@@ -570,7 +580,7 @@ def test_a_protected_alias_is_gated_and_moved_under_its_registered_policy(
     assert claim is not None
     worker.process(claim)
     row = service.get_run(ev_registry, run_id)
-    assert row.promotion is not None and row.promotion["state"] == "moved", row.promotion
+    assert row.promotion_state == "moved", promotion_record(row)
     assert row.baseline_version == "smollm2-135m-instruct"  # the bare base, a first release
     with ev_registry.session() as session:
         assert adapters.resolve(session, "shop:prod").id == adapter_v1
