@@ -310,7 +310,7 @@ def _age(registry: Registry, run_id: str, settings: EvaluatorSettings) -> None:
 
 def _submit_promotion(settings: EvaluatorSettings, registry: Registry, candidate: str) -> str:
     req = EvaluationCreate(candidate=candidate, policy=PASSING_POLICY, promote="prod", limit=4)
-    return service.submit(settings, registry, req)
+    return service.submit(settings, registry, req, requested_by="ci-key")
 
 
 @pytest.mark.parametrize(
@@ -430,6 +430,8 @@ def test_crash_between_pass_and_promote_is_finished_by_the_next_claimant(
         assert adapters.resolve(session, "shop:prod").id == adapter_v1
         history = adapters.alias_history(session, "shop", "prod")
     assert [e.evaluation_run_id for e in history] == [run_id]
+    # The resuming worker names the key that queued the run, as the original owner would have.
+    assert row.requested_by == "ci-key" and history[0].actor == "loraplex-gate for ci-key"
     # The crashed owner, back, can neither move it again nor rewrite the run.
     assert service.finish_promotion(ev_registry, claim) == promotion_record(row)
     assert not service.fail_run(ev_registry, claim, RuntimeError("late"))
@@ -446,21 +448,25 @@ def test_sigterm_gives_the_run_back_and_the_worker_exits(
     run_id = service.submit(settings, ev_registry, EvaluationCreate(candidate=adapter_v1, limit=4))
     worker = Worker(settings, ev_registry, worker_id="w")
 
+    seen: list[object] = []
+
     def slow_run(self: Runner) -> RunResult:
         with self.tracker.stage("generate (candidate)", 4) as advance:
             advance(1)
-            # What the heartbeat thread does: the stage reached is stored and the API shows it.
-            claim = Claim(run_id, "w", service.get_run(ev_registry, run_id).attempts)
-            with ev_registry.session() as session:
-                assert worker._beat(session, claim)
-            running = service.get_run(ev_registry, run_id)
-            assert running.stage == service.public(running).stage == "generate (candidate)"
-            worker.stopping.set()  # what the SIGTERM handler does, mid-run
+            try:  # what the heartbeat thread does: the stage reached is stored, the API shows it
+                claim = Claim(run_id, "w", service.get_run(ev_registry, run_id).attempts)
+                with ev_registry.session() as session:
+                    seen.append(worker._beat(session, claim))
+                running = service.get_run(ev_registry, run_id)
+                seen.extend([running.stage, service.public(running).stage])
+            finally:
+                worker.stopping.set()  # what the SIGTERM handler does, mid-run
             advance(1)
         raise AssertionError("the worker should have stopped at the progress step")
 
     monkeypatch.setattr(Runner, "run", slow_run)
     assert worker.serve() == 1  # returns (exit 0) instead of looping on
+    assert seen == [True, "generate (candidate)", "generate (candidate)"]
     row = service.get_run(ev_registry, run_id)
     assert row.status == "queued" and row.worker_id is None and row.error is None
     assert row.config["released"] == 1 and _count(ev_registry, MetricResultRow) == 0
