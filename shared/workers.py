@@ -48,9 +48,9 @@ def log_claimed(log: logging.Logger, name: str, claim: Claim, *, key: str) -> No
 def heartbeating(
     registry: Registry,
     beat: Callable[[Session], bool],
-    *,
     every_s: float,
     lost: threading.Event,
+    *,
     label: str,
     log: logging.Logger,
 ) -> Iterator[None]:

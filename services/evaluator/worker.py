@@ -16,6 +16,7 @@ next progress step (or finished, if it is already storing or promoting) and the 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 
@@ -133,14 +134,9 @@ class Worker:
             service.fail_run(self.registry, claim, error)
             event(log, "evaluation.failed", logging.WARNING, run=run_id, error=error["message"])
             return
-        with heartbeating(
-            self.registry,
-            lambda session: self._beat(session, claim),
-            every_s=self.settings.worker_heartbeat_s,
-            lost=self._lost,
-            label=run_id,
-            log=log,
-        ):
+        beat = functools.partial(self._beat, claim=claim)
+        every_s = self.settings.worker_heartbeat_s
+        with heartbeating(self.registry, beat, every_s, self._lost, label=run_id, log=log):
             try:
                 request = EvaluationCreate.model_validate((row.config or {}).get("request", {}))
                 prepared = service.prepare(self.settings, self.registry, request, run_id)

@@ -19,6 +19,7 @@ Run it as ``python -m services.trainer.worker`` or ``loraplex train worker``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -171,14 +172,9 @@ class Worker:
             return
         out = job_dir(self.settings, job_id)
         started = time.monotonic()
-        with heartbeating(
-            self.registry,
-            lambda session: self._beat(session, job_id),
-            every_s=self.settings.worker_heartbeat_s,
-            lost=reporter.lost,
-            label=job_id,
-            log=log,
-        ):
+        beat = functools.partial(self._beat, job_id=job_id)
+        every_s = self.settings.worker_heartbeat_s
+        with heartbeating(self.registry, beat, every_s, reporter.lost, label=job_id, log=log):
             try:
                 if self.kubernetes is not None:
                     self._process_in_kubernetes(job_id)
