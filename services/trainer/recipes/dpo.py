@@ -75,12 +75,6 @@ def run_dpo(ctx: RecipeContext) -> RecipeResult:
     # 4. Save and 5. register.
     per_epoch = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in data.train_pairs)
     reference = "base adapter (frozen copy)" if ctx.base_adapter_dir else "base, adapter off"
-    return finish(
-        ctx,
-        trained,
-        setup,
-        data=data,
-        hp=hp,
-        decisions=decisions(setup, fit, attention, trained, reference=reference),
-        trained_tokens=int(per_epoch * trained.epochs),
-    )
+    chosen = decisions(setup, fit, attention, trained, reference=reference)
+    tokens = int(per_epoch * trained.epochs)
+    return finish(ctx, trained, setup, data=data, hp=hp, decisions=chosen, trained_tokens=tokens)

@@ -63,12 +63,6 @@ def run_sft(ctx: RecipeContext) -> RecipeResult:
 
     # 4. Save and 5. register (skipped if training was stopped on request).
     per_epoch = sum(r.n_trained for r in data.train_rendered)
-    return finish(
-        ctx,
-        trained,
-        setup,
-        data=data,
-        hp=hp,
-        decisions=decisions(setup, fit, attention, trained, batching=batching),
-        trained_tokens=int(per_epoch * trained.epochs),
-    )
+    chosen = decisions(setup, fit, attention, trained, batching=batching)
+    tokens = int(per_epoch * trained.epochs)
+    return finish(ctx, trained, setup, data=data, hp=hp, decisions=chosen, trained_tokens=tokens)
