@@ -17,6 +17,7 @@ from pydantic import ValidationError as PydanticValidationError
 from services.evaluator.generation import DecodingSettings
 from services.evaluator.metrics import catalogue
 from services.evaluator.perplexity import PerplexitySettings
+from shared.config_files import validation_details
 from shared.errors import NotFoundError, ValidationError
 
 SUITES_DIR = Path(__file__).with_name("suites")
@@ -130,10 +131,7 @@ def parse_suite(data: Any, source: str) -> Suite:
     try:
         return Suite.model_validate(data)
     except PydanticValidationError as exc:
-        details = [
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        ]
+        details = validation_details(exc)
         raise ValidationError(f"invalid suite {source}", param="suite", details=details) from exc
 
 
