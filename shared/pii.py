@@ -32,6 +32,7 @@ share (``555-123-4567`` and ``+1 (555) 123 4567``), used to match outputs agains
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -243,27 +244,32 @@ def _national_ids(text: str) -> Iterator[Finding]:
 # -- phone numbers ----------------------------------------------------------------------------
 _PHONE = re.compile(r"(?<![\w+./-])(\+?\(?\d[\d ().-]{5,24}\d)(?![\w])(?!\.\d)")
 _PHONE_CUE = re.compile(
-    r"(?:phone|tel|telephone|mobile|cell|call|fax|whatsapp|sms|text me|ring|number)"
+    r"(?:phone|tel|telephone|mobile|cell|call|fax|whatsapp|sms|text|ring)(?:\s*me)?"
     r"(?:\s*(?:no\.?|number|#))?\s*(?:is|at|on)?\s*[:.]?\s*$",
     re.IGNORECASE,
 )
 _NANP = re.compile(r"(?:\+?1[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}")
-_GROUPED = re.compile(r"\(?\d{1,5}\)?(?:[ .-]\(?\d{1,5}\)?)*")
+_GROUPED = re.compile(r"\(?\d{1,6}\)?(?:[ .-]\(?\d{1,6}\)?)*")
+# "AA1 01 2345 6784": digits right after a word holding digits continue a code, not a phone.
+_CODE_BEFORE = re.compile(r"\w*\d\w* $")
 
 
 def _phone_shape(raw: str, digits: str, cued: bool) -> str | None:
     body = raw.removeprefix("+")
-    if body.count("(") != body.count(")") or len(set(re.sub(r"[\d()]", "", body))) > 1 + (
-        "(" in body
-    ):
-        return None  # unbalanced parentheses, or separators mixed beyond "(555) 123-4567"
+    separators = set(re.sub(r"[\d()]", "", body))
+    if body.count("(") != body.count(")"):
+        return None
     if raw.startswith("+"):
-        return "e164" if 8 <= len(digits) <= 15 and _GROUPED.fullmatch(body) else None
+        # International numbers mix spaces and dashes ("+55 11 98765-4321"), never dots too.
+        ok = 8 <= len(digits) <= 15 and separators <= {" ", "-"}
+        return "e164" if ok and _GROUPED.fullmatch(body) else None
+    if len(separators) > 1 + ("(" in body):
+        return None  # separators mixed beyond "(555) 123-4567"
     if _NANP.fullmatch(raw) and digits[-10] in "23456789":
         return "nanp"
     if digits[0] == "0" and 10 <= len(digits) <= 11 and _GROUPED.fullmatch(raw):
         groups = re.split(r"[ .()-]+", raw.strip("()"))
-        if len(groups) > 1 and all(2 <= len(g) <= 5 for g in groups):
+        if len(groups) > 1 and all(2 <= len(g) <= 6 for g in groups):
             return "national"
     if cued and 7 <= len(digits) <= 15:
         return "cued"  # the candidate pattern already allows only digits, spaces and .-()
@@ -277,7 +283,10 @@ def _phones(text: str) -> Iterator[Finding]:
         while raw.endswith(")") and raw.count(")") > raw.count("("):
             raw = raw[:-1].rstrip(" .-")
         digits = re.sub(r"\D", "", raw)
-        cued = bool(_PHONE_CUE.search(text[max(0, m.start() - 40) : m.start()]))
+        before = text[max(0, m.start() - 40) : m.start()]
+        if _CODE_BEFORE.search(before):
+            continue
+        cued = bool(_PHONE_CUE.search(before))
         shape = _phone_shape(raw, digits, cued)
         if shape is not None:
             yield Finding("phone", m.start(), m.start() + len(raw), raw, shape)
@@ -286,7 +295,12 @@ def _phones(text: str) -> Iterator[Finding]:
 # -- IP addresses --------------------------------------------------------------------------------
 _IPV4 = re.compile(r"(?<![\w.])(\d{1,3}(?:\.\d{1,3}){3})(?![\w]|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:.])((?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4})(?![\w:])")
-_VERSION_CUE = re.compile(r"(?:\bv|version|\bver\.?|release|build|firmware|\bOID)\s*$", re.I)
+# Dotted numbers after these words are versions or section numbers, not addresses.
+_VERSION_CUE = re.compile(
+    r"(?:\bv|version|\bver\.?|release|build|firmware|\bOID|section|chapter|clause|§|step|rule)"
+    r"\s*$",
+    re.I,
+)
 
 
 def _ips(text: str) -> Iterator[Finding]:
@@ -330,14 +344,17 @@ GIVEN_NAMES = frozenset(
     """.split()  # noqa: SIM905 (a word list reads better as text than as 200 quoted strings)
 )
 _TITLES = r"(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Professor|Sir|Dame|Herr|Frau|Mme|Mlle|Sr|Sra)"
-_CAP = r"[A-Z][a-z'’]{1,20}(?:-[A-Z][a-z'’]{1,20})?"
+# Latin-1 letters too ("Müller", "José"); an apostrophe may join a capital ("O'Neill").
+_UP, _LOW = "A-ZÀ-ÖØ-Þ", "a-zß-öø-ÿ"
+_CAP = rf"[{_UP}](?:['’][{_UP}])?[{_LOW}]{{1,20}}(?:-[{_UP}][{_LOW}]{{1,20}})?"
 _NAME_TAIL = rf"{_CAP}(?: {_CAP}){{0,2}}"
 _TITLED = re.compile(rf"\b{_TITLES}\.? ({_NAME_TAIL})")
 _CUED = re.compile(
     r"(?:\b[Mm]y name is|\b[Nn]ame:|\b[Dd]ear|\b(?:[Rr]egards|[Ss]incerely|[Cc]heers|[Tt]hanks),?\n"
     rf"|\b[Ss]igned(?: by)?:?|\b[Tt]his is) ({_NAME_TAIL})"
 )
-_GIVEN = re.compile(rf"\b({_CAP}) ({_CAP}(?: {_CAP})?)")
+# A lookahead, so "Ask Sergei Ivanov" is tried at "Sergei" too, not only at "Ask".
+_GIVEN = re.compile(rf"\b(?=({_CAP}) ({_CAP})\b)")
 # Capitalised words that follow a cue without being a name ("Dear Customer", "This is Support").
 _NOT_NAMES = frozenset(
     """
@@ -370,8 +387,9 @@ def _names(text: str) -> Iterator[Finding]:
                 rule,
             )
     for m in _GIVEN.finditer(text):
-        if m.group(1).lower() in GIVEN_NAMES and m.group(2).split(" ")[0].lower() not in _NOT_NAMES:
-            yield Finding("person_name", m.start(), m.end(), m.group(0), "given_name")
+        if m.group(1).lower() in GIVEN_NAMES and m.group(2).lower() not in _NOT_NAMES:
+            start, end = m.start(1), m.end(2)
+            yield Finding("person_name", start, end, text[start:end], "given_name")
 
 
 # -- the public functions ------------------------------------------------------------------------
@@ -399,14 +417,18 @@ def detect(text: str, kinds: Iterable[str] | None = None) -> list[Finding]:
             found.extend(DETECTORS[kind](text))
     rank_of = {k: i for i, k in enumerate(KINDS)}
     found.sort(key=lambda f: (rank_of[f.kind], -(f.end - f.start), f.start))
+    # Kept spans never overlap, so sorted by start they are sorted by end too: a new span
+    # overlaps one only if it overlaps its neighbour on either side (bisect, not a scan).
+    starts: list[int] = []
     kept: list[Finding] = []
-    taken: list[tuple[int, int]] = []
     for f in found:
-        if any(f.start < e and s < f.end for s, e in taken):
+        at = bisect.bisect_left(starts, f.start)
+        if at > 0 and kept[at - 1].end > f.start:
             continue
-        kept.append(f)
-        taken.append(f.span)
-    kept.sort(key=lambda f: f.start)
+        if at < len(kept) and kept[at].start < f.end:
+            continue
+        starts.insert(at, f.start)
+        kept.insert(at, f)
     return kept
 
 
