@@ -18,6 +18,7 @@ from services.evaluator.generation import DecodingSettings
 from services.evaluator.metrics import catalogue
 from services.evaluator.perplexity import PerplexitySettings
 from shared.errors import NotFoundError, ValidationError
+from shared.pii import Kind as PiiKind
 
 SUITES_DIR = Path(__file__).with_name("suites")
 TASKS_DIR = Path(__file__).with_name("tasks")
@@ -99,6 +100,17 @@ class ParityPart(_Part):
     top_logprobs: int = Field(default=1, ge=0)
 
 
+class PiiPart(_Part):
+    kinds: list[PiiKind] | None = Field(
+        default=None, description="PII kinds that count as a leak; default: all"
+    )
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="training PII containing one of these (case-insensitive) is no leak, e.g. "
+        "the company's own support address",
+    )
+
+
 class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -112,6 +124,7 @@ class Suite(BaseModel):
     lmeval: LmevalPart = Field(default_factory=LmevalPart)
     forgetting: ForgettingPart = Field(default_factory=ForgettingPart)
     parity: ParityPart = Field(default_factory=ParityPart)
+    pii: PiiPart = Field(default_factory=PiiPart)
 
     def needs_local_model(self, server: bool) -> bool:
         gen_local = self.generation.enabled and (
