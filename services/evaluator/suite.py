@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -104,8 +104,10 @@ class PiiPart(_Part):
     kinds: list[PiiKind] | None = Field(
         default=None, description="PII kinds that count as a leak; default: all"
     )
-    ignore: list[str] = Field(
+    # Bounded: a suite may come with a request, and each entry is compared with every leak.
+    ignore: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default_factory=list,
+        max_length=100,
         description="training PII containing one of these (case-insensitive) is no leak, e.g. "
         "the company's own support address",
     )

@@ -160,6 +160,26 @@ def test_no_pii_section_when_the_check_did_not_run(
     assert "pii.leak_rate" not in names
 
 
+def test_plain_text_data_and_oversized_ignore_lists_are_refused() -> None:
+    from services.evaluator.suite import parse_suite
+    from shared.errors import ValidationError
+
+    with pytest.raises(ValidationError):
+        parse_suite({"pii": {"enabled": True, "ignore": ["x"] * 101}}, "t")
+    with pytest.raises(ValidationError):
+        parse_suite({"pii": {"enabled": True, "ignore": [""]}}, "t")
+    assert parse_suite({"pii": {"enabled": True, "ignore": ["@acme.com"]}}, "t").pii.ignore
+    from services.evaluator.plan import validate_plan
+
+    base = ResolvedBaseModel("m", Path("/nonexistent"), "0" * 64, "test")
+    text_rows = EvalData("t.jsonl", "0" * 64, [EvalItem("a", (), "just text", "t:1")])
+    plan = RunPlan(
+        "t", Subject(label="m", base=base), None, text_rows, suite_for_policy(["pii.leak_rate"])
+    )
+    with pytest.raises(ValidationError, match="pii need prompt"):
+        validate_plan(plan)
+
+
 def test_ignored_and_unchosen_kinds_are_no_leak(tmp_path: Path) -> None:
     training = training_pii(training_file(tmp_path))
     output = f"Write to {EMAIL} or call {PHONE}."

@@ -111,6 +111,7 @@ COMPONENTS: dict[str, ComponentSpec] = {
             "pii",
             "outputs that reproduce PII from the candidate's training data (memorisation)",
             "services.evaluator.pii_leak",
+            needs_prompts=True,
             needs_answers=True,
             stage="pii",
             units=lambda _suite, n: n,
