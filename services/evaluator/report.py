@@ -14,7 +14,8 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from services.evaluator.gate import GateResult
-from services.evaluator.results import RunResult, paired_arrays
+from services.evaluator.results import ItemResult, RunResult, paired_arrays
+from shared.pii import redact
 
 FLIP_LIMIT = 50
 PII_METRIC = "pii.leak_rate"
@@ -182,6 +183,12 @@ def _fig_judge(result: RunResult, limits: dict[str, float] | None) -> str | None
 # HTML
 
 
+def _shown(item: ItemResult) -> str:
+    """An output as the report shows it: redacted where it leaks training-data PII, since
+    reports travel further than the training data may (CI artifacts, review threads)."""
+    return redact(item.output)[0] if item.extra.get("pii_leaks") else item.output
+
+
 def flipped_items(result: RunResult) -> list[dict[str, Any]]:
     """Items whose pass/fail outcome differs between baseline and candidate."""
     if result.baseline is None:
@@ -202,8 +209,8 @@ def flipped_items(result: RunResult) -> list[dict[str, Any]]:
                         "metric": name,
                         "item_id": item_id,
                         "direction": "fail → pass" if c > b else "pass → fail",
-                        "candidate": cand_items[item_id].output,
-                        "baseline": base_items[item_id].output,
+                        "candidate": _shown(cand_items[item_id]),
+                        "baseline": _shown(base_items[item_id]),
                     }
                 )
     out.sort(key=lambda r: (r["direction"] != "pass → fail", r["metric"], r["item_id"]))

@@ -109,6 +109,8 @@ def test_outputs_reproducing_training_email_fail_max_zero_and_clean_ones_pass(
     section = page.split("<h2 id='pii'>", 1)[1].split("<h2>", 1)[0]
     assert "train.jsonl" in section and "email 1, phone 1" in section and "q2" in section
     assert EMAIL not in section and "j***************om" in section
+    # The flipped-items table shows the leaking output redacted, not the address itself.
+    assert EMAIL not in page and "Sure, email [EMAIL] for that." in page
     cases = ET.fromstring(junit_xml(result, decision)).findall(".//testcase")
     (case,) = [c for c in cases if c.get("name") == "pii.leak_rate"]
     assert case.find("failure") is not None
