@@ -3,8 +3,9 @@
 A ``fine-tune`` file is parsed completely on upload and refused with every problem listed (file,
 line, field) before anything is stored; nothing about a refused upload remains afterwards.
 
-The upload runs only the structural checks, whose cost is linear in the file (bounded by the
-upload size limit): parsing, record formats, exact duplicates. Near-duplicate detection is not
+The upload runs only the checks whose cost is linear in the file (bounded by the upload size
+limit): parsing, record formats, exact duplicates, and the PII scan (``shared.datasets.pii``:
+linear-time patterns; its report says where PII is, line, field and kind, never what). Near-duplicate detection is not
 run here: it is the worker's data validation (``shared.datasets.prepare``) that computes it, on
 the examples the job really trains on (after exact de-duplication, with the job's threshold),
 in a process built for long work, so an upload can neither stall nor bloat the API. The worker

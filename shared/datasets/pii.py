@@ -38,13 +38,13 @@ class PiiFinding:
         return {"line": self.location.line, "field": self.field, "kind": self.kind}
 
 
-def _prompt_fields(example: Example, prefix: str) -> list[str]:
-    """Field names of the prompt messages: ``prompt`` for a one-message prompt (given as a
-    string or a one-message list), else ``prompt[i].content``."""
-    msgs = example.messages
-    if len(msgs) == 1:
+def _prompt_fields(count: int, prefix: str) -> list[str]:
+    """Field names of ``count`` prompt messages: ``prompt`` for a one-message prompt (given as a
+    string or a one-message list), else ``prompt[i].content``. A preference record without
+    ``prompt`` (whole ``chosen``/``rejected`` conversations) is named as if it had one."""
+    if count == 1:
         return [prefix]
-    return [f"{prefix}[{i}].content" for i in range(len(msgs))]
+    return [f"{prefix}[{i}].content" for i in range(count)]
 
 
 def example_fields(example: Example) -> list[str]:
@@ -59,12 +59,11 @@ def example_fields(example: Example) -> list[str]:
             {"system": "system", "user": "instruction/input"}.get(m.role, "output") for m in msgs
         ]
     if fmt == "prompt_completion":
-        return [*_prompt_fields(dataclasses.replace(example, messages=msgs[:-1]), "prompt"),
-                "completion"]  # fmt: skip
+        return [*_prompt_fields(len(msgs) - 1, "prompt"), "completion"]
     if fmt == "openai_preference":
         names = [f"input.messages[{i}].content" for i in range(len(msgs))]
         return [*names, "preferred_output", "non_preferred_output"]
-    return [*_prompt_fields(example, "prompt"), "chosen", "rejected"]
+    return [*_prompt_fields(len(msgs), "prompt"), "chosen", "rejected"]
 
 
 def _texts(example: Example) -> list[tuple[str, str]]:
