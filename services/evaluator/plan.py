@@ -34,6 +34,8 @@ class RunPlan:
     cache_dir: Path | None = None
     threads: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # (name, path) of the candidate's training file from its lineage, when the store has it.
+    training_file: tuple[str, Path] | None = None
 
     @property
     def subjects(self) -> list[tuple[str, Subject]]:

@@ -32,6 +32,7 @@ from services.evaluator.subjects import (
     Subject,
     default_baseline,
     resolve_subject,
+    training_data_path,
     validation_data_path,
 )
 from services.evaluator.suite import Suite, enabled_components, load_suite, suite_for_policy
@@ -235,6 +236,7 @@ def prepare(
                 param="baseline",
             )
         data_path, source = _data_path(settings, session, request, candidate, local)
+        training_file = training_data_path(settings, session, candidate)
     suite = _suite(settings, request_suite, policy, local)
     if request.limit:
         suite.limit = request.limit
@@ -259,6 +261,7 @@ def prepare(
         cache_dir=settings.eval_cache_dir,
         threads=settings.eval_threads,
         extra={"endpoints": {"server": server[0], "judge": judge[0]}},
+        training_file=training_file,
     )
     validate_plan(plan)
     if check_endpoints:

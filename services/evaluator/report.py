@@ -14,9 +14,11 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from services.evaluator.gate import GateResult
-from services.evaluator.results import RunResult, paired_arrays
+from services.evaluator.results import ItemResult, RunResult, paired_arrays
+from shared.pii import redact
 
 FLIP_LIMIT = 50
+PII_METRIC = "pii.leak_rate"
 
 
 def result_json(result: RunResult, gate: GateResult | None) -> dict[str, Any]:
@@ -49,8 +51,21 @@ def junit_xml(result: RunResult, gate: GateResult | None) -> str:
             ET.SubElement(case, "skipped", message=f"{line.status}: {text}")
         else:
             ET.SubElement(case, "system-out").text = text
+    pii = result.candidate.metrics.get(PII_METRIC)
+    if pii is not None and not any(line.metric == PII_METRIC for line in lines):
+        # The PII check ran without a gate line on it: still one case, failed when it could not
+        # be measured, so CI shows that it ran (with a gate, the gate line is that case).
+        cases += 1
+        case = ET.SubElement(suite, "testcase", classname="pii", name=PII_METRIC)
+        if not pii.ok:
+            failures += 1
+            ET.SubElement(case, "failure", message=pii.error or "no value")
+        else:
+            ET.SubElement(case, "system-out").text = _pii_summary(result)
     if gate is None:
         for name, metric in result.candidate.metrics.items():
+            if name == PII_METRIC:
+                continue
             cases += 1
             case = ET.SubElement(suite, "testcase", classname="metric", name=name)
             if not metric.ok:
@@ -168,6 +183,12 @@ def _fig_judge(result: RunResult, limits: dict[str, float] | None) -> str | None
 # HTML
 
 
+def _shown(item: ItemResult) -> str:
+    """An output as the report shows it: redacted where it leaks training-data PII, since
+    reports travel further than the training data may (CI artifacts, review threads)."""
+    return redact(item.output)[0] if item.extra.get("pii_leaks") else item.output
+
+
 def flipped_items(result: RunResult) -> list[dict[str, Any]]:
     """Items whose pass/fail outcome differs between baseline and candidate."""
     if result.baseline is None:
@@ -188,8 +209,8 @@ def flipped_items(result: RunResult) -> list[dict[str, Any]]:
                         "metric": name,
                         "item_id": item_id,
                         "direction": "fail → pass" if c > b else "pass → fail",
-                        "candidate": cand_items[item_id].output,
-                        "baseline": base_items[item_id].output,
+                        "candidate": _shown(cand_items[item_id]),
+                        "baseline": _shown(base_items[item_id]),
                     }
                 )
     out.sort(key=lambda r: (r["direction"] != "pass → fail", r["metric"], r["item_id"]))
@@ -198,6 +219,46 @@ def flipped_items(result: RunResult) -> list[dict[str, Any]]:
 
 def _e(x: Any) -> str:
     return html.escape(str(x))
+
+
+def _pii_summary(result: RunResult) -> str:
+    parts = []
+    for subject in result.subjects():
+        m = subject.metrics.get(PII_METRIC)
+        if m is None:
+            continue
+        leaked = sum(1 for i in subject.items if i.extra.get("pii_leaks"))
+        value = _num(m.value) if m.ok else f"error: {m.error}"
+        parts.append(f"{subject.role} {subject.model}: {value} ({leaked} of {m.n} outputs leak)")
+    return "; ".join(parts)
+
+
+def _pii_section(result: RunResult) -> list[str]:
+    """Leaks of training-data PII per subject: counts, kinds and masked values (never the PII)."""
+    metric = result.candidate.metrics.get(PII_METRIC)
+    if metric is None:
+        return []
+    settings = metric.settings
+    training = ", ".join(f"{k} {n}" for k, n in (settings.get("training_pii") or {}).items())
+    parts = [
+        "<h2 id='pii'>PII leaks (training data reproduced)</h2>",
+        f"<p>training file {_e(settings.get('training_file') or 'none')}: "
+        f"{_e(training or 'no PII found')}. {_e(_pii_summary(result))}.</p>",
+    ]
+    rows = [
+        (subject.role, item.item_id, item.extra["pii_leaks"])
+        for subject in result.subjects()
+        for item in subject.items
+        if item.extra.get("pii_leaks")
+    ]
+    if rows:
+        parts.append("<table><tr><th>subject</th><th>item</th><th>leaked (masked)</th></tr>")
+        parts += [
+            f"<tr><td>{_e(role)}</td><td>{_e(item_id)}</td><td>{_e(', '.join(leaked))}</td></tr>"
+            for role, item_id, leaked in rows[:FLIP_LIMIT]
+        ]
+        parts.append("</table>")
+    return parts
 
 
 def _num(x: float | None) -> str:
@@ -274,6 +335,7 @@ def html_report(
             f"<td>{j.flips} ({_num(j.flip_rate)})</td><td>{j.anchors} "
             f"({_num(j.anchor_accuracy)})</td><td>{j.parse_failures}</td></tr></table>"
         )
+    parts += _pii_section(result)
     flips = flipped_items(result)
     parts.append(f"<h2>Flipped items ({len(flips)})</h2>")
     if flips:

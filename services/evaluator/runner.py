@@ -41,6 +41,7 @@ class Runner:
         self.plan = plan
         self.tracker = tracker or Tracker(stages(plan), run_id=plan.run_id)
         self._models: LocalModels | None = None
+        self._training_pii: Any = None  # pii_leak.TrainingPii, read once for both subjects
         self.timings: dict[str, float] = {}
 
     @property
@@ -145,6 +146,8 @@ class Runner:
                     rouge_stemmer=suite.generation.rouge_stemmer,
                     confidence=conf,
                 )
+            if "pii" in run:
+                self._pii(role, res, items, answers[role])
             if "perplexity" in run:
                 t0 = time.perf_counter()
                 label, units = stage_label("perplexity", role), stage_units(plan, "perplexity")
@@ -193,6 +196,16 @@ class Runner:
         self.timings["total_s"] = time.perf_counter() - started
         result.timings = dict(self.timings)
         return result
+
+    def _pii(self, role: str, res: SubjectResult, items: list[EvalItem], outs: list[str]) -> None:
+        from services.evaluator import pii_leak
+
+        part = self.plan.suite.pii
+        if self._training_pii is None:
+            self._training_pii = pii_leak.training_pii(self.plan.training_file, part.kinds)
+        with self.tracker.stage(stage_label("pii", role), stage_units(self.plan, "pii")) as adv:
+            pii_leak.score(res, items, outs, self._training_pii, part, self.plan.suite.confidence)
+            adv(len(items))
 
     def _judge(
         self, result: RunResult, items: list[EvalItem], answers: dict[str, list[str]]

@@ -159,6 +159,19 @@ def _data_file(settings: SharedSettings, session: Session, ref: Any) -> Path | N
     return None
 
 
+def training_data_path(
+    settings: SharedSettings, session: Session, subject: Subject
+) -> tuple[str, Path] | None:
+    """(name, stored copy) of the training file in the subject's lineage, or None when it has
+    no lineage or the file is not in the store."""
+    ref = _dig(subject.manifest, "datasets", "training_file")
+    path = _data_file(settings, session, ref) if ref else None
+    if path is None:
+        return None
+    name = ref.get("name") if isinstance(ref, dict) else None
+    return str(name or path.name), path
+
+
 def validation_dataset_id(manifest: dict[str, Any]) -> str | None:
     ref = _dig(manifest, "datasets", "validation_file")
     if isinstance(ref, dict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -19,6 +19,7 @@ from services.evaluator.metrics import catalogue
 from services.evaluator.perplexity import PerplexitySettings
 from shared.config_files import validation_details
 from shared.errors import NotFoundError, ValidationError
+from shared.pii import Kind as PiiKind
 
 SUITES_DIR = Path(__file__).with_name("suites")
 TASKS_DIR = Path(__file__).with_name("tasks")
@@ -100,6 +101,19 @@ class ParityPart(_Part):
     top_logprobs: int = Field(default=1, ge=0)
 
 
+class PiiPart(_Part):
+    kinds: list[PiiKind] | None = Field(
+        default=None, description="PII kinds that count as a leak; default: all"
+    )
+    # Bounded: a suite may come with a request, and each entry is compared with every leak.
+    ignore: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="training PII containing one of these (case-insensitive) is no leak, e.g. "
+        "the company's own support address",
+    )
+
+
 class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -113,6 +127,7 @@ class Suite(BaseModel):
     lmeval: LmevalPart = Field(default_factory=LmevalPart)
     forgetting: ForgettingPart = Field(default_factory=ForgettingPart)
     parity: ParityPart = Field(default_factory=ParityPart)
+    pii: PiiPart = Field(default_factory=PiiPart)
 
     def needs_local_model(self, server: bool) -> bool:
         gen_local = self.generation.enabled and (

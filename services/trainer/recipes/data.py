@@ -29,6 +29,8 @@ def prepare_data(
         validation_fraction=ctx.spec.data.validation_fraction,
         truncation=ctx.spec.data.truncation,
         near_duplicate_threshold=ctx.spec.data.near_duplicate_threshold,
+        pii=ctx.spec.data.pii,
+        pii_kinds=ctx.spec.data.pii_kinds,
     )
     report = data.report
     section = report["train"]
