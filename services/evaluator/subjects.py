@@ -15,8 +15,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from services.evaluator import contamination
+from services.evaluator.contamination import TrainingData
 from shared.artifacts import open_store
 from shared.basemodel import ResolvedBaseModel, resolve_base_model
+from shared.datasets.records import Example
 from shared.errors import NotFoundError, ValidationError
 from shared.registry import adapters
 from shared.registry.models import AdapterVersionRow, BaseModelRow, DatasetRow
@@ -204,19 +207,7 @@ def validation_data_path(settings: SharedSettings, session: Session, subject: Su
 def _rebuild_split(
     settings: SharedSettings, subject: Subject, manifest: dict[str, Any], train_path: Path
 ) -> Path:
-    from shared.datasets.cleaning import clusters, near_duplicates
-    from shared.datasets.loading import load_examples
-    from shared.datasets.prepare import drop_exact_duplicates, split_validation
-
-    data_cfg = _dig(manifest, "config", "spec", "data") or {}
-    seed = int(_dig(manifest, "config", "hyperparameters", "seed") or 42)
-    fraction = float(data_cfg.get("validation_fraction", 0.1))
-    threshold = float(data_cfg.get("near_duplicate_threshold", 0.85))
-    name = _dig(manifest, "datasets", "training_file", "name") or train_path.name
-    loaded = load_examples(train_path, source=str(name))
-    kept = drop_exact_duplicates(loaded.examples).kept
-    near = near_duplicates([e.text() for e in kept], threshold)
-    _train, validation = split_validation(kept, fraction, seed, clusters(len(kept), near))
+    _train, validation = _held_out_split(manifest, train_path)
     if not validation:
         raise ValidationError(
             f"{subject.label} was trained without a validation split; pass --data FILE",
@@ -233,6 +224,55 @@ def _rebuild_split(
             )
     tmp.replace(out)
     return out
+
+
+def _held_out_split(
+    manifest: dict[str, Any], train_path: Path
+) -> tuple[list[Example], list[Example]]:
+    """(trained on, held out) of a training file split the way the trainer split it."""
+    from shared.datasets.cleaning import clusters, near_duplicates
+    from shared.datasets.loading import load_examples
+    from shared.datasets.prepare import drop_exact_duplicates, split_validation
+
+    data_cfg = _dig(manifest, "config", "spec", "data") or {}
+    seed = int(_dig(manifest, "config", "hyperparameters", "seed") or 42)
+    fraction = float(data_cfg.get("validation_fraction", 0.1))
+    threshold = float(data_cfg.get("near_duplicate_threshold", 0.85))
+    name = _dig(manifest, "datasets", "training_file", "name") or train_path.name
+    loaded = load_examples(train_path, source=str(name))
+    kept = drop_exact_duplicates(loaded.examples).kept
+    near = near_duplicates([e.text() for e in kept], threshold)
+    return split_validation(kept, fraction, seed, clusters(len(kept), near))
+
+
+def training_data(
+    settings: SharedSettings, session: Session, subject: Subject
+) -> TrainingData | str:
+    """The rows the subject was trained on, for the contamination check, or why there are none.
+
+    When the trainer held a validation split out of the training file, those rows were not trained
+    on (and are what a lineage evaluation runs on), so the split is rebuilt and only the rest kept.
+    """
+    manifest = subject.manifest
+    ref = _dig(manifest, "datasets", "training_file")
+    if not ref:
+        return f"{subject.label}'s lineage names no training data"
+    path = _data_file(settings, session, ref)
+    if path is None:
+        return f"the training file {ref} named in {subject.label}'s lineage is not in the store"
+    name = str(_dig(ref, "name") or path.name)
+    source = {"file": name, "sha256": _dig(ref, "sha256"), "id": _dig(ref, "id")}
+    try:
+        if _dig(manifest, "datasets", "validation_file"):
+            from shared.datasets.loading import load_examples
+
+            examples = load_examples(path, source=name).examples
+        else:
+            examples, held_out = _held_out_split(manifest, path)
+            source["held_out_rows"] = len(held_out)
+    except ValidationError as exc:
+        return f"the training file {name} cannot be read: {exc.message}"
+    return TrainingData(source, [contamination.training_row(e) for e in examples])
 
 
 def loss_curve(manifest: dict[str, Any]) -> list[dict[str, Any]]:

@@ -99,6 +99,16 @@ class ParityPart(_Part):
     top_logprobs: int = Field(default=1, ge=0)
 
 
+class ContaminationPart(_Part):
+    # On by default: it runs whenever the candidate's lineage names training data (prepare.py),
+    # because an evaluation set nobody checked can hold memorised items.
+    enabled: bool = True
+    ngram: int = Field(default=8, ge=1, description="word n-gram length of the near-duplicate test")
+    threshold: float = Field(
+        default=0.8, gt=0, le=1, description="share of an item's words in shared n-grams to flag it"
+    )
+
+
 class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -112,6 +122,7 @@ class Suite(BaseModel):
     lmeval: LmevalPart = Field(default_factory=LmevalPart)
     forgetting: ForgettingPart = Field(default_factory=ForgettingPart)
     parity: ParityPart = Field(default_factory=ParityPart)
+    contamination: ContaminationPart = Field(default_factory=ContaminationPart)
 
     def needs_local_model(self, server: bool) -> bool:
         gen_local = self.generation.enabled and (

@@ -107,6 +107,14 @@ COMPONENTS: dict[str, ComponentSpec] = {
             stage="parity",
             units=lambda suite, _n: suite.parity.items,
         ),
+        ComponentSpec(
+            "contamination",
+            "evaluation items compared with the candidate's training rows (exact and 8-gram)",
+            "services.evaluator.contamination",
+            per_subject=False,
+            stage="contamination",
+            units=lambda _suite, n: n,
+        ),
     ]
 }
 
@@ -325,6 +333,14 @@ CATALOGUE: dict[str, MetricSpec] = {
             "continuous",
             paired=False,
             description="mean |logprob difference| per token, in-process vs served",
+        ),
+        MetricSpec(
+            "contamination.rate",
+            "contamination",
+            False,
+            "binary",
+            paired=False,
+            description="share of evaluation items found in the candidate's training data",
         ),
     ]
 }
