@@ -158,6 +158,24 @@ def test_the_threshold_and_n_decide_what_a_near_duplicate_is(tmp_path: Path) -> 
     assert {o.item_id for o in found} == {"q0", "q1", "q3"} and short == len(items)
 
 
+def test_a_template_every_row_shares_neither_hides_a_copy_nor_flags_a_clean_item(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lower the "template" bar so that 40 rows exercise it: the opening's n-grams are in every row.
+    monkeypatch.setattr(contamination, "COMMON_ROWS", 3)
+    opening = "please read the following customer message and then answer it"
+    train = _training()
+    for row in train:
+        row["messages"][1]["content"] = f"{opening} {row['messages'][1]['content']}"
+    rows = _eval_rows(train, memorised=True)
+    for row in rows[4:]:
+        row["messages"][1]["content"] = f"{opening} {row['messages'][1]['content']}"
+    _v, found, _s = check(_items(tmp_path, rows), _index(tmp_path, train))
+    by_item = {o.item_id: o for o in found}
+    assert set(by_item) == {"q0", "q1", "q2", "q3"}
+    assert by_item["q2"].kind == "ngram" and by_item["q2"].training_location == "train.jsonl line 8"
+
+
 def test_short_items_match_only_exactly(tmp_path: Path) -> None:
     train = [
         {
