@@ -21,21 +21,22 @@ messages are left out: they are shared instructions, not the content an item tes
   changed flagged (only that word is uncovered), while a paraphrase that keeps a phrase or two
   covers far less. Items shorter than ``n`` words can only match exactly; the run records how many.
 
-The training side is indexed once: a dict from normalised-text hash to row (exact) and from n-gram
-hash to the rows holding it (n-grams). Each item looks up its own n-grams, counts hits per row, and
-computes the exact coverage only for the few rows with most hits, so 10k rows x 1k items costs about
-the time to read the rows once (``bench/contamination.py``), not a scan of every pair.
+The training side is indexed once: a dict from normalised-text hash to row (exact), and a sorted
+array of n-gram hashes with the row holding each (n-grams). Each item looks up its own n-grams,
+counts hits per row, and computes the exact coverage only for the few rows with most hits, so 10k
+rows x 1k items costs about the time to read the rows once (``bench/contamination.py``), not a
+scan of every pair.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from services.evaluator.data import EvalItem
@@ -141,12 +142,19 @@ def training_row(example: Example) -> TrainingRow:
 
 
 def _shingles(tokens: Sequence[str], n: int) -> list[int]:
-    # Python's tuple hash: stable within the process, which is all an in-memory index needs.
-    return [hash(tuple(tokens[i : i + n])) for i in range(len(tokens) - n + 1)]
+    # zip over shifted views builds the n-gram tuples in C (stopping at the shortest view is the
+    # point); Python's tuple hash is stable within the process, all an in-memory index needs.
+    return list(map(hash, zip(*(tokens[k:] for k in range(n)), strict=False)))
 
 
 class Index:
-    """The training rows, indexed for exact and n-gram lookups."""
+    """The training rows, indexed for exact and n-gram lookups.
+
+    Exact keys live in dicts. The n-grams are one sorted int64 array of hashes with the row of each
+    beside it (12 bytes per row n-gram, about 8 MB for 10k rows of 70 words): an item finds the
+    rows holding each of its n-grams with ``searchsorted``, and a row's own n-grams are a slice of
+    the unsorted array, so nothing per n-gram is a Python object.
+    """
 
     def __init__(self, rows: Sequence[TrainingRow], n: int = NGRAM) -> None:
         if n < 1:
@@ -155,21 +163,53 @@ class Index:
         self.n = n
         self.exact: dict[bytes, int] = {}
         self.prompts: dict[bytes, int] = {}
-        self.postings: dict[int, list[int]] = {}
-        self._tokens: list[list[str]] = []
+        per_row: list[list[int]] = []
         for r, row in enumerate(self.rows):
             tokens = normalise(row.text)
-            self._tokens.append(tokens)
             if tokens:
                 self.exact.setdefault(_key(tokens), r)
             prompt = normalise(row.prompt)
             if prompt:
                 self.prompts.setdefault(_key(prompt), r)
-            for h in set(_shingles(tokens, n)):
-                self.postings.setdefault(h, []).append(r)
+            per_row.append(list(set(_shingles(tokens, n))))
+        sizes = np.fromiter((len(h) for h in per_row), dtype=np.int64, count=len(per_row))
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self._row_hashes = np.fromiter(
+            (h for hs in per_row for h in hs), dtype=np.int64, count=int(sizes.sum())
+        )
+        owners = np.repeat(np.arange(len(per_row), dtype=np.int32), sizes)
+        order = np.argsort(self._row_hashes, kind="stable")
+        self._hashes = self._row_hashes[order]
+        self._owners = owners[order]
+
+    @property
+    def n_ngrams(self) -> int:
+        """Distinct n-grams in the training rows."""
+        return int(np.unique(self._hashes).size)
 
     def row_shingles(self, r: int) -> set[int]:
-        return set(_shingles(self._tokens[r], self.n))
+        return set(self._row_hashes[self._offsets[r] : self._offsets[r + 1]].tolist())
+
+    def _candidates(self, grams: list[int]) -> list[int]:
+        """The rows sharing most of the item's rare n-grams, best first."""
+        keys = np.unique(np.array(grams, dtype=np.int64))
+        left = np.searchsorted(self._hashes, keys, "left")
+        right = np.searchsorted(self._hashes, keys, "right")
+        held = right - left
+        rare = (held > 0) & (held <= COMMON_ROWS)
+        if rare.any():
+            rows = np.concatenate(
+                [self._owners[a:b] for a, b in zip(left[rare], right[rare], strict=True)]
+            )
+        elif held.any():
+            # Only template n-grams: still look at a few of the rows holding the rarest one.
+            k = int(np.argmin(np.where(held > 0, held, np.iinfo(np.int64).max)))
+            rows = self._owners[left[k] : left[k] + CANDIDATES]
+        else:
+            return []
+        found, counts = np.unique(rows, return_counts=True)
+        best = np.argsort(-counts, kind="stable")[:CANDIDATES]
+        return [int(r) for r in found[best]]
 
     def match(
         self, tokens: list[str], prompt: list[str]
@@ -182,21 +222,8 @@ class Index:
         grams = _shingles(tokens, self.n)
         if not grams:
             return None
-        hits: Counter[int] = Counter()
-        smallest: list[int] | None = None
-        for h in set(grams):
-            rows = self.postings.get(h)
-            if rows is None:
-                continue
-            if len(rows) <= COMMON_ROWS:
-                hits.update(rows)
-            elif smallest is None or len(rows) < len(smallest):
-                smallest = rows
-        if not hits and smallest is not None:
-            # Only template n-grams: still look at a few of the rows holding the rarest one.
-            hits.update(smallest[:CANDIDATES])
         best: tuple[MatchKind, int, float, int] | None = None
-        for r, _count in hits.most_common(CANDIDATES):
+        for r in self._candidates(grams):
             held = self.row_shingles(r)
             covered = [False] * len(tokens)
             shared = 0
