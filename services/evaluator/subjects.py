@@ -245,23 +245,18 @@ def _held_out_split(
     return split_validation(kept, fraction, seed, clusters(len(kept), near))
 
 
-def training_data(
-    settings: SharedSettings, session: Session, subject: Subject
-) -> TrainingData | str:
-    """The rows the subject was trained on, for the contamination check, or why there are none.
-
-    When the trainer held a validation split out of the training file, those rows were not trained
-    on (and are what a lineage evaluation runs on), so the split is rebuilt and only the rest kept.
-    """
-    manifest = subject.manifest
+def _trained_rows(
+    settings: SharedSettings, session: Session, label: str, manifest: dict[str, Any]
+) -> tuple[dict[str, Any], list[contamination.TrainingRow]] | str:
+    """One adapter version's own training rows (without a split held out of them), or why not."""
     ref = _dig(manifest, "datasets", "training_file")
     if not ref:
-        return f"{subject.label}'s lineage names no training data"
+        return f"{label}'s lineage names no training data"
     path = _data_file(settings, session, ref)
     if path is None:
-        return f"the training file {ref} named in {subject.label}'s lineage is not in the store"
+        return f"the training file {ref} named in {label}'s lineage is not in the store"
     name = str(_dig(ref, "name") or path.name)
-    source = {"file": name, "sha256": _dig(ref, "sha256"), "id": _dig(ref, "id")}
+    source: dict[str, Any] = {"file": name, "sha256": _dig(ref, "sha256"), "id": _dig(ref, "id")}
     try:
         if _dig(manifest, "datasets", "validation_file"):
             from shared.datasets.loading import load_examples
@@ -271,8 +266,45 @@ def training_data(
             examples, held_out = _held_out_split(manifest, path)
             source["held_out_rows"] = len(held_out)
     except ValidationError as exc:
-        return f"the training file {name} cannot be read: {exc.message}"
-    return TrainingData(source, [contamination.training_row(e) for e in examples])
+        return f"the training file {name} of {label} cannot be read: {exc.message}"
+    return source, [contamination.training_row(e) for e in examples]
+
+
+MAX_LINEAGE = 32  # continued-training chains longer than this are a loop in the manifests
+
+
+def training_data(
+    settings: SharedSettings, session: Session, subject: Subject
+) -> TrainingData | str:
+    """The rows the subject was trained on, for the contamination check, or why there are none.
+
+    When the trainer held a validation split out of the training file, those rows were not trained
+    on (and are what a lineage evaluation runs on), so the split is rebuilt and only the rest kept.
+    An adapter continued from another (``base_adapter``) was trained on that one's rows too, so
+    the chain is followed; a link whose data cannot be read makes the whole answer "why not", since
+    a check on part of the data would pass items the missing part holds.
+    """
+    found = _trained_rows(settings, session, subject.label, subject.manifest)
+    if isinstance(found, str):
+        return found
+    source, rows = found
+    parents: list[dict[str, Any]] = []
+    link = _dig(subject.manifest, "base_adapter", "id")
+    seen = {subject.version_id}
+    while isinstance(link, str) and link not in seen and len(seen) <= MAX_LINEAGE:
+        seen.add(link)
+        parent = session.get(AdapterVersionRow, link)
+        if parent is None:
+            return f"{subject.label} continues from {link}, which is not in the registry"
+        more = _trained_rows(settings, session, parent.id, dict(parent.manifest or {}))
+        if isinstance(more, str):
+            return f"{subject.label} continues from {parent.id}: {more}"
+        parents.append({"version": parent.id, **more[0]})
+        rows += more[1]
+        link = _dig(parent.manifest, "base_adapter", "id")
+    if parents:
+        source["continued_from"] = parents
+    return TrainingData(source, rows)
 
 
 def loss_curve(manifest: dict[str, Any]) -> list[dict[str, Any]]:

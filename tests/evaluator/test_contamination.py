@@ -351,3 +351,47 @@ def test_no_lineage_leaves_the_check_out_unless_the_policy_bounds_it(
     outcome = service.run_now(ev_settings, ev_registry, request)
     assert outcome.gate is not None and outcome.gate.decision == "fail"
     assert "names no training data" in outcome.gate.lines[0].reasons[0]
+
+
+def test_a_continued_adapter_is_checked_against_its_parents_rows_too(
+    ev_settings: EvaluatorSettings, ev_registry: Registry, tmp_path: Path
+) -> None:
+    parent_rows, child_rows = _training(30, seed=5), _training(30, seed=6)
+    parent_file = _write(tmp_path / "parent.jsonl", parent_rows)
+    child_file = _write(tmp_path / "child.jsonl", child_rows)
+    store = open_store(ev_settings)
+    kept = {"id": "x", "sha256": "0" * 64}  # a separate validation file: every row was trained on
+
+    def manifest(path: Path, parent: str | None) -> dict[str, Any]:
+        data = {"id": None, "name": path.name, "sha256": store.put_file(path)}
+        return {
+            "datasets": {"training_file": data, "validation_file": kept},
+            "base_adapter": {"id": parent, "sha256": "0" * 64} if parent else None,
+        }
+
+    def version(seed: int, body: dict[str, Any]) -> str:
+        folder = random_adapter(tmp_path / f"a{seed}", seed)
+        return register_adapter(ev_settings, ev_registry, folder, "chain", body)
+
+    parent = version(1, manifest(parent_file, None))
+    child = version(2, manifest(child_file, parent))
+    rows = _eval_rows(_training(), memorised=False)
+    rows[0] = {"id": "q0", **parent_rows[4]}
+    rows[1] = {"id": "q1", **child_rows[6]}
+    data = _write(tmp_path / "eval.jsonl", rows)
+    request = EvaluationCreate(candidate=child, data=str(data), baseline="none")
+    plan = service.prepare(ev_settings, ev_registry, request, local=True).plan
+    assert isinstance(plan.training, TrainingData) and len(plan.training.rows) == 60
+    assert plan.training.source["continued_from"][0]["version"] == parent
+    result = RunResult(run_id="t", candidate=new_subject_like(plan.items))
+    report = contamination.run(result.candidate, plan.items, plan.training)
+    assert [(o.item_id, o.training_location) for o in report.overlaps] == [
+        ("q0", "parent.jsonl line 5"),
+        ("q1", "child.jsonl line 7"),
+    ]
+    # A parent whose data is gone: the check cannot vouch for the items, so it says why.
+    gone = {"training_file": {"id": "gone", "sha256": "1" * 64}, "validation_file": kept}
+    orphan = version(3, {"datasets": gone})
+    request.candidate = version(4, manifest(child_file, orphan))
+    plan = service.prepare(ev_settings, ev_registry, request, local=True).plan
+    assert isinstance(plan.training, str) and f"continues from {orphan}" in plan.training
