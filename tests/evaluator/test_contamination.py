@@ -12,7 +12,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from services.evaluator import contamination, gate, service
+from services.evaluator import cli_output, contamination, gate, service
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.contamination import Index, TrainingData, check, training_row
 from services.evaluator.data import EvalItem, load_data
@@ -297,7 +297,11 @@ def _candidate(
 
 @pytest.mark.parametrize("memorised", [True, False])
 def test_a_run_on_lineage_gates_and_reports_contamination(
-    ev_settings: EvaluatorSettings, ev_registry: Registry, tmp_path: Path, memorised: bool
+    ev_settings: EvaluatorSettings,
+    ev_registry: Registry,
+    tmp_path: Path,
+    memorised: bool,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     train_rows = _training()
     train = _write(tmp_path / "train.jsonl", train_rows)
@@ -323,6 +327,10 @@ def test_a_run_on_lineage_gates_and_reports_contamination(
     )
     assert case is not None and (case.find("failure") is not None) == memorised
     assert "q2 (#2): ngram" in ET.tostring(case, encoding="unicode") or not memorised
+    cli_output.print_outcome(outcome, False, None)
+    printed = capsys.readouterr().out
+    assert ("contamination: 4 items found" in printed) == memorised
+    assert ("q1 (exact, train.jsonl line 6)" in printed) == memorised
 
 
 def test_the_held_out_split_is_not_counted_as_training_data(
