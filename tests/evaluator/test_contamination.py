@@ -16,6 +16,7 @@ from services.evaluator import cli_output, contamination, gate, service
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.contamination import Index, TrainingData, check, training_row
 from services.evaluator.data import EvalItem, load_data
+from services.evaluator.metrics.task import words
 from services.evaluator.policy import parse_policy
 from services.evaluator.results import ItemResult, RunResult, SubjectResult
 from services.evaluator.schemas import EvaluationCreate
@@ -114,6 +115,26 @@ def test_normalisation_is_nfkc_casefold_without_punctuation_or_extra_space() -> 
         "text",
         "ok",
     ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Plain ASCII, with punctuation!",
+        "Ｆｕｌｌ-width and ß Straße ﬁne",
+        "日本語のテキスト mixed with English",
+        "한국어 문장 and 中文",
+        "tabs\tand\nnew lines_with_underscores 3.14",
+    ],
+)
+def test_the_fast_normalisation_gives_the_metrics_tokens(text: str) -> None:
+    assert contamination.normalise(text) == words(text)
+    row = training_row(
+        Example("r", Location("t", 1), "chat", (Message("user", text), Message("assistant", text)))
+    )
+    # The index normalises a row's prompt once and reuses it as the start of its text.
+    prompt = contamination.normalise(row.prompt)
+    assert contamination._tokens(row, prompt) == contamination.normalise(row.text)
 
 
 def test_memorised_items_are_found_with_their_training_row_and_kind(tmp_path: Path) -> None:
