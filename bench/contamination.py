@@ -8,7 +8,7 @@ same items. The data has what makes an index slow or wrong: a shared system prom
 template every row starts with (8-grams held by all rows), Zipf-distributed words, and planted
 exact copies and one-word edits among the items.
 
-    python bench/contamination.py [--rows 10000] [--items 1000] [--sample 10] [--seed 0]
+    python bench/contamination.py [--rows 10000] [--items 1000] [--sample 10] [--seed 0] [--context TEXT]
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000)
     parser.add_argument("--sample", type=int, default=10, help="items the brute-force scan checks")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--context", default="", help="how the machine was shared, for the notes")
     args = parser.parse_args()
     n, threshold = contamination.NGRAM, contamination.THRESHOLD
     train, evals, planted = make_data(args.rows, args.items, args.seed)
@@ -153,8 +154,8 @@ def main() -> None:
             "20k-word vocabulary; 5% of the items copied from training rows, 5% copied with one "
             "word changed",
             "n-gram / threshold": f"{n} words / {threshold:g} of an item's words covered",
-            "read + normalise training rows (s)": round(t1 - t0, 3),
-            "build index (s)": round(t2 - t1, 3),
+            "read training rows (parse JSONL) (s)": round(t1 - t0, 3),
+            "build index (normalise, hash 8-grams, sort) (s)": round(t2 - t1, 3),
             "check items (s)": round(t3 - t2, 3),
             "total (s)": round(total, 3),
             "index entries (distinct 8-grams)": index.n_ngrams,
@@ -173,7 +174,8 @@ def main() -> None:
             "quadratic scan"
         },
         notes="The total is what an evaluation adds when its candidate has lineage (the held-out "
-        "split rebuild, when there is one, is not included: the lineage data path does it anyway).",
+        "split rebuild, when there is one, is not included: the lineage data path does it anyway)."
+        + (f" {args.context}" if args.context else ""),
     )
 
 
