@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -228,21 +230,32 @@ def _rebuild_split(
 
 def _held_out_split(
     manifest: dict[str, Any], train_path: Path
-) -> tuple[list[Example], list[Example]]:
+) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
     """(trained on, held out) of a training file split the way the trainer split it."""
-    from shared.datasets.cleaning import clusters, near_duplicates
-    from shared.datasets.loading import load_examples
-    from shared.datasets.prepare import drop_exact_duplicates, split_validation
-
     data_cfg = _dig(manifest, "config", "spec", "data") or {}
     seed = int(_dig(manifest, "config", "hyperparameters", "seed") or 42)
     fraction = float(data_cfg.get("validation_fraction", 0.1))
     threshold = float(data_cfg.get("near_duplicate_threshold", 0.85))
-    name = _dig(manifest, "datasets", "training_file", "name") or train_path.name
-    loaded = load_examples(train_path, source=str(name))
+    name = str(_dig(manifest, "datasets", "training_file", "name") or train_path.name)
+    stat = train_path.stat()
+    return _split(str(train_path), stat.st_size, stat.st_mtime_ns, name, seed, fraction, threshold)
+
+
+# A lineage run needs the split twice (its data, and the rows the contamination check compares
+# with); the near-duplicate search behind it is the slow part, so the last few are kept.
+@lru_cache(maxsize=4)
+def _split(
+    path: str, _size: int, _mtime_ns: int, name: str, seed: int, fraction: float, threshold: float
+) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
+    from shared.datasets.cleaning import clusters, near_duplicates
+    from shared.datasets.loading import load_examples
+    from shared.datasets.prepare import drop_exact_duplicates, split_validation
+
+    loaded = load_examples(path, source=name)
     kept = drop_exact_duplicates(loaded.examples).kept
     near = near_duplicates([e.text() for e in kept], threshold)
-    return split_validation(kept, fraction, seed, clusters(len(kept), near))
+    train, validation = split_validation(kept, fraction, seed, clusters(len(kept), near))
+    return tuple(train), tuple(validation)
 
 
 def _trained_rows(
@@ -257,6 +270,7 @@ def _trained_rows(
         return f"the training file {ref} named in {label}'s lineage is not in the store"
     name = str(_dig(ref, "name") or path.name)
     source: dict[str, Any] = {"file": name, "sha256": _dig(ref, "sha256"), "id": _dig(ref, "id")}
+    examples: Sequence[Example]
     try:
         if _dig(manifest, "datasets", "validation_file"):
             from shared.datasets.loading import load_examples

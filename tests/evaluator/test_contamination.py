@@ -12,7 +12,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from services.evaluator import cli_output, contamination, gate, service
+from services.evaluator import cli_output, contamination, gate, service, subjects
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.contamination import Index, TrainingData, check, training_row
 from services.evaluator.data import EvalItem, load_data
@@ -360,7 +360,10 @@ def test_the_held_out_split_is_not_counted_as_training_data(
     train_rows = _training(60)
     train = _write(tmp_path / "train.jsonl", train_rows)
     vid = _candidate(ev_settings, ev_registry, tmp_path, train, validation_file=None)
+    subjects._split.cache_clear()
     plan = service.prepare(ev_settings, ev_registry, EvaluationCreate(candidate=vid)).plan
+    # The split is built once: for the data, then reused for the rows it leaves for training.
+    assert (subjects._split.cache_info().misses, subjects._split.cache_info().hits) == (1, 1)
     assert isinstance(plan.training, TrainingData)
     assert len(plan.training.rows) + len(plan.data.items) == len(load_examples(train).examples)
     assert "contamination" in components_run(plan.suite)
