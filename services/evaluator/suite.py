@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from services.evaluator import contamination
 from services.evaluator.generation import DecodingSettings
 from services.evaluator.metrics import catalogue
 from services.evaluator.perplexity import PerplexitySettings
@@ -103,9 +104,16 @@ class ContaminationPart(_Part):
     # On by default: it runs whenever the candidate's lineage names training data (prepare.py),
     # because an evaluation set nobody checked can hold memorised items.
     enabled: bool = True
-    ngram: int = Field(default=8, ge=1, description="word n-gram length of the near-duplicate test")
+    ngram: int = Field(
+        default=contamination.NGRAM,
+        ge=1,
+        description="word n-gram length of the near-duplicate test",
+    )
     threshold: float = Field(
-        default=0.8, gt=0, le=1, description="share of an item's words in shared n-grams to flag it"
+        default=contamination.THRESHOLD,
+        gt=0,
+        le=1,
+        description="share of an item's words in shared n-grams to flag it",
     )
 
 

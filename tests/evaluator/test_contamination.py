@@ -427,3 +427,21 @@ def test_a_continued_adapter_is_checked_against_its_parents_rows_too(
     request.candidate = version(4, manifest(child_file, orphan))
     plan = service.prepare(ev_settings, ev_registry, request, local=True).plan
     assert isinstance(plan.training, str) and f"continues from {orphan}" in plan.training
+
+
+def test_the_suite_sets_n_and_the_threshold(
+    ev_settings: EvaluatorSettings, ev_registry: Registry, tmp_path: Path
+) -> None:
+    train_rows = _training()
+    train = _write(tmp_path / "train.jsonl", train_rows)
+    vid = _candidate(
+        ev_settings, ev_registry, tmp_path, train, validation_file={"id": "x", "sha256": "0" * 64}
+    )
+    data = _write(tmp_path / "eval.jsonl", _eval_rows(train_rows, memorised=True))
+    suite = {"contamination": {"threshold": 1.0, "ngram": 6}}
+    request = EvaluationCreate(candidate=vid, data=str(data), suite=suite, baseline="none")
+    outcome = service.run_now(ev_settings, ev_registry, request)
+    assert outcome.result.contamination is not None
+    assert [o.item_id for o in outcome.result.contamination.overlaps] == ["q0", "q1", "q3"]
+    settings = outcome.result.candidate.metrics["contamination.rate"].settings
+    assert (settings["ngram"], settings["threshold"]) == (6, 1.0)
