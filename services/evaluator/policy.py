@@ -10,6 +10,7 @@ metrics:
   perplexity: {max: 30, max_regression: 0.5}       # lower is better: may rise by at most 0.5
   json_valid: {min: 0.95, required: true}          # required (default): missing or NaN fails
   rougeL: {min_improvement: 0.0}                   # must beat the baseline (superiority)
+  contamination.rate: {max: 0}                     # no evaluation item in the training data
 ```
 
 Margins are in the metric's own units and always mean "worse by": for lower-is-better metrics the

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.evaluator import contamination
 from services.evaluator.access import (
     allowed_file,
     judge_endpoint,
@@ -33,6 +34,7 @@ from services.evaluator.subjects import (
     default_baseline,
     resolve_subject,
     training_data_path,
+    training_data,
     validation_data_path,
 )
 from services.evaluator.suite import Suite, enabled_components, load_suite, suite_for_policy
@@ -162,6 +164,25 @@ def _suite(
     return suite
 
 
+def _training(
+    settings: EvaluatorSettings,
+    registry: Registry,
+    candidate: Subject,
+    suite: Suite,
+    policy: Policy | None,
+) -> contamination.TrainingData | str:
+    """The candidate's training rows for the contamination check, which runs whenever there are
+    some. Without any it is left out of the run, unless the policy bounds its metric: then it runs
+    and records why there is nothing to compare, and that line fails closed."""
+    if not suite.contamination.enabled:
+        return "the suite turns the contamination check off"
+    with registry.session() as session:
+        found = training_data(settings, session, candidate)
+    if isinstance(found, str) and not (policy and contamination.METRIC in policy.metrics):
+        suite.contamination.enabled = False
+    return found
+
+
 def prepare(
     settings: EvaluatorSettings,
     registry: Registry,
@@ -240,6 +261,7 @@ def prepare(
     suite = _suite(settings, request_suite, policy, local)
     if request.limit:
         suite.limit = request.limit
+    training = _training(settings, registry, candidate, suite, policy)
     judge = judge_endpoint(settings, suite, server)
     data = load_data(
         data_path,
@@ -262,6 +284,7 @@ def prepare(
         threads=settings.eval_threads,
         extra={"endpoints": {"server": server[0], "judge": judge[0]}},
         training_file=training_file,
+        training=training,
     )
     validate_plan(plan)
     if check_endpoints:

@@ -19,6 +19,7 @@ from shared.pii import redact
 
 FLIP_LIMIT = 50
 PII_METRIC = "pii.leak_rate"
+CONTAMINATION_LIMIT = 200
 
 
 def result_json(result: RunResult, gate: GateResult | None) -> dict[str, Any]:
@@ -73,6 +74,9 @@ def junit_xml(result: RunResult, gate: GateResult | None) -> str:
                 ET.SubElement(case, "failure", message=metric.error or "no value")
             else:
                 ET.SubElement(case, "system-out").text = f"{name} = {metric.value}"
+    if result.contamination is not None:
+        cases += 1
+        failures += _contamination_case(suite, result, gate)
     suite.set("tests", str(cases))
     suite.set("failures", str(failures))
     suite.set("skipped", str(skipped))
@@ -81,6 +85,42 @@ def junit_xml(result: RunResult, gate: GateResult | None) -> str:
     root.append(suite)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True)
+
+
+def _contamination_text(result: RunResult) -> str:
+    c = result.contamination
+    assert c is not None
+    if c.error:
+        return f"not checked: {c.error}"
+    head = (
+        f"{len(c.overlaps)} of {c.n_items} evaluation items overlap {c.n_training_rows} training "
+        f"rows of {c.training.get('file', '?')} (exact, or >= {c.threshold:g} of words in shared "
+        f"{c.ngram}-grams); rate {_num(c.rate)}; {c.n_short_items} items shorter than {c.ngram} "
+        "words checked for exact matches only"
+    )
+    rows = [
+        f"{o.item_id} (#{o.item_index}): {o.kind} {o.overlap:.0%} of training row "
+        f"{o.training_row} ({o.training_location})"
+        for o in c.overlaps
+    ]
+    return "\n".join([head, *rows])
+
+
+def _contamination_case(suite: ET.Element, result: RunResult, gate: GateResult | None) -> int:
+    """The contamination check as its own test case; it fails when the gate's line on its metric
+    failed, so CI shows the overlapping items next to the failure. Returns failures added."""
+    case = ET.SubElement(suite, "testcase", classname="contamination", name="training data overlap")
+    text = _contamination_text(result)
+    line = (
+        next((ln for ln in gate.lines if ln.metric == "contamination.rate"), None) if gate else None
+    )
+    if line is not None and line.status == "fail":
+        ET.SubElement(
+            case, "failure", message=line.reasons[0] if line.reasons else "fail"
+        ).text = text
+        return 1
+    ET.SubElement(case, "system-out").text = text
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,6 +376,8 @@ def html_report(
             f"({_num(j.anchor_accuracy)})</td><td>{j.parse_failures}</td></tr></table>"
         )
     parts += _pii_section(result)
+    if result.contamination is not None:
+        parts.extend(_contamination_html(result))
     flips = flipped_items(result)
     parts.append(f"<h2>Flipped items ({len(flips)})</h2>")
     if flips:
@@ -361,6 +403,28 @@ def html_report(
         f"{_e(json.dumps(result.versions))}</p></body></html>"
     )
     return "".join(parts)
+
+
+def _contamination_html(result: RunResult) -> list[str]:
+    c = result.contamination
+    assert c is not None
+    out = [f"<h2 id='contamination'>Contamination ({len(c.overlaps)} items)</h2>"]
+    out.append(f"<p>{_e(_contamination_text(result).splitlines()[0])}</p>")
+    if c.overlaps:
+        out.append(
+            "<table><tr><th>item</th><th>match</th><th>overlap</th><th>training row</th>"
+            "<th>item text (normalised)</th></tr>"
+        )
+        for o in c.overlaps[:CONTAMINATION_LIMIT]:
+            out.append(
+                f"<tr><td>{_e(o.item_id)} (#{o.item_index})</td><td class='fail'>{_e(o.kind)}</td>"
+                f"<td>{o.overlap:.0%}</td><td>{_e(o.training_row)} <code>"
+                f"{_e(o.training_location)}</code></td><td><pre>{_e(o.item_text)}</pre></td></tr>"
+            )
+        out.append("</table>")
+        if len(c.overlaps) > CONTAMINATION_LIMIT:
+            out.append(f"<p>… and {len(c.overlaps) - CONTAMINATION_LIMIT} more in result.json.</p>")
+    return out
 
 
 def write_outputs(

@@ -193,6 +193,22 @@ class Runner:
 
             with self.tracker.stage(stage_label("parity"), stage_units(plan, "parity")) as advance:
                 parity.run(self.models, plan, result.candidate, items, advance)
+        if "contamination" in run:
+            from services.evaluator import contamination
+
+            part = suite.contamination
+            label, units = stage_label("contamination"), stage_units(plan, "contamination")
+            with self.tracker.stage(label, units) as advance:
+                result.contamination = contamination.run(
+                    result.candidate,
+                    items,
+                    plan.training,
+                    n=part.ngram,
+                    threshold=part.threshold,
+                    confidence=conf,
+                    progress=advance,
+                )
+            self.timings["contamination_s"] = result.contamination.seconds
         self.timings["total_s"] = time.perf_counter() - started
         result.timings = dict(self.timings)
         return result

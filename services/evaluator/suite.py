@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from services.evaluator import contamination
 from services.evaluator.generation import DecodingSettings
 from services.evaluator.metrics import catalogue
 from services.evaluator.perplexity import PerplexitySettings
@@ -114,6 +115,23 @@ class PiiPart(_Part):
     )
 
 
+class ContaminationPart(_Part):
+    # On by default: it runs whenever the candidate's lineage names training data (prepare.py),
+    # because an evaluation set nobody checked can hold memorised items.
+    enabled: bool = True
+    ngram: int = Field(
+        default=contamination.NGRAM,
+        ge=1,
+        description="word n-gram length of the near-duplicate test",
+    )
+    threshold: float = Field(
+        default=contamination.THRESHOLD,
+        gt=0,
+        le=1,
+        description="share of an item's words in shared n-grams to flag it",
+    )
+
+
 class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -128,6 +146,7 @@ class Suite(BaseModel):
     forgetting: ForgettingPart = Field(default_factory=ForgettingPart)
     parity: ParityPart = Field(default_factory=ParityPart)
     pii: PiiPart = Field(default_factory=PiiPart)
+    contamination: ContaminationPart = Field(default_factory=ContaminationPart)
 
     def needs_local_model(self, server: bool) -> bool:
         gen_local = self.generation.enabled and (

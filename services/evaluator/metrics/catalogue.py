@@ -116,6 +116,14 @@ COMPONENTS: dict[str, ComponentSpec] = {
             stage="pii",
             units=lambda _suite, n: n,
         ),
+        ComponentSpec(
+            "contamination",
+            "evaluation items compared with the candidate's training rows (exact and 8-gram)",
+            "services.evaluator.contamination",
+            per_subject=False,
+            stage="contamination",
+            units=lambda _suite, n: n,
+        ),
     ]
 }
 
@@ -341,6 +349,14 @@ CATALOGUE: dict[str, MetricSpec] = {
             False,
             "binary",
             description="share of outputs reproducing PII of the candidate's training data",
+        ),
+        MetricSpec(
+            "contamination.rate",
+            "contamination",
+            False,
+            "binary",
+            paired=False,
+            description="share of evaluation items found in the candidate's training data",
         ),
     ]
 }
