@@ -3,6 +3,7 @@ judge. The judge is a stub OpenAI-compatible server (a real-model judge test is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -85,9 +86,32 @@ def test_pair_outcome_rules() -> None:
     assert not judge.PairOutcome("tie", "tie").flipped
 
 
-def test_prompt_is_versioned_and_hashed() -> None:
-    assert len(judge.prompt_sha256()) == 64
-    assert judge.prompt_sha256() == judge.prompt_sha256()
+PROMPT_PARTS = (
+    "RUBRIC_VERSION",
+    "RUBRIC_SYSTEM",
+    "RUBRIC_USER",
+    "PAIRWISE_VERSION",
+    "PAIRWISE_SYSTEM",
+    "PAIRWISE_USER",
+    "REFERENCE_BLOCK",
+)
+
+
+def test_prompt_is_versioned_and_hashed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Worked out here from the prompt texts themselves, not by calling the function twice.
+    parts = [getattr(judge, name) for name in PROMPT_PARTS]
+    expected = hashlib.sha256("\n\0".join(parts).encode()).hexdigest()
+    assert judge.prompt_sha256() == expected
+    # Every part of every prompt, and each version, moves the hash: a changed prompt is a changed
+    # metric, and no part can be edited without the recorded hash showing it.
+    seen = {expected}
+    for name in PROMPT_PARTS:
+        with monkeypatch.context() as m:
+            m.setattr(judge, name, getattr(judge, name) + " Be brief.")
+            changed = judge.prompt_sha256()
+        assert changed not in seen, name
+        seen.add(changed)
+    assert judge.prompt_sha256() == expected
 
 
 def _run_judge(url: str, candidate: list[str], baseline: list[str]) -> RunResult:
