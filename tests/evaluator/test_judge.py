@@ -180,6 +180,40 @@ def test_fair_judge_is_trusted_and_decides() -> None:
     assert gate.decide(policy, result).decision == "pass"
 
 
+def test_unparseable_replies_are_counted_and_too_many_make_the_judge_untrusted() -> None:
+    items = _items()
+    good = [i.reference for i in items]
+    bad = ["I cannot help with that."] * len(items)
+    with stub_server("mumble") as url:
+        result = _run_judge(url, good, bad)
+    rel = result.judge
+    assert rel is not None
+    # 20 items: Oslo is items 0 and 10, Lyon 1 and 11. Rubric: 4 items x 2 subjects off-format;
+    # pairwise: 2 Oslo items x 2 orders; anchors (the first 6 items, both orders): item 0 twice.
+    assert rel.parse_failures_by_mode == {"pairwise": 4, "rubric": 8, "anchors": 2}
+    assert rel.replies == 2 * 20 + 2 * 20 + 2 * 6
+    assert rel.parse_failures == 14
+    assert rel.parse_failure_rate == pytest.approx(14 / 92)
+    # The rubric metric says how many items its n lost; unparsed pairs became ties.
+    score = result.candidate.metrics["judge.score"]
+    assert score.n == 16 and score.settings["parse_failures"] == 4
+    assert result.candidate.metrics["judge.win_rate"].value == pytest.approx(19 / 20)
+    assert rel.flip_rate == 0.0 and rel.anchor_accuracy == pytest.approx(10 / 12)
+    lines = "min_items: 5\nmetrics:\n  judge.win_rate: {min: 0.6}\n  judge.score: {min: 5}\n"
+    # Default limit 10%: 15% of the replies unparsed, so every judged line is inconclusive.
+    decision = gate.decide(parse_policy(lines), result)
+    assert decision.decision == "inconclusive"
+    for line in decision.lines:
+        assert "unparseable replies 15% (14 of 92) > limit 10%" in line.reasons[0], line.reasons
+    # Control: the same run under a looser limit is trusted and decides on the values.
+    loose = parse_policy("judge: {max_parse_failure_rate: 0.2}\n" + lines)
+    assert gate.decide(loose, result).decision == "pass"
+    # The report carries the count, the rate and the modes.
+    from services.evaluator.report import html_report
+
+    assert "14 of 92 (0.1522): pairwise 4, rubric 8, anchors 2" in html_report(result, None)
+
+
 def test_unreachable_judge_is_a_clear_error() -> None:
     from services.evaluator.runner import preflight
 
