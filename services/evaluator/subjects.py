@@ -201,6 +201,12 @@ def validation_data_path(settings: SharedSettings, session: Session, subject: Su
     return _rebuild_split(settings, subject, manifest, train_path)
 
 
+def training_data_config(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` block of the job spec the adapter was trained with (empty when unknown)."""
+    found = _dig(manifest, "config", "spec", "data")
+    return found if isinstance(found, dict) else {}
+
+
 def _rebuild_split(
     settings: SharedSettings, subject: Subject, manifest: dict[str, Any], train_path: Path
 ) -> Path:
@@ -208,12 +214,14 @@ def _rebuild_split(
     from shared.datasets.loading import load_examples
     from shared.datasets.prepare import drop_exact_duplicates, split_validation
 
-    data_cfg = _dig(manifest, "config", "spec", "data") or {}
+    data_cfg = training_data_config(manifest)
     seed = int(_dig(manifest, "config", "hyperparameters", "seed") or 42)
     fraction = float(data_cfg.get("validation_fraction", 0.1))
     threshold = float(data_cfg.get("near_duplicate_threshold", 0.85))
     name = _dig(manifest, "datasets", "training_file", "name") or train_path.name
-    loaded = load_examples(train_path, source=str(name))
+    # Cleaned as the trainer cleaned it, or the rebuilt split (and its references) would differ.
+    keep_markup = bool(data_cfg.get("keep_markup", False))
+    loaded = load_examples(train_path, source=str(name), keep_markup=keep_markup)
     kept = drop_exact_duplicates(loaded.examples).kept
     near = near_duplicates([e.text() for e in kept], threshold)
     _train, validation = split_validation(kept, fraction, seed, clusters(len(kept), near))

@@ -108,6 +108,10 @@ class DataSpec(Strict):
     validation_fraction: float = Field(default=0.1, ge=0, lt=1)
     truncation: Literal["drop", "truncate"] = "drop"
     near_duplicate_threshold: float = Field(default=0.85, gt=0, le=1)
+    keep_markup: bool = Field(
+        default=False,
+        description="keep HTML tags and entities when cleaning (for tasks whose output is HTML)",
+    )
 
 
 class JobSpec(BaseModel):
