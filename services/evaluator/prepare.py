@@ -33,8 +33,9 @@ from services.evaluator.subjects import (
     Subject,
     default_baseline,
     resolve_subject,
-    training_data_path,
     training_data,
+    training_data_config,
+    training_data_path,
     validation_data_path,
 )
 from services.evaluator.suite import Suite, enabled_components, load_suite, suite_for_policy
@@ -263,11 +264,15 @@ def prepare(
         suite.limit = request.limit
     training = _training(settings, registry, candidate, suite, policy)
     judge = judge_endpoint(settings, suite, server)
+    keep_markup = request.keep_markup
+    if keep_markup is None:  # references cleaned as the candidate's training targets were
+        keep_markup = bool(training_data_config(candidate.manifest).get("keep_markup", False))
     data = load_data(
         data_path,
         prompt_field=request.prompt_field,
         reference_field=request.reference_field,
         source=source,
+        keep_markup=keep_markup,
     )
     plan = RunPlan(
         run_id=run_id or new_run_id(),

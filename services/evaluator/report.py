@@ -14,7 +14,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from services.evaluator.gate import GateResult
-from services.evaluator.results import ItemResult, RunResult, paired_arrays
+from services.evaluator.results import ItemResult, JudgeReliability, RunResult, paired_arrays
 from shared.pii import redact
 
 FLIP_LIMIT = 50
@@ -204,8 +204,13 @@ def _fig_judge(result: RunResult, limits: dict[str, float] | None) -> str | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["flip rate", "anchor accuracy", "first-position rate"]
-    values = [judge.flip_rate, judge.anchor_accuracy, judge.first_position_rate]
+    names = ["flip rate", "anchor accuracy", "first-position rate", "parse-failure rate"]
+    values = [
+        judge.flip_rate,
+        judge.anchor_accuracy,
+        judge.first_position_rate,
+        judge.parse_failure_rate,
+    ]
     fig, ax = plt.subplots(figsize=(5, 2.6))
     ax.barh(names, [v if v is not None else 0 for v in values], color="#75507b")
     if limits:
@@ -213,6 +218,10 @@ def _fig_judge(result: RunResult, limits: dict[str, float] | None) -> str | None
         ax.axvline(
             limits["min_anchor_accuracy"], color="#4e9a06", ls="--", lw=1, label="anchor limit"
         )
+        if "max_parse_failure_rate" in limits:  # absent from limits recorded before it existed
+            ax.axvline(
+                limits["max_parse_failure_rate"], color="#c4a000", ls=":", lw=1, label="parse limit"
+            )
         ax.legend(fontsize=7, loc="lower right")
     ax.set_xlim(0, 1)
     ax.set_title(f"Judge reliability ({judge.judge_model})", fontsize=10)
@@ -227,6 +236,15 @@ def _shown(item: ItemResult) -> str:
     """An output as the report shows it: redacted where it leaks training-data PII, since
     reports travel further than the training data may (CI artifacts, review threads)."""
     return redact(item.output)[0] if item.extra.get("pii_leaks") else item.output
+
+
+def _parse_failures(j: JudgeReliability) -> str:
+    """``3 of 60 (0.05): pairwise 1, rubric 2``; just the count for summaries without replies."""
+    if not j.replies:
+        return str(j.parse_failures)
+    modes = ", ".join(f"{m} {k}" for m, k in j.parse_failures_by_mode.items() if k)
+    text = f"{j.parse_failures} of {j.replies} ({_num(j.parse_failure_rate)})"
+    return _e(f"{text}: {modes}" if modes else text)
 
 
 def flipped_items(result: RunResult) -> list[dict[str, Any]]:
@@ -373,7 +391,7 @@ def html_report(
             f"<tr><td>{_e(j.judge_model)} @ {_e(j.endpoint)}</td><td>{_e(j.prompt_version)} "
             f"<code>{_e(j.prompt_sha256[:12])}</code></td><td>{j.pairs}</td>"
             f"<td>{j.flips} ({_num(j.flip_rate)})</td><td>{j.anchors} "
-            f"({_num(j.anchor_accuracy)})</td><td>{j.parse_failures}</td></tr></table>"
+            f"({_num(j.anchor_accuracy)})</td><td>{_parse_failures(j)}</td></tr></table>"
         )
     parts += _pii_section(result)
     if result.contamination is not None:

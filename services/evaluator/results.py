@@ -172,7 +172,12 @@ class JudgeReliability(BaseModel):
     first_position_rate: float | None = None
     anchors: int = 0
     anchor_accuracy: float | None = None
+    # Judge replies read (both orders of each pair, each rubric score, both orders of each anchor)
+    # and those that held no rating or verdict; old summaries without them read as zero / None.
+    replies: int = 0
     parse_failures: int = 0
+    parse_failure_rate: float | None = None
+    parse_failures_by_mode: dict[str, int] = Field(default_factory=dict)
 
 
 class RunResult(BaseModel):

@@ -246,6 +246,7 @@ class Runner:
         t0 = time.perf_counter()
         with self.tracker.stage(stage_label("judge"), stage_units(plan, "judge")) as advance:
             outcomes: list[judge.PairOutcome] = []
+            rubric_scores: list[float | None] = []
             if "pairwise" in part.modes and result.baseline is not None:
                 outcomes = judge.judge_pairs(
                     endpoint, sub, answers["candidate"][:n], answers["baseline"][:n], advance
@@ -265,16 +266,23 @@ class Runner:
             if "rubric" in part.modes:
                 for subject in result.subjects():
                     scores = judge.judge_rubric(endpoint, sub, answers[subject.role][:n], advance)
+                    rubric_scores += scores
                     subject.add_metric(
                         catalogue.spec("judge.score"),
                         {i.item_id: s for i, s in zip(sub, scores, strict=True)},
-                        {**settings, "prompt_version": judge.RUBRIC_VERSION, "scale": "1-10"},
+                        {
+                            **settings,
+                            "prompt_version": judge.RUBRIC_VERSION,
+                            "scale": "1-10",
+                            # Items whose reply held no rating are left out of n; say how many.
+                            "parse_failures": sum(s is None for s in scores),
+                        },
                         confidence=conf,
                     )
             anchors = judge.anchor_pairs(items, part.anchors)
             anchor_result = judge.judge_anchors(endpoint, anchors, advance) if anchors else None
         self.timings["judge_s"] = time.perf_counter() - t0
-        rel = judge.reliability(endpoint, outcomes, anchor_result)
+        rel = judge.reliability(endpoint, outcomes, anchor_result, rubric_scores)
         result.judge = rel
         for name, value, count in (
             ("judge.flip_rate", rel.flip_rate, rel.pairs),

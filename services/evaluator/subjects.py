@@ -219,6 +219,12 @@ def validation_data_path(settings: SharedSettings, session: Session, subject: Su
     return _rebuild_split(settings, subject, manifest, train_path)
 
 
+def training_data_config(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` block of the job spec the adapter was trained with (empty when unknown)."""
+    found = _dig(manifest, "config", "spec", "data")
+    return found if isinstance(found, dict) else {}
+
+
 def _rebuild_split(
     settings: SharedSettings, subject: Subject, manifest: dict[str, Any], train_path: Path
 ) -> Path:
@@ -245,26 +251,44 @@ def _held_out_split(
     manifest: dict[str, Any], train_path: Path
 ) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
     """(trained on, held out) of a training file split the way the trainer split it."""
-    data_cfg = _dig(manifest, "config", "spec", "data") or {}
+    data_cfg = training_data_config(manifest)
     seed = int(_dig(manifest, "config", "hyperparameters", "seed") or 42)
     fraction = float(data_cfg.get("validation_fraction", 0.1))
     threshold = float(data_cfg.get("near_duplicate_threshold", 0.85))
+    # Cleaned as the trainer cleaned it, or the rebuilt split (and its references) would differ.
+    keep_markup = bool(data_cfg.get("keep_markup", False))
     name = str(_dig(manifest, "datasets", "training_file", "name") or train_path.name)
     stat = train_path.stat()
-    return _split(str(train_path), stat.st_size, stat.st_mtime_ns, name, seed, fraction, threshold)
+    return _split(
+        str(train_path),
+        stat.st_size,
+        stat.st_mtime_ns,
+        name,
+        seed,
+        fraction,
+        threshold,
+        keep_markup,
+    )
 
 
 # A lineage run needs the split twice (its data, and the rows the contamination check compares
 # with); the near-duplicate search behind it is the slow part, so the last few are kept.
 @lru_cache(maxsize=4)
 def _split(
-    path: str, _size: int, _mtime_ns: int, name: str, seed: int, fraction: float, threshold: float
+    path: str,
+    _size: int,
+    _mtime_ns: int,
+    name: str,
+    seed: int,
+    fraction: float,
+    threshold: float,
+    keep_markup: bool,
 ) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
     from shared.datasets.cleaning import clusters, near_duplicates
     from shared.datasets.loading import load_examples
     from shared.datasets.prepare import drop_exact_duplicates, split_validation
 
-    loaded = load_examples(path, source=name)
+    loaded = load_examples(path, source=name, keep_markup=keep_markup)
     kept = drop_exact_duplicates(loaded.examples).kept
     near = near_duplicates([e.text() for e in kept], threshold)
     train, validation = split_validation(kept, fraction, seed, clusters(len(kept), near))

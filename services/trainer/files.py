@@ -89,6 +89,8 @@ def inspect_training_file(data: bytes, filename: str) -> tuple[str, int, dict[st
         "formats": loaded.formats,
         "examples": len(loaded.examples),
         "exact_duplicates": len(keys) - len(set(keys)),
+        # What the default cleaning changes in the replies (a job can keep markup: data.keep_markup)
+        "cleaning": loaded.cleaning,
         "near_duplicates": None,  # filled in by the first job that validates the file
         # Where PII is (line, field, kind), never what: file reports are readable by API users.
         "pii": pii_report(scan_examples(loaded.examples)),

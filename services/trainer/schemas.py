@@ -119,6 +119,10 @@ class DataSpec(Strict):
     pii_kinds: list[PiiKind] | None = Field(
         default=None, description="Which PII kinds count; default: all of them."
     )
+    keep_markup: bool = Field(
+        default=False,
+        description="keep HTML tags and entities when cleaning (for tasks whose output is HTML)",
+    )
 
 
 class JobSpec(BaseModel):

@@ -1,6 +1,8 @@
 """From loaded files to training-ready data plus the semantic validation report.
 
-Steps, in order: drop exact duplicates (and validation examples that duplicate training ones),
+Cleaning happened when the files were loaded; what it changed in assistant targets (HTML
+stripped, entities decoded, control characters, whitespace) is counted there and reported here,
+with a warning when HTML was taken out of answers. Steps, in order: drop exact duplicates (and validation examples that duplicate training ones),
 report near-duplicates, hold out a seeded validation split when none is given (near-duplicates
 stay on one side, so the split does not leak), render with the model's template, apply the length
 limit, and check what the loss will really see. Problems that would train a wrong adapter (an
@@ -236,6 +238,20 @@ def _pair_split(
     return kept, summary
 
 
+def _markup_warning(name: str, counts: dict[str, Any]) -> list[str]:
+    """A warning when cleaning took HTML out of assistant targets: right for scraped text, wrong
+    for a task whose answers are HTML (the model would learn to drop its markup)."""
+    by_kind = counts.get("by_kind", {})
+    stripped = max(by_kind.get("html_markup", 0), by_kind.get("html_entities", 0))
+    if not stripped or counts.get("keep_markup"):
+        return []
+    return [
+        f"cleaning removed HTML tags or entities from {stripped} of "
+        f"{counts.get('assistant_targets', 0)} assistant target(s) in {name}; if the task's "
+        "output is HTML, set data.keep_markup: true"
+    ]
+
+
 def prepare(
     train_file: LoadedFile,
     validation_file: LoadedFile | None,
@@ -298,6 +314,11 @@ def prepare(
         train, validation, pii_section = _pii_step(
             train, validation, pii, pii_kinds, errors, warnings
         )
+    cleaning = {"training_file": train_file.cleaning}
+    if validation_file is not None:
+        cleaning["validation_file"] = validation_file.cleaning
+    for name, counts in cleaning.items():
+        warnings.extend(_markup_warning(name, counts))
     data = PreparedData(kind=kind, train=train, validation=validation)
     if kind == "sft":
         data.train_rendered, train_summary = _sft_split(
@@ -342,6 +363,7 @@ def prepare(
             ],
         },
         **({"pii": pii_section} if pii_section is not None else {}),
+        "cleaning": cleaning,
         "train": train_summary,
         "validation": val_summary,
         "errors": errors,

@@ -13,9 +13,12 @@ def prepare_data(
     ctx: RecipeContext, renderer: ChatRenderer, kind: str, hp: ResolvedHyperparameters
 ) -> PreparedData:
     """Load, clean, split, render and validate; a blocking phase that fails on bad data."""
-    train = load_examples(ctx.train_file.path, source=ctx.train_file.name)
+    keep_markup = ctx.spec.data.keep_markup
+    train = load_examples(ctx.train_file.path, source=ctx.train_file.name, keep_markup=keep_markup)
     validation = (
-        load_examples(ctx.validation_file.path, source=ctx.validation_file.name)
+        load_examples(
+            ctx.validation_file.path, source=ctx.validation_file.name, keep_markup=keep_markup
+        )
         if ctx.validation_file
         else None
     )
