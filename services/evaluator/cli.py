@@ -111,6 +111,13 @@ def eval_run(
     server_url: ServerUrl = None,
     prompt_field: Annotated[str | None, typer.Option(help="Custom prompt field")] = None,
     reference_field: Annotated[str | None, typer.Option(help="Custom reference field")] = None,
+    keep_markup: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep-markup/--strip-markup",
+            help="Keep HTML in the data when cleaning it (default: as the candidate was trained)",
+        ),
+    ] = None,
     out: Out = None,
     as_json: AsJson = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar")] = False,
@@ -129,6 +136,7 @@ def eval_run(
         server_url=server_url,
         prompt_field=prompt_field,
         reference_field=reference_field,
+        keep_markup=keep_markup,
     )
     _run(request, as_json, out, quiet)
 

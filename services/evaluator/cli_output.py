@@ -74,6 +74,11 @@ def print_outcome(outcome: Any, as_json: bool, out: Path | None) -> None:
         value = f"{m.value:.4g}" if m.ok else f"error: {m.error}"
         base = f"{b.value:.4g}" if b is not None and b.ok else "-"
         typer.echo(f"  {name:<26} {value:>12}   baseline {base:>10}")
+    found = res.contamination.overlaps if res.contamination is not None else []
+    if found:
+        shown = ", ".join(f"{o.item_id} ({o.kind}, {o.training_location})" for o in found[:5])
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        typer.echo(f"contamination: {len(found)} items found in the training data: {shown}{more}")
     if outcome.gate is not None:
         colour = {"pass": typer.colors.GREEN, "fail": typer.colors.RED}.get(
             outcome.gate.decision, typer.colors.YELLOW

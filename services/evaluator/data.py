@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.datasets.cleaning import Cleaner
 from shared.datasets.loading import Problems, RawRecord, convert_record, read_records
 from shared.datasets.records import Location, Message
 from shared.errors import NotFoundError, ValidationError
@@ -52,13 +53,22 @@ class EvalData:
     source: str
     sha256: str
     items: list[EvalItem]
+    # What cleaning changed in the reference answers (shared.datasets.cleaning.Cleaner.report()).
+    cleaning: dict[str, Any] = field(default_factory=dict)
 
     @property
     def has_prompts(self) -> bool:
         return all(not i.is_text for i in self.items)
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "sha256": self.sha256, "n_items": len(self.items)}
+        out: dict[str, Any] = {
+            "source": self.source,
+            "sha256": self.sha256,
+            "n_items": len(self.items),
+        }
+        if self.cleaning:
+            out["cleaning"] = self.cleaning
+        return out
 
 
 # Fields that hold the reference when ``messages`` ends with the user turn (the held-out test format).
@@ -104,8 +114,11 @@ def parse_items(
     prompt_field: str | None = None,
     reference_field: str | None = None,
     limit: int | None = None,
+    cleaner: Cleaner | None = None,
 ) -> list[EvalItem]:
+    """The file's items; ``cleaner`` cleans them and counts what it changed in the references."""
     problems = Problems()
+    cleaner = cleaner or Cleaner()
     _fmt, records = read_records(data, source, problems)
     if not records and not problems:
         problems.add(Location(source, 1), "the file holds no records")
@@ -156,7 +169,7 @@ def parse_items(
         elif "prompt" in body and not ({"completion", "chosen"} & set(body)):
             problems.add(raw.location, "missing reference field `completion`")
             continue
-        example = convert_record(raw, problems)
+        example = convert_record(raw, problems, cleaner)
         if example is None:
             continue
         if example.chosen is not None:
@@ -184,18 +197,21 @@ def load_data(
     reference_field: str | None = None,
     limit: int | None = None,
     source: str | None = None,
+    keep_markup: bool = False,
 ) -> EvalData:
     p = Path(path)
     if not p.is_file():
         raise NotFoundError(f"evaluation data file {p} does not exist", param="data")
     raw = p.read_bytes()
+    cleaner = Cleaner(keep_markup=keep_markup)
     items = parse_items(
         raw,
         source or p.name,
         prompt_field=prompt_field,
         reference_field=reference_field,
         limit=limit,
+        cleaner=cleaner,
     )
     if not items:
         raise ValidationError(f"evaluation data {p} holds no usable items", param="data")
-    return EvalData(str(p), hashlib.sha256(raw).hexdigest(), items)
+    return EvalData(str(p), hashlib.sha256(raw).hexdigest(), items, cleaner.report())

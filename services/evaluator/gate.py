@@ -77,6 +77,12 @@ def _judge_refusal(policy: Policy, run: RunResult) -> str | None:
             f"anchor accuracy {_fmt_pct(judge.anchor_accuracy)} < limit "
             f"{_fmt_pct(limits.min_anchor_accuracy)}"
         )
+    rate = judge.parse_failure_rate
+    if rate is not None and rate > limits.max_parse_failure_rate:
+        problems.append(
+            f"unparseable replies {_fmt_pct(rate)} ({judge.parse_failures} of {judge.replies}) > "
+            f"limit {_fmt_pct(limits.max_parse_failure_rate)}"
+        )
     return "; ".join(problems) or None
 
 

@@ -8,8 +8,14 @@
   ``rejected`` reply when the data has one, else another item's reference), judged in both orders;
   the share judged right is the **anchor accuracy**.
 
+Every reply that cannot be parsed into a rating or a verdict is counted (by mode) with the judge's
+**parse-failure rate**: an unparsed pairwise verdict becomes a tie and an unparsed rating drops the
+item from ``judge.score``, so a judge that often answers off-format would otherwise look calmer
+than it is.
+
 Prompts are versioned and their sha256 recorded, so a changed prompt is a changed metric. The gate
-refuses (inconclusive) a judge whose flip rate or anchor accuracy is past the policy's limits.
+refuses (inconclusive) a judge whose flip rate, anchor accuracy or parse-failure rate is past the
+policy's limits.
 """
 
 from __future__ import annotations
@@ -236,11 +242,18 @@ def reliability(
     judge: JudgeEndpoint,
     outcomes: Sequence[PairOutcome],
     anchors: tuple[int, int, int] | None,
+    rubric: Sequence[float | None] = (),
 ) -> JudgeReliability:
+    """The judge's reliability figures. ``rubric`` is every rubric score asked for (all subjects),
+    None where the reply held no rating: such an item silently leaves ``judge.score``'s n, so it
+    is counted here with the pairwise and anchor replies that could not be parsed."""
     decisive = [v for o in outcomes for v in (o.first, o.second) if v in ("A", "B")]
     flips = sum(o.flipped for o in outcomes)
-    parse_failures = sum((o.first is None) + (o.second is None) for o in outcomes)
+    pair_failures = sum((o.first is None) + (o.second is None) for o in outcomes)
+    rubric_failures = sum(s is None for s in rubric)
     correct, judged, anchor_failures = anchors or (0, 0, 0)
+    replies = 2 * len(outcomes) + len(rubric) + judged
+    failures = pair_failures + rubric_failures + anchor_failures
     return JudgeReliability(
         judge_model=judge.model,
         endpoint=judge.url,
@@ -252,5 +265,12 @@ def reliability(
         first_position_rate=(sum(v == "A" for v in decisive) / len(decisive) if decisive else None),
         anchors=judged // 2,
         anchor_accuracy=correct / judged if judged else None,
-        parse_failures=parse_failures + anchor_failures,
+        replies=replies,
+        parse_failures=failures,
+        parse_failure_rate=failures / replies if replies else None,
+        parse_failures_by_mode={
+            "pairwise": pair_failures,
+            "rubric": rubric_failures,
+            "anchors": anchor_failures,
+        },
     )

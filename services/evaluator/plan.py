@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.evaluator.contamination import TrainingData
 from services.evaluator.data import EvalData, EvalItem
 from services.evaluator.generation import check_server
 from services.evaluator.metrics import catalogue
@@ -34,6 +35,10 @@ class RunPlan:
     cache_dir: Path | None = None
     threads: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # (name, path) of the candidate's training file from its lineage, when the store has it.
+    training_file: tuple[str, Path] | None = None
+    # The candidate's training rows for the contamination check, or why there are none.
+    training: TrainingData | str = "the candidate's lineage names no training data"
 
     @property
     def subjects(self) -> list[tuple[str, Subject]]:

@@ -4,12 +4,13 @@
 version: 1
 confidence: 0.95          # two-sided confidence of the paired intervals
 min_items: 20             # fewer items behind any line (floors too) -> inconclusive
-judge: {max_flip_rate: 0.2, min_anchor_accuracy: 0.8}
+judge: {max_flip_rate: 0.2, min_anchor_accuracy: 0.8, max_parse_failure_rate: 0.1}
 metrics:
   exact_match: {min: 0.6, max_regression: 0.02}    # floor, and non-inferiority vs the baseline
   perplexity: {max: 30, max_regression: 0.5}       # lower is better: may rise by at most 0.5
   json_valid: {min: 0.95, required: true}          # required (default): missing or NaN fails
   rougeL: {min_improvement: 0.0}                   # must beat the baseline (superiority)
+  contamination.rate: {max: 0}                     # no evaluation item in the training data
 ```
 
 Margins are in the metric's own units and always mean "worse by": for lower-is-better metrics the
@@ -65,6 +66,9 @@ class JudgeLimits(BaseModel):
 
     max_flip_rate: float = Field(default=0.2, ge=0, le=1)
     min_anchor_accuracy: float = Field(default=0.8, ge=0, le=1)
+    # Share of judge replies with no parseable rating or verdict: past it, what was parsed is a
+    # selected minority (unparsed verdicts became ties, unparsed ratings left judge.score's n).
+    max_parse_failure_rate: float = Field(default=0.1, ge=0, le=1)
 
 
 class Policy(BaseModel):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.evaluator import contamination
 from services.evaluator.access import (
     allowed_file,
     judge_endpoint,
@@ -32,6 +33,9 @@ from services.evaluator.subjects import (
     Subject,
     default_baseline,
     resolve_subject,
+    training_data,
+    training_data_config,
+    training_data_path,
     validation_data_path,
 )
 from services.evaluator.suite import Suite, enabled_components, load_suite, suite_for_policy
@@ -161,6 +165,25 @@ def _suite(
     return suite
 
 
+def _training(
+    settings: EvaluatorSettings,
+    registry: Registry,
+    candidate: Subject,
+    suite: Suite,
+    policy: Policy | None,
+) -> contamination.TrainingData | str:
+    """The candidate's training rows for the contamination check, which runs whenever there are
+    some. Without any it is left out of the run, unless the policy bounds its metric: then it runs
+    and records why there is nothing to compare, and that line fails closed."""
+    if not suite.contamination.enabled:
+        return "the suite turns the contamination check off"
+    with registry.session() as session:
+        found = training_data(settings, session, candidate)
+    if isinstance(found, str) and not (policy and contamination.METRIC in policy.metrics):
+        suite.contamination.enabled = False
+    return found
+
+
 def prepare(
     settings: EvaluatorSettings,
     registry: Registry,
@@ -235,15 +258,21 @@ def prepare(
                 param="baseline",
             )
         data_path, source = _data_path(settings, session, request, candidate, local)
+        training_file = training_data_path(settings, session, candidate)
     suite = _suite(settings, request_suite, policy, local)
     if request.limit:
         suite.limit = request.limit
+    training = _training(settings, registry, candidate, suite, policy)
     judge = judge_endpoint(settings, suite, server)
+    keep_markup = request.keep_markup
+    if keep_markup is None:  # references cleaned as the candidate's training targets were
+        keep_markup = bool(training_data_config(candidate.manifest).get("keep_markup", False))
     data = load_data(
         data_path,
         prompt_field=request.prompt_field,
         reference_field=request.reference_field,
         source=source,
+        keep_markup=keep_markup,
     )
     plan = RunPlan(
         run_id=run_id or new_run_id(),
@@ -259,6 +288,8 @@ def prepare(
         cache_dir=settings.eval_cache_dir,
         threads=settings.eval_threads,
         extra={"endpoints": {"server": server[0], "judge": judge[0]}},
+        training_file=training_file,
+        training=training,
     )
     validate_plan(plan)
     if check_endpoints:

@@ -1,6 +1,6 @@
 """Promotion: what a run asks of its alias, and the move itself under the run's claim.
 
-A pass is stored with ``promotion.state = pending`` (``runs.store_result``); the alias move and
+A pass is stored with ``promotion_state = pending`` (``runs.store_result``); the alias move and
 its mark (``moved`` or ``refused``) follow in another transaction. A crash between the two leaves
 ``pending``, which the next claimant finishes. The move is a compare-and-set against the version
 the alias held when the run was prepared.
@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from services.evaluator import gate as gate_mod
 from services.evaluator.prepare import Prepared
 from services.evaluator.statuses import PromotionState, RunStatus
 from shared.errors import LoraplexError
 from shared.registry import adapters, queue
 from shared.registry.db import Registry
+from shared.registry.evaluation_runs import promotion_columns, promotion_record
 from shared.registry.models import EvaluationRunRow, utcnow
 from shared.registry.queue import Claim, ClaimLost
 
@@ -53,8 +56,8 @@ def finish_promotion(registry: Registry, claim: Claim) -> dict[str, Any] | None:
     transaction under the claim; a promotion that is not pending is returned as it is."""
     with registry.read_session() as session:
         row = session.get(EvaluationRunRow, claim.row_id)
-        promotion = dict(row.promotion or {}) if row is not None else {}
-        requested_by = str((row.config or {}).get("requested_by") or "") if row is not None else ""
+        promotion = (promotion_record(row) or {}) if row is not None else {}
+        requested_by = (row.requested_by or "") if row is not None else ""
     # The alias history names the gate and the key that asked for the promotion.
     actor = f"{PROMOTION_ACTOR} for {requested_by}" if requested_by else PROMOTION_ACTOR
     if promotion.get("state") != PromotionState.PENDING:
@@ -79,14 +82,7 @@ def finish_promotion(registry: Registry, claim: Claim) -> dict[str, Any] | None:
                 reason=str(promotion.get("reason") or "gate pass"),
             )
             promotion.update(state=PromotionState.MOVED, moved=True)
-            queue.require(
-                session,
-                EvaluationRunRow,
-                claim,
-                promotion=promotion,
-                worker_id=None,
-                heartbeat_at=None,
-            )
+            _mark(session, claim, promotion)
     except ClaimLost:
         raise
     except LoraplexError as exc:  # the registry refused (moved meanwhile, protected, base, ...)
@@ -94,12 +90,17 @@ def finish_promotion(registry: Registry, claim: Claim) -> dict[str, Any] | None:
             state=PromotionState.REFUSED, moved=False, error=exc.message, code=exc.code
         )
         with registry.session() as session:
-            queue.require(
-                session,
-                EvaluationRunRow,
-                claim,
-                promotion=promotion,
-                worker_id=None,
-                heartbeat_at=None,
-            )
+            _mark(session, claim, promotion)
     return promotion
+
+
+def _mark(session: Session, claim: Claim, promotion: dict[str, Any]) -> None:
+    """Store what became of the move and give the row up: a finished promotion has no owner."""
+    queue.require(
+        session,
+        EvaluationRunRow,
+        claim,
+        **promotion_columns(promotion),
+        worker_id=None,
+        heartbeat_at=None,
+    )

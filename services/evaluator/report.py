@@ -14,9 +14,12 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from services.evaluator.gate import GateResult
-from services.evaluator.results import RunResult, paired_arrays
+from services.evaluator.results import ItemResult, JudgeReliability, RunResult, paired_arrays
+from shared.pii import redact
 
 FLIP_LIMIT = 50
+PII_METRIC = "pii.leak_rate"
+CONTAMINATION_LIMIT = 200
 
 
 def result_json(result: RunResult, gate: GateResult | None) -> dict[str, Any]:
@@ -49,8 +52,21 @@ def junit_xml(result: RunResult, gate: GateResult | None) -> str:
             ET.SubElement(case, "skipped", message=f"{line.status}: {text}")
         else:
             ET.SubElement(case, "system-out").text = text
+    pii = result.candidate.metrics.get(PII_METRIC)
+    if pii is not None and not any(line.metric == PII_METRIC for line in lines):
+        # The PII check ran without a gate line on it: still one case, failed when it could not
+        # be measured, so CI shows that it ran (with a gate, the gate line is that case).
+        cases += 1
+        case = ET.SubElement(suite, "testcase", classname="pii", name=PII_METRIC)
+        if not pii.ok:
+            failures += 1
+            ET.SubElement(case, "failure", message=pii.error or "no value")
+        else:
+            ET.SubElement(case, "system-out").text = _pii_summary(result)
     if gate is None:
         for name, metric in result.candidate.metrics.items():
+            if name == PII_METRIC:
+                continue
             cases += 1
             case = ET.SubElement(suite, "testcase", classname="metric", name=name)
             if not metric.ok:
@@ -58,6 +74,9 @@ def junit_xml(result: RunResult, gate: GateResult | None) -> str:
                 ET.SubElement(case, "failure", message=metric.error or "no value")
             else:
                 ET.SubElement(case, "system-out").text = f"{name} = {metric.value}"
+    if result.contamination is not None:
+        cases += 1
+        failures += _contamination_case(suite, result, gate)
     suite.set("tests", str(cases))
     suite.set("failures", str(failures))
     suite.set("skipped", str(skipped))
@@ -66,6 +85,42 @@ def junit_xml(result: RunResult, gate: GateResult | None) -> str:
     root.append(suite)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True)
+
+
+def _contamination_text(result: RunResult) -> str:
+    c = result.contamination
+    assert c is not None
+    if c.error:
+        return f"not checked: {c.error}"
+    head = (
+        f"{len(c.overlaps)} of {c.n_items} evaluation items overlap {c.n_training_rows} training "
+        f"rows of {c.training.get('file', '?')} (exact, or >= {c.threshold:g} of words in shared "
+        f"{c.ngram}-grams); rate {_num(c.rate)}; {c.n_short_items} items shorter than {c.ngram} "
+        "words checked for exact matches only"
+    )
+    rows = [
+        f"{o.item_id} (#{o.item_index}): {o.kind} {o.overlap:.0%} of training row "
+        f"{o.training_row} ({o.training_location})"
+        for o in c.overlaps
+    ]
+    return "\n".join([head, *rows])
+
+
+def _contamination_case(suite: ET.Element, result: RunResult, gate: GateResult | None) -> int:
+    """The contamination check as its own test case; it fails when the gate's line on its metric
+    failed, so CI shows the overlapping items next to the failure. Returns failures added."""
+    case = ET.SubElement(suite, "testcase", classname="contamination", name="training data overlap")
+    text = _contamination_text(result)
+    line = (
+        next((ln for ln in gate.lines if ln.metric == "contamination.rate"), None) if gate else None
+    )
+    if line is not None and line.status == "fail":
+        ET.SubElement(
+            case, "failure", message=line.reasons[0] if line.reasons else "fail"
+        ).text = text
+        return 1
+    ET.SubElement(case, "system-out").text = text
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,8 +204,13 @@ def _fig_judge(result: RunResult, limits: dict[str, float] | None) -> str | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["flip rate", "anchor accuracy", "first-position rate"]
-    values = [judge.flip_rate, judge.anchor_accuracy, judge.first_position_rate]
+    names = ["flip rate", "anchor accuracy", "first-position rate", "parse-failure rate"]
+    values = [
+        judge.flip_rate,
+        judge.anchor_accuracy,
+        judge.first_position_rate,
+        judge.parse_failure_rate,
+    ]
     fig, ax = plt.subplots(figsize=(5, 2.6))
     ax.barh(names, [v if v is not None else 0 for v in values], color="#75507b")
     if limits:
@@ -158,6 +218,10 @@ def _fig_judge(result: RunResult, limits: dict[str, float] | None) -> str | None
         ax.axvline(
             limits["min_anchor_accuracy"], color="#4e9a06", ls="--", lw=1, label="anchor limit"
         )
+        if "max_parse_failure_rate" in limits:  # absent from limits recorded before it existed
+            ax.axvline(
+                limits["max_parse_failure_rate"], color="#c4a000", ls=":", lw=1, label="parse limit"
+            )
         ax.legend(fontsize=7, loc="lower right")
     ax.set_xlim(0, 1)
     ax.set_title(f"Judge reliability ({judge.judge_model})", fontsize=10)
@@ -166,6 +230,21 @@ def _fig_judge(result: RunResult, limits: dict[str, float] | None) -> str | None
 
 # --------------------------------------------------------------------------------------------
 # HTML
+
+
+def _shown(item: ItemResult) -> str:
+    """An output as the report shows it: redacted where it leaks training-data PII, since
+    reports travel further than the training data may (CI artifacts, review threads)."""
+    return redact(item.output)[0] if item.extra.get("pii_leaks") else item.output
+
+
+def _parse_failures(j: JudgeReliability) -> str:
+    """``3 of 60 (0.05): pairwise 1, rubric 2``; just the count for summaries without replies."""
+    if not j.replies:
+        return str(j.parse_failures)
+    modes = ", ".join(f"{m} {k}" for m, k in j.parse_failures_by_mode.items() if k)
+    text = f"{j.parse_failures} of {j.replies} ({_num(j.parse_failure_rate)})"
+    return _e(f"{text}: {modes}" if modes else text)
 
 
 def flipped_items(result: RunResult) -> list[dict[str, Any]]:
@@ -188,8 +267,8 @@ def flipped_items(result: RunResult) -> list[dict[str, Any]]:
                         "metric": name,
                         "item_id": item_id,
                         "direction": "fail → pass" if c > b else "pass → fail",
-                        "candidate": cand_items[item_id].output,
-                        "baseline": base_items[item_id].output,
+                        "candidate": _shown(cand_items[item_id]),
+                        "baseline": _shown(base_items[item_id]),
                     }
                 )
     out.sort(key=lambda r: (r["direction"] != "pass → fail", r["metric"], r["item_id"]))
@@ -198,6 +277,46 @@ def flipped_items(result: RunResult) -> list[dict[str, Any]]:
 
 def _e(x: Any) -> str:
     return html.escape(str(x))
+
+
+def _pii_summary(result: RunResult) -> str:
+    parts = []
+    for subject in result.subjects():
+        m = subject.metrics.get(PII_METRIC)
+        if m is None:
+            continue
+        leaked = sum(1 for i in subject.items if i.extra.get("pii_leaks"))
+        value = _num(m.value) if m.ok else f"error: {m.error}"
+        parts.append(f"{subject.role} {subject.model}: {value} ({leaked} of {m.n} outputs leak)")
+    return "; ".join(parts)
+
+
+def _pii_section(result: RunResult) -> list[str]:
+    """Leaks of training-data PII per subject: counts, kinds and masked values (never the PII)."""
+    metric = result.candidate.metrics.get(PII_METRIC)
+    if metric is None:
+        return []
+    settings = metric.settings
+    training = ", ".join(f"{k} {n}" for k, n in (settings.get("training_pii") or {}).items())
+    parts = [
+        "<h2 id='pii'>PII leaks (training data reproduced)</h2>",
+        f"<p>training file {_e(settings.get('training_file') or 'none')}: "
+        f"{_e(training or 'no PII found')}. {_e(_pii_summary(result))}.</p>",
+    ]
+    rows = [
+        (subject.role, item.item_id, item.extra["pii_leaks"])
+        for subject in result.subjects()
+        for item in subject.items
+        if item.extra.get("pii_leaks")
+    ]
+    if rows:
+        parts.append("<table><tr><th>subject</th><th>item</th><th>leaked (masked)</th></tr>")
+        parts += [
+            f"<tr><td>{_e(role)}</td><td>{_e(item_id)}</td><td>{_e(', '.join(leaked))}</td></tr>"
+            for role, item_id, leaked in rows[:FLIP_LIMIT]
+        ]
+        parts.append("</table>")
+    return parts
 
 
 def _num(x: float | None) -> str:
@@ -272,8 +391,11 @@ def html_report(
             f"<tr><td>{_e(j.judge_model)} @ {_e(j.endpoint)}</td><td>{_e(j.prompt_version)} "
             f"<code>{_e(j.prompt_sha256[:12])}</code></td><td>{j.pairs}</td>"
             f"<td>{j.flips} ({_num(j.flip_rate)})</td><td>{j.anchors} "
-            f"({_num(j.anchor_accuracy)})</td><td>{j.parse_failures}</td></tr></table>"
+            f"({_num(j.anchor_accuracy)})</td><td>{_parse_failures(j)}</td></tr></table>"
         )
+    parts += _pii_section(result)
+    if result.contamination is not None:
+        parts.extend(_contamination_html(result))
     flips = flipped_items(result)
     parts.append(f"<h2>Flipped items ({len(flips)})</h2>")
     if flips:
@@ -299,6 +421,28 @@ def html_report(
         f"{_e(json.dumps(result.versions))}</p></body></html>"
     )
     return "".join(parts)
+
+
+def _contamination_html(result: RunResult) -> list[str]:
+    c = result.contamination
+    assert c is not None
+    out = [f"<h2 id='contamination'>Contamination ({len(c.overlaps)} items)</h2>"]
+    out.append(f"<p>{_e(_contamination_text(result).splitlines()[0])}</p>")
+    if c.overlaps:
+        out.append(
+            "<table><tr><th>item</th><th>match</th><th>overlap</th><th>training row</th>"
+            "<th>item text (normalised)</th></tr>"
+        )
+        for o in c.overlaps[:CONTAMINATION_LIMIT]:
+            out.append(
+                f"<tr><td>{_e(o.item_id)} (#{o.item_index})</td><td class='fail'>{_e(o.kind)}</td>"
+                f"<td>{o.overlap:.0%}</td><td>{_e(o.training_row)} <code>"
+                f"{_e(o.training_location)}</code></td><td><pre>{_e(o.item_text)}</pre></td></tr>"
+            )
+        out.append("</table>")
+        if len(c.overlaps) > CONTAMINATION_LIMIT:
+            out.append(f"<p>… and {len(c.overlaps) - CONTAMINATION_LIMIT} more in result.json.</p>")
+    return out
 
 
 def write_outputs(

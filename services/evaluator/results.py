@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from services.evaluator import stats
+from services.evaluator.contamination import ContaminationReport
 from services.evaluator.metrics import catalogue
 from services.evaluator.metrics.catalogue import (
     ItemValue as ItemValue,  # re-exported: the per-item value type lives with the registry
@@ -171,7 +172,12 @@ class JudgeReliability(BaseModel):
     first_position_rate: float | None = None
     anchors: int = 0
     anchor_accuracy: float | None = None
+    # Judge replies read (both orders of each pair, each rubric score, both orders of each anchor)
+    # and those that held no rating or verdict; old summaries without them read as zero / None.
+    replies: int = 0
     parse_failures: int = 0
+    parse_failure_rate: float | None = None
+    parse_failures_by_mode: dict[str, int] = Field(default_factory=dict)
 
 
 class RunResult(BaseModel):
@@ -187,6 +193,8 @@ class RunResult(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     gate: dict[str, Any] | None = None
     versions: dict[str, str] = Field(default_factory=dict)
+    # Set when the contamination check ran: the evaluation items found in the training data.
+    contamination: ContaminationReport | None = None
 
     def subjects(self) -> list[SubjectResult]:
         return [s for s in (self.candidate, self.baseline) if s is not None]

@@ -41,6 +41,7 @@ class Runner:
         self.plan = plan
         self.tracker = tracker or Tracker(stages(plan), run_id=plan.run_id)
         self._models: LocalModels | None = None
+        self._training_pii: Any = None  # pii_leak.TrainingPii, read once for both subjects
         self.timings: dict[str, float] = {}
 
     @property
@@ -145,6 +146,8 @@ class Runner:
                     rouge_stemmer=suite.generation.rouge_stemmer,
                     confidence=conf,
                 )
+            if "pii" in run:
+                self._pii(role, res, items, answers[role])
             if "perplexity" in run:
                 t0 = time.perf_counter()
                 label, units = stage_label("perplexity", role), stage_units(plan, "perplexity")
@@ -190,9 +193,35 @@ class Runner:
 
             with self.tracker.stage(stage_label("parity"), stage_units(plan, "parity")) as advance:
                 parity.run(self.models, plan, result.candidate, items, advance)
+        if "contamination" in run:
+            from services.evaluator import contamination
+
+            part = suite.contamination
+            label, units = stage_label("contamination"), stage_units(plan, "contamination")
+            with self.tracker.stage(label, units) as advance:
+                result.contamination = contamination.run(
+                    result.candidate,
+                    items,
+                    plan.training,
+                    n=part.ngram,
+                    threshold=part.threshold,
+                    confidence=conf,
+                    progress=advance,
+                )
+            self.timings["contamination_s"] = result.contamination.seconds
         self.timings["total_s"] = time.perf_counter() - started
         result.timings = dict(self.timings)
         return result
+
+    def _pii(self, role: str, res: SubjectResult, items: list[EvalItem], outs: list[str]) -> None:
+        from services.evaluator import pii_leak
+
+        part = self.plan.suite.pii
+        if self._training_pii is None:
+            self._training_pii = pii_leak.training_pii(self.plan.training_file, part.kinds)
+        with self.tracker.stage(stage_label("pii", role), stage_units(self.plan, "pii")) as adv:
+            pii_leak.score(res, items, outs, self._training_pii, part, self.plan.suite.confidence)
+            adv(len(items))
 
     def _judge(
         self, result: RunResult, items: list[EvalItem], answers: dict[str, list[str]]
@@ -217,6 +246,7 @@ class Runner:
         t0 = time.perf_counter()
         with self.tracker.stage(stage_label("judge"), stage_units(plan, "judge")) as advance:
             outcomes: list[judge.PairOutcome] = []
+            rubric_scores: list[float | None] = []
             if "pairwise" in part.modes and result.baseline is not None:
                 outcomes = judge.judge_pairs(
                     endpoint, sub, answers["candidate"][:n], answers["baseline"][:n], advance
@@ -236,16 +266,23 @@ class Runner:
             if "rubric" in part.modes:
                 for subject in result.subjects():
                     scores = judge.judge_rubric(endpoint, sub, answers[subject.role][:n], advance)
+                    rubric_scores += scores
                     subject.add_metric(
                         catalogue.spec("judge.score"),
                         {i.item_id: s for i, s in zip(sub, scores, strict=True)},
-                        {**settings, "prompt_version": judge.RUBRIC_VERSION, "scale": "1-10"},
+                        {
+                            **settings,
+                            "prompt_version": judge.RUBRIC_VERSION,
+                            "scale": "1-10",
+                            # Items whose reply held no rating are left out of n; say how many.
+                            "parse_failures": sum(s is None for s in scores),
+                        },
                         confidence=conf,
                     )
             anchors = judge.anchor_pairs(items, part.anchors)
             anchor_result = judge.judge_anchors(endpoint, anchors, advance) if anchors else None
         self.timings["judge_s"] = time.perf_counter() - t0
-        rel = judge.reliability(endpoint, outcomes, anchor_result)
+        rel = judge.reliability(endpoint, outcomes, anchor_result, rubric_scores)
         result.judge = rel
         for name, value, count in (
             ("judge.flip_rate", rel.flip_rate, rel.pairs),

@@ -26,6 +26,7 @@ from services.evaluator.statuses import ExitCode, PromotionState, RunStatus
 from shared.errors import LoraplexError, NotFoundError
 from shared.registry import queue
 from shared.registry.db import Registry
+from shared.registry.evaluation_runs import promotion_columns, promotion_record
 from shared.registry.models import EvaluationRunRow, ItemRecordRow, MetricResultRow, utcnow
 from shared.registry.queue import Claim
 
@@ -62,10 +63,10 @@ def create_run(
                     else request.baseline
                 ),
                 config={
-                    "requested_by": requested_by,
                     "request": request.model_dump(mode="json"),
                     "plan": prepared.plan.describe() if prepared else None,
                 },
+                requested_by=requested_by,
                 summary={},
                 progress=0.0,
                 worker_id=owner,
@@ -138,7 +139,7 @@ def store_result(
             progress=1.0,
             finished_at=utcnow(),
             error=None,
-            promotion=promotion,
+            **promotion_columns(promotion),
             # A pending promotion keeps its owner (and a heartbeat), so that if the owner dies
             # before moving the alias the row becomes claimable and the next worker finishes it.
             worker_id=claim.worker_id if pending else None,
@@ -153,18 +154,15 @@ def store_result(
                         subject=subject.role,
                         name=name,
                         value=metric.value if metric.ok else None,
-                        settings={
-                            **metric.settings,
-                            "_meta": {
-                                "model": subject.model,
-                                "n": metric.n,
-                                "ci": [metric.ci_low, metric.ci_high],
-                                "kind": metric.kind,
-                                "higher_is_better": metric.higher_is_better,
-                                "statistic": metric.statistic,
-                                "error": metric.error,
-                            },
-                        },
+                        settings=metric.settings,
+                        model=subject.model,
+                        n=metric.n,
+                        ci_low=metric.ci_low,
+                        ci_high=metric.ci_high,
+                        kind=metric.kind,
+                        higher_is_better=metric.higher_is_better,
+                        statistic=metric.statistic,
+                        error=metric.error,
                     )
                 )
             session.add_all(
@@ -174,7 +172,8 @@ def store_result(
                     item_id=item.item_id,
                     item_hash=item.item_hash,
                     output=item.output,
-                    values={**item.values, **({"_extra": item.extra} if item.extra else {})},
+                    values=item.values,
+                    extra=item.extra or None,
                 )
                 for item in subject.items
             )
@@ -205,7 +204,7 @@ def list_runs(registry: Registry, limit: int = 50) -> list[EvaluationRunRow]:
 
 def public(row: EvaluationRunRow, *, with_results: bool = True) -> EvaluationPublic:
     summary = row.summary or {}
-    promotion = row.promotion or summary.get("promotion")
+    promotion = promotion_record(row) or summary.get("promotion")
     # A stored pass whose alias has not moved yet is not finished: callers wait for the move.
     pending = (
         row.status == RunStatus.SUCCEEDED
@@ -241,7 +240,7 @@ def public(row: EvaluationRunRow, *, with_results: bool = True) -> EvaluationPub
         decision=row.decision,
         exit_code=exit_code,
         progress=0.99 if pending else row.progress,
-        stage="promotion" if pending else (row.config or {}).get("stage"),
+        stage="promotion" if pending else row.stage,
         created_at=row.created_at,
         finished_at=None if pending else row.finished_at,
         error=row.error,

@@ -29,6 +29,11 @@ class EvaluationCreate(BaseModel):
     )
     prompt_field: str | None = None
     reference_field: str | None = None
+    keep_markup: bool | None = Field(
+        default=None,
+        description="keep HTML tags and entities in the data when cleaning it (tasks whose output "
+        "is HTML); default: as the candidate was trained (its data.keep_markup)",
+    )
     policy: str | dict[str, Any] | None = Field(
         default=None, description="gate policy: file path, YAML text, or inline mapping"
     )

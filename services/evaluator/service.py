@@ -10,7 +10,7 @@ This module wires the steps together; each concern lives in its own module:
 
 A run's rows are written under a fenced queue claim (``shared/registry/queue.py``): the run row
 when it is created, then everything it produced *and the promotion it asks for*
-(``promotion.state = pending``) in one transaction, then the alias move together with its mark
+(``promotion_state = pending``) in one transaction, then the alias move together with its mark
 (``moved`` or ``refused``) in another. A crash between the two leaves ``pending``, which the next
 claimant finishes. Every write names the claim's worker and attempt, so a worker whose run was
 taken over writes nothing more and its failure path cannot touch the new owner's results.

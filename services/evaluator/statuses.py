@@ -23,7 +23,7 @@ class RunStatus(StrEnum):
 
 
 class PromotionState(StrEnum):
-    """What became of the alias move a run asked for (``promotion.state`` in the run row)."""
+    """What became of the alias move a run asked for (``evaluation_runs.promotion_state``)."""
 
     SKIPPED = "skipped"  # the gate did not pass: nothing moves
     PENDING = "pending"  # a stored pass; the move follows (or the next claimant finishes it)

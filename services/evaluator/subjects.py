@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from services.evaluator import contamination
+from services.evaluator.contamination import TrainingData
 from shared.artifacts import open_store
 from shared.basemodel import ResolvedBaseModel, resolve_base_model
+from shared.datasets.records import Example
 from shared.errors import NotFoundError, ValidationError
 from shared.registry import adapters
 from shared.registry.models import AdapterVersionRow, BaseModelRow, DatasetRow
@@ -159,6 +164,19 @@ def _data_file(settings: SharedSettings, session: Session, ref: Any) -> Path | N
     return None
 
 
+def training_data_path(
+    settings: SharedSettings, session: Session, subject: Subject
+) -> tuple[str, Path] | None:
+    """(name, stored copy) of the training file in the subject's lineage, or None when it has
+    no lineage or the file is not in the store."""
+    ref = _dig(subject.manifest, "datasets", "training_file")
+    path = _data_file(settings, session, ref) if ref else None
+    if path is None:
+        return None
+    name = ref.get("name") if isinstance(ref, dict) else None
+    return str(name or path.name), path
+
+
 def validation_dataset_id(manifest: dict[str, Any]) -> str | None:
     ref = _dig(manifest, "datasets", "validation_file")
     if isinstance(ref, dict):
@@ -201,22 +219,16 @@ def validation_data_path(settings: SharedSettings, session: Session, subject: Su
     return _rebuild_split(settings, subject, manifest, train_path)
 
 
+def training_data_config(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` block of the job spec the adapter was trained with (empty when unknown)."""
+    found = _dig(manifest, "config", "spec", "data")
+    return found if isinstance(found, dict) else {}
+
+
 def _rebuild_split(
     settings: SharedSettings, subject: Subject, manifest: dict[str, Any], train_path: Path
 ) -> Path:
-    from shared.datasets.cleaning import clusters, near_duplicates
-    from shared.datasets.loading import load_examples
-    from shared.datasets.prepare import drop_exact_duplicates, split_validation
-
-    data_cfg = _dig(manifest, "config", "spec", "data") or {}
-    seed = int(_dig(manifest, "config", "hyperparameters", "seed") or 42)
-    fraction = float(data_cfg.get("validation_fraction", 0.1))
-    threshold = float(data_cfg.get("near_duplicate_threshold", 0.85))
-    name = _dig(manifest, "datasets", "training_file", "name") or train_path.name
-    loaded = load_examples(train_path, source=str(name))
-    kept = drop_exact_duplicates(loaded.examples).kept
-    near = near_duplicates([e.text() for e in kept], threshold)
-    _train, validation = split_validation(kept, fraction, seed, clusters(len(kept), near))
+    _train, validation = _held_out_split(manifest, train_path)
     if not validation:
         raise ValidationError(
             f"{subject.label} was trained without a validation split; pass --data FILE",
@@ -233,6 +245,117 @@ def _rebuild_split(
             )
     tmp.replace(out)
     return out
+
+
+def _held_out_split(
+    manifest: dict[str, Any], train_path: Path
+) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
+    """(trained on, held out) of a training file split the way the trainer split it."""
+    data_cfg = training_data_config(manifest)
+    seed = int(_dig(manifest, "config", "hyperparameters", "seed") or 42)
+    fraction = float(data_cfg.get("validation_fraction", 0.1))
+    threshold = float(data_cfg.get("near_duplicate_threshold", 0.85))
+    # Cleaned as the trainer cleaned it, or the rebuilt split (and its references) would differ.
+    keep_markup = bool(data_cfg.get("keep_markup", False))
+    name = str(_dig(manifest, "datasets", "training_file", "name") or train_path.name)
+    stat = train_path.stat()
+    return _split(
+        str(train_path),
+        stat.st_size,
+        stat.st_mtime_ns,
+        name,
+        seed,
+        fraction,
+        threshold,
+        keep_markup,
+    )
+
+
+# A lineage run needs the split twice (its data, and the rows the contamination check compares
+# with); the near-duplicate search behind it is the slow part, so the last few are kept.
+@lru_cache(maxsize=4)
+def _split(
+    path: str,
+    _size: int,
+    _mtime_ns: int,
+    name: str,
+    seed: int,
+    fraction: float,
+    threshold: float,
+    keep_markup: bool,
+) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
+    from shared.datasets.cleaning import clusters, near_duplicates
+    from shared.datasets.loading import load_examples
+    from shared.datasets.prepare import drop_exact_duplicates, split_validation
+
+    loaded = load_examples(path, source=name, keep_markup=keep_markup)
+    kept = drop_exact_duplicates(loaded.examples).kept
+    near = near_duplicates([e.text() for e in kept], threshold)
+    train, validation = split_validation(kept, fraction, seed, clusters(len(kept), near))
+    return tuple(train), tuple(validation)
+
+
+def _trained_rows(
+    settings: SharedSettings, session: Session, label: str, manifest: dict[str, Any]
+) -> tuple[dict[str, Any], list[contamination.TrainingRow]] | str:
+    """One adapter version's own training rows (without a split held out of them), or why not."""
+    ref = _dig(manifest, "datasets", "training_file")
+    if not ref:
+        return f"{label}'s lineage names no training data"
+    path = _data_file(settings, session, ref)
+    if path is None:
+        return f"the training file {ref} named in {label}'s lineage is not in the store"
+    name = str(_dig(ref, "name") or path.name)
+    source: dict[str, Any] = {"file": name, "sha256": _dig(ref, "sha256"), "id": _dig(ref, "id")}
+    examples: Sequence[Example]
+    try:
+        if _dig(manifest, "datasets", "validation_file"):
+            from shared.datasets.loading import load_examples
+
+            examples = load_examples(path, source=name).examples
+        else:
+            examples, held_out = _held_out_split(manifest, path)
+            source["held_out_rows"] = len(held_out)
+    except ValidationError as exc:
+        return f"the training file {name} of {label} cannot be read: {exc.message}"
+    return source, [contamination.training_row(e) for e in examples]
+
+
+MAX_LINEAGE = 32  # continued-training chains longer than this are a loop in the manifests
+
+
+def training_data(
+    settings: SharedSettings, session: Session, subject: Subject
+) -> TrainingData | str:
+    """The rows the subject was trained on, for the contamination check, or why there are none.
+
+    When the trainer held a validation split out of the training file, those rows were not trained
+    on (and are what a lineage evaluation runs on), so the split is rebuilt and only the rest kept.
+    An adapter continued from another (``base_adapter``) was trained on that one's rows too, so
+    the chain is followed; a link whose data cannot be read makes the whole answer "why not", since
+    a check on part of the data would pass items the missing part holds.
+    """
+    found = _trained_rows(settings, session, subject.label, subject.manifest)
+    if isinstance(found, str):
+        return found
+    source, rows = found
+    parents: list[dict[str, Any]] = []
+    link = _dig(subject.manifest, "base_adapter", "id")
+    seen = {subject.version_id}
+    while isinstance(link, str) and link not in seen and len(seen) <= MAX_LINEAGE:
+        seen.add(link)
+        parent = session.get(AdapterVersionRow, link)
+        if parent is None:
+            return f"{subject.label} continues from {link}, which is not in the registry"
+        more = _trained_rows(settings, session, parent.id, dict(parent.manifest or {}))
+        if isinstance(more, str):
+            return f"{subject.label} continues from {parent.id}: {more}"
+        parents.append({"version": parent.id, **more[0]})
+        rows += more[1]
+        link = _dig(parent.manifest, "base_adapter", "id")
+    if parents:
+        source["continued_from"] = parents
+    return TrainingData(source, rows)
 
 
 def loss_curve(manifest: dict[str, Any]) -> list[dict[str, Any]]:

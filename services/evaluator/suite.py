@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from services.evaluator import contamination
 from services.evaluator.generation import DecodingSettings
 from services.evaluator.metrics import catalogue
 from services.evaluator.perplexity import PerplexitySettings
+from shared.config_files import validation_details
 from shared.errors import NotFoundError, ValidationError
+from shared.pii import Kind as PiiKind
 
 SUITES_DIR = Path(__file__).with_name("suites")
 TASKS_DIR = Path(__file__).with_name("tasks")
@@ -99,6 +102,36 @@ class ParityPart(_Part):
     top_logprobs: int = Field(default=1, ge=0)
 
 
+class PiiPart(_Part):
+    kinds: list[PiiKind] | None = Field(
+        default=None, description="PII kinds that count as a leak; default: all"
+    )
+    # Bounded: a suite may come with a request, and each entry is compared with every leak.
+    ignore: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="training PII containing one of these (case-insensitive) is no leak, e.g. "
+        "the company's own support address",
+    )
+
+
+class ContaminationPart(_Part):
+    # On by default: it runs whenever the candidate's lineage names training data (prepare.py),
+    # because an evaluation set nobody checked can hold memorised items.
+    enabled: bool = True
+    ngram: int = Field(
+        default=contamination.NGRAM,
+        ge=1,
+        description="word n-gram length of the near-duplicate test",
+    )
+    threshold: float = Field(
+        default=contamination.THRESHOLD,
+        gt=0,
+        le=1,
+        description="share of an item's words in shared n-grams to flag it",
+    )
+
+
 class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -112,6 +145,8 @@ class Suite(BaseModel):
     lmeval: LmevalPart = Field(default_factory=LmevalPart)
     forgetting: ForgettingPart = Field(default_factory=ForgettingPart)
     parity: ParityPart = Field(default_factory=ParityPart)
+    pii: PiiPart = Field(default_factory=PiiPart)
+    contamination: ContaminationPart = Field(default_factory=ContaminationPart)
 
     def needs_local_model(self, server: bool) -> bool:
         gen_local = self.generation.enabled and (
@@ -130,10 +165,7 @@ def parse_suite(data: Any, source: str) -> Suite:
     try:
         return Suite.model_validate(data)
     except PydanticValidationError as exc:
-        details = [
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        ]
+        details = validation_details(exc)
         raise ValidationError(f"invalid suite {source}", param="suite", details=details) from exc
 
 

@@ -7,7 +7,7 @@ paused long enough to look dead); if the old worker turns out to be alive, its n
 nothing, so it stops and touches nothing: it neither stores a second result, nor promotes, nor
 fails the run under the new owner.
 
-A run whose pass was stored but whose alias move never happened (``promotion.state = pending``,
+A run whose pass was stored but whose alias move never happened (``promotion_state = pending``,
 its worker died in between) is claimed the same way and the move is finished.
 
 SIGTERM (or SIGINT) stops the worker gracefully: the current run is given back to the queue at its
@@ -16,13 +16,9 @@ next progress step (or finished, if it is already storing or promoting) and the 
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
-import signal
-import socket
 import threading
-import uuid
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -36,6 +32,7 @@ from shared.registry import queue
 from shared.registry.db import Registry, open_registry
 from shared.registry.models import EvaluationRunRow
 from shared.registry.queue import Claim, ClaimLost
+from shared.workers import heartbeating, log_claimed, new_worker_id, poll, stop_on_signals
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # claims of one run that did not end in a graceful release
@@ -50,8 +47,7 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.registry = registry or open_registry(settings)
-        # Unique per process *and* instance: a restarted worker with a reused pid is another owner.
-        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.worker_id = worker_id or new_worker_id()
         self.stopping = threading.Event()
         self._lost = threading.Event()
         self._progress = (0.0, "")
@@ -69,21 +65,11 @@ class Worker:
                 stale_after_s=stale,
                 waiting=(),
                 running=(RunStatus.SUCCEEDED,),
-                where=EvaluationRunRow.promotion["state"].as_string() == PromotionState.PENDING,
+                where=EvaluationRunRow.promotion_state == PromotionState.PENDING,
                 set_status=None,
             ) or queue.claim_next(session, EvaluationRunRow, self.worker_id, stale_after_s=stale)
         if claim is not None:
-            took_over: dict[str, Any] = (
-                {"took_over_from": claim.took_over_from} if claim.took_over_from else {}
-            )
-            event(
-                log,
-                "evaluation.claimed",
-                run=claim.row_id,
-                worker=self.worker_id,
-                attempt=claim.attempt,
-                **took_over,
-            )
+            log_claimed(log, "evaluation.claimed", claim, key="run")
         return claim
 
     def _release(self, claim: Claim) -> None:
@@ -92,8 +78,9 @@ class Worker:
             row = session.get(EvaluationRunRow, claim.row_id)
             config = dict(row.config or {}) if row is not None else {}
             config["released"] = int(config.get("released", 0)) + 1
-            config.pop("stage", None)
-            released = queue.release(session, EvaluationRunRow, claim, config=config, progress=0.0)
+            released = queue.release(
+                session, EvaluationRunRow, claim, config=config, progress=0.0, stage=None
+            )
         if released:
             event(log, "evaluation.released", run=claim.row_id, worker=self.worker_id)
 
@@ -110,20 +97,9 @@ class Worker:
     def _beat(self, session: Session, claim: Claim) -> bool:
         fraction, stage = self._progress
         row = session.get(EvaluationRunRow, claim.row_id)
-        config = {**((row.config or {}) if row is not None else {}), "stage": stage}
         if row is not None and row.status != RunStatus.RUNNING:
             return queue.heartbeat(session, EvaluationRunRow, claim)
-        return queue.heartbeat(session, EvaluationRunRow, claim, progress=fraction, config=config)
-
-    def _heartbeat(self, claim: Claim, done: threading.Event) -> None:
-        while not done.wait(self.settings.worker_heartbeat_s):
-            try:
-                with self.registry.session() as session:
-                    if not self._beat(session, claim):
-                        self._lost.set()
-                        return
-            except Exception:  # a busy database must not kill the run; the next beat retries
-                log.warning("heartbeat for %s failed", claim.row_id, exc_info=True)
+        return queue.heartbeat(session, EvaluationRunRow, claim, progress=fraction, stage=stage)
 
     def process(self, claim: Claim) -> None:
         run_id = claim.row_id
@@ -158,26 +134,23 @@ class Worker:
             service.fail_run(self.registry, claim, error)
             event(log, "evaluation.failed", logging.WARNING, run=run_id, error=error["message"])
             return
-        done = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(claim, done), daemon=True)
-        beat.start()
-        try:
-            request = EvaluationCreate.model_validate((row.config or {}).get("request", {}))
-            prepared = service.prepare(self.settings, self.registry, request, run_id)
-            tracker = Tracker(stages(prepared.plan), self._on_progress, run_id=run_id)
-            service.execute(self.settings, self.registry, prepared, tracker, claim=claim)
-        except ClaimLost as exc:
-            # Taken over while alive (e.g. paused past worker_stale_s): the new owner's rows
-            # are not ours to touch.
-            event(log, "evaluation.abandoned", logging.WARNING, run=run_id, reason=str(exc))
-        except service.WorkerStopping:
-            self._release(claim)
-        except Exception as exc:
-            event(log, "evaluation.failed", logging.WARNING, run=run_id, error=str(exc)[:500])
-            service.fail_run(self.registry, claim, exc)  # refused (no-op) when not ours any more
-        finally:
-            done.set()
-            beat.join(timeout=5)
+        beat = functools.partial(self._beat, claim=claim)
+        every_s = self.settings.worker_heartbeat_s
+        with heartbeating(self.registry, beat, every_s, self._lost, label=run_id, log=log):
+            try:
+                request = EvaluationCreate.model_validate((row.config or {}).get("request", {}))
+                prepared = service.prepare(self.settings, self.registry, request, run_id)
+                tracker = Tracker(stages(prepared.plan), self._on_progress, run_id=run_id)
+                service.execute(self.settings, self.registry, prepared, tracker, claim=claim)
+            except ClaimLost as exc:
+                # Taken over while alive (e.g. paused past worker_stale_s): the new owner's rows
+                # are not ours to touch.
+                event(log, "evaluation.abandoned", logging.WARNING, run=run_id, reason=str(exc))
+            except service.WorkerStopping:
+                self._release(claim)
+            except Exception as exc:
+                event(log, "evaluation.failed", logging.WARNING, run=run_id, error=str(exc)[:500])
+                service.fail_run(self.registry, claim, exc)  # refused (no-op) when not ours now
 
     def serve(self, *, once: bool = False) -> int:
         """Claim and run evaluations until stopped (or until idle, with ``once``). Returns the
@@ -188,18 +161,14 @@ class Worker:
             worker=self.worker_id,
             registry=mask_url(self.settings.database_url),
         )
-        ran = 0
-        while not self.stopping.is_set():
-            claim = self.claim()
-            if claim is None:
-                if once:
-                    break
-                self.stopping.wait(self.settings.worker_poll_s)
-                continue
-            self.process(claim)
-            ran += 1
-            if once:
-                break
+        ran = poll(
+            self.claim,
+            self.process,
+            self.stopping,
+            poll_s=self.settings.worker_poll_s,
+            until_idle=once,
+            most=1 if once else None,
+        )
         event(log, "worker.stopped", worker=self.worker_id, runs=ran)
         return ran
 
@@ -207,13 +176,9 @@ class Worker:
 def main(settings: EvaluatorSettings, *, once: bool = False) -> int:
     """Run a worker in this process until SIGTERM/SIGINT (graceful: exit 0)."""
     worker = Worker(settings)
-
-    def stop(signum: int, _frame: Any) -> None:
-        log.info("signal %s: giving the current run back at its next step, then exiting", signum)
-        worker.stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_signals(
+        worker.stopping, log, "giving the current run back at its next step, then exiting"
+    )
     try:
         worker.serve(once=once)
     finally:

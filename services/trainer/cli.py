@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
 
 from services.trainer.config import TrainerSettings
 from services.trainer.schemas import JobSpec
 from services.trainer.statuses import JobStatus
+from shared.config_files import load_model
 from shared.errors import LoraplexError, ValidationError
 from shared.settings import load_settings
 
@@ -33,21 +33,8 @@ app = typer.Typer(help="Train LoRA adapters (SFT, DPO; LoRA, QLoRA).", no_args_i
 
 def load_spec(path: Path) -> tuple[JobSpec, Path]:
     """Read a YAML (or JSON) config into a JobSpec; relative file paths are relative to it."""
-    import pydantic
-
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValidationError(f"cannot read config {path}: {exc}", param=str(path)) from exc
-    if not isinstance(raw, dict):
-        raise ValidationError(f"config {path} must be a mapping of job fields", param=str(path))
-    try:
-        return JobSpec.model_validate(raw), path.parent
-    except pydantic.ValidationError as exc:
-        details = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ValidationError(
-            f"config {path} is invalid: {details[0]}", param=str(path), details=details
-        ) from exc
+    spec = load_model(path, JobSpec, f"config {path}", hint=" of job fields", error=ValidationError)
+    return spec, path.parent
 
 
 def _fail(exc: LoraplexError) -> None:

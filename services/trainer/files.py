@@ -3,8 +3,9 @@
 A ``fine-tune`` file is parsed completely on upload and refused with every problem listed (file,
 line, field) before anything is stored; nothing about a refused upload remains afterwards.
 
-The upload runs only the structural checks, whose cost is linear in the file (bounded by the
-upload size limit): parsing, record formats, exact duplicates. Near-duplicate detection is not
+The upload runs only the checks whose cost is linear in the file (bounded by the upload size
+limit): parsing, record formats, exact duplicates, and the PII scan (``shared.datasets.pii``:
+linear-time patterns; its report says where PII is, line, field and kind, never what). Near-duplicate detection is not
 run here: it is the worker's data validation (``shared.datasets.prepare``) that computes it, on
 the examples the job really trains on (after exact de-duplication, with the job's threshold),
 in a process built for long work, so an upload can neither stall nor bloat the API. The worker
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from sqlalchemy.orm import Session
 from services.trainer.schemas import FileObject, unix_time
 from shared.artifacts import open_store
 from shared.datasets import parse_file
+from shared.datasets.pii import describe_kinds, pii_report, scan_examples
 from shared.errors import NotFoundError, ValidationError
 from shared.logs import event
 from shared.registry.models import DatasetRow
@@ -86,9 +89,40 @@ def inspect_training_file(data: bytes, filename: str) -> tuple[str, int, dict[st
         "formats": loaded.formats,
         "examples": len(loaded.examples),
         "exact_duplicates": len(keys) - len(set(keys)),
+        # What the default cleaning changes in the replies (a job can keep markup: data.keep_markup)
+        "cleaning": loaded.cleaning,
         "near_duplicates": None,  # filled in by the first job that validates the file
+        # Where PII is (line, field, kind), never what: file reports are readable by API users.
+        "pii": pii_report(scan_examples(loaded.examples)),
     }
     return loaded.kind, len(loaded.examples), report
+
+
+def pii_problem(
+    settings: SharedSettings, row: DatasetRow, param: str, kinds: Sequence[str] | None
+) -> str | None:
+    """Why a job with ``data.pii: refuse`` cannot train on ``row``, naming where its PII is;
+    None when it holds none. Files uploaded before PII scanning existed are scanned now."""
+    section = (row.report or {}).get("pii")
+    if kinds is not None or not isinstance(section, dict):
+        loaded, _problems = parse_file(file_path(settings, row).read_bytes(), row.filename)
+        found = scan_examples(loaded.examples, kinds)
+        section = pii_report(found)
+        summary = describe_kinds(found)
+    else:
+        summary = ", ".join(f"{k} {n}" for k, n in section.get("kinds", {}).items())
+    if not section.get("count"):
+        return None
+    listed = "; ".join(
+        f"{row.filename} line {f['line']}, field `{f['field']}`: {f['kind']}"
+        for f in section.get("findings", [])[:10]
+    )
+    more = section["count"] - min(10, len(section.get("findings", [])))
+    return (
+        f"{param} {row.id} holds {section['count']} PII span(s) ({summary}) and data.pii is "
+        f"'refuse': {listed}" + (f"; and {more} more" if more > 0 else "") + "; remove them, or "
+        "use data.pii 'redact' to train on placeholders"
+    )
 
 
 def create_file(
@@ -126,6 +160,7 @@ def create_file(
         bytes=len(data),
         sha256=sha[:12],
         exact_duplicates=report.get("exact_duplicates"),
+        pii_spans=(report.get("pii") or {}).get("count"),  # counts only: never the PII itself
     )
     return row
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.trainer.config import TrainerSettings
-from services.trainer.files import FINE_TUNE, get_file
+from services.trainer.files import FINE_TUNE, get_file, pii_problem
 from services.trainer.methods import DATA_KIND_LABELS, get_method
 from services.trainer.schemas import (
     JobSpec,
@@ -28,6 +28,7 @@ from shared.registry.adapters import bound_base_model, check_adapter_name, resol
 from shared.registry.models import (
     AdapterVersionRow,
     BaseModelRow,
+    DatasetRow,
     JobEventRow,
     TrainingJobRow,
     utcnow,
@@ -146,6 +147,19 @@ def validate_spec(session: Session, settings: TrainerSettings, spec: JobSpec) ->
     attempt("suffix", check_adapter_name, default_adapter_name(spec), "suffix")
     if spec.base_adapter:
         attempt("base_adapter", resolve_base_adapter, session, spec)
+    if spec.data.pii == "refuse":
+        for param, file_id in (
+            ("training_file", spec.training_file),
+            ("validation_file", spec.validation_file),
+        ):
+            row = session.get(DatasetRow, file_id) if file_id else None
+            why = (
+                pii_problem(settings, row, param, spec.data.pii_kinds)
+                if row is not None and row.purpose == FINE_TUNE
+                else None  # a missing file or one of another purpose is refused above
+            )
+            if why is not None:
+                problems.append((param, why))
     return [f"{param}: {message}" for param, message in problems]
 
 

@@ -24,6 +24,7 @@ from services.trainer.hyperparameters import (
     Strict,
 )
 from services.trainer.methods import METHODS, get_method
+from shared.pii import Kind as PiiKind
 from shared.settings import EMBEDDED_BASE_MODEL
 
 # One value per entry of services.trainer.methods.METHODS (a test keeps them equal); a Literal
@@ -108,6 +109,20 @@ class DataSpec(Strict):
     validation_fraction: float = Field(default=0.1, ge=0, lt=1)
     truncation: Literal["drop", "truncate"] = "drop"
     near_duplicate_threshold: float = Field(default=0.85, gt=0, le=1)
+    pii: Literal["report", "redact", "refuse"] = Field(
+        default="report",
+        description="PII in the training data (e-mail, phone, card, IBAN, national id, IP, "
+        "person name): 'report' lists where it is (file, line, field, kind) and trains on it; "
+        "'redact' replaces each span with a placeholder such as [EMAIL] before training; "
+        "'refuse' refuses the job naming each one.",
+    )
+    pii_kinds: list[PiiKind] | None = Field(
+        default=None, description="Which PII kinds count; default: all of them."
+    )
+    keep_markup: bool = Field(
+        default=False,
+        description="keep HTML tags and entities when cleaning (for tasks whose output is HTML)",
+    )
 
 
 class JobSpec(BaseModel):

@@ -19,14 +19,12 @@ Run it as ``python -m services.trainer.worker`` or ``loraplex train worker``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
-import signal
-import socket
 import threading
 import time
-import uuid
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -48,6 +46,7 @@ from shared.registry import queue
 from shared.registry.db import Registry, open_registry
 from shared.registry.models import TrainingJobRow, utcnow
 from shared.settings import load_settings
+from shared.workers import heartbeating, log_claimed, new_worker_id, poll, stop_on_signals
 
 log = logging.getLogger("loraplex.trainer.worker")
 
@@ -55,7 +54,7 @@ log = logging.getLogger("loraplex.trainer.worker")
 class Worker:
     def __init__(self, settings: TrainerSettings, worker_id: str | None = None) -> None:
         self.settings = settings
-        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.worker_id = worker_id or new_worker_id()
         self.registry: Registry = open_registry(settings)
         self.stopping = threading.Event()
         self.claims: dict[str, queue.Claim] = {}  # job id -> this worker's claim (fencing token)
@@ -99,15 +98,7 @@ class Worker:
                 data={"worker_id": self.worker_id, "attempt": claim.attempt},
             )
         self.claims[claim.row_id] = claim
-        took_over: dict[str, Any] = {"took_over_from": previous} if previous else {}
-        event(
-            log,
-            "job.claimed",
-            job=claim.row_id,
-            worker=self.worker_id,
-            attempt=claim.attempt,
-            **took_over,
-        )
+        log_claimed(log, "job.claimed", claim, key="job")
         return claim.row_id
 
     def hold(self, job: TrainingJobRow) -> None:
@@ -115,18 +106,11 @@ class Worker:
         Kubernetes Job of the worker that claimed it): same id, same attempt, same fence."""
         self.claims[job.id] = queue.Claim(job.id, self.worker_id, job.attempts, status=job.status)
 
-    def _heartbeat(self, job_id: str, reporter: JobReporter, done: threading.Event) -> None:
-        while not done.wait(self.settings.worker_heartbeat_s):
-            try:
-                claim = self.claims.get(job_id)
-                with self.registry.session() as session:
-                    if claim is None or not queue.heartbeat(
-                        session, TrainingJobRow, claim, statuses=ACTIVE
-                    ):
-                        reporter.lost.set()
-                        return
-            except Exception:  # a busy database must not kill training; the next beat retries
-                log.warning("heartbeat for %s failed", job_id, exc_info=True)
+    def _beat(self, session: Session, job_id: str) -> bool:
+        claim = self.claims.get(job_id)
+        return claim is not None and queue.heartbeat(
+            session, TrainingJobRow, claim, statuses=ACTIVE
+        )
 
     def _finish(self, job_id: str, status: str, message: str, **values: Any) -> None:
         with self.registry.session() as session:
@@ -186,57 +170,59 @@ class Worker:
                 },
             )
             return
-        done = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(job_id, reporter, done), daemon=True)
-        beat.start()
         out = job_dir(self.settings, job_id)
         started = time.monotonic()
-        try:
-            if self.kubernetes is not None:
-                self._process_in_kubernetes(job_id)
-                return
-            ctx = job_context(
-                self.settings,
-                self.registry,
-                job,
-                reporter,
-                registrar(self.settings, job_id, job.adapter_name, self.guarded_update),
-            )
-            recipe = get_method(ctx.spec.method.type).load_recipe()
-            result: RecipeResult = recipe(ctx)
-            event(
-                log,
-                "job.succeeded",
-                job=job_id,
-                version=result.version_id,
-                seconds=round(time.monotonic() - started, 1),
-                **reporter.last_metrics,
-            )
-            shutil.rmtree(out, ignore_errors=True)
-        except Stopped as stop:
-            if stop.reason == JobStatus.CANCELLED:
+        beat = functools.partial(self._beat, job_id=job_id)
+        every_s = self.settings.worker_heartbeat_s
+        with heartbeating(self.registry, beat, every_s, reporter.lost, label=job_id, log=log):
+            try:
+                if self.kubernetes is not None:
+                    self._process_in_kubernetes(job_id)
+                    return
+                ctx = job_context(
+                    self.settings,
+                    self.registry,
+                    job,
+                    reporter,
+                    registrar(self.settings, job_id, job.adapter_name, self.guarded_update),
+                )
+                recipe = get_method(ctx.spec.method.type).load_recipe()
+                result: RecipeResult = recipe(ctx)
+                event(
+                    log,
+                    "job.succeeded",
+                    job=job_id,
+                    version=result.version_id,
+                    seconds=round(time.monotonic() - started, 1),
+                    **reporter.last_metrics,
+                )
                 shutil.rmtree(out, ignore_errors=True)
-                self._finish(job_id, JobStatus.CANCELLED, "job cancelled; nothing was saved")
-            elif stop.reason == WORKER_STOPPING:
-                self._release(job_id)
-            else:
-                event(log, "job.abandoned", logging.WARNING, job=job_id, reason=stop.reason)
-        except LoraplexError as exc:
-            error = {**exc.to_dict(), "type": "user_error" if exc.user_error else "system_error"}
-            self._finish(job_id, JobStatus.FAILED, f"job failed: {exc.message}", error=error)
-            if exc.user_error:
-                shutil.rmtree(out, ignore_errors=True)
-        except Exception as exc:
-            log.exception("job %s failed", job_id)
-            error = {
-                "code": "internal_error",
-                "message": f"training failed: {type(exc).__name__}: {exc}",
-                "type": "system_error",
-            }
-            self._finish(job_id, JobStatus.FAILED, f"job failed: {error['message']}", error=error)
-        finally:
-            done.set()
-            beat.join(timeout=5)
+            except Stopped as stop:
+                if stop.reason == JobStatus.CANCELLED:
+                    shutil.rmtree(out, ignore_errors=True)
+                    self._finish(job_id, JobStatus.CANCELLED, "job cancelled; nothing was saved")
+                elif stop.reason == WORKER_STOPPING:
+                    self._release(job_id)
+                else:
+                    event(log, "job.abandoned", logging.WARNING, job=job_id, reason=stop.reason)
+            except LoraplexError as exc:
+                error = {
+                    **exc.to_dict(),
+                    "type": "user_error" if exc.user_error else "system_error",
+                }
+                self._finish(job_id, JobStatus.FAILED, f"job failed: {exc.message}", error=error)
+                if exc.user_error:
+                    shutil.rmtree(out, ignore_errors=True)
+            except Exception as exc:
+                log.exception("job %s failed", job_id)
+                error = {
+                    "code": "internal_error",
+                    "message": f"training failed: {type(exc).__name__}: {exc}",
+                    "type": "system_error",
+                }
+                self._finish(
+                    job_id, JobStatus.FAILED, f"job failed: {error['message']}", error=error
+                )
 
     def _process_in_kubernetes(self, job_id: str) -> None:
         """Train in a Kubernetes Job whose ``run-job`` acts as this worker; follow it here (and
@@ -267,19 +253,14 @@ class Worker:
 
     def run(self, *, once: bool = False, max_jobs: int | None = None) -> int:
         """Claim and run jobs until stopped (or until idle, with ``once``). Returns jobs run."""
-        ran = 0
-        while not self.stopping.is_set():
-            job_id = self.claim()
-            if job_id is None:
-                if once:
-                    break
-                self.stopping.wait(self.settings.worker_poll_s)
-                continue
-            self.process(job_id)
-            ran += 1
-            if max_jobs is not None and ran >= max_jobs:
-                break
-        return ran
+        return poll(
+            self.claim,
+            self.process,
+            self.stopping,
+            poll_s=self.settings.worker_poll_s,
+            until_idle=once,
+            most=max_jobs,
+        )
 
 
 def run_one(job_id: str) -> int:
@@ -316,13 +297,7 @@ def main(once: bool = False, max_jobs: int | None = None) -> int:
 
         torch.set_num_threads(settings.torch_threads)
     worker = Worker(settings)
-
-    def stop(signum: int, _frame: Any) -> None:
-        log.info("signal %s: finishing the current step, then releasing the job", signum)
-        worker.stopping.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_signals(worker.stopping, log, "finishing the current step, then releasing the job")
     event(log, "worker.started", worker=worker.worker_id, registry=mask_url(settings.database_url))
     started = time.monotonic()
     ran = worker.run(once=once, max_jobs=max_jobs)

@@ -3,7 +3,8 @@
 Cleaning is conservative: it removes what is never meant to be trained on (HTML tags and entities
 left over from scraping, control and zero-width characters, exotic spaces, trailing whitespace, runs
 of blank lines) but keeps spacing inside lines and any ``<...>`` that is not an HTML tag
-(``List<int>``, ``<|im_end|>``), so JSON and code survive intact.
+(``List<int>``, ``<|im_end|>``), so JSON and code survive intact. A :class:`Cleaner` counts what
+it changed in assistant targets, and ``keep_markup`` keeps HTML for tasks whose output is HTML.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import re
 import unicodedata
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -34,20 +36,86 @@ _ODD_SPACES = re.compile("[\u00a0\u2000-\u200a\u202f\u205f\u3000]")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 
 
-def clean_text(text: str) -> str:
-    """Strip HTML remnants and control characters, and normalise whitespace."""
+# What cleaning can change, in the order it is done; reported per kind for assistant targets.
+CHANGE_KINDS = ("html_markup", "html_entities", "control_chars", "odd_spaces", "whitespace")
+
+
+def clean_text_changes(text: str, *, keep_markup: bool = False) -> tuple[str, list[str]]:
+    """:func:`clean_text`, plus which of :data:`CHANGE_KINDS` changed the text.
+
+    ``keep_markup`` keeps HTML tags, comments and entities: for tasks whose output *is* HTML,
+    where stripping would teach the model to drop its own markup."""
+    changes: list[str] = []
+    before = text
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
-    if "<" in text:
-        text = _COMMENT.sub("", text)
-        text = _BLOCK_TAG.sub("\n", text)
-        text = _ANY_TAG.sub("", text)
-    if "&" in text and _ENTITY.search(text):
-        text = html.unescape(text)
-    text = _CONTROL.sub("", text)
-    text = _ODD_SPACES.sub(" ", text)
-    text = "\n".join(line.rstrip() for line in text.split("\n"))
-    text = _MANY_NEWLINES.sub("\n\n", text)
-    return text.strip()
+    newline_or_nfc = text != before
+    if not keep_markup:
+        if "<" in text:
+            step = _ANY_TAG.sub("", _BLOCK_TAG.sub("\n", _COMMENT.sub("", text)))
+            if step != text:
+                changes.append("html_markup")
+            text = step
+        if "&" in text and _ENTITY.search(text):
+            step = html.unescape(text)
+            if step != text:
+                changes.append("html_entities")
+            text = step
+    for kind, pattern, repl in (
+        ("control_chars", _CONTROL, ""),
+        ("odd_spaces", _ODD_SPACES, " "),
+    ):
+        step = pattern.sub(repl, text)
+        if step != text:
+            changes.append(kind)
+        text = step
+    step = "\n".join(line.rstrip() for line in text.split("\n"))
+    step = _MANY_NEWLINES.sub("\n\n", step).strip()
+    if newline_or_nfc or step != text:
+        changes.append("whitespace")
+    return step, changes
+
+
+def clean_text(text: str, *, keep_markup: bool = False) -> str:
+    """Strip HTML remnants (unless ``keep_markup``) and control characters, and normalise
+    whitespace."""
+    return clean_text_changes(text, keep_markup=keep_markup)[0]
+
+
+@dataclass
+class Cleaner:
+    """Cleans the fields of one file and counts what cleaning changed in assistant targets (the
+    replies a model is trained on, or scored against), so a file whose answers lose their HTML
+    says so instead of silently training a model that drops markup."""
+
+    keep_markup: bool = False
+    targets: int = 0
+    changed: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)  # where, the first few changed targets
+
+    def clean(self, text: str, *, target: bool = False, where: str = "") -> str:
+        cleaned, changes = clean_text_changes(text, keep_markup=self.keep_markup)
+        if target:
+            self.targets += 1
+            if changes:
+                self.changed += 1
+                for kind in changes:
+                    self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+                if len(self.examples) < MAX_REPORTED and where:
+                    self.examples.append(f"{where} ({', '.join(changes)})")
+        return cleaned
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "keep_markup": self.keep_markup,
+            "assistant_targets": self.targets,
+            "assistant_targets_changed": self.changed,
+            "by_kind": {k: self.by_kind[k] for k in CHANGE_KINDS if k in self.by_kind},
+            "examples": list(self.examples),
+        }
+
+
+MAX_REPORTED = 20
 
 
 # -- near duplicates -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.datasets.cleaning import clean_text
+from shared.datasets.cleaning import Cleaner
 
 # Re-exported: the reading half of loading a file (callers import them from here).
 from shared.datasets.reading import FILE_FORMATS as FILE_FORMATS
@@ -41,6 +41,7 @@ class LoadedFile:
     examples: list[Example]
     formats: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    cleaning: dict[str, Any] = field(default_factory=dict)  # Cleaner.report(): what it changed
 
     @property
     def kind(self) -> str:
@@ -55,9 +56,17 @@ def _type_name(value: Any) -> str:
 
 
 def _text(
-    value: Any, field: str, loc: Location, problems: Problems, *, required: bool
+    value: Any,
+    field: str,
+    loc: Location,
+    problems: Problems,
+    cleaner: Cleaner,
+    *,
+    required: bool,
+    target: bool = False,
 ) -> str | None:
-    """A cleaned string from a string or a list of OpenAI text parts; None after a problem."""
+    """A cleaned string from a string or a list of OpenAI text parts; None after a problem.
+    ``target``: an assistant reply a model learns or is scored on (its cleaning is counted)."""
     if value is None:
         if required:
             problems.add(loc, f"`{field}` is missing")
@@ -70,14 +79,16 @@ def _text(
     if not isinstance(value, str):
         problems.add(loc, f"`{field}` must be a string; got {_type_name(value)}")
         return None
-    cleaned = clean_text(value)
+    cleaned = cleaner.clean(value, target=target, where=f"{loc} `{field}`")
     if required and not cleaned:
         problems.add(loc, f"`{field}` is empty" + (" after cleaning" if value.strip() else ""))
         return None
     return cleaned
 
 
-def _messages(value: Any, field: str, loc: Location, problems: Problems) -> list[Message] | None:
+def _messages(
+    value: Any, field: str, loc: Location, problems: Problems, cleaner: Cleaner
+) -> list[Message] | None:
     if not isinstance(value, list):
         problems.add(loc, f"`{field}` must be a list of messages; got {_type_name(value)}")
         return None
@@ -100,8 +111,16 @@ def _messages(value: Any, field: str, loc: Location, problems: Problems) -> list
         if item.get("tool_calls") or item.get("function_call"):
             problems.add(loc, f"`{where}`: tool calls are not supported for training")
             ok = False
-        content = _text(item.get("content"), f"{where}.content", loc, problems, required=True)
         weight = item.get("weight", 1)
+        content = _text(
+            item.get("content"),
+            f"{where}.content",
+            loc,
+            problems,
+            cleaner,
+            required=True,
+            target=role == "assistant" and weight != 0,
+        )
         if weight not in (0, 1) or isinstance(weight, bool):
             problems.add(loc, f"`{where}.weight` must be 0 or 1; got {weight!r}")
             ok = False
@@ -138,30 +157,34 @@ def _check_conversation(msgs: list[Message], field: str, loc: Location, problems
     return ok
 
 
-def _prompt(value: Any, field: str, loc: Location, problems: Problems) -> list[Message] | None:
+def _prompt(
+    value: Any, field: str, loc: Location, problems: Problems, cleaner: Cleaner
+) -> list[Message] | None:
     if isinstance(value, list):
-        msgs = _messages(value, field, loc, problems)
+        msgs = _messages(value, field, loc, problems, cleaner)
         if msgs is not None and msgs[-1].role != "user":
             problems.add(loc, f"`{field}` must end with a user message")
             return None
         return msgs
-    text = _text(value, field, loc, problems, required=True)
+    text = _text(value, field, loc, problems, cleaner, required=True)
     return None if text is None else [Message("user", text)]
 
 
-def _reply(value: Any, field: str, loc: Location, problems: Problems) -> str | None:
+def _reply(
+    value: Any, field: str, loc: Location, problems: Problems, cleaner: Cleaner
+) -> str | None:
     """One assistant reply from a string, a message, or a one-message list."""
     if isinstance(value, dict):
         value = [value]
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        msgs = _messages(value, field, loc, problems)
+        msgs = _messages(value, field, loc, problems, cleaner)
         if msgs is None:
             return None
         if len(msgs) != 1 or msgs[0].role != "assistant":
             problems.add(loc, f"`{field}` must be a single assistant message")
             return None
         return msgs[0].content
-    return _text(value, field, loc, problems, required=True)
+    return _text(value, field, loc, problems, cleaner, required=True, target=True)
 
 
 def _missing(loc: Location, problems: Problems, data: dict[str, Any], *names: str) -> bool:
@@ -186,8 +209,13 @@ def detect_record_format(data: dict[str, Any]) -> str | None:
     return None
 
 
-def convert_record(raw: RawRecord, problems: Problems) -> Example | None:
-    """Convert one raw record to an :class:`Example`, or record its problems and return None."""
+def convert_record(
+    raw: RawRecord, problems: Problems, cleaner: Cleaner | None = None
+) -> Example | None:
+    """Convert one raw record to an :class:`Example`, or record its problems and return None.
+    ``cleaner`` cleans its texts and counts changes to its assistant replies (default: a
+    throw-away one with the default settings)."""
+    cleaner = cleaner or Cleaner()
     loc, data = raw.location, raw.data
     if not isinstance(data, dict):
         problems.add(loc, f"each record must be a JSON object; got {_type_name(data)}")
@@ -204,25 +232,27 @@ def convert_record(raw: RawRecord, problems: Problems) -> Example | None:
         )
         return None
     if fmt == "chat":
-        msgs = _messages(data["messages"], "messages", loc, problems)
+        msgs = _messages(data["messages"], "messages", loc, problems, cleaner)
         if msgs is None or not _check_conversation(msgs, "messages", loc, problems):
             return None
         return Example(example_id, loc, fmt, tuple(msgs))
     if fmt == "prompt_completion":
         if _missing(loc, problems, data, "prompt", "completion"):
             return None
-        prompt = _prompt(data["prompt"], "prompt", loc, problems)
-        completion = _reply(data["completion"], "completion", loc, problems)
+        prompt = _prompt(data["prompt"], "prompt", loc, problems, cleaner)
+        completion = _reply(data["completion"], "completion", loc, problems, cleaner)
         if prompt is None or completion is None:
             return None
         return Example(example_id, loc, fmt, (*prompt, Message("assistant", completion)))
     if fmt == "alpaca":
         if _missing(loc, problems, data, "instruction", "output"):
             return None
-        instruction = _text(data["instruction"], "instruction", loc, problems, required=True)
-        extra = _text(data.get("input"), "input", loc, problems, required=False)
-        output = _text(data["output"], "output", loc, problems, required=True)
-        system = _text(data.get("system"), "system", loc, problems, required=False)
+        instruction = _text(
+            data["instruction"], "instruction", loc, problems, cleaner, required=True
+        )
+        extra = _text(data.get("input"), "input", loc, problems, cleaner, required=False)
+        output = _text(data["output"], "output", loc, problems, cleaner, required=True, target=True)
+        system = _text(data.get("system"), "system", loc, problems, cleaner, required=False)
         if instruction is None or output is None or len(problems.items) > before:
             return None
         user = f"{instruction}\n\n{extra}" if extra else instruction
@@ -238,18 +268,20 @@ def convert_record(raw: RawRecord, problems: Problems) -> Example | None:
         if not isinstance(inp, dict) or "messages" not in inp:
             problems.add(loc, "`input` must be an object with `messages`")
             return None
-        prompt = _prompt(inp["messages"], "input.messages", loc, problems)
-        chosen = _reply(data["preferred_output"], "preferred_output", loc, problems)
-        rejected = _reply(data["non_preferred_output"], "non_preferred_output", loc, problems)
+        prompt = _prompt(inp["messages"], "input.messages", loc, problems, cleaner)
+        chosen = _reply(data["preferred_output"], "preferred_output", loc, problems, cleaner)
+        rejected = _reply(
+            data["non_preferred_output"], "non_preferred_output", loc, problems, cleaner
+        )
         return _preference(example_id, loc, fmt, prompt, chosen, rejected, problems)
     # preference
     if _missing(loc, problems, data, "chosen", "rejected"):
         return None
     if data.get("prompt") is None:
-        return _implicit_preference(example_id, loc, data, problems)
-    prompt = _prompt(data["prompt"], "prompt", loc, problems)
-    chosen = _reply(data["chosen"], "chosen", loc, problems)
-    rejected = _reply(data["rejected"], "rejected", loc, problems)
+        return _implicit_preference(example_id, loc, data, problems, cleaner)
+    prompt = _prompt(data["prompt"], "prompt", loc, problems, cleaner)
+    chosen = _reply(data["chosen"], "chosen", loc, problems, cleaner)
+    rejected = _reply(data["rejected"], "rejected", loc, problems, cleaner)
     return _preference(example_id, loc, fmt, prompt, chosen, rejected, problems)
 
 
@@ -271,7 +303,7 @@ def _preference(
 
 
 def _implicit_preference(
-    example_id: str, loc: Location, data: dict[str, Any], problems: Problems
+    example_id: str, loc: Location, data: dict[str, Any], problems: Problems, cleaner: Cleaner
 ) -> Example | None:
     """``chosen``/``rejected`` as whole conversations: their shared leading messages are the prompt."""
     if not (isinstance(data["chosen"], list) and isinstance(data["rejected"], list)):
@@ -281,8 +313,8 @@ def _implicit_preference(
             "conversations that share their leading messages",
         )
         return None
-    chosen = _messages(data["chosen"], "chosen", loc, problems)
-    rejected = _messages(data["rejected"], "rejected", loc, problems)
+    chosen = _messages(data["chosen"], "chosen", loc, problems, cleaner)
+    rejected = _messages(data["rejected"], "rejected", loc, problems, cleaner)
     if chosen is None or rejected is None:
         return None
     shared = 0
@@ -300,14 +332,17 @@ def _implicit_preference(
     )
 
 
-def parse_file(data: bytes, source: str) -> tuple[LoadedFile, Problems]:
+def parse_file(
+    data: bytes, source: str, *, keep_markup: bool = False
+) -> tuple[LoadedFile, Problems]:
     """Read and convert a whole file, collecting all problems (does not raise)."""
     problems = Problems()
+    cleaner = Cleaner(keep_markup=keep_markup)
     file_format, records = read_records(data, source, problems)
     examples: list[Example] = []
     formats: Counter[str] = Counter()
     for raw in records:
-        example = convert_record(raw, problems)
+        example = convert_record(raw, problems, cleaner)
         if example is not None:
             examples.append(example)
             formats[example.format] += 1
@@ -322,14 +357,18 @@ def parse_file(data: bytes, source: str) -> tuple[LoadedFile, Problems]:
                     e.location,
                     f"a {e.kind} record in a file of {majority} records; one file holds one kind",
                 )
-    loaded = LoadedFile(source, file_format, examples, dict(formats), problems.items)
+    loaded = LoadedFile(
+        source, file_format, examples, dict(formats), problems.items, cleaner.report()
+    )
     return loaded, problems
 
 
-def load_examples(path: Path | str, *, source: str | None = None) -> LoadedFile:
+def load_examples(
+    path: Path | str, *, source: str | None = None, keep_markup: bool = False
+) -> LoadedFile:
     """Load a data file; raise a ValidationError listing every problem if there is any."""
     path = Path(path)
     name = source or path.name
-    loaded, problems = parse_file(path.read_bytes(), name)
+    loaded, problems = parse_file(path.read_bytes(), name, keep_markup=keep_markup)
     problems.raise_if_any(f"data file {name}", param=name)
     return loaded

@@ -1,6 +1,8 @@
 """From loaded files to training-ready data plus the semantic validation report.
 
-Steps, in order: drop exact duplicates (and validation examples that duplicate training ones),
+Cleaning happened when the files were loaded; what it changed in assistant targets (HTML
+stripped, entities decoded, control characters, whitespace) is counted there and reported here,
+with a warning when HTML was taken out of answers. Steps, in order: drop exact duplicates (and validation examples that duplicate training ones),
 report near-duplicates, hold out a seeded validation split when none is given (near-duplicates
 stay on one side, so the split does not leak), render with the model's template, apply the length
 limit, and check what the loss will really see. Problems that would train a wrong adapter (an
@@ -13,11 +15,20 @@ from __future__ import annotations
 
 import random
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shared.datasets.cleaning import clusters, find_near_duplicates
 from shared.datasets.loading import LoadedFile
+from shared.datasets.pii import (
+    PiiAction,
+    PiiFinding,
+    describe_kinds,
+    pii_report,
+    redact_examples,
+    scan_examples,
+)
 from shared.datasets.records import Example
 from shared.datasets.render import IGNORE_INDEX, ChatRenderer, RenderedExample, RenderedPair
 from shared.errors import ValidationError
@@ -227,6 +238,20 @@ def _pair_split(
     return kept, summary
 
 
+def _markup_warning(name: str, counts: dict[str, Any]) -> list[str]:
+    """A warning when cleaning took HTML out of assistant targets: right for scraped text, wrong
+    for a task whose answers are HTML (the model would learn to drop its markup)."""
+    by_kind = counts.get("by_kind", {})
+    stripped = max(by_kind.get("html_markup", 0), by_kind.get("html_entities", 0))
+    if not stripped or counts.get("keep_markup"):
+        return []
+    return [
+        f"cleaning removed HTML tags or entities from {stripped} of "
+        f"{counts.get('assistant_targets', 0)} assistant target(s) in {name}; if the task's "
+        "output is HTML, set data.keep_markup: true"
+    ]
+
+
 def prepare(
     train_file: LoadedFile,
     validation_file: LoadedFile | None,
@@ -238,8 +263,15 @@ def prepare(
     validation_fraction: float = 0.1,
     truncation: Truncation = "drop",
     near_duplicate_threshold: float = 0.85,
+    pii: PiiAction | None = None,
+    pii_kinds: Sequence[str] | None = None,
 ) -> PreparedData:
-    """Run every data-preparation step and return the data with its report (does not raise)."""
+    """Run every data-preparation step and return the data with its report (does not raise).
+
+    ``pii``: scan what will be trained on for PII (``shared.datasets.pii``) and report, redact or
+    refuse it; None skips the scan. It runs after the split, so redacting never moves an example
+    to the other side (the evaluator rebuilds the same split from the file as uploaded).
+    """
     errors: list[str] = []
     warnings: list[str] = []
     for loaded, name in ((train_file, "training_file"), (validation_file, "validation_file")):
@@ -277,6 +309,16 @@ def prepare(
             f"{len(near)} near-duplicate pair(s) in the training file (kept; they stay on one "
             "side of the validation split)"
         )
+    pii_section: dict[str, Any] | None = None
+    if pii is not None:
+        train, validation, pii_section = _pii_step(
+            train, validation, pii, pii_kinds, errors, warnings
+        )
+    cleaning = {"training_file": train_file.cleaning}
+    if validation_file is not None:
+        cleaning["validation_file"] = validation_file.cleaning
+    for name, counts in cleaning.items():
+        warnings.extend(_markup_warning(name, counts))
     data = PreparedData(kind=kind, train=train, validation=validation)
     if kind == "sft":
         data.train_rendered, train_summary = _sft_split(
@@ -320,9 +362,48 @@ def prepare(
                 for p in near[:MAX_IDS]
             ],
         },
+        **({"pii": pii_section} if pii_section is not None else {}),
+        "cleaning": cleaning,
         "train": train_summary,
         "validation": val_summary,
         "errors": errors,
         "warnings": warnings,
     }
     return data
+
+
+def _pii_step(
+    train: list[Example],
+    validation: list[Example],
+    action: PiiAction,
+    kinds: Sequence[str] | None,
+    errors: list[str],
+    warnings: list[str],
+) -> tuple[list[Example], list[Example], dict[str, Any]]:
+    """Scan (and for ``redact`` rewrite) both sides; errors name each finding for ``refuse``."""
+    found: list[PiiFinding] = []
+    if action == "redact":
+        train, found_train = redact_examples(train, kinds)
+        validation, found_val = redact_examples(validation, kinds)
+        found = found_train + found_val
+    else:
+        found = scan_examples([*train, *validation], kinds)
+    found.sort(key=lambda f: (f.location.source, f.location.line))
+    section = pii_report(found, action)
+    if not found:
+        return train, validation, section
+    summary = (
+        f"{len(found)} PII span(s) ({describe_kinds(found)}) in {section['examples']} example(s)"
+    )
+    if action == "refuse":
+        errors.extend(f"{f}: PII, and data.pii is 'refuse'" for f in found[:MAX_IDS])
+        if len(found) > MAX_IDS:
+            errors.append(f"... {summary} in all")
+    elif action == "redact":
+        warnings.append(f"{summary} replaced by placeholders such as [EMAIL] before training")
+    else:
+        warnings.append(
+            f"{summary} are trained on as they are (data.pii 'report'; 'redact' replaces them, "
+            "'refuse' fails the job); the report's pii.findings names file, line and field"
+        )
+    return train, validation, section

@@ -1,4 +1,5 @@
-"""Adapters, their immutable versions, aliases (compare-and-set); pins and names re-exported.
+"""Adapters, their immutable versions, aliases (compare-and-set); pins, names and version reads
+re-exported.
 
 Every alias move goes through :func:`set_alias`, whatever the caller (evaluator promotion, server
 admin API, CLI, release flow), so the move rules (:mod:`shared.registry.move_rules`: same base
@@ -40,6 +41,8 @@ from shared.registry.names import version_id as version_id
 from shared.registry.pins import list_pins as list_pins
 from shared.registry.pins import pin as pin
 from shared.registry.pins import unpin as unpin
+from shared.registry.versions import get_version as get_version
+from shared.registry.versions import list_versions as list_versions
 
 log = logging.getLogger(__name__)
 
@@ -115,22 +118,6 @@ def register_version(session: Session, new: NewVersion) -> tuple[AdapterVersionR
             param="adapter_name",
         ) from exc
     return row, True
-
-
-def get_version(session: Session, vid: str) -> AdapterVersionRow:
-    row = session.get(AdapterVersionRow, vid)
-    if row is None:
-        raise NotFoundError(f"adapter version {vid!r} does not exist", param="version")
-    return row
-
-
-def list_versions(session: Session, adapter_name: str | None = None) -> list[AdapterVersionRow]:
-    stmt = select(AdapterVersionRow).order_by(
-        AdapterVersionRow.adapter_name, AdapterVersionRow.version
-    )
-    if adapter_name is not None:
-        stmt = stmt.where(AdapterVersionRow.adapter_name == adapter_name)
-    return list(session.scalars(stmt))
 
 
 def get_alias(session: Session, adapter_name: str, alias: str) -> AliasRow | None:

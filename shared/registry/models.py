@@ -256,9 +256,17 @@ class EvaluationRunRow(Base):
     candidate_version: Mapped[str | None] = mapped_column(String(255), nullable=True)
     baseline_version: Mapped[str | None] = mapped_column(String(255), nullable=True)
     policy_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    # The promotion a passing run asked for and what happened to it ({"alias", "state", ...}), so a
-    # crash between storing the pass and moving the alias is finished by the next claimant.
-    promotion: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The promotion a passing run asked for and what happened to it, so a crash between storing
+    # the pass and moving the alias is finished by the next claimant (which finds it by the indexed
+    # state). Alias and state are columns; the rest of the record (target, expected version,
+    # reason, error) stays in ``promotion_detail``. ``evaluation_runs.promotion_record`` joins them.
+    promotion_state: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
+    promotion_alias: Mapped[str | None] = mapped_column(String(265), nullable=True)
+    promotion_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The step a running run is at (the worker's heartbeat writes it; the API shows it).
+    stage: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The API key that queued the run ("" for a CLI run; None for rows from before it was kept).
+    requested_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class MetricResultRow(Base):
@@ -273,6 +281,17 @@ class MetricResultRow(Base):
     name: Mapped[str] = mapped_column(String(128))
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # How the value came about (None on rows stored before revision 0003 without them): the model
+    # that was scored, the item count, the confidence interval, the metric's kind, direction and
+    # statistic, and why it could not be computed.
+    model: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    n: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    ci_low: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ci_high: Mapped[float | None] = mapped_column(Float, nullable=True)
+    kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    higher_is_better: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    statistic: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ItemRecordRow(Base):
@@ -288,6 +307,8 @@ class ItemRecordRow(Base):
     item_hash: Mapped[str] = mapped_column(String(64))
     output: Mapped[str] = mapped_column(Text, default="")
     values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # What an item carries besides metric values (e.g. the judge's verdicts in both orders).
+    extra: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 @event.listens_for(Session, "before_flush")

@@ -6,11 +6,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.registry.models import PinRow
+from shared.registry.versions import get_version
 
 
 def pin(session: Session, vid: str) -> None:
-    from shared.registry.adapters import get_version  # it re-exports this module
-
     get_version(session, vid)
     if session.get(PinRow, vid) is None:
         session.add(PinRow(version_id=vid))

@@ -20,8 +20,30 @@ from shared.settings import SharedSettings
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "extraction"
 
 
-def random_adapter(folder: Path, seed: int = 0, rank: int = 4) -> Path:
-    """A PEFT LoRA folder for SmolLM2-135M (q_proj, v_proj) with small random weights."""
+# SmolLM2-135M's linear layers: (module path under a decoder layer, output dim, input dim).
+SMOL_LINEAR = {
+    "q_proj": ("self_attn", 576, 576),
+    "k_proj": ("self_attn", 192, 576),
+    "v_proj": ("self_attn", 192, 576),
+    "o_proj": ("self_attn", 576, 576),
+    "gate_proj": ("mlp", 1536, 576),
+    "up_proj": ("mlp", 1536, 576),
+    "down_proj": ("mlp", 576, 1536),
+}
+
+
+def random_adapter(
+    folder: Path,
+    seed: int = 0,
+    rank: int = 4,
+    *,
+    modules: tuple[str, ...] = ("q_proj", "v_proj"),
+    scale: float = 0.01,
+) -> Path:
+    """A PEFT LoRA folder for SmolLM2-135M with random weights (std ``scale``) on ``modules``.
+
+    The defaults (q/v, 0.01) barely move the model: fine where only the plumbing matters. Tests
+    that must tell the adapter's answers from the base's use :data:`STRONG` settings."""
     import torch
     from safetensors.torch import save_file
 
@@ -29,10 +51,11 @@ def random_adapter(folder: Path, seed: int = 0, rank: int = 4) -> Path:
     gen = torch.Generator().manual_seed(seed)
     tensors = {}
     for layer in range(30):
-        for proj, out_dim in (("q_proj", 576), ("v_proj", 192)):
-            prefix = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
-            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, 576, generator=gen) * 0.01
-            tensors[f"{prefix}.lora_B.weight"] = torch.randn(out_dim, rank, generator=gen) * 0.01
+        for proj in modules:
+            block, out_dim, in_dim = SMOL_LINEAR[proj]
+            prefix = f"base_model.model.model.layers.{layer}.{block}.{proj}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, in_dim, generator=gen) * scale
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(out_dim, rank, generator=gen) * scale
     save_file(tensors, str(folder / "adapter_model.safetensors"))
     (folder / "adapter_config.json").write_text(
         json.dumps(
@@ -42,7 +65,7 @@ def random_adapter(folder: Path, seed: int = 0, rank: int = 4) -> Path:
                 "r": rank,
                 "lora_alpha": 2 * rank,
                 "lora_dropout": 0.0,
-                "target_modules": ["q_proj", "v_proj"],
+                "target_modules": list(modules),
                 "bias": "none",
                 "base_model_name_or_path": "smollm2-135m-instruct",
                 "fan_in_fan_out": False,

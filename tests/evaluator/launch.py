@@ -28,32 +28,31 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(
-    data_dir: Path,
+def running(
+    env: dict[str, str],
+    port: int,
+    log_path: Path,
     *,
-    port: int | None = None,
-    env: dict[str, str] | None = None,
     timeout_s: float = 300.0,
-    log_path: Path | None = None,
-) -> Iterator[str]:
-    """Run ``loraplex serve`` on a free port until the block exits; yields its base URL.
+    cpus: set[int] | None = None,
+    append_log: bool = False,
+    stop_timeout_s: float = 40.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``loraplex serve`` with ``env`` as its whole environment, listening on ``port``; yields the
+    process once ``/ready`` answers 200.
 
-    The server and its vLLM engine run in their own process group, which is terminated (then
-    killed) on exit, so no engine outlives the block.
-    """
-    port = port or free_port()
-    child_env = {
-        **os.environ,
-        "LORAPLEX_DATA_DIR": str(data_dir),
-        "LORAPLEX_PORT": str(port),
-        "LORAPLEX_HOST": "127.0.0.1",
-        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
-        **(env or {}),
-    }
-    log = (log_path or data_dir / f"server-{port}.log").open("w")
+    The server and its vLLM engines run in their own process group, which is terminated (then
+    killed) on exit, so no engine outlives the block. ``cpus``: the server's CPU affinity, which
+    the engines it starts inherit."""
+    log = log_path.open("ab" if append_log else "wb")
     cmd = [sys.executable, "-c", "from services.cli import main; main()", "serve"]
     proc = subprocess.Popen(
-        cmd, env=child_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        cmd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -73,13 +72,37 @@ def serve(
                     f"the server was not ready after {timeout_s:.0f}s; see {log.name}"
                 )
             time.sleep(1.0)
-        yield url
+        yield proc
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout=40)
+                proc.wait(timeout=stop_timeout_s)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
         log.close()
+
+
+@contextmanager
+def serve(
+    data_dir: Path,
+    *,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 300.0,
+    log_path: Path | None = None,
+) -> Iterator[str]:
+    """Run ``loraplex serve`` on a free port until the block exits; yields its base URL."""
+    port = port or free_port()
+    child_env = {
+        **os.environ,
+        "LORAPLEX_DATA_DIR": str(data_dir),
+        "LORAPLEX_PORT": str(port),
+        "LORAPLEX_HOST": "127.0.0.1",
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
+        **(env or {}),
+    }
+    log = log_path or data_dir / f"server-{port}.log"
+    with running(child_env, port, log, timeout_s=timeout_s):
+        yield f"http://127.0.0.1:{port}"

@@ -1,5 +1,7 @@
 """A tiny OpenAI-compatible chat server for judge tests (no model): ``first`` always prefers
-answer A (a position-biased judge); ``fair`` prefers the answer sharing more words with the request.
+answer A (a position-biased judge); ``fair`` prefers the answer sharing more words with the request;
+``mumble`` is ``fair`` but answers off-format (no rating, no verdict) on some requests: rubric
+requests mentioning Oslo or Lyon, pairwise requests (anchors included) mentioning Oslo.
 """
 
 from __future__ import annotations
@@ -26,9 +28,17 @@ def fair_verdict(prompt: str) -> str:
     return "[[A]]" if sa > sb else "[[B]]" if sb > sa else "[[C]]"
 
 
+OFF_FORMAT = "I have looked at this carefully and it is a matter of taste."
+
+
 def reply(mode: str, prompt: str) -> str:
+    request = prompt.split("[Request]", 1)[1].split("[", 1)[0]
     if "[Answer A]" not in prompt:
+        if mode == "mumble" and ("Oslo" in request or "Lyon" in request):
+            return OFF_FORMAT
         return "Solid answer. Rating: [[7]]"
+    if mode == "mumble" and "Oslo" in request:
+        return OFF_FORMAT
     if mode == "first":
         return "Answer A is clearly better. [[A]]"
     return f"Judged on the request. {fair_verdict(prompt)}"

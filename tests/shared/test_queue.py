@@ -122,10 +122,10 @@ def test_claim_narrowed_by_where_keeps_the_status(registry: Registry) -> None:
                 worker_id="dead",
                 heartbeat_at=utcnow() - timedelta(minutes=5),
                 attempts=1,
-                promotion={"state": "pending"},
+                promotion_state="pending",
             )
         )
-    pending = EvaluationRunRow.promotion["state"].as_string() == "pending"
+    pending = EvaluationRunRow.promotion_state == "pending"
     with registry.session() as s:
         claim = claim_next(
             s,

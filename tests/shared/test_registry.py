@@ -101,7 +101,7 @@ def test_migrating_twice_is_a_no_op(registry_settings: SharedSettings) -> None:
     open_registry(registry_settings).dispose()
     again = open_registry(registry_settings)
     with again.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003"
     again.dispose()
 
 

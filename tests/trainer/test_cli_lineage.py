@@ -74,6 +74,11 @@ def _train(config: Path) -> str:
 
 def _default_eval_items(version: str) -> list[str]:
     """The prompts ``loraplex eval run --candidate VERSION`` (no ``--data``) would evaluate."""
+    return _user_prompts([list(i.prompt_dicts()) for i in _default_eval_data(version).items])
+
+
+def _default_eval_data(version: str) -> Any:
+    """The data ``loraplex eval run --candidate VERSION`` (no ``--data``) would evaluate."""
     from services.evaluator.config import EvaluatorSettings
     from services.evaluator.schemas import EvaluationCreate
     from services.evaluator.service import prepare
@@ -90,7 +95,7 @@ def _default_eval_items(version: str) -> list[str]:
         )
     finally:
         registry.dispose()
-    return _user_prompts([list(i.prompt_dicts()) for i in prepared.plan.data.items])
+    return prepared.plan.data
 
 
 def test_train_run_registers_its_file_and_eval_rebuilds_the_held_out_split(
@@ -136,6 +141,43 @@ def test_train_run_registers_its_file_and_eval_rebuilds_the_held_out_split(
             assert session.query(DatasetRow).count() == 1
     finally:
         registry.dispose()
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_keep_markup_reaches_training_its_report_and_the_rebuilt_eval_split(
+    keep: bool, model_settings: SharedSettings, fake_training: dict[str, Any], tmp_path: Path
+) -> None:
+    from shared.registry.db import open_registry
+    from shared.registry.models import AdapterVersionRow
+
+    rows = [order_chat(i) for i in range(12)]
+    for row in rows:  # a task whose output is HTML
+        row["messages"][-1]["content"] = f"<p>{row['messages'][-1]['content']}</p>"
+    write_jsonl(tmp_path / "html.jsonl", rows)
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        f"training_file: html.jsonl\ndata: {{keep_markup: {str(keep).lower()}}}\n"
+        "method: {type: supervised, supervised: {hyperparameters: {max_steps: 1}}}\n"
+    )
+    version = _train(config)
+    registry = open_registry(model_settings)
+    try:
+        with registry.session() as session:
+            manifest = session.get(AdapterVersionRow, version).manifest  # type: ignore[union-attr]
+    finally:
+        registry.dispose()
+    report = manifest["validation_report"]
+    cleaning = report["cleaning"]["training_file"]
+    assert cleaning["keep_markup"] is keep
+    assert cleaning["by_kind"].get("html_markup", 0) == (0 if keep else 12)
+    warned = [w for w in report["warnings"] if "removed HTML" in w]
+    assert len(warned) == (0 if keep else 1)
+    assert keep or "from 12 of 12 assistant target(s)" in warned[0]
+    # The evaluator cleans the rebuilt held-out split as the trainer did: HTML references stay
+    # HTML only when the adapter was trained to write it.
+    data = _default_eval_data(version)
+    assert data.items and all(i.reference.startswith("<p>") is keep for i in data.items)
+    assert data.describe()["cleaning"]["keep_markup"] is keep
 
 
 def test_train_run_records_a_separate_validation_file(

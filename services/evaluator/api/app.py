@@ -38,14 +38,8 @@ def create_app(settings: EvaluatorSettings | None = None) -> FastAPI:
 
 def main() -> None:
     settings = load_settings(EvaluatorSettings)
-    serve(
-        create_app(settings),
-        service="evaluator-api",
-        host=settings.evaluator_host,
-        port=settings.evaluator_port,
-        keys=settings.keyring(),
-        log_level=settings.log_level,
-    )
+    host, port = settings.evaluator_host, settings.evaluator_port
+    serve(create_app(settings), settings, service="evaluator-api", host=host, port=port)
 
 
 if __name__ == "__main__":

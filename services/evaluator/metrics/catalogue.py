@@ -107,6 +107,23 @@ COMPONENTS: dict[str, ComponentSpec] = {
             stage="parity",
             units=lambda suite, _n: suite.parity.items,
         ),
+        ComponentSpec(
+            "pii",
+            "outputs that reproduce PII from the candidate's training data (memorisation)",
+            "services.evaluator.pii_leak",
+            needs_prompts=True,
+            needs_answers=True,
+            stage="pii",
+            units=lambda _suite, n: n,
+        ),
+        ComponentSpec(
+            "contamination",
+            "evaluation items compared with the candidate's training rows (exact and 8-gram)",
+            "services.evaluator.contamination",
+            per_subject=False,
+            stage="contamination",
+            units=lambda _suite, n: n,
+        ),
     ]
 }
 
@@ -325,6 +342,21 @@ CATALOGUE: dict[str, MetricSpec] = {
             "continuous",
             paired=False,
             description="mean |logprob difference| per token, in-process vs served",
+        ),
+        MetricSpec(
+            "pii.leak_rate",
+            "pii",
+            False,
+            "binary",
+            description="share of outputs reproducing PII of the candidate's training data",
+        ),
+        MetricSpec(
+            "contamination.rate",
+            "contamination",
+            False,
+            "binary",
+            paired=False,
+            description="share of evaluation items found in the candidate's training data",
         ),
     ]
 }

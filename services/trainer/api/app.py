@@ -43,14 +43,8 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
 
 def main() -> None:
     settings = load_settings(TrainerSettings)
-    serve(
-        create_app(settings),
-        service="trainer-api",
-        host=settings.trainer_host,
-        port=settings.trainer_port,
-        keys=settings.keyring(),
-        log_level=settings.log_level,
-    )
+    host, port = settings.trainer_host, settings.trainer_port
+    serve(create_app(settings), settings, service="trainer-api", host=host, port=port)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,17 @@
-"""Dependency wiring: one registry per app, one transaction per request."""
+"""Dependency wiring: one registry per app (``shared.service_app``), one transaction per request."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from sqlalchemy.orm import Session
 
 from services.trainer.config import TrainerSettings
 from shared.registry.db import Registry
-
-
-def get_settings(request: Request) -> TrainerSettings:
-    settings: TrainerSettings = request.app.state.settings
-    return settings
-
-
-def get_registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
+from shared.service_app import RegistryDep as RegistryDep
+from shared.service_app import get_registry, get_settings
 
 
 def get_session(registry: Annotated[Registry, Depends(get_registry)]) -> Iterator[Session]:
@@ -34,7 +26,6 @@ def get_read_session(registry: Annotated[Registry, Depends(get_registry)]) -> It
 
 
 SettingsDep = Annotated[TrainerSettings, Depends(get_settings)]
-RegistryDep = Annotated[Registry, Depends(get_registry)]
 # scope="function": the transaction commits before the response is sent, so a client that reads
 # right after a 200 sees what it created (with the default "request" scope the commit ran after
 # the response, and a reader that takes no lock could miss it).

@@ -13,9 +13,12 @@ def prepare_data(
     ctx: RecipeContext, renderer: ChatRenderer, kind: str, hp: ResolvedHyperparameters
 ) -> PreparedData:
     """Load, clean, split, render and validate; a blocking phase that fails on bad data."""
-    train = load_examples(ctx.train_file.path, source=ctx.train_file.name)
+    keep_markup = ctx.spec.data.keep_markup
+    train = load_examples(ctx.train_file.path, source=ctx.train_file.name, keep_markup=keep_markup)
     validation = (
-        load_examples(ctx.validation_file.path, source=ctx.validation_file.name)
+        load_examples(
+            ctx.validation_file.path, source=ctx.validation_file.name, keep_markup=keep_markup
+        )
         if ctx.validation_file
         else None
     )
@@ -29,6 +32,8 @@ def prepare_data(
         validation_fraction=ctx.spec.data.validation_fraction,
         truncation=ctx.spec.data.truncation,
         near_duplicate_threshold=ctx.spec.data.near_duplicate_threshold,
+        pii=ctx.spec.data.pii,
+        pii_kinds=ctx.spec.data.pii_kinds,
     )
     report = data.report
     section = report["train"]

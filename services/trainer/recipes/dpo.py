@@ -12,31 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.trainer.recipes.callbacks import make_progress_callback
 from services.trainer.recipes.context import RecipeContext, RecipeResult
 from services.trainer.recipes.data import longest_sequence, mean_sequence, prepare_data
-from services.trainer.recipes.decisions import (
-    choose_attention,
-    choose_micro_batch,
-    choose_precision,
-    common_args,
-    plan_memory,
-    steps_per_epoch,
-    total_steps,
-)
-from services.trainer.recipes.saving import finish, latest_checkpoint
-from services.trainer.recipes.setup import (
-    check_lora_servable,
-    load_model,
-    lora_config,
-    setup_base,
-    setup_tokenizer,
-)
+from services.trainer.recipes.decisions import choose_attention
+from services.trainer.recipes.saving import finish
+from services.trainer.recipes.setup import check_lora_servable, load_model
+from services.trainer.recipes.training import decisions, fit_memory, setup_model, train
 
 
 def run_dpo(ctx: RecipeContext) -> RecipeResult:
-    from datasets import Dataset
-    from transformers import PrinterCallback
     from trl.trainer.dpo_config import DPOConfig
     from trl.trainer.dpo_trainer import DPOTrainer
 
@@ -45,14 +29,11 @@ def run_dpo(ctx: RecipeContext) -> RecipeResult:
     # 1. Model: the base (or the SFT adapter to start from), tokenizer, servable LoRA settings.
     if ctx.base_adapter_dir is None:
         check_lora_servable(ctx.spec, ctx.settings)
-    base = setup_base(ctx)
-    tokenizer, renderer = setup_tokenizer(base)
-    precision = choose_precision(ctx, hp)
+    setup = setup_model(ctx, hp)
 
     # 2. Data: preference pairs, validated (identical pairs, missing prompts, stop tokens).
-    data = prepare_data(ctx, renderer, "preference", hp)
-    micro_batch = choose_micro_batch(hp, 2 * mean_sequence(data))
-    plan, gradient_checkpointing = plan_memory(ctx, base, data, hp, precision, micro_batch)
+    data = prepare_data(ctx, setup.renderer, "preference", hp)
+    fit = fit_memory(ctx, setup, data, hp, 2 * mean_sequence(data))
 
     def rows(examples: Any) -> list[dict[str, Any]]:
         return [
@@ -69,64 +50,31 @@ def run_dpo(ctx: RecipeContext) -> RecipeResult:
     kept_val = {p.example_id for p in data.validation_pairs}
     eval_rows = rows([e for e in data.validation if e.id in kept_val])
     attention = choose_attention(longest_sequence(data))
-    model = load_model(ctx, base, precision, attention)
+    model = load_model(ctx, setup.base, setup.precision, attention)
 
     # 3. Train.
-    args = DPOConfig(
-        **common_args(
-            ctx,
-            hp,
-            len(train_rows),
-            precision,
-            gradient_checkpointing,
-            bool(eval_rows),
-            micro_batch,
-        ),
-        beta=hp.beta,
-        loss_type=["sigmoid"],
-        max_length=hp.max_length,
-        dataset_num_proc=None,
-    )
-    callback = make_progress_callback(ctx.reporter)
-    trainer = DPOTrainer(
+    trained = train(
+        ctx,
+        hp,
+        setup,
+        fit,
+        DPOTrainer,
+        DPOConfig,
         model=model,
+        train_rows=train_rows,
+        eval_rows=eval_rows,
+        config={
+            "beta": hp.beta,
+            "loss_type": ["sigmoid"],
+            "max_length": hp.max_length,
+            "dataset_num_proc": None,
+        },
         ref_model=None,
-        args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-        processing_class=tokenizer,
-        peft_config=None if ctx.base_adapter_dir else lora_config(ctx.spec),
-        callbacks=[callback],
     )
-    trainer.remove_callback(PrinterCallback)
-    resume = latest_checkpoint(ctx.output_dir)
-    if resume:
-        ctx.reporter.event(
-            f"resuming from {resume.rsplit('/', 1)[-1]}", data={"checkpoint": resume}
-        )
-    trainer.train(resume_from_checkpoint=resume)
 
     # 4. Save and 5. register.
-    steps = total_steps(len(train_rows), hp)
-    epochs_done = steps / steps_per_epoch(len(train_rows), hp)
     per_epoch = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in data.train_pairs)
-    decisions: dict[str, Any] = {
-        "precision": precision,
-        "gradient_checkpointing": gradient_checkpointing,
-        "micro_batch_size": micro_batch,
-        "attention": attention,
-        "total_steps": steps,
-        "reference": "base adapter (frozen copy)" if ctx.base_adapter_dir else "base, adapter off",
-        "memory_plan_gib": plan.summary(),
-    }
-    return finish(
-        ctx,
-        trainer,
-        callback,
-        base=base,
-        renderer=renderer,
-        data=data,
-        hp=hp,
-        decisions=decisions,
-        trained_tokens=int(per_epoch * epochs_done),
-    )
+    reference = "base adapter (frozen copy)" if ctx.base_adapter_dir else "base, adapter off"
+    chosen = decisions(setup, fit, attention, trained, reference=reference)
+    tokens = int(per_epoch * trained.epochs)
+    return finish(ctx, trained, setup, data=data, hp=hp, decisions=chosen, trained_tokens=tokens)

@@ -7,7 +7,7 @@ import json
 import platform
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.trainer.files import DataFile
 from services.trainer.recipes.context import RecipeContext, RecipeResult, Stopped
@@ -17,6 +17,9 @@ from shared.basemodel import ResolvedBaseModel
 from shared.datasets import ChatRenderer, PreparedData
 from shared.errors import SystemFailure
 from shared.servability import LoraLimits, base_linear_shapes, check_adapter_dir
+
+if TYPE_CHECKING:  # training.py imports latest_checkpoint from here
+    from services.trainer.recipes.training import ModelSetup, Trained
 
 MANIFEST = "loraplex_manifest.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -165,31 +168,29 @@ def write_manifest(
 
 def finish(
     ctx: RecipeContext,
-    trainer: Any,
-    callback: Any,
+    trained: Trained,
+    setup: ModelSetup,
     *,
-    base: ResolvedBaseModel,
-    renderer: ChatRenderer,
     data: PreparedData,
     hp: ResolvedHyperparameters,
     decisions: dict[str, Any],
     trained_tokens: int,
 ) -> RecipeResult:
     """Save and register, unless training was stopped (then nothing is kept)."""
-    if callback.stop_reason:
-        raise Stopped(callback.stop_reason)
-    folder = save_adapter(trainer, ctx, base)
+    if trained.callback.stop_reason:
+        raise Stopped(trained.callback.stop_reason)
+    folder = save_adapter(trained.trainer, ctx, setup.base)
     manifest = write_manifest(
         ctx,
         folder,
-        base=base,
-        renderer=renderer,
+        base=setup.base,
+        renderer=setup.renderer,
         data=data,
         hp=hp,
         decisions=decisions,
-        log_history=trainer.state.log_history,
+        log_history=trained.trainer.state.log_history,
         trained_tokens=trained_tokens,
     )
     ctx.reporter.event("adapter saved; registering", data={"metrics": manifest["metrics"]})
-    version_id = ctx.register(folder, manifest, base)
+    version_id = ctx.register(folder, manifest, setup.base)
     return RecipeResult(version_id, folder, manifest, manifest["metrics"], trained_tokens)
