@@ -122,7 +122,8 @@ def _key(run: dict[str, Any]) -> str:
 
 
 def runs_table(rows: list[dict[str, Any]]) -> str:
-    keys = list(max(rows, key=len))
+    widest: dict[str, Any] = max(rows, key=len)
+    keys = list(widest)
     lines = ["| " + " | ".join(keys) + " |", "| " + " | ".join("---" for _ in keys) + " |"]
     lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
