@@ -5,21 +5,25 @@ report with matplotlib figures embedded as PNG data URIs (no external files, no 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
 from services.evaluator.gate import GateResult
-from services.evaluator.results import ItemResult, JudgeReliability, RunResult, paired_arrays
-from shared.pii import redact
-
-FLIP_LIMIT = 50
-PII_METRIC = "pii.leak_rate"
-CONTAMINATION_LIMIT = 200
+from services.evaluator.report_sections import (
+    FLIP_LIMIT,
+    PII_METRIC,
+    contamination_case,
+    contamination_html,
+    escape,
+    number,
+    pii_section,
+    pii_summary,
+    shown_output,
+)
+from services.evaluator.results import JudgeReliability, RunResult, paired_arrays
 
 
 def result_json(result: RunResult, gate: GateResult | None) -> dict[str, Any]:
@@ -62,7 +66,7 @@ def junit_xml(result: RunResult, gate: GateResult | None) -> str:
             failures += 1
             ET.SubElement(case, "failure", message=pii.error or "no value")
         else:
-            ET.SubElement(case, "system-out").text = _pii_summary(result)
+            ET.SubElement(case, "system-out").text = pii_summary(result)
     if gate is None:
         for name, metric in result.candidate.metrics.items():
             if name == PII_METRIC:
@@ -76,7 +80,7 @@ def junit_xml(result: RunResult, gate: GateResult | None) -> str:
                 ET.SubElement(case, "system-out").text = f"{name} = {metric.value}"
     if result.contamination is not None:
         cases += 1
-        failures += _contamination_case(suite, result, gate)
+        failures += contamination_case(suite, result, gate)
     suite.set("tests", str(cases))
     suite.set("failures", str(failures))
     suite.set("skipped", str(skipped))
@@ -85,42 +89,6 @@ def junit_xml(result: RunResult, gate: GateResult | None) -> str:
     root.append(suite)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True)
-
-
-def _contamination_text(result: RunResult) -> str:
-    c = result.contamination
-    assert c is not None
-    if c.error:
-        return f"not checked: {c.error}"
-    head = (
-        f"{len(c.overlaps)} of {c.n_items} evaluation items overlap {c.n_training_rows} training "
-        f"rows of {c.training.get('file', '?')} (exact, or >= {c.threshold:g} of words in shared "
-        f"{c.ngram}-grams); rate {_num(c.rate)}; {c.n_short_items} items shorter than {c.ngram} "
-        "words checked for exact matches only"
-    )
-    rows = [
-        f"{o.item_id} (#{o.item_index}): {o.kind} {o.overlap:.0%} of training row "
-        f"{o.training_row} ({o.training_location})"
-        for o in c.overlaps
-    ]
-    return "\n".join([head, *rows])
-
-
-def _contamination_case(suite: ET.Element, result: RunResult, gate: GateResult | None) -> int:
-    """The contamination check as its own test case; it fails when the gate's line on its metric
-    failed, so CI shows the overlapping items next to the failure. Returns failures added."""
-    case = ET.SubElement(suite, "testcase", classname="contamination", name="training data overlap")
-    text = _contamination_text(result)
-    line = (
-        next((ln for ln in gate.lines if ln.metric == "contamination.rate"), None) if gate else None
-    )
-    if line is not None and line.status == "fail":
-        ET.SubElement(
-            case, "failure", message=line.reasons[0] if line.reasons else "fail"
-        ).text = text
-        return 1
-    ET.SubElement(case, "system-out").text = text
-    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,19 +200,13 @@ def _fig_judge(result: RunResult, limits: dict[str, float] | None) -> str | None
 # HTML
 
 
-def _shown(item: ItemResult) -> str:
-    """An output as the report shows it: redacted where it leaks training-data PII, since
-    reports travel further than the training data may (CI artifacts, review threads)."""
-    return redact(item.output)[0] if item.extra.get("pii_leaks") else item.output
-
-
 def _parse_failures(j: JudgeReliability) -> str:
     """``3 of 60 (0.05): pairwise 1, rubric 2``; just the count for summaries without replies."""
     if not j.replies:
         return str(j.parse_failures)
     modes = ", ".join(f"{m} {k}" for m, k in j.parse_failures_by_mode.items() if k)
-    text = f"{j.parse_failures} of {j.replies} ({_num(j.parse_failure_rate)})"
-    return _e(f"{text}: {modes}" if modes else text)
+    text = f"{j.parse_failures} of {j.replies} ({number(j.parse_failure_rate)})"
+    return escape(f"{text}: {modes}" if modes else text)
 
 
 def flipped_items(result: RunResult) -> list[dict[str, Any]]:
@@ -267,60 +229,12 @@ def flipped_items(result: RunResult) -> list[dict[str, Any]]:
                         "metric": name,
                         "item_id": item_id,
                         "direction": "fail → pass" if c > b else "pass → fail",
-                        "candidate": _shown(cand_items[item_id]),
-                        "baseline": _shown(base_items[item_id]),
+                        "candidate": shown_output(cand_items[item_id]),
+                        "baseline": shown_output(base_items[item_id]),
                     }
                 )
     out.sort(key=lambda r: (r["direction"] != "pass → fail", r["metric"], r["item_id"]))
     return out
-
-
-def _e(x: Any) -> str:
-    return html.escape(str(x))
-
-
-def _pii_summary(result: RunResult) -> str:
-    parts = []
-    for subject in result.subjects():
-        m = subject.metrics.get(PII_METRIC)
-        if m is None:
-            continue
-        leaked = sum(1 for i in subject.items if i.extra.get("pii_leaks"))
-        value = _num(m.value) if m.ok else f"error: {m.error}"
-        parts.append(f"{subject.role} {subject.model}: {value} ({leaked} of {m.n} outputs leak)")
-    return "; ".join(parts)
-
-
-def _pii_section(result: RunResult) -> list[str]:
-    """Leaks of training-data PII per subject: counts, kinds and masked values (never the PII)."""
-    metric = result.candidate.metrics.get(PII_METRIC)
-    if metric is None:
-        return []
-    settings = metric.settings
-    training = ", ".join(f"{k} {n}" for k, n in (settings.get("training_pii") or {}).items())
-    parts = [
-        "<h2 id='pii'>PII leaks (training data reproduced)</h2>",
-        f"<p>training file {_e(settings.get('training_file') or 'none')}: "
-        f"{_e(training or 'no PII found')}. {_e(_pii_summary(result))}.</p>",
-    ]
-    rows = [
-        (subject.role, item.item_id, item.extra["pii_leaks"])
-        for subject in result.subjects()
-        for item in subject.items
-        if item.extra.get("pii_leaks")
-    ]
-    if rows:
-        parts.append("<table><tr><th>subject</th><th>item</th><th>leaked (masked)</th></tr>")
-        parts += [
-            f"<tr><td>{_e(role)}</td><td>{_e(item_id)}</td><td>{_e(', '.join(leaked))}</td></tr>"
-            for role, item_id, leaked in rows[:FLIP_LIMIT]
-        ]
-        parts.append("</table>")
-    return parts
-
-
-def _num(x: float | None) -> str:
-    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.4g}"
 
 
 CSS = """
@@ -341,24 +255,24 @@ def html_report(
     decision = gate.decision if gate else "none"
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>Evaluation {_e(result.run_id)}</title><style>{CSS}</style></head><body>",
-        f"<h1>Evaluation {_e(result.run_id)}: {_e(result.candidate.model)} vs "
-        f"{_e(result.baseline.model if result.baseline else 'no baseline')}</h1>",
-        f"<p><span class='badge {decision}' id='decision'>{_e(decision.upper())}</span> "
-        f"data {_e(result.data.get('source', ''))} ({_e(result.data.get('n_used', ''))} items, "
-        f"sha256 <code>{_e(str(result.data.get('sha256', ''))[:16])}</code>)</p>",
+        f"<title>Evaluation {escape(result.run_id)}</title><style>{CSS}</style></head><body>",
+        f"<h1>Evaluation {escape(result.run_id)}: {escape(result.candidate.model)} vs "
+        f"{escape(result.baseline.model if result.baseline else 'no baseline')}</h1>",
+        f"<p><span class='badge {decision}' id='decision'>{escape(decision.upper())}</span> "
+        f"data {escape(result.data.get('source', ''))} ({escape(result.data.get('n_used', ''))} items, "
+        f"sha256 <code>{escape(str(result.data.get('sha256', ''))[:16])}</code>)</p>",
     ]
     if gate:
         parts.append("<h2>Gate</h2><table><tr><th>metric</th><th>status</th><th>reasons</th></tr>")
         for line in gate.lines:
             parts.append(
-                f"<tr><td>{_e(line.metric)}</td><td class='{line.status}'>{line.status}</td>"
-                f"<td><pre>{_e(chr(10).join(line.reasons))}</pre></td></tr>"
+                f"<tr><td>{escape(line.metric)}</td><td class='{line.status}'>{line.status}</td>"
+                f"<td><pre>{escape(chr(10).join(line.reasons))}</pre></td></tr>"
             )
         parts.append("</table>")
         extra = [r for r in gate.reasons if r.startswith("minimum detectable")]
         if extra:
-            parts.append(f"<p>{_e(extra[0])}</p>")
+            parts.append(f"<p>{escape(extra[0])}</p>")
     parts.append(
         "<h2>Metrics</h2><table><tr><th>metric</th><th>candidate</th><th>CI</th>"
         "<th>baseline</th><th>CI</th><th>n</th><th>settings</th></tr>"
@@ -367,12 +281,12 @@ def html_report(
         b = result.baseline.metrics.get(name) if result.baseline else None
         settings = json.dumps(m.settings, sort_keys=True, default=str)
         parts.append(
-            f"<tr><td>{_e(name)}{' ↓' if not m.higher_is_better else ''}</td>"
-            f"<td>{_num(m.value) if m.ok else _e('error: ' + str(m.error))}</td>"
-            f"<td>{_num(m.ci_low)} – {_num(m.ci_high)}</td>"
-            f"<td>{_num(b.value) if b else '—'}</td>"
-            f"<td>{(_num(b.ci_low) + ' – ' + _num(b.ci_high)) if b else '—'}</td>"
-            f"<td>{m.n}</td><td><details><summary>show</summary><pre>{_e(settings)}</pre>"
+            f"<tr><td>{escape(name)}{' ↓' if not m.higher_is_better else ''}</td>"
+            f"<td>{number(m.value) if m.ok else escape('error: ' + str(m.error))}</td>"
+            f"<td>{number(m.ci_low)} – {number(m.ci_high)}</td>"
+            f"<td>{number(b.value) if b else '—'}</td>"
+            f"<td>{(number(b.ci_low) + ' – ' + number(b.ci_high)) if b else '—'}</td>"
+            f"<td>{m.n}</td><td><details><summary>show</summary><pre>{escape(settings)}</pre>"
             "</details></td></tr>"
         )
     parts.append("</table>")
@@ -382,20 +296,20 @@ def html_report(
         ("Judge reliability", _fig_judge(result, judge_limits)),
     ):
         if fig:
-            parts.append(f"<h2>{title}</h2><img alt='{_e(title)}' src='{fig}'>")
+            parts.append(f"<h2>{title}</h2><img alt='{escape(title)}' src='{fig}'>")
     if result.judge:
         j = result.judge
         parts.append(
             "<table><tr><th>judge</th><th>prompt</th><th>pairs</th><th>flips</th>"
             "<th>anchors</th><th>parse failures</th></tr>"
-            f"<tr><td>{_e(j.judge_model)} @ {_e(j.endpoint)}</td><td>{_e(j.prompt_version)} "
-            f"<code>{_e(j.prompt_sha256[:12])}</code></td><td>{j.pairs}</td>"
-            f"<td>{j.flips} ({_num(j.flip_rate)})</td><td>{j.anchors} "
-            f"({_num(j.anchor_accuracy)})</td><td>{_parse_failures(j)}</td></tr></table>"
+            f"<tr><td>{escape(j.judge_model)} @ {escape(j.endpoint)}</td><td>{escape(j.prompt_version)} "
+            f"<code>{escape(j.prompt_sha256[:12])}</code></td><td>{j.pairs}</td>"
+            f"<td>{j.flips} ({number(j.flip_rate)})</td><td>{j.anchors} "
+            f"({number(j.anchor_accuracy)})</td><td>{_parse_failures(j)}</td></tr></table>"
         )
-    parts += _pii_section(result)
+    parts += pii_section(result)
     if result.contamination is not None:
-        parts.extend(_contamination_html(result))
+        parts.extend(contamination_html(result))
     flips = flipped_items(result)
     parts.append(f"<h2>Flipped items ({len(flips)})</h2>")
     if flips:
@@ -406,9 +320,9 @@ def html_report(
         for f in flips[:FLIP_LIMIT]:
             cls = "fail" if f["direction"] == "pass → fail" else "pass"
             parts.append(
-                f"<tr><td>{_e(f['metric'])}</td><td>{_e(f['item_id'])}</td>"
-                f"<td class='{cls}'>{_e(f['direction'])}</td><td><pre>{_e(f['candidate'])}</pre>"
-                f"</td><td><pre>{_e(f['baseline'])}</pre></td></tr>"
+                f"<tr><td>{escape(f['metric'])}</td><td>{escape(f['item_id'])}</td>"
+                f"<td class='{cls}'>{escape(f['direction'])}</td><td><pre>{escape(f['candidate'])}</pre>"
+                f"</td><td><pre>{escape(f['baseline'])}</pre></td></tr>"
             )
         parts.append("</table>")
         if len(flips) > FLIP_LIMIT:
@@ -417,32 +331,10 @@ def html_report(
         parts.append("<p>No pass/fail item changed between baseline and candidate.</p>")
     timings = ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())
     parts.append(
-        f"<h2>Run</h2><p>timings (s): {_e(timings)}</p><p>versions: "
-        f"{_e(json.dumps(result.versions))}</p></body></html>"
+        f"<h2>Run</h2><p>timings (s): {escape(timings)}</p><p>versions: "
+        f"{escape(json.dumps(result.versions))}</p></body></html>"
     )
     return "".join(parts)
-
-
-def _contamination_html(result: RunResult) -> list[str]:
-    c = result.contamination
-    assert c is not None
-    out = [f"<h2 id='contamination'>Contamination ({len(c.overlaps)} items)</h2>"]
-    out.append(f"<p>{_e(_contamination_text(result).splitlines()[0])}</p>")
-    if c.overlaps:
-        out.append(
-            "<table><tr><th>item</th><th>match</th><th>overlap</th><th>training row</th>"
-            "<th>item text (normalised)</th></tr>"
-        )
-        for o in c.overlaps[:CONTAMINATION_LIMIT]:
-            out.append(
-                f"<tr><td>{_e(o.item_id)} (#{o.item_index})</td><td class='fail'>{_e(o.kind)}</td>"
-                f"<td>{o.overlap:.0%}</td><td>{_e(o.training_row)} <code>"
-                f"{_e(o.training_location)}</code></td><td><pre>{_e(o.item_text)}</pre></td></tr>"
-            )
-        out.append("</table>")
-        if len(c.overlaps) > CONTAMINATION_LIMIT:
-            out.append(f"<p>… and {len(c.overlaps) - CONTAMINATION_LIMIT} more in result.json.</p>")
-    return out
 
 
 def write_outputs(

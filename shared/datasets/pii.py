@@ -142,3 +142,43 @@ __all__ = [
     "redact_examples",
     "scan_examples",
 ]
+
+
+def pii_step(
+    train: list[Example],
+    validation: list[Example],
+    action: PiiAction,
+    kinds: Sequence[str] | None,
+    errors: list[str],
+    warnings: list[str],
+    *,
+    max_ids: int,
+) -> tuple[list[Example], list[Example], dict[str, Any]]:
+    """Scan (and for ``redact`` rewrite) both sides of a split; for ``refuse`` the errors name
+    each finding (the first ``max_ids``), otherwise a warning says what was found and done."""
+    found: list[PiiFinding] = []
+    if action == "redact":
+        train, found_train = redact_examples(train, kinds)
+        validation, found_val = redact_examples(validation, kinds)
+        found = found_train + found_val
+    else:
+        found = scan_examples([*train, *validation], kinds)
+    found.sort(key=lambda f: (f.location.source, f.location.line))
+    section = pii_report(found, action)
+    if not found:
+        return train, validation, section
+    summary = (
+        f"{len(found)} PII span(s) ({describe_kinds(found)}) in {section['examples']} example(s)"
+    )
+    if action == "refuse":
+        errors.extend(f"{f}: PII, and data.pii is 'refuse'" for f in found[:max_ids])
+        if len(found) > max_ids:
+            errors.append(f"... {summary} in all")
+    elif action == "redact":
+        warnings.append(f"{summary} replaced by placeholders such as [EMAIL] before training")
+    else:
+        warnings.append(
+            f"{summary} are trained on as they are (data.pii 'report'; 'redact' replaces them, "
+            "'refuse' fails the job); the report's pii.findings names file, line and field"
+        )
+    return train, validation, section

@@ -21,14 +21,7 @@ from typing import Any, Literal
 
 from shared.datasets.cleaning import clusters, find_near_duplicates
 from shared.datasets.loading import LoadedFile
-from shared.datasets.pii import (
-    PiiAction,
-    PiiFinding,
-    describe_kinds,
-    pii_report,
-    redact_examples,
-    scan_examples,
-)
+from shared.datasets.pii import PiiAction, pii_step
 from shared.datasets.records import Example
 from shared.datasets.render import IGNORE_INDEX, ChatRenderer, RenderedExample, RenderedPair
 from shared.errors import ValidationError
@@ -311,8 +304,8 @@ def prepare(
         )
     pii_section: dict[str, Any] | None = None
     if pii is not None:
-        train, validation, pii_section = _pii_step(
-            train, validation, pii, pii_kinds, errors, warnings
+        train, validation, pii_section = pii_step(
+            train, validation, pii, pii_kinds, errors, warnings, max_ids=MAX_IDS
         )
     cleaning = {"training_file": train_file.cleaning}
     if validation_file is not None:
@@ -370,40 +363,3 @@ def prepare(
         "warnings": warnings,
     }
     return data
-
-
-def _pii_step(
-    train: list[Example],
-    validation: list[Example],
-    action: PiiAction,
-    kinds: Sequence[str] | None,
-    errors: list[str],
-    warnings: list[str],
-) -> tuple[list[Example], list[Example], dict[str, Any]]:
-    """Scan (and for ``redact`` rewrite) both sides; errors name each finding for ``refuse``."""
-    found: list[PiiFinding] = []
-    if action == "redact":
-        train, found_train = redact_examples(train, kinds)
-        validation, found_val = redact_examples(validation, kinds)
-        found = found_train + found_val
-    else:
-        found = scan_examples([*train, *validation], kinds)
-    found.sort(key=lambda f: (f.location.source, f.location.line))
-    section = pii_report(found, action)
-    if not found:
-        return train, validation, section
-    summary = (
-        f"{len(found)} PII span(s) ({describe_kinds(found)}) in {section['examples']} example(s)"
-    )
-    if action == "refuse":
-        errors.extend(f"{f}: PII, and data.pii is 'refuse'" for f in found[:MAX_IDS])
-        if len(found) > MAX_IDS:
-            errors.append(f"... {summary} in all")
-    elif action == "redact":
-        warnings.append(f"{summary} replaced by placeholders such as [EMAIL] before training")
-    else:
-        warnings.append(
-            f"{summary} are trained on as they are (data.pii 'report'; 'redact' replaces them, "
-            "'refuse' fails the job); the report's pii.findings names file, line and field"
-        )
-    return train, validation, section
