@@ -86,7 +86,8 @@ def test_a_policy_naming_it_runs_the_check_and_the_generation_it_reads() -> None
     assert suite.pii.enabled and not suite.generation.enabled
     from services.evaluator.stages import components_run
 
-    assert components_run(suite) == ["generation", "pii"]
+    # contamination is on in every suite (it runs when the candidate has lineage)
+    assert components_run(suite) == ["generation", "pii", "contamination"]
 
 
 def test_outputs_reproducing_training_email_fail_max_zero_and_clean_ones_pass(
