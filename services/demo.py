@@ -36,7 +36,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from services.demo_summary import decidability, release_line, release_summary
+from services.demo_summary import decidability, release_line, release_summary, report_paths
 from services.localstack import LocalStack
 from services.release import HttpRelease, Services, load_config
 from services.release_config import policy_mapping
@@ -281,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
 
         step(6, total, "stop the services", t0)
     lap("stop services")
-    reports = sorted((demo_dir / "evaluations").glob("*/report.html"))
+    reports = report_paths(demo_dir / "evaluations")
     say("HTML reports:")
     for report in reports:
         say(f"  {report}")

@@ -4,6 +4,7 @@ difference against its margin, and the record ``summary.json`` keeps (read by be
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -71,3 +72,9 @@ def release_summary(outcome: dict[str, Any], policy: dict[str, Any]) -> dict[str
         "decision": outcome.get("decision"),
         "lines": gate_lines(outcome, policy),
     }
+
+
+def report_paths(evaluations: Path) -> list[Path]:
+    """The HTML reports of the demo's evaluations; each evaluation keeps its outputs per attempt
+    (``<evaluation>/attempt-<n>/report.html``), so they are found at any depth."""
+    return sorted(evaluations.rglob("report.html"))

@@ -3,10 +3,12 @@ environment, and the decidability line each gate gets in the summary."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from services.demo import options
-from services.demo_summary import decidability, release_summary
+from services.demo_summary import decidability, release_summary, report_paths
 
 OUTCOME = {
     "version": "extraction@v2",
@@ -74,3 +76,15 @@ def test_seed_and_precision_come_from_flags_or_the_environment(
     monkeypatch.setenv("LORAPLEX_DEMO_PRECISION", "fp8")
     with pytest.raises(SystemExit):
         options([])
+
+
+def test_the_summary_lists_the_reports_kept_per_attempt(tmp_path: Path) -> None:
+    # Evaluations keep outputs per attempt; a one-level glob listed none after every demo run.
+    for run, attempt in (("eval-b", 1), ("eval-a", 2)):
+        (tmp_path / run / f"attempt-{attempt}").mkdir(parents=True)
+        (tmp_path / run / f"attempt-{attempt}" / "report.html").write_text("<html></html>")
+    (tmp_path / "eval-a" / "attempt-2" / "result.json").write_text("{}")
+    assert report_paths(tmp_path) == [
+        tmp_path / "eval-a" / "attempt-2" / "report.html",
+        tmp_path / "eval-b" / "attempt-1" / "report.html",
+    ]
