@@ -169,7 +169,14 @@ def training_data_path(
 ) -> tuple[str, Path] | None:
     """(name, stored copy) of the training file in the subject's lineage, or None when it has
     no lineage or the file is not in the store."""
-    ref = _dig(subject.manifest, "datasets", "training_file")
+    return _training_file(settings, session, subject.manifest)
+
+
+def _training_file(
+    settings: SharedSettings, session: Session, manifest: dict[str, Any]
+) -> tuple[str, Path] | None:
+    # By manifest, not subject: the contamination check also reads the files of parent versions.
+    ref = _dig(manifest, "datasets", "training_file")
     path = _data_file(settings, session, ref) if ref else None
     if path is None:
         return None
@@ -302,10 +309,10 @@ def _trained_rows(
     ref = _dig(manifest, "datasets", "training_file")
     if not ref:
         return f"{label}'s lineage names no training data"
-    path = _data_file(settings, session, ref)
-    if path is None:
+    found = _training_file(settings, session, manifest)
+    if found is None:
         return f"the training file {ref} named in {label}'s lineage is not in the store"
-    name = str(_dig(ref, "name") or path.name)
+    name, path = found
     source: dict[str, Any] = {"file": name, "sha256": _dig(ref, "sha256"), "id": _dig(ref, "id")}
     examples: Sequence[Example]
     try:
