@@ -53,17 +53,22 @@ def served_as_base(subject: Subject) -> Subject:
     return ServedAsBase(**{f.name: getattr(subject, f.name) for f in fields(subject)})
 
 
+def _alone(served: dict[str, Any], suite: dict[str, Any], **extra: Any) -> EvaluationCreate:
+    """The served adapter on the example test set, without a baseline."""
+    return EvaluationCreate(
+        candidate=served["version"],
+        baseline="none",
+        suite=suite,
+        data=str(EXAMPLES / "test.jsonl"),
+        **extra,
+    )
+
+
 def _plan(served: dict[str, Any], suite: dict[str, Any], **extra: Any) -> RunPlan:
     prepared = service.prepare(
         served["settings"],
         served["registry"],
-        EvaluationCreate(
-            candidate=served["version"],
-            baseline="none",
-            suite=suite,
-            data=str(EXAMPLES / "test.jsonl"),
-            **extra,
-        ),
+        _alone(served, suite, **extra),
         check_endpoints=False,
         local=True,
     )
@@ -134,16 +139,7 @@ def test_lmeval_local_completions_agrees_with_hf_peft(served: dict[str, Any]) ->
     results = {}
     for backend in ("hf", "local-completions"):
         suite["lmeval"]["backend"] = backend
-        out = service.run_now(
-            served["settings"],
-            served["registry"],
-            EvaluationCreate(
-                candidate=served["version"],
-                baseline="none",
-                suite=suite,
-                data=str(EXAMPLES / "test.jsonl"),
-            ),
-        )
+        out = service.run_now(served["settings"], served["registry"], _alone(served, suite))
         results[backend] = out.result.candidate
     hf, srv = results["hf"], results["local-completions"]
     assert mc_check(hf, srv) == []
