@@ -33,6 +33,7 @@ GRAD_BYTES = 4  # of those 16, the fp32 gradient
 NF4_BITS = 4.127  # 4 bits + ~0.127 bits of double-quantised scales per quantised weight
 
 Method = Literal["full", "lora", "qlora"]
+QLORA_SETTING = "QLoRA: lora.quantization = 'nf4'"
 
 
 @dataclass(frozen=True)
@@ -236,41 +237,62 @@ def available_memory(limit: int | None = None) -> int | None:
 
 
 def plan_or_refuse(
-    shape: ModelShape, p: PlanInput, available: int | None
+    shape: ModelShape, p: PlanInput, available: int | None, *, may_checkpoint: bool = True
 ) -> tuple[MemoryPlan, PlanInput]:
-    """The plan for ``p`` (gradient checkpointing switched on if that makes it fit), or a refusal
-    that lists settings which would fit."""
+    """The plan for ``p`` (gradient checkpointing switched on if that makes it fit, unless the job
+    pinned it off: ``may_checkpoint`` False), or a refusal that lists the settings which would
+    fit with their estimates, QLoRA among them when a LoRA job does not fit."""
     plan = estimate_plan(shape, p, available)
     if plan.fits:
         return plan, p
+    first: list[tuple[str, PlanInput]] = []
     if not p.gradient_checkpointing:
         with_gc = replace(p, gradient_checkpointing=True)
         plan_gc = estimate_plan(shape, with_gc, available)
-        if plan_gc.fits:
+        if plan_gc.fits and may_checkpoint:
             return plan_gc, with_gc
-    options: list[tuple[str, PlanInput]] = []
-    if p.quantization != "nf4":
-        options.append(("use QLoRA: lora.quantization = 'nf4'", replace(p, quantization="nf4")))
+        first.append(("gradient_checkpointing true", with_gc))
+    smaller: list[tuple[str, PlanInput]] = []
     bs = p.batch_size
     while bs > 1:
         bs //= 2
         factor = p.batch_size // bs
-        options.append(
+        smaller.append(
             (
                 f"micro_batch_size {bs} (batch_size unchanged: {factor} accumulated passes per "
                 "step) with gradient checkpointing",
                 replace(p, batch_size=bs, gradient_checkpointing=True),
             )
         )
+    shorter = []
     length = p.seq_len
     while length > 128:
         length //= 2
-        options.append((f"max_length {length}", replace(p, seq_len=length)))
-    suggestions = [text for text, o in options if estimate_plan(shape, o, available).fits]
+        shorter.append((f"max_length {length}", replace(p, seq_len=length)))
+    # Same results first (checkpointing, smaller passes), then QLoRA, then shorter sequences.
+    plans = [(text, estimate_plan(shape, o, available)) for text, o in first + smaller]
+    qlora: list[tuple[str, MemoryPlan]] = []
+    if p.quantization != "nf4":
+        # A LoRA job that does not fit may fit as QLoRA: the first QLoRA setting that fits (as it
+        # is, with checkpointing, with smaller passes) is offered with its own estimate.
+        variants = [(f"{QLORA_SETTING} with {text}", o) for text, o in first + smaller]
+        qlora = [
+            (text, estimate_plan(shape, replace(o, quantization="nf4"), available))
+            for text, o in [(QLORA_SETTING, p), *variants]
+        ]
+        plans += [q for q in qlora if q[1].fits][:1]
+    plans += [(text, estimate_plan(shape, o, available)) for text, o in shorter]
+    suggestions = [f"{text} (about {o.total / GIB:.1f} GiB)" for text, o in plans if o.fits]
     need, have = plan.total / GIB, (available or 0) / GIB
+    if suggestions:
+        advice = f"try: {suggestions[0]}"
+    elif qlora:
+        least = min(o.total for _, o in qlora) / GIB
+        advice = f"nothing fits this machine, not even QLoRA (about {least:.1f} GiB)"
+    else:
+        advice = "nothing fits this machine"
     raise ValidationError(
-        f"this job needs about {need:.1f} GiB but only {have:.1f} GiB is available; "
-        + (f"try: {suggestions[0]}" if suggestions else "no smaller setting fits this machine"),
+        f"this job needs about {need:.1f} GiB but only {have:.1f} GiB is available; {advice}",
         param="hyperparameters",
         code="insufficient_memory",
         details=[

@@ -103,6 +103,58 @@ def test_the_doctor_reads_the_same_model_as_the_planner() -> None:
     assert all(r["fits"] for r in rows.values())
 
 
+def test_lora_that_does_not_fit_is_offered_qlora_with_its_numbers() -> None:
+    shape = ModelShape.from_config(SMOLLM2)
+    p = plan_input(batch_size=1, seq_len=256, gradient_checkpointing=True)
+    lora = estimate_plan(shape, p).total
+    qlora = estimate_plan(shape, dataclasses.replace(p, quantization="nf4")).total
+    assert qlora < lora
+    with pytest.raises(ValidationError) as info:
+        plan_or_refuse(shape, p, (lora + qlora) // 2)
+    error = info.value
+    assert error.code == "insufficient_memory"
+    expected = f"QLoRA: lora.quantization = 'nf4' (about {qlora / GIB:.1f} GiB)"
+    assert f"try: {expected}" in error.message
+    assert f"would fit: {expected}" in error.details
+
+
+def test_qlora_is_offered_with_the_smaller_passes_it_needs() -> None:
+    shape = ModelShape.from_config(SMOLLM2)
+    p = plan_input(batch_size=2, seq_len=128)
+    smallest = dataclasses.replace(p, quantization="nf4", batch_size=1, gradient_checkpointing=True)
+    available = estimate_plan(shape, smallest).total
+    with pytest.raises(ValidationError) as info:
+        plan_or_refuse(shape, p, available)
+    assert info.value.message.endswith(
+        "try: QLoRA: lora.quantization = 'nf4' with micro_batch_size 1 (batch_size unchanged: 2 "
+        f"accumulated passes per step) with gradient checkpointing (about {available / GIB:.1f} GiB)"
+    )
+
+
+def test_when_not_even_qlora_fits_the_refusal_says_so() -> None:
+    shape = ModelShape.from_config(SMOLLM2)
+    p = plan_input(batch_size=1, seq_len=256)
+    with pytest.raises(ValidationError) as info:
+        plan_or_refuse(shape, p, GIB // 2)  # less than the framework alone
+    error = info.value
+    assert error.code == "insufficient_memory"
+    assert "nothing fits this machine, not even QLoRA (about " in error.message
+    assert "try:" not in error.message
+    assert not any(d.startswith("would fit") for d in error.details)
+
+
+def test_checkpointing_pinned_off_is_refused_with_it_as_the_suggestion() -> None:
+    shape = ModelShape.from_config(SMOLLM2)
+    p = plan_input(batch_size=4, seq_len=1024)
+    with_gc = estimate_plan(shape, dataclasses.replace(p, gradient_checkpointing=True)).total
+    assert plan_or_refuse(shape, p, with_gc)[1].gradient_checkpointing
+    with pytest.raises(ValidationError) as info:
+        plan_or_refuse(shape, p, with_gc, may_checkpoint=False)
+    assert info.value.message.endswith(
+        f"try: gradient_checkpointing true (about {with_gc / GIB:.1f} GiB)"
+    )
+
+
 # -- the estimate against a measured peak ---------------------------------------------------------
 # One short SFT run of the embedded model in a fresh process (so nothing else this test session
 # allocated counts), reporting the plan the trainer itself made and the process's peak RSS.

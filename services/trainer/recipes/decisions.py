@@ -19,7 +19,6 @@ from shared.memory import (
     ModelShape,
     PlanInput,
     available_memory,
-    estimate_plan,
     plan_or_refuse,
 )
 
@@ -83,14 +82,11 @@ def plan_memory(
         weight_bytes=2 if precision == "bf16" else 4,
     )
     available = available_memory(ctx.settings.memory_limit_bytes)
-    if hp.gradient_checkpointing is False:
-        # The user pinned it off: plan exactly that, without switching it on for them.
-        plan = estimate_plan(shape, plan_input, available)
-        if not plan.fits:
-            plan_or_refuse(shape, plan_input, available)
-        chosen = plan_input
-    else:
-        plan, chosen = plan_or_refuse(shape, plan_input, available)
+    # Pinned off: plan exactly that, refused (with checkpointing among the suggestions) rather
+    # than switched on for them.
+    plan, chosen = plan_or_refuse(
+        shape, plan_input, available, may_checkpoint=hp.gradient_checkpointing is not False
+    )
     ctx.reporter.event(
         f"memory plan: about {plan.total / 1024**3:.2f} GiB needed, "
         f"{(available or 0) / 1024**3:.1f} GiB available"
