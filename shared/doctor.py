@@ -1,7 +1,8 @@
 """The environment check (the curriculum's "Quick Environment Check"), as data.
 
-Reports Python, torch, the vLLM flavour, CPU features, GPU and its memory, free disk, and which
-training methods fit the configured base model on this hardware, with the estimate it used.
+Reports Python, torch, the vLLM flavour, CPU features, GPU and its memory, free disk, which
+training methods fit the configured base model on this hardware with the estimate it used, and the
+largest well-known model (shared.model_shapes) each method fits: the trainer's planner's estimate.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.memory import GiB, ModelShape, estimate
+from shared.memory import GiB, MemoryEstimate, Method, ModelShape, estimate
+from shared.model_shapes import KNOWN_MODELS
 from shared.settings import SharedSettings
 
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -140,27 +142,63 @@ def gpus() -> list[dict[str, Any]]:
     return out
 
 
+METHODS: tuple[Method, ...] = ("full", "lora", "qlora")
+METHOD_NAMES = {"full": "full", "lora": "LoRA", "qlora": "QLoRA"}
+HEADROOM = 0.9  # a plan may use 90% of the budget: the allocator and the OS keep the rest
+
+
+def _assumptions(on_gpu: bool) -> str:
+    return "rank 16, batch 4, sequence 1024, AdamW, gradient checkpointing; " + (
+        "bf16 (GPU)" if on_gpu else "fp32 on CPU"
+    )
+
+
+def _estimate(shape: ModelShape, method: Method, on_gpu: bool) -> MemoryEstimate:
+    return estimate(
+        shape,
+        method,
+        rank=16,
+        batch_size=4,
+        seq_len=1024,
+        compute_bytes=2 if on_gpu else 4,
+        # The trainer's planner switches it on when that makes a job fit, so "fits" assumes it.
+        gradient_checkpointing=True,
+    )
+
+
 def method_fit(config: dict[str, Any], budget_gib: float, on_gpu: bool) -> list[dict[str, Any]]:
     shape = ModelShape.from_config(config)
     rows = []
-    for method in ("full", "lora", "qlora"):
-        est = estimate(
-            shape,
-            method,
-            rank=16,
-            batch_size=4,
-            seq_len=1024,
-            compute_bytes=2 if on_gpu else 4,
-            gradient_checkpointing=on_gpu,
-        )
+    for method in METHODS:
+        est = _estimate(shape, method, on_gpu)
         rows.append(
             {
                 **est.as_dict(),
                 "budget_gib": round(budget_gib, 1),
-                "fits": est.total_gib <= budget_gib * 0.9,
+                "fits": est.total_gib <= budget_gib * HEADROOM,
             }
         )
     return rows
+
+
+def largest_that_fits(
+    budget_gib: float, on_gpu: bool, models: dict[str, dict[str, Any]] = KNOWN_MODELS
+) -> dict[str, Any]:
+    """For each method, the largest of ``models`` (by parameters) whose estimate fits the budget,
+    with that estimate; None where not even the smallest fits."""
+    shapes = sorted(
+        ((ModelShape.from_config(c), name) for name, c in models.items()),
+        key=lambda item: item[0].params,
+    )
+    out: dict[str, Any] = {"budget_gib": round(budget_gib, 1), "assumptions": _assumptions(on_gpu)}
+    for method in METHODS:
+        best = None
+        for shape, name in shapes:
+            total = _estimate(shape, method, on_gpu).total_gib
+            if total <= budget_gib * HEADROOM:
+                best = {"model": name, "total_gib": round(total, 2)}
+        out[method] = best
+    return out
 
 
 def report(settings: SharedSettings, base_config: dict[str, Any] | None) -> dict[str, Any]:
@@ -188,10 +226,10 @@ def report(settings: SharedSettings, base_config: dict[str, Any] | None) -> dict
     }
     if base_config is not None:
         result["training_methods"] = {
-            "assumptions": "rank 16, batch 4, sequence 1024, AdamW; "
-            + ("bf16 with gradient checkpointing (GPU)" if gpu_list else "fp32 on CPU"),
+            "assumptions": _assumptions(bool(gpu_list)),
             "estimates": method_fit(base_config, budget, bool(gpu_list)),
         }
+    result["largest_that_fits"] = largest_that_fits(budget, bool(gpu_list))
     return result
 
 
@@ -219,7 +257,21 @@ def render(data: dict[str, Any]) -> str:
                 f"-> {verdict}  (weights {row['weights_gib']:.2f}, grads {row['gradients_gib']:.2f},"
                 f" optimizer {row['optimizer_gib']:.2f}, activations {row['activations_gib']:.2f})"
             )
+    if largest := data.get("largest_that_fits"):
+        lines.append(f"Largest fit   {render_largest(largest)}")
     return "\n".join(lines)
+
+
+def render_largest(largest: dict[str, Any]) -> str:
+    """``full SmolLM2-360M (2.9 GiB), LoRA ..., QLoRA ... of 15.5 GiB``; ``none`` where nothing
+    fits."""
+    parts = [
+        f"{METHOD_NAMES[m]} {row['model']} ({row['total_gib']} GiB)"
+        if (row := largest[m])
+        else f"{METHOD_NAMES[m]} none"
+        for m in METHODS
+    ]
+    return ", ".join(parts) + f" of {largest['budget_gib']} GiB ({largest['assumptions']})"
 
 
 def to_json(data: dict[str, Any]) -> str:

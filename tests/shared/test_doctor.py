@@ -1,10 +1,14 @@
-"""shared.doctor: the engine dtype follows what the CPU computes fastest, measured."""
+"""shared.doctor: the engine dtype follows what the CPU computes fastest, measured; the largest
+well-known model each training method fits a given budget."""
 
 from __future__ import annotations
 
 import pytest
 
 from shared import doctor
+from shared.memory import ModelShape
+from shared.model_shapes import KNOWN_MODELS
+from shared.settings import SharedSettings
 
 
 @pytest.mark.parametrize(
@@ -45,3 +49,71 @@ def test_the_measurement_is_real_and_cached() -> None:
     speed = doctor.matmul_gflops()
     assert set(speed) == {"fp32", "bf16"} and all(v > 0.5 for v in speed.values())
     assert doctor.matmul_gflops() is speed
+
+
+# Published parameter counts; the table leaves out Qwen2.5's q/k/v biases (under 0.01%).
+PUBLISHED_PARAMS = {
+    "SmolLM2-135M": 134_515_008,
+    "SmolLM2-360M": 361_821_120,
+    "Qwen2.5-0.5B": 494_032_768,
+    "Qwen2.5-1.5B": 1_543_714_304,
+    "SmolLM2-1.7B": 1_711_376_384,
+    "Qwen2.5-7B": 7_615_616_512,
+    "Llama-3.1-8B": 8_030_261_248,
+    "Llama-3.1-70B": 70_553_706_496,
+}
+
+
+def test_the_model_table_holds_the_published_shapes() -> None:
+    assert list(KNOWN_MODELS) == list(PUBLISHED_PARAMS)
+    for name, config in KNOWN_MODELS.items():
+        params = ModelShape.from_config(config).params
+        assert params == pytest.approx(PUBLISHED_PARAMS[name], rel=1e-4), name
+
+
+@pytest.mark.parametrize(
+    ("budget_gib", "on_gpu", "expected"),
+    [
+        # An 80 GiB GPU: QLoRA reaches the 70B, LoRA the 8B, full fine-tuning the 1.7B.
+        (80.0, True, {"full": "SmolLM2-1.7B", "lora": "Llama-3.1-8B", "qlora": "Llama-3.1-70B"}),
+        # A 24 GiB GPU: Qwen2.5-1.5B's 152k vocabulary makes its logits outweigh SmolLM2-1.7B's.
+        (24.0, True, {"full": "SmolLM2-360M", "lora": "SmolLM2-1.7B", "qlora": "SmolLM2-1.7B"}),
+        (48.0, False, {"full": "SmolLM2-1.7B", "lora": "SmolLM2-1.7B", "qlora": "Llama-3.1-8B"}),
+        # 4 GiB of RAM: not even SmolLM2-135M at batch 4 x 1024 tokens.
+        (4.0, False, {"full": None, "lora": None, "qlora": None}),
+    ],
+)
+def test_the_largest_model_each_method_fits(
+    budget_gib: float, on_gpu: bool, expected: dict[str, str | None]
+) -> None:
+    largest = doctor.largest_that_fits(budget_gib, on_gpu)
+    assert {m: (largest[m] or {}).get("model") for m in doctor.METHODS} == expected
+    shapes = {name: ModelShape.from_config(c) for name, c in KNOWN_MODELS.items()}
+    for method, name in expected.items():
+        # The same estimate as `doctor`'s method rows: the pick fits, every larger model does not.
+        fits = {
+            n: doctor.method_fit(KNOWN_MODELS[n], budget_gib, on_gpu)[doctor.METHODS.index(method)]
+            for n in shapes
+        }
+        if name is not None:
+            assert fits[name]["fits"]
+            assert largest[method]["total_gib"] == round(fits[name]["total_gib"], 2)
+        bigger = [n for n in shapes if name is None or shapes[n].params > shapes[name].params]
+        assert not any(fits[n]["fits"] for n in bigger)
+
+
+def test_the_report_and_its_text_name_the_largest_fit(
+    settings: SharedSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(doctor, "gpus", lambda: [])
+    monkeypatch.setattr(doctor, "total_memory_gib", lambda: 48.0)
+    data = doctor.report(settings, None)
+    largest = data["largest_that_fits"]
+    assert largest["budget_gib"] == 48.0 and largest["qlora"]["model"] == "Llama-3.1-8B"
+    text = doctor.render(data)
+    assert "Largest fit   full SmolLM2-1.7B (" in text
+    assert f"QLoRA Llama-3.1-8B ({largest['qlora']['total_gib']} GiB) of 48.0 GiB" in text
+    monkeypatch.setattr(doctor, "total_memory_gib", lambda: 4.0)
+    assert "full none, LoRA none, QLoRA none of 4.0 GiB" in doctor.render(
+        doctor.report(settings, None)
+    )
