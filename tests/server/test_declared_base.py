@@ -75,8 +75,11 @@ def test_embedded_and_hub_bases_answer_to_where_they_came_from(tmp_path: Path) -
     assert "org/model" in known_names(hub)
 
 
-def test_base_identity_takes_the_configured_aliases(env: Path) -> None:
-    settings = ServerSettings(base_model_aliases="org/tiny-base-hub, other-name")
+def test_base_identity_takes_the_configured_aliases(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LORAPLEX_BASE_MODEL_ALIASES", "org/tiny-base-hub, other-name")
+    settings = ServerSettings()
     registry = open_registry(settings)
     try:
         base = base_identity(settings, registry)
