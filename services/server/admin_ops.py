@@ -15,6 +15,7 @@ from typing import Any
 from services.server.auth import OPEN
 from services.server.catalog import Catalog
 from services.server.config import ServerSettings
+from services.server.declared_base import BaseStatement
 from services.server.engines import Engine
 from services.server.errors import Unavailable
 from services.server.importer import import_adapter
@@ -266,7 +267,9 @@ class AdminOperations:
     async def reconcile(self) -> dict[str, Any]:
         return await self.reconciler.reconcile_once(retry_failed=True)
 
-    async def import_upload(self, name: str, files: dict[str, bytes]) -> VersionOut:
+    async def import_upload(
+        self, name: str, files: dict[str, bytes], statement: BaseStatement | None = None
+    ) -> VersionOut:
         tmp = Path(tempfile.mkdtemp(prefix="loraplex-upload-"))
         try:
             for filename, data in files.items():
@@ -286,6 +289,7 @@ class AdminOperations:
                 tmp,
                 name,
                 source="upload",
+                statement=statement,
             )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -298,6 +302,7 @@ class AdminOperations:
             rank=info.rank,
             size_bytes=info.size_bytes,
             created=created,
+            declared_base=info.manifest.get("declared_base"),
         )
 
     def _check_base(self, version: VersionInfo) -> None:

@@ -94,28 +94,32 @@ def uvicorn_options(settings: Any) -> dict[str, Any]:
 def import_cmd(
     folder: Annotated[Path, typer.Argument(help="PEFT LoRA folder (adapter_config.json, ...).")],
     name: Annotated[str, typer.Option(help="Adapter name to register it under.")],
+    declared_base_ok: Annotated[
+        bool,
+        typer.Option(
+            "--declared-base-is-this-base",
+            help="The base the adapter declares (base_model_name_or_path) is the served one under "
+            "another name; needs --reason, recorded in the version's lineage.",
+        ),
+    ] = False,
+    reason: Annotated[str, typer.Option(help="Why; recorded with the statement.")] = "",
+    actor: Actor = None,
 ) -> None:
     """Validate a LoRA adapter trained elsewhere and register it as the next version of NAME."""
-    from services.server.importer import base_identity, import_adapter
-    from services.server.validation import AdapterValidator
-    from shared.artifacts import open_store
-    from shared.registry.db import open_registry
+    from services.server.declared_base import BaseStatement
+    from services.server.importer import import_folder
 
-    settings = _settings()
-    registry = open_registry(settings)
-    store = open_store(settings)
+    statement = BaseStatement(_actor(actor), reason) if declared_base_ok else None
     try:
-        validator = AdapterValidator(
-            store, base_identity(settings, registry), settings.max_lora_rank
-        )
-        info, created = import_adapter(registry, store, validator, folder, name)
+        info, created = import_folder(_settings(), folder, name, statement=statement)
     except LoraplexError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(3) from exc
-    finally:
-        registry.dispose()
     state = "registered" if created else "already registered as"
     typer.echo(f"{state} {info.id}  sha256 {info.sha256[:16]}  rank {info.rank}")
+    declared = info.manifest.get("declared_base") or {}
+    if declared.get("accepted_as") == "stated":
+        typer.echo(f"declared base {declared['declared']!r} recorded as {declared['served']!r}")
 
 
 @adapters_app.command("export")

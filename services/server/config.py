@@ -77,6 +77,13 @@ class ServerSettings(SharedSettings):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     dtype: str = Field(default="auto", description="vLLM --dtype.")
 
+    base_model_aliases: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Other names the served base model answers to (e.g. its hub id): an imported "
+        "adapter whose adapter_config.json names one of them is accepted as trained on it. JSON "
+        "list or comma-separated.",
+    )
+
     # -- access ----------------------------------------------------------------------------------
     admin_key: SecretStr | None = Field(
         default=None, description="Enables /admin; sent as 'Authorization: Bearer <key>'."
@@ -127,10 +134,10 @@ class ServerSettings(SharedSettings):
             raise ValueError(f"max_lora_rank {value} is not one vLLM accepts {VLLM_RANKS}")
         return value
 
-    @field_validator("engine_urls", mode="before")
+    @field_validator("engine_urls", "base_model_aliases", mode="before")
     @classmethod
     def _split_urls(cls, value: Any) -> Any:
-        """From the environment: a JSON list or comma-separated URLs."""
+        """From the environment: a JSON list or comma-separated values."""
         if isinstance(value, str):
             if value.lstrip().startswith("["):
                 return json.loads(value)

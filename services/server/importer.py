@@ -1,7 +1,9 @@
 """Bring adapters in (trained elsewhere) and take them out (merged into the base model).
 
 Import runs the same checks as loading (servability, base shapes, a non-zero delta) before the
-folder enters the artifact store and the registry, so a registered version is a loadable one.
+folder enters the artifact store and the registry, so a registered version is a loadable one; an
+adapter that declares another base than the served one is refused unless an operator states it is
+this base (:mod:`services.server.declared_base`), which the version's manifest records.
 Export writes the base model with the adapter merged in (peft ``merge_and_unload``): a plain
 transformers folder that vLLM and transformers load without LoRA support.
 """
@@ -14,10 +16,12 @@ import shutil
 import time
 from pathlib import Path
 
+from services.server.config import ServerSettings
+from services.server.declared_base import BaseStatement, check_declared_base
 from services.server.names import VersionInfo
 from services.server.validation import AdapterValidator, BaseIdentity
 from shared.artifacts import ArtifactStore
-from shared.basemodel import register_base_model, resolve_base_model
+from shared.basemodel import known_names, register_base_model, resolve_base_model
 from shared.errors import ConflictError, IntegrityError, NotFoundError, ValidationError
 from shared.registry import adapters as reg
 from shared.registry.db import Registry
@@ -37,10 +41,13 @@ def import_adapter(
     name: str,
     *,
     source: str = "import",
+    statement: BaseStatement | None = None,
 ) -> tuple[VersionInfo, bool]:
     """Validate ``folder`` and register it as the next version of ``name``.
 
-    Returns ``(version, created)``; the same content imported twice is one version.
+    Returns ``(version, created)``; the same content imported twice is one version (with the
+    manifest of its first import). ``statement``: the operator says the base the adapter declares
+    is the served one (needed only when it names another).
     """
     reg.check_adapter_name(name, "name")
     if not folder.is_dir():
@@ -55,6 +62,7 @@ def import_adapter(
         )
     config, _ = read_adapter_config(folder)
     assert config is not None
+    declared_base = check_declared_base(config, validator.base, statement)
     sha = store.put_dir(folder)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     manifest = {
@@ -64,6 +72,7 @@ def import_adapter(
             k: config.get(k)
             for k in ("r", "lora_alpha", "target_modules", "base_model_name_or_path", "task_type")
         },
+        "declared_base": declared_base,
     }
     base = validator.base
     with registry.session() as session:
@@ -85,6 +94,23 @@ def import_adapter(
             )
         info = VersionInfo.from_row(row)
     return info, created
+
+
+def import_folder(
+    settings: ServerSettings, folder: Path, name: str, *, statement: BaseStatement | None = None
+) -> tuple[VersionInfo, bool]:
+    """:func:`import_adapter` against the configured registry, store and base (the CLI's)."""
+    from shared.artifacts import open_store
+    from shared.registry.db import open_registry
+
+    registry = open_registry(settings)
+    store = open_store(settings)
+    try:
+        base = base_identity(settings, registry)
+        validator = AdapterValidator(store, base, settings.max_lora_rank)
+        return import_adapter(registry, store, validator, folder, name, statement=statement)
+    finally:
+        registry.dispose()
 
 
 def export_merged(
@@ -146,8 +172,12 @@ def export_merged(
     return out
 
 
-def base_identity(settings: SharedSettings, registry: Registry) -> BaseIdentity:
-    """Resolve (and register) the configured base model; prepares the embedded one if needed."""
+def base_identity(settings: ServerSettings, registry: Registry) -> BaseIdentity:
+    """Resolve (and register) the configured base model; prepares the embedded one if needed.
+
+    Its aliases: where it came from (:func:`shared.basemodel.known_names`) and the server's
+    ``base_model_aliases``."""
     with registry.session() as session:
         resolved = resolve_base_model(settings, session=session)
-    return BaseIdentity(resolved.name, resolved.weights_sha256, resolved.path)
+    aliases = tuple(dict.fromkeys([*known_names(resolved), *settings.base_model_aliases]))
+    return BaseIdentity(resolved.name, resolved.weights_sha256, resolved.path, aliases)

@@ -3,7 +3,9 @@
 vLLM labels every metric with the base model only, so per-adapter figures come from this process,
 which sees each request. Label values are the adapter name and version; the number of distinct
 pairs is capped (``metrics_max_adapters``) and the rest count as ``other``, so a registry with
-thousands of versions cannot blow up the time-series database.
+thousands of versions cannot blow up the time-series database. Only names the registry resolves
+get a pair (unknown ones count as ``none``). ``loraplex_adapter_version_info`` gives each labelled
+pair's content hash (the base's weights hash for the base), so counts join to exact weights.
 """
 
 from __future__ import annotations
@@ -141,6 +143,13 @@ class ServerMetrics:
         self.reconcile_runs = Counter(
             "loraplex_reconcile_runs", "Reconcile passes by outcome.", ["outcome"], registry=r
         )
+        self.version_info = Gauge(
+            "loraplex_adapter_version_info",
+            "1 per labelled adapter version, with the sha256 of its files (the base model: of its "
+            "weights); join on adapter and version to tie the other series to exact weights.",
+            [*per_adapter, "sha256"],
+            registry=r,
+        )
         self.engine_collector = EngineCollector()
         r.register(self.engine_collector)
 
@@ -149,12 +158,14 @@ class ServerMetrics:
             return self.labels.of(self.base_name, BASE_VERSION)
         return self.labels.of(target.version.adapter, f"v{target.version.version}")
 
-    def series(self, labels: tuple[str, str]) -> AdapterSeries:
+    def series(self, labels: tuple[str, str], sha256: str = "") -> AdapterSeries:
         """Cached children for ``labels`` (from :meth:`adapter_labels`, so their number is
-        capped)."""
+        capped); ``sha256``: the content hash of the version behind them, for the info gauge."""
         found = self._series.get(labels)
         if found is None:
             found = self._series[labels] = AdapterSeries(self, labels)
+            if sha256 and labels[0] != OTHER:
+                self.version_info.labels(*labels, sha256).set(1)
         return found
 
     def attach_engines(self, engines: Sequence[Engine]) -> None:

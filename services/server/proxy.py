@@ -23,6 +23,8 @@ from services.server.errors import ModelNotFound, Unavailable
 from services.server.manager import AdapterManager, Lease
 from services.server.metrics import AdapterSeries, ServerMetrics
 from services.server.names import Names, Target, VersionInfo, parse_name
+from services.server.provenance import VERSION_HEADER as VERSION_HEADER
+from services.server.provenance import Provenance, add_body_field
 from services.server.relay import Relay, Reply, response_usage
 from services.server.request_checks import check_request, needs_prompt_logprobs, parse_request
 from services.server.routes import ProxiedRoute
@@ -32,11 +34,7 @@ from shared.errors import LoraplexError, NotFoundError, ValidationError
 from shared.registry import adapters as reg
 from shared.registry.db import Registry
 
-VERSION_HEADER = "x-loraplex-adapter-version"
-MODEL_HEADER = "x-loraplex-model"
 ENGINE_HEADER = "x-loraplex-engine"
-VERSION_HEADER_B = VERSION_HEADER.encode()
-MODEL_HEADER_B = MODEL_HEADER.encode()
 ENGINE_HEADER_B = ENGINE_HEADER.encode()
 _NEGATIVE_TTL_S = 1.0
 _NO_LABELS = ("none", "none")
@@ -52,6 +50,7 @@ class Proxy:
         registry: Registry,
         access: Access,
         metrics: ServerMetrics,
+        base_sha256: str = "",
     ) -> None:
         self.settings = settings
         self.engines = engines
@@ -60,6 +59,7 @@ class Proxy:
         self.registry = registry
         self.access = access
         self.metrics = metrics
+        self.provenance = Provenance(names.table.base_name, base_sha256)
         self._unknown: dict[str, float] = {}
         self._versions: dict[str, VersionInfo] = {}
         self._pools: dict[str, EnginePool] = {}
@@ -84,7 +84,8 @@ class Proxy:
             target = self.names.table.lookup(model)
             if target is None:
                 target = await self._resolve_unknown(model)
-            series = self.metrics.series(self.metrics.adapter_labels(target))
+            sha = target.version.sha256 if target.version else self.provenance.base_sha256
+            series = self.metrics.series(self.metrics.adapter_labels(target), sha)
             return await self._forward(route, payload, target, series, started)
         except LoraplexError as exc:
             series = series or self.metrics.series(_NO_LABELS)
@@ -211,11 +212,8 @@ class Proxy:
                 body = json.dumps(payload, separators=(",", ":")).encode()
             except RecursionError:
                 raise ValidationError("request body is nested too deeply", param="body") from None
-            headers = [
-                (VERSION_HEADER_B, key.encode() if key else b"base"),
-                (MODEL_HEADER_B, (key or self.names.table.base_name).encode()),
-                (ENGINE_HEADER_B, engine.id.encode()),
-            ]
+            stamp = self.provenance.stamp(target)
+            headers = [*stamp.headers, (ENGINE_HEADER_B, engine.id.encode())]
             try:
                 exchange = await self._pool(engine).post_json(route.upstream_path, body)
             except UpstreamError as exc:
@@ -238,6 +236,8 @@ class Proxy:
                     exchange.close()
                 headers.append((b"content-type", exchange.content_type or b"application/json"))
                 self._record(route.name, series, status, started, response_usage(data, status))
+                if status == 200:
+                    data = add_body_field(data, exchange.content_type, stamp.field)
                 return Reply(status, headers, data)
             headers.append((b"content-type", exchange.content_type or b"text/event-stream"))
             headers.append((b"cache-control", b"no-cache"))

@@ -164,3 +164,7 @@ class VersionOut(BaseModel):
     rank: int
     size_bytes: int
     created: bool = Field(description="False when the same content was already registered.")
+    declared_base: dict[str, Any] | None = Field(
+        default=None,
+        description="The base the adapter declares and how it was accepted (its lineage record).",
+    )

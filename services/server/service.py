@@ -90,6 +90,7 @@ class ServerService:
             self.registry,
             self.access,
             self.metrics,
+            base_sha256=self.base.weights_sha256,
         )
         self.catalog = Catalog(
             settings, self.registry, self.base, self.engines, self.names, self.reconciler

@@ -37,6 +37,10 @@ class BaseIdentity:
     name: str
     weights_sha256: str
     path: Path | None = None
+    aliases: tuple[str, ...] = ()
+    """Other names it answers to (its hub id, the folder it came from, operator-given names): an
+    imported adapter that declares one of them is taken to be trained on it
+    (:mod:`services.server.declared_base`)."""
 
     @cached_property
     def shapes(self) -> dict[str, tuple[int, ...]] | None:

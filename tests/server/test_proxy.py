@@ -7,12 +7,16 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from services.server.provenance import ADAPTER_SHA256_HEADER, BASE_HEADER, BASE_SHA256_HEADER
 from services.server.proxy import VERSION_HEADER
+from shared.registry import adapters as reg
 from tests.server.conftest import ADMIN, Stack, build_stack, stop_stack
 
 
@@ -300,3 +304,65 @@ def test_an_engine_that_already_holds_a_version_is_accepted(one_engine: Stack) -
     with s.client() as c:
         r = c.post("/v1/completions", json={"model": v1, "prompt": "x"})
     assert r.status_code == 200
+
+
+def test_answers_carry_the_version_and_content_hash_that_answered(stack: Stack) -> None:
+    v1 = stack.register(stack.adapter(), "support")
+    stack.set_alias("support", "prod", v1)
+    with stack.registry.read_session() as session:
+        sha = reg.get_version(session, v1).sha256
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="admin-key")
+    for model in ("support", v1):
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert raw.headers[VERSION_HEADER] == v1
+        assert raw.headers[ADAPTER_SHA256_HEADER] == sha
+        assert raw.headers[BASE_HEADER] == "tiny-base"
+        assert raw.headers[BASE_SHA256_HEADER] == stack.base.weights_sha256
+        extra = raw.parse().model_extra["loraplex"]  # type: ignore[index]
+        assert extra == {
+            "version": v1,
+            "sha256": sha,
+            "base_model": "tiny-base",
+            "base_sha256": stack.base.weights_sha256,
+        }
+    # Streamed: the headers (the events pass through untouched).
+    streamed = client.completions.with_raw_response.create(model=v1, prompt="x", stream=True)
+    assert streamed.headers[VERSION_HEADER] == v1
+    assert streamed.headers[ADAPTER_SHA256_HEADER] == sha
+    assert [c.choices[0].text for c in streamed.parse()] == [f"t{i} " for i in range(5)]
+    base = client.completions.with_raw_response.create(model="tiny-base", prompt="x")
+    assert base.headers[VERSION_HEADER] == "base"
+    assert ADAPTER_SHA256_HEADER not in base.headers
+    assert base.headers[BASE_SHA256_HEADER] == stack.base.weights_sha256
+    assert base.parse().model_extra["loraplex"]["version"] == "base"  # type: ignore[index]
+
+    # The per-version series count these answers, and the info gauge ties the version to its hash.
+    def scrape() -> dict[str, Any]:
+        with stack.client() as c:
+            return {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
+
+    def counted() -> dict[tuple[str, str], float]:
+        out: dict[tuple[str, str], float] = {}
+        for s in scrape()["loraplex_requests"].samples:
+            if s.name.endswith("_total") and s.labels["status"] == "200":
+                key = (s.labels["adapter"], s.labels["version"])
+                out[key] = out.get(key, 0) + s.value
+        return out
+
+    with stack.client() as c:
+        assert (
+            c.post("/v1/completions", json={"model": "nope@v9", "prompt": "x"}).status_code == 404
+        )
+    # (a streamed answer is counted when its relay closes, just after the client's last read)
+    stack.wait(lambda: counted() == {("support", "v1"): 3.0, ("tiny-base", "base"): 1.0})
+    families = scrape()
+    info = {
+        (s.labels["adapter"], s.labels["version"]): s.labels["sha256"]
+        for s in families["loraplex_adapter_version_info"].samples
+    }
+    assert info == {("support", "v1"): sha, ("tiny-base", "base"): stack.base.weights_sha256}
+    # An unknown name gets no series of its own: the labels stay bounded by registered versions.
+    adapters = {s.labels["adapter"] for s in families["loraplex_requests"].samples}
+    assert adapters == {"support", "tiny-base", "none"}

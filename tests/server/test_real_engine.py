@@ -24,6 +24,7 @@ import pytest
 from services.server.api.app import create_app
 from services.server.config import ServerSettings
 from services.server.importer import base_identity, export_merged, import_adapter
+from services.server.provenance import ADAPTER_SHA256_HEADER, BASE_SHA256_HEADER
 from services.server.proxy import VERSION_HEADER
 from services.server.validation import AdapterValidator
 from shared.artifacts import open_store
@@ -153,6 +154,9 @@ def live(tmp_path_factory: pytest.TempPathFactory, base_model: ResolvedBaseModel
 def test_openai_sdk_serves_base_version_and_alias(live: Live) -> None:
     client = openai.OpenAI(base_url=live.url + "/v1", api_key="admin-key")
     v1, v2 = live.versions
+    with live.service.registry.read_session() as session:
+        shas = {v: reg.get_version(session, v).sha256 for v in live.versions}
+    shas["base"] = live.service.base.weights_sha256
     for model, expected in [(BASE, "base"), (v2, v2), ("support", v1), ("support:prod", v1)]:
         raw = client.chat.completions.with_raw_response.create(
             model=model,
@@ -161,7 +165,13 @@ def test_openai_sdk_serves_base_version_and_alias(live: Live) -> None:
             temperature=0,
         )
         assert raw.headers[VERSION_HEADER] == expected
-        assert raw.parse().choices[0].message.content
+        sha_header = BASE_SHA256_HEADER if expected == "base" else ADAPTER_SHA256_HEADER
+        assert raw.headers[sha_header] == shas[expected]
+        answer = raw.parse()
+        assert answer.choices[0].message.content
+        provenance = answer.model_extra["loraplex"]  # type: ignore[index]
+        assert provenance["version"] == expected
+        assert provenance.get("sha256", provenance["base_sha256"]) == shas[expected]
         stream = client.chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": "Say hello."}],

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 
 from services.server.api.deps import AdminKey, Service, actor_name, admin_only
+from services.server.declared_base import BaseStatement
 from services.server.schemas import (
     AliasChange,
     AliasHistory,
@@ -128,10 +129,21 @@ async def reconcile(service: Service) -> dict[str, Any]:
 @router.post("/adapters/import", response_model=VersionOut, status_code=201)
 async def import_adapter(
     service: Service,
+    key: AdminKey,
     name: Annotated[str, Form(description="Adapter name to register the files under.")],
     files: Annotated[list[UploadFile], File(description="adapter_config.json, weights, ...")],
+    declared_base_ok: Annotated[
+        bool,
+        Form(
+            description="The base the adapter declares (base_model_name_or_path) is the served "
+            "one under another name; needs a reason. Recorded in the version's lineage."
+        ),
+    ] = False,
+    reason: Annotated[str, Form(max_length=2000, description="Why; recorded.")] = "",
+    actor: Annotated[str, Form(max_length=128)] = "admin-api",
 ) -> VersionOut:
-    """Upload a PEFT LoRA folder trained elsewhere; validated, stored and registered."""
+    """Upload a PEFT LoRA folder trained elsewhere; validated, stored and registered. An adapter
+    that declares another base than the served one is refused (422) unless ``declared_base_ok``."""
     contents: dict[str, bytes] = {}
     limit = service.settings.max_body_bytes * 16
     total = 0
@@ -143,4 +155,5 @@ async def import_adapter(
 
             raise ValidationError(f"upload larger than {limit} bytes", param="files")
         contents[upload.filename or ""] = data
-    return await service.admin.import_upload(name, contents)
+    statement = BaseStatement(actor_name(key, actor), reason) if declared_base_ok else None
+    return await service.admin.import_upload(name, contents, statement)
