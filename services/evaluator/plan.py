@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.evaluator import fewshot
 from services.evaluator.contamination import TrainingData
 from services.evaluator.data import EvalData, EvalItem
 from services.evaluator.generation import check_server
@@ -39,6 +40,8 @@ class RunPlan:
     training_file: tuple[str, Path] | None = None
     # The candidate's training rows for the contamination check, or why there are none.
     training: TrainingData | str = "the candidate's lineage names no training data"
+    # False: prepared to validate a request (an API submit), without what only a run reads.
+    complete: bool = True
 
     @property
     def subjects(self) -> list[tuple[str, Subject]]:
@@ -62,6 +65,11 @@ class RunPlan:
         return {
             "candidate": self.candidate.label,
             "baseline": self.baseline.label if self.baseline else None,
+            **(
+                {"fewshot": fewshot.describe(self.baseline)}
+                if self.baseline and self.baseline.shots
+                else {}
+            ),
             "data": self.data.describe(),
             "suite": self.suite.model_dump(mode="json", exclude={"judge": {"api_key"}}),
             "server_url": self.server_url or None,
@@ -86,6 +94,12 @@ def validate_plan(plan: RunPlan) -> None:
             raise catalogue.unknown_metric(name, "generation", param="suite")
     if plan.generation_backend() == "server" and suite.generation.enabled and not plan.server_url:
         raise ValidationError("generation backend `server` needs a server URL", param="server_url")
+    if suite.lmeval.enabled and plan.baseline is not None and plan.baseline.shots:
+        raise ValidationError(
+            f"lm-eval tasks set their own few-shot examples (num_fewshot), so they cannot run "
+            f"on the baseline {plan.baseline.label}; run them in a separate evaluation",
+            param="baseline",
+        )
     if suite.parity.enabled and not plan.server_url:
         raise ValidationError("the serving-parity check needs a server URL", param="server_url")
     if suite.judge.enabled:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.evaluator import contamination
+from services.evaluator import contamination, fewshot
 from services.evaluator.access import (
     allowed_file,
     judge_endpoint,
@@ -26,19 +27,19 @@ from services.evaluator.access import (
 )
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.data import load_data
-from services.evaluator.plan import RunPlan, preflight, validate_plan
-from services.evaluator.policy import Policy
-from services.evaluator.schemas import EvaluationCreate
-from services.evaluator.subjects import (
-    Subject,
-    default_baseline,
-    resolve_subject,
+from services.evaluator.lineage import (
+    trained_examples,
     training_data,
     training_data_config,
     training_data_path,
     validation_data_path,
 )
+from services.evaluator.plan import RunPlan, preflight, validate_plan
+from services.evaluator.policy import Policy
+from services.evaluator.schemas import EvaluationCreate
+from services.evaluator.subjects import Subject, default_baseline, resolve_subject
 from services.evaluator.suite import Suite, enabled_components, load_suite, suite_for_policy
+from shared.datasets.records import Example
 from shared.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from shared.registry import adapters, policies
 from shared.registry.db import Registry
@@ -53,10 +54,11 @@ def new_run_id() -> str:
     return f"eval-{uuid.uuid4().hex[:16]}"
 
 
-def subject_token(subject: Subject) -> str:
+def subject_token(subject: Subject | fewshot.Request) -> str:
     """How a run's evidence names a subject: its version id, or for the bare base model its
-    registry name (which the registry's protected-alias rule accepts for ``first_baseline: base``)."""
-    return subject.version_id or subject.base.name
+    registry name (which the registry's protected-alias rule accepts for ``first_baseline: base``),
+    with ``+fewshot:K`` for a few-shot base."""
+    return subject.token
 
 
 @dataclass
@@ -96,14 +98,64 @@ def _protected_baseline(
     candidate: Subject,
     protection: ProtectedAliasRow,
     current: str | None,
-) -> Subject:
+) -> Subject | fewshot.Request:
     """What a protected alias's move must have been compared with: the version it serves now,
     or the protection's first baseline for a first release."""
     if current is not None:
         return resolve_subject(settings, session, current, param="baseline")
-    if protection.first_baseline == adapters.BASE_BASELINE:
-        return Subject(label=candidate.base.name, base=candidate.base, requested="base")
-    return resolve_subject(settings, session, protection.first_baseline, param="baseline")
+    return _baseline(settings, session, protection.first_baseline, candidate)
+
+
+def _baseline(
+    settings: EvaluatorSettings, session: Any, name: str, candidate: Subject
+) -> Subject | fewshot.Request:
+    """A baseline by name; ``base`` is the candidate's own base model, ``base+fewshot:K`` (or
+    ``<base model>+fewshot:K``) that base with K examples, drawn once the data is loaded."""
+    few = fewshot.parse(name)
+    base_name = few[0] if few else name
+    if base_name == adapters.BASE_BASELINE:
+        base = Subject(label=candidate.base.name, base=candidate.base, requested="base")
+    else:
+        base = resolve_subject(settings, session, base_name, param="baseline")
+    if few is None:
+        return base
+    if not base.is_base:
+        raise ValidationError(
+            f"baseline {name!r}: few-shot prompting is a baseline of a base model, and "
+            f"{base_name!r} is an adapter; use base+fewshot:{few[1]}",
+            param="baseline",
+        )
+    return fewshot.Request(base, few[1])
+
+
+def _bare(baseline: Subject | fewshot.Request) -> Subject:
+    return baseline.base if isinstance(baseline, fewshot.Request) else baseline
+
+
+def _drawn(
+    registry: Registry,
+    settings: EvaluatorSettings,
+    request: fewshot.Request,
+    candidate: Subject,
+    items: list[Any],
+    complete: bool,
+) -> Subject:
+    """The few-shot base with its examples. ``complete=False`` (an API submit, checked again by
+    the worker) checks only that the candidate names training data, not the examples."""
+    why = f"{candidate.label}'s lineage names no training data in the store"
+    examples: Sequence[Example] | str = why
+    with registry.session() as session:
+        if not complete and training_data_path(settings, session, candidate) is not None:
+            return fewshot.subject(request, ())
+        if complete:
+            examples = trained_examples(settings, session, candidate)
+    if isinstance(examples, str):
+        raise ValidationError(
+            f"baseline {request.token} draws its examples from the candidate's training data, "
+            f"but {examples}",
+            param="baseline",
+        )
+    return fewshot.subject(request, fewshot.draw(examples, request.k, items))
 
 
 def _data_path(
@@ -171,17 +223,22 @@ def _training(
     candidate: Subject,
     suite: Suite,
     policy: Policy | None,
-) -> contamination.TrainingData | str:
+    complete: bool,
+) -> tuple[contamination.TrainingData | str, Suite]:
     """The candidate's training rows for the contamination check, which runs whenever there are
-    some. Without any it is left out of the run, unless the policy bounds its metric: then it runs
-    and records why there is nothing to compare, and that line fails closed."""
+    some, and the suite to run. Without any rows the check is left out of the run, unless the
+    policy bounds its metric: then it runs and records why there is nothing to compare, and that
+    line fails closed."""
     if not suite.contamination.enabled:
-        return "the suite turns the contamination check off"
+        return "the suite turns the contamination check off", suite
+    if not complete:
+        return "read when the run starts", suite
     with registry.session() as session:
         found = training_data(settings, session, candidate)
     if isinstance(found, str) and not (policy and contamination.METRIC in policy.metrics):
-        suite.contamination.enabled = False
-    return found
+        off = suite.contamination.model_copy(update={"enabled": False})
+        suite = suite.model_copy(update={"contamination": off})
+    return found, suite
 
 
 def prepare(
@@ -192,12 +249,17 @@ def prepare(
     *,
     check_endpoints: bool = True,
     local: bool = False,
+    complete: bool = True,
 ) -> Prepared:
     """Resolve and validate everything; raises a clear error before any run row exists.
 
     ``local``: the operator's own in-process run (``loraplex eval run`` / ``gate run``): paths are
     theirs to read and ``server_url`` may name an ad-hoc endpoint (sent no key). Everything that
     arrives over the API, and everything a worker runs, is prepared with ``local=False``.
+
+    ``complete=False`` (an API submit: the worker prepares again before running) skips the slow
+    reads only a run needs: the candidate's training rows, for the contamination check and a
+    few-shot baseline's examples. The plan it returns cannot be run.
     """
     server = server_endpoint(settings, request, local)  # first: a URL is refused before anything
     policy = request_policy(settings, request.policy, local)
@@ -217,7 +279,7 @@ def prepare(
             protection = policies.get_protection(
                 session, candidate.adapter_name or "", request.promote
             )
-        required: Subject | None = None
+        required: Subject | fewshot.Request | None = None
         if protection is not None:
             protected = True
             label = f"{candidate.adapter_name}:{request.promote}"
@@ -234,10 +296,11 @@ def prepare(
                     param="policy",
                 )
             required = _protected_baseline(settings, session, candidate, protection, alias_expected)
+        baseline: Subject | fewshot.Request | None
         if request.baseline and request.baseline.lower() == "none":
             baseline = None
         elif request.baseline:
-            baseline = resolve_subject(settings, session, request.baseline, param="baseline")
+            baseline = _baseline(settings, session, request.baseline, candidate)
         elif required is not None:
             baseline = required
         else:
@@ -251,9 +314,11 @@ def prepare(
                 f"{subject_token(baseline) if baseline else 'no baseline'}; leave `baseline` out",
                 param="baseline",
             )
-        if baseline is not None and baseline.base.weights_sha256 != candidate.base.weights_sha256:
+        if baseline is not None and (
+            _bare(baseline).base.weights_sha256 != candidate.base.weights_sha256
+        ):
             raise ValidationError(
-                f"baseline {baseline.label} uses another base model than {candidate.label}; "
+                f"baseline {baseline.token} uses another base model than {candidate.label}; "
                 "both must share one base to be evaluated together",
                 param="baseline",
             )
@@ -262,7 +327,7 @@ def prepare(
     suite = _suite(settings, request_suite, policy, local)
     if request.limit:
         suite.limit = request.limit
-    training = _training(settings, registry, candidate, suite, policy)
+    training, suite = _training(settings, registry, candidate, suite, policy, complete)
     judge = judge_endpoint(settings, suite, server)
     keep_markup = request.keep_markup
     if keep_markup is None:  # references cleaned as the candidate's training targets were
@@ -274,6 +339,8 @@ def prepare(
         source=source,
         keep_markup=keep_markup,
     )
+    if isinstance(baseline, fewshot.Request):
+        baseline = _drawn(registry, settings, baseline, candidate, data.items, complete)
     plan = RunPlan(
         run_id=run_id or new_run_id(),
         candidate=candidate,
@@ -290,6 +357,7 @@ def prepare(
         extra={"endpoints": {"server": server[0], "judge": judge[0]}},
         training_file=training_file,
         training=training,
+        complete=complete,
     )
     validate_plan(plan)
     if check_endpoints:

@@ -11,13 +11,17 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from services.evaluator.contamination import METRIC as CONTAMINATION_METRIC
 from services.evaluator.gate import GateResult
 from services.evaluator.report_sections import (
     FLIP_LIMIT,
     PII_METRIC,
     contamination_case,
     contamination_html,
+    contamination_text,
     escape,
+    fewshot_case,
+    fewshot_html,
     number,
     pii_section,
     pii_summary,
@@ -46,6 +50,8 @@ def junit_xml(result: RunResult, gate: GateResult | None) -> str:
         cases += 1
         case = ET.SubElement(suite, "testcase", classname="gate", name=line.metric)
         text = "\n".join(line.reasons)
+        if line.metric == CONTAMINATION_METRIC and result.contamination is not None:
+            text += "\n" + contamination_text(result)
         if line.status == "fail":
             failures += 1
             ET.SubElement(
@@ -80,7 +86,8 @@ def junit_xml(result: RunResult, gate: GateResult | None) -> str:
                 ET.SubElement(case, "system-out").text = f"{name} = {metric.value}"
     if result.contamination is not None:
         cases += 1
-        failures += contamination_case(suite, result, gate)
+        contamination_case(suite, result)
+    cases += fewshot_case(suite, result)
     suite.set("tests", str(cases))
     suite.set("failures", str(failures))
     suite.set("skipped", str(skipped))
@@ -307,6 +314,7 @@ def html_report(
             f"<td>{j.flips} ({number(j.flip_rate)})</td><td>{j.anchors} "
             f"({number(j.anchor_accuracy)})</td><td>{_parse_failures(j)}</td></tr></table>"
         )
+    parts += fewshot_html(result)
     parts += pii_section(result)
     if result.contamination is not None:
         parts.extend(contamination_html(result))

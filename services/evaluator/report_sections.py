@@ -9,8 +9,7 @@ import math
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from services.evaluator.gate import GateResult
-from services.evaluator.results import ItemResult, RunResult
+from services.evaluator.results import ItemResult, RunResult, SubjectResult
 from shared.pii import redact
 
 FLIP_LIMIT = 50
@@ -37,21 +36,44 @@ def contamination_text(result: RunResult) -> str:
     return "\n".join([head, *rows])
 
 
-def contamination_case(suite: ET.Element, result: RunResult, gate: GateResult | None) -> int:
-    """The contamination check as its own test case; it fails when the gate's line on its metric
-    failed, so CI shows the overlapping items next to the failure. Returns failures added."""
+def contamination_case(suite: ET.Element, result: RunResult) -> None:
+    """The contamination check as its own test case listing the overlapping items. It never fails
+    itself: a gate line on its metric is the failure (one failure per problem), and carries the
+    same list."""
     case = ET.SubElement(suite, "testcase", classname="contamination", name="training data overlap")
-    text = contamination_text(result)
-    line = (
-        next((ln for ln in gate.lines if ln.metric == "contamination.rate"), None) if gate else None
+    ET.SubElement(case, "system-out").text = contamination_text(result)
+
+
+def fewshot_text(subject: SubjectResult) -> str:
+    shots = subject.fewshot or {}
+    head = (
+        f"{subject.model}: the base model shown {shots.get('k')} examples from the candidate's "
+        f"training data (seed {shots.get('seed')}, none overlapping an evaluation item; "
+        f"sha256 {str(shots.get('sha256', ''))[:12]}) before each evaluation prompt"
     )
-    if line is not None and line.status == "fail":
-        ET.SubElement(
-            case, "failure", message=line.reasons[0] if line.reasons else "fail"
-        ).text = text
-        return 1
-    ET.SubElement(case, "system-out").text = text
-    return 0
+    examples = [
+        " | ".join(f"{m['role']}: {m['content']}" for m in shot)
+        for shot in shots.get("examples", [])
+    ]
+    return "\n".join([head, *examples])
+
+
+def fewshot_case(suite: ET.Element, result: RunResult) -> int:
+    """The few-shot baseline the candidate was compared with, as a case CI lists. Returns the
+    cases added."""
+    if result.baseline is None or result.baseline.fewshot is None:
+        return 0
+    case = ET.SubElement(suite, "testcase", classname="baseline", name="few-shot base")
+    ET.SubElement(case, "system-out").text = fewshot_text(result.baseline)
+    return 1
+
+
+def fewshot_html(result: RunResult) -> list[str]:
+    if result.baseline is None or result.baseline.fewshot is None:
+        return []
+    head, *examples = fewshot_text(result.baseline).split("\n")
+    rows = "".join(f"<li><pre>{escape(e)}</pre></li>" for e in examples)
+    return [f"<h2>Few-shot baseline</h2><p>{escape(head)}</p><ol>{rows}</ol>"]
 
 
 def shown_output(item: ItemResult) -> str:

@@ -60,6 +60,8 @@ class SubjectResult(BaseModel):
     role: Role
     model: str
     identity: dict[str, Any] = Field(default_factory=dict)
+    # A few-shot base: its K examples, seed and their hash (fewshot.describe).
+    fewshot: dict[str, Any] | None = None
     metrics: dict[str, MetricResult] = Field(default_factory=dict)
     items: list[ItemResult] = Field(default_factory=list)
 

@@ -14,9 +14,10 @@ import time
 from importlib.metadata import version
 from typing import Any
 
-from services.evaluator import forgetting, judge, perplexity
+from services.evaluator import fewshot, forgetting, judge, perplexity
 from services.evaluator.data import EvalItem
 from services.evaluator.generation import ResponseCache, generate_local, generate_server
+from services.evaluator.lineage import loss_curve
 from services.evaluator.local_model import LocalModels
 from services.evaluator.metrics import catalogue
 
@@ -31,13 +32,15 @@ from services.evaluator.scoring import perplexity_metrics as perplexity_metrics
 from services.evaluator.stages import Tracker as Tracker
 from services.evaluator.stages import components_run, stage_label, stage_units
 from services.evaluator.stages import stages as stages
-from services.evaluator.subjects import Subject, loss_curve
+from services.evaluator.subjects import Subject
 
 log = logging.getLogger(__name__)
 
 
 class Runner:
     def __init__(self, plan: RunPlan, tracker: Tracker | None = None) -> None:
+        if not plan.complete:
+            raise ValueError("this plan was prepared to validate a request; prepare it to run")
         self.plan = plan
         self.tracker = tracker or Tracker(stages(plan), run_id=plan.run_id)
         self._models: LocalModels | None = None
@@ -133,8 +136,9 @@ class Runner:
         for role, subject in plan.subjects:
             res = new_subject(role, subject, items)
             subjects[role] = res
+            asked = fewshot.prompted(subject, items)  # a few-shot base sees its examples first
             if "generation" in run:
-                outs, gen_settings = self.generate(role, subject, items)
+                outs, gen_settings = self.generate(role, subject, asked)
                 answers[role] = outs
                 metrics = suite.generation.metrics if suite.generation.enabled else []
                 generation_metrics(
@@ -152,14 +156,14 @@ class Runner:
                 t0 = time.perf_counter()
                 label, units = stage_label("perplexity", role), stage_units(plan, "perplexity")
                 with self.tracker.stage(label, units) as advance:
-                    n_win = perplexity.n_windows(self.models, items, suite.perplexity)
+                    n_win = perplexity.n_windows(self.models, asked, suite.perplexity)
                     scale = units / max(n_win, 1)
 
                     def tick(k: int, s: float = scale, adv: Any = advance) -> None:
                         adv(max(1, round(k * s)))
 
                     scores = perplexity.score_items(
-                        self.models, subject, items, suite.perplexity, progress=tick
+                        self.models, subject, asked, suite.perplexity, progress=tick
                     )
                 self.timings[f"perplexity_{role}_s"] = time.perf_counter() - t0
                 ppl_settings = {**suite.perplexity.describe(), **self.models.describe()}

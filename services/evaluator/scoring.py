@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, cast
 
-from services.evaluator import perplexity
+from services.evaluator import fewshot, perplexity
 from services.evaluator.data import EvalItem
 from services.evaluator.metrics import catalogue
 from services.evaluator.metrics.catalogue import MetricSpec, ScoreOptions
@@ -22,6 +22,7 @@ def new_subject(role: str, subject: Subject, items: list[EvalItem]) -> SubjectRe
         role=cast(Role, role),
         model=subject.label,
         identity=subject.identity(),
+        fewshot=fewshot.describe(subject) if subject.shots else None,
         items=[ItemResult(item_id=i.item_id, item_hash=i.item_hash) for i in items],
     )
 

@@ -198,7 +198,7 @@ def submit(
 ) -> str:
     """Validate now (bad input -> error, no row), queue for a worker. ``requested_by``: the name
     of the key that asked (recorded, and named in the alias history on promotion)."""
-    prepared = prepare(settings, registry, request)
+    prepared = prepare(settings, registry, request, complete=False)
     create_run(
         registry,
         request,

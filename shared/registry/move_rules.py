@@ -20,7 +20,7 @@ from shared.registry.models import (
     EvaluationRunRow,
     ProtectedAliasRow,
 )
-from shared.registry.names import BASE_BASELINE
+from shared.registry.names import BASE_BASELINE, parse_fewshot
 from shared.servability import check_registered_version
 
 
@@ -111,8 +111,11 @@ def check_evidence(
             f"not {target.id}"
         )
     accepted = {baseline}
+    fewshot = parse_fewshot(baseline, "first_baseline") if previous is None else None
     if previous is None and baseline == BASE_BASELINE:
         accepted.add(target.base_model)  # the bare base model, named by its registry name
+    elif fewshot is not None and fewshot[0] == BASE_BASELINE:
+        accepted.add(f"{target.base_model}+fewshot:{fewshot[1]}")
     if run.baseline_version not in accepted:
         raise refuse(
             f"evaluation {run_id} compared with {run.baseline_version or 'nothing'}, not {baseline}"

@@ -17,6 +17,24 @@ DEFAULT_ALIAS = "prod"
 # How services.evaluator names the bare base model as a baseline (subjects.BASE_KEYWORDS); the
 # default ``first_baseline`` of a protected alias.
 BASE_BASELINE = "base"
+# ``<base>+fewshot:K``: that base model prompted with K examples from the candidate's training
+# data (services.evaluator.fewshot); ``base+fewshot:4`` names the candidate's own base.
+FEWSHOT_RE = re.compile(r"^(?P<base>.+)\+fewshot:(?P<k>[0-9]+)$")
+MAX_FEWSHOT = 16
+
+
+def parse_fewshot(name: str, param: str = "baseline") -> tuple[str, int] | None:
+    """(base name, K) of a few-shot baseline name, None for any other name; K out of range is an
+    error rather than another name."""
+    found = FEWSHOT_RE.match(name.strip())
+    if found is None:
+        return None
+    k = int(found["k"])
+    if not 1 <= k <= MAX_FEWSHOT:
+        raise ValidationError(
+            f"{param} {name!r}: the number of examples must be 1-{MAX_FEWSHOT}", param=param
+        )
+    return found["base"], k
 
 
 def check_adapter_name(name: str, param: str = "name") -> str:

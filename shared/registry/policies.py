@@ -33,6 +33,7 @@ from shared.registry.models import (
     ProtectedAliasRow,
     ProtectionEventRow,
 )
+from shared.registry.names import parse_fewshot
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +158,17 @@ def protect_alias(
     first_baseline = first_baseline.strip()
     # A typo here would leave the alias movable only by force: accept only what an evaluation
     # can name as its baseline.
+    fewshot = parse_fewshot(first_baseline, "first_baseline")
+    base_name = fewshot[0] if fewshot else first_baseline
     if not (
-        first_baseline == BASE_BASELINE
-        or VERSION_ID_RE.match(first_baseline)
-        or session.get(BaseModelRow, first_baseline) is not None
+        base_name == BASE_BASELINE
+        or (fewshot is None and VERSION_ID_RE.match(first_baseline))
+        or session.get(BaseModelRow, base_name) is not None
     ):
         raise ValidationError(
-            f"first_baseline {first_baseline!r} is not {BASE_BASELINE!r}, a version id (name@vN) "
-            "or a registered base model",
+            f"first_baseline {first_baseline!r} is not {BASE_BASELINE!r}, a version id (name@vN), "
+            f"a registered base model, or one of those bases prompted with examples "
+            f"({BASE_BASELINE}+fewshot:K)",
             param="first_baseline",
         )
     policy = get_policy(session, policy_name, policy_version)

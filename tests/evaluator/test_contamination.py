@@ -12,7 +12,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from services.evaluator import cli_output, contamination, gate, service, subjects
+from services.evaluator import cli_output, contamination, gate, lineage, service
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.contamination import Index, TrainingData, check, training_row
 from services.evaluator.data import EvalItem, load_data
@@ -343,11 +343,16 @@ def test_a_run_on_lineage_gates_and_reports_contamination(
     assert [o["item_id"] for o in stored["contamination"]["overlaps"]] == [
         f"q{k}" for k in range(n)
     ]
-    case = ET.fromstring(outcome.paths["junit"].read_text()).find(
-        ".//testcase[@classname='contamination']"
-    )
-    assert case is not None and (case.find("failure") is not None) == memorised
-    assert "q2 (#2): ngram" in ET.tostring(case, encoding="unicode") or not memorised
+    junit = ET.fromstring(outcome.paths["junit"].read_text())
+    # One failure per problem: the gate's line fails and lists the items; the check's own case
+    # lists them too and does not fail a second time.
+    assert junit.find(".//testsuite").get("failures") == ("1" if memorised else "0")
+    line = junit.find(".//testcase[@name='contamination.rate']")
+    case = junit.find(".//testcase[@classname='contamination']")
+    assert line is not None and case is not None and case.find("failure") is None
+    assert (line.find("failure") is not None) == memorised
+    for element in (line, case):
+        assert ("q2 (#2): ngram" in ET.tostring(element, encoding="unicode")) == memorised
     cli_output.print_outcome(outcome, False, None)
     printed = capsys.readouterr().out
     assert ("contamination: 4 items found" in printed) == memorised
@@ -360,10 +365,10 @@ def test_the_held_out_split_is_not_counted_as_training_data(
     train_rows = _training(60)
     train = _write(tmp_path / "train.jsonl", train_rows)
     vid = _candidate(ev_settings, ev_registry, tmp_path, train, validation_file=None)
-    subjects._split.cache_clear()
+    lineage._split.cache_clear()
     plan = service.prepare(ev_settings, ev_registry, EvaluationCreate(candidate=vid)).plan
     # The split is built once: for the data, then reused for the rows it leaves for training.
-    assert (subjects._split.cache_info().misses, subjects._split.cache_info().hits) == (1, 1)
+    assert (lineage._split.cache_info().misses, lineage._split.cache_info().hits) == (1, 1)
     assert isinstance(plan.training, TrainingData)
     assert len(plan.training.rows) + len(plan.data.items) == len(load_examples(train).examples)
     assert "contamination" in components_run(plan.suite)

@@ -400,6 +400,30 @@ def test_first_release_of_a_protected_alias_needs_evidence_against_its_first_bas
         reg.set_alias(s, "bot", "beta", world["v2"], evaluation_run_id="eval-v1")
 
 
+def test_a_few_shot_first_baseline_moves_only_on_that_comparison(
+    registry: Registry, world: dict[str, str]
+) -> None:
+    with pytest.raises(ValidationError, match="bsae\\+fewshot:4"), registry.session() as s:
+        policies.protect_alias(
+            s, "bot", "gamma", "extraction-gate", first_baseline="bsae+fewshot:4", actor="a"
+        )
+    with registry.session() as s:
+        policies.protect_alias(
+            s, "bot", "gamma", "extraction-gate", first_baseline="base+fewshot:4", actor="admin"
+        )
+    # The zero-shot base and another number of examples are not the comparison it asks for.
+    for run_id, baseline in (("eval-zero", BASE), ("eval-two", f"{BASE}+fewshot:2")):
+        _run(registry, run_id, world["v2"], baseline)
+        with pytest.raises(ForbiddenError, match="not base\\+fewshot:4"), registry.session() as s:
+            reg.set_alias(s, "bot", "gamma", world["v2"], evaluation_run_id=run_id)
+    assert _state(registry)[0] == world["v1"]
+    _run(registry, "eval-four", world["v2"], f"{BASE}+fewshot:4")
+    with registry.session() as s:
+        reg.set_alias(s, "bot", "gamma", world["v2"], evaluation_run_id="eval-four")
+        alias = reg.get_alias(s, "bot", "gamma")
+        assert alias is not None and alias.version_id == world["v2"]
+
+
 def test_protection_pins_one_policy_version_and_unprotect_is_recorded(
     registry: Registry, world: dict[str, str]
 ) -> None:
