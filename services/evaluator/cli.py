@@ -39,7 +39,8 @@ Candidate = Annotated[
 Baseline = Annotated[
     str | None,
     typer.Option(
-        help="Same forms; default: the adapter's prod, else the base model; 'none': no baseline"
+        help="Same forms, or base+fewshot:K (the base model shown K examples from the candidate's "
+        "training data); default: the adapter's prod, else the base model; 'none': no baseline"
     ),
 ]
 SuiteOpt = Annotated[str | None, typer.Option(help="Built-in suite (default, full, quick) or file")]

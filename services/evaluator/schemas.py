@@ -16,7 +16,8 @@ class EvaluationCreate(BaseModel):
     candidate: str = Field(description="name@vN, name:alias, bare name (its prod), or base")
     baseline: str | None = Field(
         default=None,
-        description="same forms; default: the adapter's prod version, else the base model; "
+        description="same forms, or base+fewshot:K (the base model shown K examples from the "
+        "candidate's training data); default: the adapter's prod version, else the base model; "
         "'none' for no baseline",
     )
     suite: str | dict[str, Any] | None = Field(
