@@ -106,7 +106,13 @@ def test_dpo_lora_from_scratch_and_from_a_registered_sft_adapter(
     manifest = check_folder(scratch.adapter_dir, trainer_model_settings)
     assert manifest["method"] == "dpo" and manifest["base_adapter"] is None
     assert "rewards_accuracies" in manifest["metrics"]
-    assert manifest["config"]["decisions"]["reference"] == "base, adapter off"
+    # Measured on a probe batch before the first step (tests/trainer/test_dpo_reference.py).
+    assert manifest["config"]["decisions"]["reference"] == {
+        "kind": "base",
+        "adapter_sha256": None,
+        "probe_max_abs_diff_vs_sft": None,
+        "probe_max_abs_diff_vs_base": 0.0,
+    }
 
     sft, _ = run_in_process(trainer_model_settings, sft_spec(), sft_file, adapter_name="sft")
     stacked, _ = run_in_process(
@@ -118,7 +124,9 @@ def test_dpo_lora_from_scratch_and_from_a_registered_sft_adapter(
     manifest = check_folder(stacked.adapter_dir, trainer_model_settings)
     assert stacked.version_id == "dpo@v2"
     assert manifest["base_adapter"]["id"] == "sft@v1"
-    assert manifest["config"]["decisions"]["reference"] == "base adapter (frozen copy)"
+    reference = manifest["config"]["decisions"]["reference"]
+    assert reference["kind"] == "sft_adapter" and reference["probe_max_abs_diff_vs_sft"] == 0.0
+    assert reference["adapter_sha256"] == manifest["base_adapter"]["sha256"]
 
 
 @pytest.mark.slow
