@@ -20,7 +20,12 @@ from services.trainer.recipes.decisions import (
     total_steps,
 )
 from services.trainer.recipes.saving import latest_checkpoint, restore_trained_adapter
-from services.trainer.recipes.setup import lora_config, setup_base, setup_tokenizer
+from services.trainer.recipes.setup import (
+    lora_config,
+    setup_base,
+    setup_tokenizer,
+    weight_storage,
+)
 from services.trainer.schemas import ResolvedHyperparameters
 from shared.basemodel import ResolvedBaseModel
 from shared.datasets import ChatRenderer, PreparedData
@@ -141,5 +146,6 @@ def decisions(
         "attention": attention,
         "total_steps": trained.steps,
         "memory_plan_gib": fit.plan.summary(),
+        "base_weights": weight_storage(trained.trainer.model),
         **own,
     }
