@@ -53,9 +53,12 @@ def checks(reporter: RecordingReporter) -> list[dict[str, Any]]:
     ]
 
 
-def sft_adapter(settings: TrainerSettings, sft_file: Path) -> tuple[str, str]:
+def sft_adapter(
+    settings: TrainerSettings, sft_file: Path, lora: dict[str, Any] | None = None
+) -> tuple[str, str]:
     """A registered SFT adapter: its version id and content hash."""
-    sft, _ = run_in_process(settings, SFT, sft_file, adapter_name="sft")
+    spec = {**SFT, "lora": lora} if lora else SFT
+    sft, _ = run_in_process(settings, spec, sft_file, adapter_name="sft")
     registry = open_registry(settings)
     with registry.session() as s:
         sha = get_version(s, sft.version_id).sha256
@@ -166,3 +169,20 @@ def test_a_reference_on_the_bare_base_is_refused(
     assert found["probe_max_abs_diff_vs_base"] <= SAME_POLICY_ATOL
     assert found["probe_max_abs_diff_vs_sft"] > 20 * SAME_POLICY_ATOL
     assert not any(e["type"] == "metrics" for e in reporter.events)
+
+
+@pytest.mark.slow
+def test_qlora_reference_is_the_sft_adapter(
+    trainer_model_settings: TrainerSettings, sft_file: Path, dpo_file: Path
+) -> None:
+    """On an NF4 base (bf16 compute) the probe once found 0.614 nats between the reference and the
+    SFT adapter: the freshly loaded probe adapter's dropout was on. Same weights, same policy."""
+    lora = {"quantization": "nf4", "r": 8}
+    version, sha = sft_adapter(trainer_model_settings, sft_file, lora)
+    result, _ = run_in_process(
+        trainer_model_settings, {**dpo_spec(version), "lora": lora}, dpo_file, adapter_name="dpo"
+    )
+    reference = result.manifest["config"]["decisions"]["reference"]
+    assert reference["kind"] == "sft_adapter" and reference["adapter_sha256"] == sha
+    assert reference["probe_max_abs_diff_vs_sft"] <= SAME_POLICY_ATOL
+    assert reference["probe_max_abs_diff_vs_base"] > 20 * SAME_POLICY_ATOL

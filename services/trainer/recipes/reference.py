@@ -64,8 +64,11 @@ def probe_reference(trainer: Any, sft_adapter_dir: Path | None) -> dict[str, Any
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     batch = _probe_batch(trainer)
+    if sft_adapter_dir is not None:
+        model.load_adapter(str(sft_adapter_dir), PROBE_ADAPTER, is_trainable=False)
     training = model.training
-    # Eval mode: DPO disables dropout anyway, and the freshly loaded probe adapter must not drop.
+    # Eval mode, set after the load: a newly added adapter's dropout starts in training mode (on a
+    # QLoRA base that alone moved the probe by 0.6 nats), and TRL has switched off the ref copy's.
     model.eval()
     try:
         ref = torch.cat(trainer.compute_ref_log_probs(trainer.model, batch)).float().cpu()
@@ -73,13 +76,11 @@ def probe_reference(trainer: Any, sft_adapter_dir: Path | None) -> dict[str, Any
             base = _sequence_logps(trainer, batch)
         sft = None
         if sft_adapter_dir is not None:
-            model.load_adapter(str(sft_adapter_dir), PROBE_ADAPTER, is_trainable=False)
-            try:
-                with use_adapter(model, PROBE_ADAPTER):
-                    sft = _sequence_logps(trainer, batch)
-            finally:
-                model.delete_adapter(PROBE_ADAPTER)
+            with use_adapter(model, PROBE_ADAPTER):
+                sft = _sequence_logps(trainer, batch)
     finally:
+        if sft_adapter_dir is not None:
+            model.delete_adapter(PROBE_ADAPTER)
         model.train(training)
 
     def gap(other: Any) -> float | None:
