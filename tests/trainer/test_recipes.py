@@ -93,6 +93,14 @@ def test_sft_qlora_nf4(trainer_model_settings: TrainerSettings, sft_file: Path) 
     result, _ = run_in_process(trainer_model_settings, spec, sft_file, adapter_name="qlora")
     manifest = check_folder(result.adapter_dir, trainer_model_settings)
     assert manifest["config"]["spec"]["lora"]["quantization"] == "nf4"
+    # Measured on the model the recipe trained, not read back from the spec: every linear layer of
+    # the base (30 blocks x 7 projections; the tied output head stays unquantised) is bitsandbytes'
+    # Linear4bit, and its weights take 0.518 bytes each with the NF4 scales: about a quarter of
+    # bf16's 2 bytes, an eighth of fp32's 4. An unquantised base fails both (Linear, 4.0 or 2.0).
+    weights = manifest["config"]["decisions"]["base_weights"]
+    assert weights["linear_classes"] == ["bitsandbytes.nn.modules.Linear4bit"]
+    assert weights["linear4bit_layers"] == weights["linear_layers"] == 210
+    assert 0.5 <= weights["bytes_per_linear_weight"] < 0.6
     assert json.loads((result.adapter_dir / "adapter_config.json").read_text())["r"] == 8
     assert result.metrics["train_loss"] > 0
 
@@ -106,7 +114,13 @@ def test_dpo_lora_from_scratch_and_from_a_registered_sft_adapter(
     manifest = check_folder(scratch.adapter_dir, trainer_model_settings)
     assert manifest["method"] == "dpo" and manifest["base_adapter"] is None
     assert "rewards_accuracies" in manifest["metrics"]
-    assert manifest["config"]["decisions"]["reference"] == "base, adapter off"
+    # Measured on a probe batch before the first step (tests/trainer/test_dpo_reference.py).
+    assert manifest["config"]["decisions"]["reference"] == {
+        "kind": "base",
+        "adapter_sha256": None,
+        "probe_max_abs_diff_vs_sft": None,
+        "probe_max_abs_diff_vs_base": 0.0,
+    }
 
     sft, _ = run_in_process(trainer_model_settings, sft_spec(), sft_file, adapter_name="sft")
     stacked, _ = run_in_process(
@@ -118,7 +132,9 @@ def test_dpo_lora_from_scratch_and_from_a_registered_sft_adapter(
     manifest = check_folder(stacked.adapter_dir, trainer_model_settings)
     assert stacked.version_id == "dpo@v2"
     assert manifest["base_adapter"]["id"] == "sft@v1"
-    assert manifest["config"]["decisions"]["reference"] == "base adapter (frozen copy)"
+    reference = manifest["config"]["decisions"]["reference"]
+    assert reference["kind"] == "sft_adapter" and reference["probe_max_abs_diff_vs_sft"] == 0.0
+    assert reference["adapter_sha256"] == manifest["base_adapter"]["sha256"]
 
 
 @pytest.mark.slow

@@ -42,6 +42,26 @@ def latest_checkpoint(output_dir: Path) -> str | None:
     return str(best[1]) if best else None
 
 
+def restore_trained_adapter(model: Any, checkpoint: str) -> None:
+    """Load a checkpoint's trained ("default") adapter before ``Trainer`` resumes from it. When a
+    checkpoint also holds other adapters (DPO's frozen ``ref/`` copy), transformers loads only those
+    subfolders and skips the trained adapter at the top, so a resumed DPO job would otherwise go on
+    from its starting SFT weights with step N's optimizer state."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(checkpoint)
+    if not any(p.is_dir() and (p / ADAPTER_FILES[1]).is_file() for p in folder.iterdir()):
+        return  # one adapter: transformers loads it itself
+    loaded: Any = set_peft_model_state_dict(model, load_file(folder / ADAPTER_FILES[1]), "default")
+    if loaded.unexpected_keys:
+        raise SystemFailure(
+            f"checkpoint {folder.name} does not fit the model being resumed",
+            code="checkpoint_mismatch",
+            details=list(loaded.unexpected_keys)[:5],
+        )
+
+
 def _normalise_adapter_config(path: Path, base_name: str) -> dict[str, Any]:
     """Registry name as ``base_model_name_or_path``; sorted lists and keys so equal adapters are
     equal bytes (peft writes target modules from a set, whose order varies between processes)."""

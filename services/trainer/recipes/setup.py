@@ -115,3 +115,37 @@ def load_model(
         for config in model.peft_config.values():
             config.base_model_name_or_path = str(base.path)
     return model
+
+
+def weight_storage(model: Any) -> dict[str, Any]:
+    """How the frozen base's linear layers are stored, measured on the live model rather than read
+    from the spec: their classes, how many are 4-bit, and bytes per weight including the 4-bit
+    scales (4 in fp32, 2 in bf16, about 0.52 in NF4 with double quantisation). LoRA's own layers
+    and the output head (bitsandbytes leaves it unquantised) are not counted."""
+    import torch
+
+    head = model.get_output_embeddings()
+    classes: set[str] = set()
+    layers = four_bit = nbytes = weights = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is head or "lora_" in name:
+            continue
+        layers += 1
+        classes.add(f"{type(module).__module__}.{type(module).__qualname__}")
+        weight = module.weight
+        nbytes += weight.numel() * weight.element_size()
+        state = getattr(weight, "quant_state", None)
+        if state is None:
+            weights += weight.numel()
+            continue
+        four_bit += 1
+        weights += state.shape.numel()  # the packed tensor holds two weights per byte
+        scales = state.as_dict(packed=True).values()
+        nbytes += sum(t.numel() * t.element_size() for t in scales if isinstance(t, torch.Tensor))
+    return {
+        "linear_layers": layers,
+        "linear4bit_layers": four_bit,
+        "linear_classes": sorted(classes),
+        "linear_weight_bytes": nbytes,
+        "bytes_per_linear_weight": round(nbytes / max(1, weights), 4),
+    }

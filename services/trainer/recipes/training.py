@@ -5,6 +5,7 @@ each recipe, which keeps reading top to bottom."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,13 @@ from services.trainer.recipes.decisions import (
     steps_per_epoch,
     total_steps,
 )
-from services.trainer.recipes.saving import latest_checkpoint
-from services.trainer.recipes.setup import lora_config, setup_base, setup_tokenizer
+from services.trainer.recipes.saving import latest_checkpoint, restore_trained_adapter
+from services.trainer.recipes.setup import (
+    lora_config,
+    setup_base,
+    setup_tokenizer,
+    weight_storage,
+)
 from services.trainer.schemas import ResolvedHyperparameters
 from shared.basemodel import ResolvedBaseModel
 from shared.datasets import ChatRenderer, PreparedData
@@ -87,10 +93,12 @@ def train(
     train_rows: list[dict[str, Any]],
     eval_rows: list[dict[str, Any]],
     config: dict[str, Any],
+    built: Callable[[Any], None] | None = None,
     **trainer_kwargs: Any,
 ) -> Trained:
     """Build ``trainer_cls`` with ``config_cls(common args + config)`` and a fresh LoRA (or the
     starting adapter), then train, resuming from the newest complete checkpoint a dead worker left.
+    ``built``: called with the trainer before training (DPO adds its reference check);
     ``trainer_kwargs``: the trainer's own arguments (DPO's ``ref_model``)."""
     from datasets import Dataset
     from transformers import PrinterCallback
@@ -114,11 +122,14 @@ def train(
         **trainer_kwargs,
     )
     trainer.remove_callback(PrinterCallback)  # our callback reports; no raw dicts on stdout
+    if built is not None:
+        built(trainer)
     resume = latest_checkpoint(ctx.output_dir)
     if resume:
         ctx.reporter.event(
             f"resuming from {resume.rsplit('/', 1)[-1]}", data={"checkpoint": resume}
         )
+        restore_trained_adapter(trainer.model, resume)
     trainer.train(resume_from_checkpoint=resume)
     steps = total_steps(n_train, hp)
     return Trained(trainer, callback, steps, steps / steps_per_epoch(n_train, hp))
@@ -135,5 +146,6 @@ def decisions(
         "attention": attention,
         "total_steps": trained.steps,
         "memory_plan_gib": fit.plan.summary(),
+        "base_weights": weight_storage(trained.trainer.model),
         **own,
     }
