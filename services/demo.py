@@ -3,8 +3,8 @@
 1. prepare the base model (once) and generate the example data (250 held-out orders);
 2. start the three services as separate processes (trainer API + worker, evaluator API + worker,
    server with a vLLM engine) and wait until the engine is ready;
-3. release version 1 of the example adapter: train, evaluate against the base model, gate, promote
-   to ``prod``;
+3. release version 1 of the example adapter: train, evaluate against the base model prompted with
+   four training examples (few-shot), gate, promote to ``prod``;
 4. ask the adapter (through its alias) and the base model the same question with the ``openai`` SDK;
 5. release version 2; from the moment it is trained, a background client keeps calling the alias
    through evaluation, gate and promotion, and every failed request is counted;
@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
             reconcile_deadline_s=60,
         )
 
-        step(3, total, f"release {ADAPTER} v1: train, evaluate against the base model, gate", t0)
+        step(3, total, f"release {ADAPTER} v1: train, evaluate against the few-shot base, gate", t0)
         cfg, root = load_config(examples / "release" / "v1.yaml")
         cfg.services = services
         _configure(cfg, args.seed, args.precision)

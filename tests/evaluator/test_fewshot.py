@@ -27,7 +27,7 @@ from .conftest import random_adapter, register_adapter
 
 SYSTEM = "Repeat the word in capital letters."
 # Common nouns, one per row: the first 16 train the candidate (and are the few-shot pool), the
-# other 52 are evaluated.
+# next 36 are evaluated.
 WORDS = tuple(
     [
         "apple",
@@ -214,12 +214,14 @@ def _files(tmp_path: Path) -> tuple[Path, Path]:
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(_row(w)) + "\n" for w in WORDS[:16]))
     data = tmp_path / "eval.jsonl"
-    data.write_text("".join(json.dumps(_row(w)) + "\n" for w in WORDS[16:]))
+    data.write_text("".join(json.dumps(_row(w)) + "\n" for w in WORDS[16:52]))
     return train, data
 
 
-# Zero discordant pairs in 52 bound the difference at about 3/52 = 0.06, well inside 0.15.
-POLICY = "name: no-worse-than-prompting\nmin_items: 20\nmetrics:\n  exact_match: {max_regression: 0.15}\n"
+# Zero discordant pairs in 36 bound the difference at about 3/36 = 0.08, well inside 0.2.
+POLICY = (
+    "name: no-worse-than-prompting\nmin_items: 20\nmetrics:\n  exact_match: {max_regression: 0.2}\n"
+)
 SUITE = {
     "name": "echo",
     "generation": {
