@@ -1,10 +1,16 @@
-"""Forgetting check: general multiple-choice questions scored for base and candidate.
+"""Forgetting check: general multiple-choice questions scored for each subject and the base model.
 
 A LoRA adapter trained on a narrow task can lose general abilities (catastrophic forgetting). The
 check scores a general question set by log-likelihood, the way lm-eval scores multiple choice: the
 choice whose continuation ``" <choice>"`` after ``"Question: ...\\nAnswer:"`` has the highest
-total log-probability is the model's answer. Per item pass/fail, so the gate can compare candidate
-and baseline with McNemar on the same questions (``forgetting.accuracy``).
+total log-probability is the model's answer. Per item pass/fail, so the gate compares with McNemar
+on the same questions (``forgetting.accuracy``). What was lost is measured against the candidate's
+bare base model whatever the run's baseline (catalogue ``compare_with="base"``): the runner scores
+the base too when no subject is the base (``RunResult.reference``), and the gate's line is then a
+non-inferiority line against it, printed with its minimum detectable difference.
+
+The shipped set (``tasks/general_mc.jsonl``, 418 items) was written for this project by
+``tasks/build_general_mc.py`` from templates and hand-written facts; no external dataset.
 """
 
 from __future__ import annotations
@@ -66,15 +72,12 @@ def run(
             cont = tok(" " + str(choice), add_special_tokens=False)["input_ids"]
             seqs.append(perplexity.TokenSeq([*ctx, *cont], len(ctx), 0))
             owners.append((r, c))
-    windows = perplexity.plan_windows(seqs, 4096, 4096)
     per_row = len(seqs) / max(len(rows), 1)
     with models.activate(subject) as model:
-        nll = perplexity.score_windows(
+        nll = continuation_nll(
             model,
             seqs,
-            windows,
             pad_id=int(tok.pad_token_id),
-            batch_tokens=4096,
             progress=lambda k: progress(max(1, round(k / per_row))),
         )
     best: dict[int, tuple[float, int]] = {}
@@ -101,6 +104,47 @@ def run(
         },
         confidence=confidence,
     )
+
+
+def continuation_nll(
+    model: Any,
+    seqs: list[perplexity.TokenSeq],
+    *,
+    pad_id: int,
+    batch_rows: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> list[float]:
+    """Sum of NLL (nats) of each sequence's tokens from ``score_from`` on: what
+    ``perplexity.score_windows`` gives for short sequences, several times faster here. Rows are
+    left-padded so every continuation ends the row, and the model computes logits only for the
+    last positions (``logits_to_keep``): the full-vocabulary logits of every prompt token were most
+    of the time and memory of scoring a multiple-choice set."""
+    import torch
+
+    totals = [0.0] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids), reverse=True)
+    for start in range(0, len(order), batch_rows):
+        batch = order[start : start + batch_rows]
+        width = len(seqs[batch[0]].ids)
+        keep = max(len(seqs[i].ids) - seqs[i].score_from for i in batch) + 1
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, i in enumerate(batch):
+            n = len(seqs[i].ids)
+            ids[r, width - n :] = torch.tensor(seqs[i].ids)
+            mask[r, width - n :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens only
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
+        logp = torch.log_softmax(out.logits.float(), dim=-1)  # (rows, keep, vocab)
+        for r, i in enumerate(batch):
+            n_cont = len(seqs[i].ids) - seqs[i].score_from
+            # Token at column width-n_cont+j is predicted by the logits one column before it.
+            cols = torch.arange(keep - 1 - n_cont, keep - 1)
+            target = ids[r, width - n_cont :]
+            totals[i] = -float(logp[r, cols, target].double().sum())
+        if progress is not None:
+            progress(len(batch))
+    return totals
 
 
 def _hash(row: dict[str, Any]) -> str:

@@ -36,6 +36,8 @@ class LineResult(BaseModel):
     baseline: float | None = None
     comparison: dict[str, object] | None = None
     mdd: float | None = None
+    # The base model's name when the line compared with it instead of the baseline (forgetting).
+    compared_with: str | None = None
 
 
 class GateResult(BaseModel):
@@ -152,18 +154,27 @@ def _check_line(name: str, rule: MetricRule, policy: Policy, run: RunResult) -> 
 def _compare(
     name: str, rule: MetricRule, policy: Policy, run: RunResult, line: LineResult
 ) -> tuple[Status, list[str]]:
-    base_subject = run.baseline
+    base_subject = run.compared_with(name)
+    to_base = run.candidate.metrics[name].spec().compare_with == "base"
+    # Forgetting lines are held against the bare base model whatever the run's baseline.
+    against = f"the base model {base_subject.model}" if to_base and base_subject else "baseline"
     base_metric = base_subject.metrics.get(name) if base_subject else None
     if base_subject is None or base_metric is None or not base_metric.ok:
-        why = "there is no baseline" if base_subject is None else "the baseline has no valid value"
+        what = "the base model" if to_base else "the baseline"
+        why = (
+            f"there is no {what.removeprefix('the ')}"
+            if base_subject is None
+            else f"{what} has no valid value"
+        )
         status: Status = "fail" if rule.required else "skipped"
-        return status, [f"[{status}] {name}: cannot compare with the baseline ({why})"]
+        return status, [f"[{status}] {name}: cannot compare with {what} ({why})"]
     line.baseline = base_metric.value
+    line.compared_with = base_subject.model if to_base else None
     ids, cand, base = paired_arrays(run.candidate, base_subject, name)
     if len(ids) < policy.min_items:
         return "inconclusive", [
-            f"[inconclusive] {name}: only {len(ids)} items shared with the baseline (policy min_items "
-            f"{policy.min_items}); not enough to tell"
+            f"[inconclusive] {name}: only {len(ids)} items shared with {against} (policy "
+            f"min_items {policy.min_items}); not enough to tell"
         ]
     confidence = rule.confidence or policy.confidence
     metric = run.candidate.metrics[name]
@@ -192,6 +203,9 @@ def _compare(
         + (f", McNemar p={cmp.p_value:.3g}" if cmp.p_value is not None else "")
         + ")"
     )
+    mdd_text = f"minimum detectable difference {_fmt(cmp.mdd)} with {cmp.n} items"
+    if to_base:  # a non-inferiority line against the base: say what it could have detected
+        ci_text += f"; {mdd_text}"
     direction = "higher" if metric.higher_is_better else "lower"
     statuses: list[Status] = []
     reasons: list[str] = []
@@ -200,35 +214,38 @@ def _compare(
         if low >= -m:
             statuses.append("pass")
             reasons.append(
-                f"[pass] {name}: not worse than baseline by more than {_fmt(m)}: {ci_text}"
+                f"[pass] {name}: not worse than {against} by more than {_fmt(m)}: {ci_text}"
             )
         elif high < -m:
             statuses.append("fail")
-            reasons.append(f"[fail] {name}: worse than baseline by more than {_fmt(m)}: {ci_text}")
+            reasons.append(f"[fail] {name}: worse than {against} by more than {_fmt(m)}: {ci_text}")
         else:
             statuses.append("inconclusive")
             reasons.append(
                 f"[inconclusive] {name}: cannot tell whether it regressed by more than "
-                f"{_fmt(m)}: {ci_text}; "
-                f"minimum detectable difference {_fmt(cmp.mdd)} with {cmp.n} items"
+                f"{_fmt(m)}"
+                + (f" from {against}" if to_base else "")
+                + f": {ci_text}"
+                + ("" if to_base else f"; {mdd_text}")
             )
     if rule.min_improvement is not None:
         g = rule.min_improvement
         if low > g:
             statuses.append("pass")
-            reasons.append(f"[pass] {name}: better than baseline by more than {_fmt(g)}: {ci_text}")
+            reasons.append(
+                f"[pass] {name}: better than {against} by more than {_fmt(g)}: {ci_text}"
+            )
         elif high <= g:
             statuses.append("fail")
             reasons.append(
-                f"[fail] {name}: not better than baseline by more than {_fmt(g)} ({direction} is "
+                f"[fail] {name}: not better than {against} by more than {_fmt(g)} ({direction} is "
                 f"better): {ci_text}"
             )
         else:
             statuses.append("inconclusive")
             reasons.append(
-                f"[inconclusive] {name}: cannot tell whether it beats the baseline by "
-                f"{_fmt(g)}: {ci_text}; "
-                f"minimum detectable difference {_fmt(cmp.mdd)} with {cmp.n} items"
+                f"[inconclusive] {name}: cannot tell whether it beats {against} by "
+                f"{_fmt(g)}: {ci_text}" + ("" if to_base else f"; {mdd_text}")
             )
     return _worst(statuses), reasons
 

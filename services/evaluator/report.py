@@ -15,6 +15,7 @@ from services.evaluator.contamination import METRIC as CONTAMINATION_METRIC
 from services.evaluator.gate import GateResult
 from services.evaluator.report_sections import (
     FLIP_LIMIT,
+    FORGETTING_METRIC,
     PII_METRIC,
     contamination_case,
     contamination_html,
@@ -22,6 +23,8 @@ from services.evaluator.report_sections import (
     escape,
     fewshot_case,
     fewshot_html,
+    forgetting_case,
+    forgetting_html,
     number,
     pii_section,
     pii_summary,
@@ -32,7 +35,7 @@ from services.evaluator.results import JudgeReliability, RunResult, paired_array
 
 def result_json(result: RunResult, gate: GateResult | None) -> dict[str, Any]:
     data = result.model_dump(mode="json")
-    for subject in ("candidate", "baseline"):
+    for subject in ("candidate", "baseline", "reference"):
         if data.get(subject):
             data[subject].pop("items", None)
     data["gate"] = gate.model_dump(mode="json") if gate else None
@@ -88,6 +91,9 @@ def junit_xml(result: RunResult, gate: GateResult | None) -> str:
         cases += 1
         contamination_case(suite, result)
     cases += fewshot_case(suite, result)
+    if FORGETTING_METRIC in result.candidate.metrics:
+        cases += 1
+        failures += forgetting_case(suite, result, gate)
     suite.set("tests", str(cases))
     suite.set("failures", str(failures))
     suite.set("skipped", str(skipped))
@@ -316,6 +322,8 @@ def html_report(
         )
     parts += fewshot_html(result)
     parts += pii_section(result)
+    if FORGETTING_METRIC in result.candidate.metrics:
+        parts += forgetting_html(result, gate)
     if result.contamination is not None:
         parts.extend(contamination_html(result))
     flips = flipped_items(result)
@@ -362,7 +370,8 @@ def write_outputs(
     paths["junit"].write_text(junit_xml(result, gate))
     paths["html"].write_text(html_report(result, gate, judge_limits))
     with paths["items"].open("w") as fh:
-        for subject in result.subjects():
+        # The base model's items too when it was scored for the forgetting check alone.
+        for subject in [*result.subjects(), *([result.reference] if result.reference else [])]:
             for item in subject.items:
                 fh.write(
                     json.dumps(

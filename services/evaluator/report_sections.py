@@ -1,5 +1,5 @@
-"""The parts of the run outputs that belong to one check: contamination and PII leaks (JUnit case,
-HTML section), and the escaping and number format every section of ``report.py`` shares.
+"""The parts of the run outputs that belong to one check: contamination, PII leaks and forgetting
+(JUnit case, HTML section), and the escaping and number format every section of ``report.py`` shares.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import math
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from services.evaluator.results import ItemResult, RunResult, SubjectResult
+from services.evaluator.gate import GateResult, LineResult
+from services.evaluator.results import ItemResult, RunResult, SubjectResult, paired_arrays
 from shared.pii import redact
 
 FLIP_LIMIT = 50
@@ -150,3 +151,65 @@ def contamination_html(result: RunResult) -> list[str]:
         if len(c.overlaps) > CONTAMINATION_LIMIT:
             out.append(f"<p>… and {len(c.overlaps) - CONTAMINATION_LIMIT} more in result.json.</p>")
     return out
+
+
+FORGETTING_METRIC = "forgetting.accuracy"
+
+
+def forgetting_text(result: RunResult, gate: GateResult | None) -> str:
+    """Candidate vs the bare base model on the general set: accuracies, items lost and gained,
+    and the gate line (its interval and minimum detectable difference) when the policy has one."""
+    cand = result.candidate.metrics[FORGETTING_METRIC]
+    base = result.compared_with(FORGETTING_METRIC)
+    settings = cand.settings
+    head = (
+        f"{settings.get('set', '?')}, {settings.get('n_questions', cand.n)} questions "
+        f"({settings.get('scoring', 'log-likelihood')}): candidate {result.candidate.model} "
+        f"{number(cand.value) if cand.ok else 'error: ' + str(cand.error)}"
+    )
+    if base is None:
+        return head + "; the base model was not scored, so nothing to compare with"
+    b = base.metrics.get(FORGETTING_METRIC)
+    source = "scored for this check" if base is result.reference else f"the run's {base.role}"
+    head += f" vs base model {base.model} {number(b.value) if b else '—'} ({source})"
+    ids, c, r = paired_arrays(result.candidate, base, FORGETTING_METRIC)
+    if ids:
+        lost, gained = (
+            int(((r[:, 0] == 1) & (c[:, 0] == 0)).sum()),
+            int(((r[:, 0] == 0) & (c[:, 0] == 1)).sum()),
+        )
+        head += f"; {lost} questions lost, {gained} gained of {len(ids)} shared"
+    line = _gate_line(gate, FORGETTING_METRIC)
+    return "\n".join([head, *(line.reasons if line else ["no gate line on forgetting.accuracy"])])
+
+
+def _gate_line(gate: GateResult | None, metric: str) -> LineResult | None:
+    return next((ln for ln in gate.lines if ln.metric == metric), None) if gate else None
+
+
+def forgetting_case(suite: ET.Element, result: RunResult, gate: GateResult | None) -> int:
+    """The forgetting check as its own test case, named after the base model it was held
+    against; it fails when the gate's forgetting line failed. Returns failures added."""
+    base = result.compared_with(FORGETTING_METRIC)
+    name = f"{FORGETTING_METRIC} vs base model {base.model if base else '(none)'}"
+    case = ET.SubElement(suite, "testcase", classname="forgetting", name=name)
+    text = forgetting_text(result, gate)
+    line = _gate_line(gate, FORGETTING_METRIC)
+    if line is not None and line.status == "fail":
+        ET.SubElement(
+            case, "failure", message=line.reasons[0] if line.reasons else "fail"
+        ).text = text
+        return 1
+    ET.SubElement(case, "system-out").text = text
+    return 0
+
+
+def forgetting_html(result: RunResult, gate: GateResult | None) -> list[str]:
+    line = _gate_line(gate, FORGETTING_METRIC)
+    status = f" <span class='{line.status}'>{escape(line.status)}</span>" if line else ""
+    head, *reasons = forgetting_text(result, gate).splitlines()
+    return [
+        f"<h2 id='forgetting'>Forgetting (against the base model){status}</h2>",
+        f"<p>{escape(head)}</p>",
+        f"<pre>{escape(chr(10).join(reasons))}</pre>",
+    ]

@@ -22,7 +22,8 @@ from services.evaluator.metrics.catalogue import (
 )
 from services.evaluator.metrics.catalogue import Kind, MetricSpec
 
-Role = Literal["candidate", "baseline"]
+# "base": the bare base model, scored only for metrics compared with it (``RunResult.reference``).
+Role = Literal["candidate", "baseline", "base"]
 
 
 class MetricResult(BaseModel):
@@ -197,6 +198,23 @@ class RunResult(BaseModel):
     versions: dict[str, str] = Field(default_factory=dict)
     # Set when the contamination check ran: the evaluation items found in the training data.
     contamination: ContaminationReport | None = None
+    # The candidate's bare base model, for metrics whose catalogue entry says
+    # ``compare_with="base"``; scored only when neither candidate nor baseline is that model.
+    reference: SubjectResult | None = None
 
     def subjects(self) -> list[SubjectResult]:
         return [s for s in (self.candidate, self.baseline) if s is not None]
+
+    def compared_with(self, metric: str) -> SubjectResult | None:
+        """The subject the gate holds ``metric`` against: the baseline, or the bare base model."""
+        spec = catalogue.lookup(metric)
+        if spec is None or spec.compare_with == "baseline":
+            return self.baseline
+        base = self.candidate.identity.get("base_model")
+        # Same known base, no adapter: a result without identity is never taken for the base.
+        bare = [
+            s
+            for s in (self.reference, self.baseline, self.candidate)
+            if s is not None and base and s.identity.get("base_model") == base
+        ]
+        return next((s for s in bare if s.identity.get("adapter") is None), None)

@@ -182,6 +182,7 @@ class Runner:
             run_id=plan.run_id,
             candidate=subjects["candidate"],
             baseline=subjects.get("baseline"),
+            reference=self._base_reference() if "forgetting" in run else None,
             data=plan.data.describe() | {"n_used": len(items)},
             suite=suite.model_dump(mode="json", exclude={"judge": {"api_key"}}),
             loss_curve=loss_curve(plan.candidate.manifest),
@@ -216,6 +217,21 @@ class Runner:
         self.timings["total_s"] = time.perf_counter() - started
         result.timings = dict(self.timings)
         return result
+
+    def _base_reference(self) -> SubjectResult | None:
+        """The bare base model's forgetting scores: forgetting is gated against the candidate's
+        base whatever the baseline (``compare_with="base"``). None when a subject is that model:
+        the gate reuses its scores rather than scoring the base twice."""
+        plan, base = self.plan, self.plan.candidate.base
+        if any(s.is_base and s.base.name == base.name for _role, s in plan.subjects):
+            return None
+        subject = Subject(label=base.name, base=base, requested="base")
+        res = new_subject("base", subject, [])
+        label, units = stage_label("forgetting", "base"), stage_units(plan, "forgetting")
+        with self.tracker.stage(label, units) as advance:
+            part, conf = plan.suite.forgetting, plan.suite.confidence
+            forgetting.run(self.models, subject, res, part.data, advance, conf)
+        return res
 
     def _pii(self, role: str, res: SubjectResult, items: list[EvalItem], outs: list[str]) -> None:
         from services.evaluator import pii_leak

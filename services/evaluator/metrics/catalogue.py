@@ -226,7 +226,9 @@ CATALOGUE: dict[str, MetricSpec] = {
             "forgetting",
             True,
             "binary",
-            description="general multiple-choice accuracy (log-likelihood)",
+            description="general multiple-choice accuracy (log-likelihood), gated against the "
+            "bare base model",
+            compare_with="base",
         ),
         MetricSpec(
             "parity.greedy_agreement",

@@ -16,6 +16,7 @@ from services.evaluator import stats
 
 Kind = Literal["binary", "continuous"]
 JudgeMode = Literal["rubric", "pairwise"]
+CompareWith = Literal["baseline", "base"]
 ItemValue = float | list[float] | None
 KINDS: tuple[Kind, ...] = ("binary", "continuous")
 JUDGE_MODES: tuple[JudgeMode, ...] = ("rubric", "pairwise")
@@ -64,6 +65,9 @@ class MetricSpec:
     score: Scorer | None = field(default=None, compare=False)
     definition: Definition | None = field(default=None, compare=False)
     judge_mode: JudgeMode | None = None  # the judge mode that must run to produce it
+    # What the gate's comparison lines hold it against: the run's baseline, or the candidate's
+    # bare base model whatever the baseline is (forgetting: loss of what the base could do).
+    compare_with: CompareWith = "baseline"
 
 
 LMEVAL_RE = re.compile(r"^lmeval\.(?P<task>[A-Za-z0-9_\-]+)\.(?P<metric>[A-Za-z0-9_\-]+)$")
@@ -113,4 +117,6 @@ def check(metrics: Mapping[str, MetricSpec], components: Mapping[str, ComponentS
             out.append(f"{where}: {owner.name} computes its metrics itself; no score here")
         if m.judge_mode is not None and (owner.name != "judge" or m.judge_mode not in JUDGE_MODES):
             out.append(f"{where}: judge_mode {m.judge_mode!r} is for judge metrics only")
+        if m.compare_with == "base" and not (m.paired and owner.per_subject):
+            out.append(f"{where}: compare_with base needs a paired metric scored per subject")
     return out
