@@ -57,6 +57,33 @@ def training_data_path(
     return _training_file(settings, session, subject.manifest)
 
 
+def training_files(
+    settings: SharedSettings, session: Session, subject: Subject
+) -> list[tuple[str, Path]] | str:
+    """(name, stored copy) of the subject's training file and of every version it continued from
+    (``base_adapter``), own first: an adapter can reproduce what any of them held. Empty when it
+    names none; why not when a named file or parent is missing (a check on part of the data
+    would pass what the missing part holds)."""
+    files: list[tuple[str, Path]] = []
+    manifest, label, seen = subject.manifest, subject.label, {subject.version_id}
+    while True:
+        ref = _dig(manifest, "datasets", "training_file")
+        found = _training_file(settings, session, manifest)
+        if found is None:
+            if not files and not ref:
+                return []
+            return f"the training file {ref} named in {label}'s lineage is not in the store"
+        files.append(found)
+        link = _dig(manifest, "base_adapter", "id")
+        if not isinstance(link, str) or link in seen or len(seen) > MAX_LINEAGE:
+            return files
+        seen.add(link)
+        parent = session.get(AdapterVersionRow, link)
+        if parent is None:
+            return f"{subject.label} continues from {link}, which is not in the registry"
+        manifest, label = dict(parent.manifest or {}), parent.id
+
+
 def _training_file(
     settings: SharedSettings, session: Session, manifest: dict[str, Any]
 ) -> tuple[str, Path] | None:

@@ -51,19 +51,33 @@ class TrainingPii:
 
 
 def training_pii(
-    training_file: tuple[str, Path] | None, kinds: Sequence[str] | None = None
+    training_files: Sequence[tuple[str, Path]] | str, kinds: Sequence[str] | None = None
 ) -> TrainingPii:
-    if training_file is None:
+    """The PII in the candidate's training files (its own and its parents')."""
+    if isinstance(training_files, str):
+        return TrainingPii(error=training_files)
+    if not training_files:
         return TrainingPii(
             error="the candidate's lineage names no training file in the artifact store (a base "
             "model, or an adapter trained elsewhere), so there is no training PII to compare with"
         )
-    name, path = training_file
-    data = path.read_bytes()
-    # Records that do not parse were never trained on; the others are what the model saw.
-    loaded, _problems = parse_file(data, name)
-    found = TrainingPii(name, hashlib.sha256(data).hexdigest())
-    for example in loaded.examples:
+    found = TrainingPii(" + ".join(name for name, _path in training_files))
+    hashes = []
+    for name, path in training_files:
+        data = path.read_bytes()
+        hashes.append(hashlib.sha256(data).hexdigest())
+        # Records that do not parse were never trained on; the others are what the model saw.
+        loaded, _problems = parse_file(data, name)
+        _collect(found, loaded.examples, kinds)
+    # One file: its sha256; several (a continued adapter): the hash of their hashes, own first.
+    found.sha256 = (
+        hashes[0] if len(hashes) == 1 else hashlib.sha256(" ".join(hashes).encode()).hexdigest()
+    )
+    return found
+
+
+def _collect(found: TrainingPii, examples: Sequence[Any], kinds: Sequence[str] | None) -> None:
+    for example in examples:
         texts = [m.content for m in example.messages] + [
             example.chosen or "",
             example.rejected or "",
@@ -74,7 +88,6 @@ def training_pii(
                 found.values.add(value)
                 if len(f.text) >= MIN_VERBATIM:
                     found.verbatim[f.text] = value
-    return found
 
 
 def mask(value: str) -> str:

@@ -36,8 +36,9 @@ class RunPlan:
     cache_dir: Path | None = None
     threads: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
-    # (name, path) of the candidate's training file from its lineage, when the store has it.
-    training_file: tuple[str, Path] | None = None
+    # (name, path) of the candidate's training files (its own, then those of the versions it
+    # continued from), or why they cannot all be read.
+    training_files: list[tuple[str, Path]] | str = field(default_factory=list)
     # The candidate's training rows for the contamination check, or why there are none.
     training: TrainingData | str = "the candidate's lineage names no training data"
     # False: prepared to validate a request (an API submit), without what only a run reads.

@@ -34,6 +34,9 @@ from services.evaluator.lineage import (
     training_data_path,
     validation_data_path,
 )
+from services.evaluator.lineage import (
+    training_files as lineage_training_files,
+)
 from services.evaluator.plan import RunPlan, preflight, validate_plan
 from services.evaluator.policy import Policy
 from services.evaluator.schemas import EvaluationCreate
@@ -323,7 +326,7 @@ def prepare(
                 param="baseline",
             )
         data_path, source = _data_path(settings, session, request, candidate, local)
-        training_file = training_data_path(settings, session, candidate)
+        training_files = lineage_training_files(settings, session, candidate)
     suite = _suite(settings, request_suite, policy, local)
     if request.limit:
         suite.limit = request.limit
@@ -355,7 +358,7 @@ def prepare(
         cache_dir=settings.eval_cache_dir,
         threads=settings.eval_threads,
         extra={"endpoints": {"server": server[0], "judge": judge[0]}},
-        training_file=training_file,
+        training_files=training_files,
         training=training,
         complete=complete,
     )

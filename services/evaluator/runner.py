@@ -238,7 +238,7 @@ class Runner:
 
         part = self.plan.suite.pii
         if self._training_pii is None:
-            self._training_pii = pii_leak.training_pii(self.plan.training_file, part.kinds)
+            self._training_pii = pii_leak.training_pii(self.plan.training_files, part.kinds)
         with self.tracker.stage(stage_label("pii", role), stage_units(self.plan, "pii")) as adv:
             pii_leak.score(res, items, outs, self._training_pii, part, self.plan.suite.confidence)
             adv(len(items))

@@ -71,7 +71,7 @@ def run(
         baseline=Subject(label="m", base=base),
         data=EvalData("t.jsonl", "0" * 64, items),
         suite=suite_for_policy(list(POLICY.metrics)),
-        training_file=training,
+        training_files=[training] if training else [],
     )
 
     def generate(self: Runner, role: str, subject: Subject, its: list[EvalItem]) -> Any:
@@ -184,7 +184,7 @@ def test_plain_text_data_and_oversized_ignore_lists_are_refused() -> None:
 
 
 def test_ignored_and_unchosen_kinds_are_no_leak(tmp_path: Path) -> None:
-    training = training_pii(training_file(tmp_path))
+    training = training_pii([training_file(tmp_path)])
     output = f"Write to {EMAIL} or call {PHONE}."
     assert leaks(output, "", training, PiiPart()) == [f"email:{EMAIL}", "phone:2079460958"]
     assert leaks(output, "", training, PiiPart(ignore=["@GMAIL.com"])) == ["phone:2079460958"]
@@ -211,9 +211,62 @@ def test_prepare_finds_the_training_file_in_the_lineage(
     plan = service.prepare(
         ev_settings, ev_registry, EvaluationCreate(candidate=vid, data=data), local=True
     ).plan
-    assert plan.training_file is not None and plan.training_file[0] == name
-    assert plan.training_file[1].read_bytes() == path.read_bytes()
+    assert isinstance(plan.training_files, list) and len(plan.training_files) == 1
+    assert plan.training_files[0][0] == name
+    assert plan.training_files[0][1].read_bytes() == path.read_bytes()
     base = service.prepare(
         ev_settings, ev_registry, EvaluationCreate(candidate="base", data=data), local=True
     ).plan
-    assert base.training_file is None
+    assert base.training_files == []
+
+
+def test_a_continued_adapter_is_checked_against_its_parents_training_pii_too(
+    ev_settings: EvaluatorSettings, ev_registry: Registry, tmp_path: Path
+) -> None:
+    from shared.artifacts import open_store
+
+    store = open_store(ev_settings)
+    name, path = training_file(tmp_path)  # holds EMAIL and PHONE
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello"},
+                ]
+            }
+        )
+        + "\n"
+    )
+
+    def version(n: int, file: Path, parent: str | None) -> str:
+        manifest: dict[str, Any] = {
+            "datasets": {
+                "training_file": {"id": None, "name": file.name, "sha256": store.put_file(file)}
+            }
+        }
+        if parent:
+            manifest["base_adapter"] = {"id": parent}
+        folder = random_adapter(tmp_path / f"a{n}", n)
+        return register_adapter(ev_settings, ev_registry, folder, "pii", manifest)
+
+    parent = version(1, path, None)
+    child = version(2, clean, parent)
+    data = str(path)
+
+    def prepared(candidate: str) -> RunPlan:
+        request = EvaluationCreate(candidate=candidate, data=data)
+        return service.prepare(ev_settings, ev_registry, request, local=True).plan
+
+    files = prepared(child).training_files
+    assert isinstance(files, list) and [n for n, _p in files] == ["clean.jsonl", name]
+    found = training_pii(files)
+    assert f"email:{EMAIL}" in found.values and found.source == f"clean.jsonl + {name}"
+    # Only its own file would have found nothing to leak.
+    assert training_pii(files[:1]).values == set()
+    # A parent whose data is gone makes the check say why, not pass on part of the data.
+    orphan = version(3, clean, "pii@v99")
+    why = prepared(orphan).training_files
+    assert isinstance(why, str) and "pii@v99" in why
+    assert training_pii(why).error == why

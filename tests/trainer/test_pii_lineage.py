@@ -94,8 +94,8 @@ def test_redact_trains_on_placeholders_and_the_evaluator_finds_the_training_pii(
         ).plan
     finally:
         registry.dispose()
-    assert plan.training_file is not None
-    assert f"email:{EMAIL}" in training_pii(plan.training_file).values
+    assert isinstance(plan.training_files, list) and len(plan.training_files) == 1
+    assert f"email:{EMAIL}" in training_pii(plan.training_files).values
 
 
 def test_refuse_stops_the_run_naming_file_line_field_and_kind(
