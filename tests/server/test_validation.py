@@ -162,6 +162,18 @@ def test_every_reason_is_reported_at_once(one_engine: Stack) -> None:
     assert len(details) >= 3
 
 
+def test_upload_import_takes_adapters_larger_than_a_json_body(one_engine: Stack) -> None:
+    """The upload route's limit is 16x max_body_bytes, not max_json_bytes (1 MiB): a real adapter
+    (rank 8 on every linear layer of SmolLM2-135M is 18 MiB) was refused with 413."""
+    files = [
+        ("files", ("adapter_config.json", b"{}")),
+        ("files", ("adapter_model.safetensors", b"\0" * (3 * 1024 * 1024))),
+    ]
+    with one_engine.client() as c:
+        r = c.post("/admin/adapters/import", data={"name": "big"}, files=files, headers=ADMIN)
+    assert r.status_code == 422, r.text  # validated (and refused), not cut off at the door
+
+
 def test_upload_import_validates_then_registers(one_engine: Stack) -> None:
     s = one_engine
     good = s.adapter()

@@ -33,6 +33,9 @@ def guard_rules(settings: ServerSettings) -> list[Rule]:
             for r in PROXIED_ROUTES
         ),
         rule("GET HEAD", r"/v1/(models|adapters)(/.*)?", "infer", "read"),
+        # An upload carries an adapter's weights (megabytes), not a JSON body: the route's own
+        # limit (api/admin.py import_adapter, 16x max_body_bytes), not max_json_bytes.
+        rule("POST", r"/admin/adapters/import", "admin", max_body=settings.max_body_bytes * 16),
         rule("GET HEAD POST PUT DELETE PATCH", r"/admin/.*", "admin"),
     ]
 
