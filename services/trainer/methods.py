@@ -84,8 +84,8 @@ METHODS: dict[str, TrainingMethod] = {
             adapter_suffix="reward",
             data_kind="preference",
             data_label="preference pairs (prompt, chosen, rejected)",
-            # The fresh score head starts at random; 1e-4 moved the 135M model's held-out pair
-            # accuracy off chance within a few epochs of the extraction example.
+            # Twice DPO's: the score head starts at random, not at a policy that is already
+            # close to what it should be (docs/benchmarks.md, reward_model, for what it reaches).
             default_learning_rate=1e-4,
             hyperparameters=Hyperparameters,
             recipe="services.trainer.recipes.reward:run_reward",

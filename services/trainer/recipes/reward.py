@@ -9,7 +9,9 @@ The model is the base as ``AutoModelForSequenceClassification`` with one label: 
 saves the whole head beside the A/B matrices (``modules_to_save``). The held-out pairs are the
 trainer's own validation split (``data.validation_fraction``, near-duplicates kept on one side) or
 the ``validation_file``; their pair accuracy, the share of pairs whose chosen answer scores above
-its rejected one, goes to the manifest as ``reward`` and to the job's events.
+its rejected one, goes to the manifest as ``reward`` and to the job's events. They are scored
+twice, with the untrained head and after training, and not during it (so the manifest has no
+``valid_loss``).
 
 The saved folder is a peft adapter like the others, registered the same way, but it is not a
 generation adapter (vLLM cannot serve its score head), so the server's servability check is not
@@ -195,6 +197,9 @@ def run_reward(ctx: RecipeContext) -> RecipeResult:
         )
     attention = choose_attention(longest_sequence(data))
     model = load_reward_model(ctx, setup, attention, pad_id)
+    ctx.reporter.event(
+        f"holding out {len(held_out)} pairs; scoring them with the untrained score head"
+    )
     baseline = held_out_accuracy(model, held_out, pad_id)
 
     # 3. Train.
@@ -207,7 +212,9 @@ def run_reward(ctx: RecipeContext) -> RecipeResult:
         RewardConfig,
         model=model,
         train_rows=train_rows,
-        eval_rows=held_out,
+        # No evaluation passes during training: the held-out pairs are scored once at the end
+        # (below), and on a 2-core CPU TRL's periodic eval of them cost as much as the training.
+        eval_rows=[],
         config={"max_length": hp.max_length, "dataset_num_proc": None},
         peft_config=reward_lora_config(ctx),
     )
