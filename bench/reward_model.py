@@ -149,6 +149,80 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def random_heads(args: argparse.Namespace) -> dict[str, Any]:
+    """Held-out pair accuracy of ``args.random_heads`` untrained score heads drawn as
+    ``from_pretrained`` draws one (normal, std = ``initializer_range``), on the same held-out
+    pairs as the run: one forward pass, the heads applied to the last non-pad hidden states.
+    Row 0 is the seeded head the run itself starts from, so it must give the run's baseline."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+    from services.trainer.recipes.reward import SCORE_BATCH, pair_accuracy, pair_rows
+    from shared.datasets import ChatRenderer, load_examples, prepare, stop_token_ids
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data_dir = prepared_data_dir(Path(args.cache))
+    base = data_dir / "models" / "smollm2-135m-instruct"
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    pad_id = int(tokenizer.pad_token_id)
+    data = prepare(
+        load_examples(DATA, source=DATA.name),
+        None,
+        ChatRenderer(tokenizer, stop_token_ids(tokenizer)),
+        kind="preference",
+        max_length=512,
+        seed=42,
+        validation_fraction=args.validation_fraction,
+    )
+    held_out, _ = pair_rows(data.validation_pairs, 512)
+    set_seed(42)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=1, dtype=torch.bfloat16, attn_implementation="eager"
+    )
+    model.config.pad_token_id = pad_id
+    model.eval()
+    captured: list[torch.Tensor] = []
+    model.score.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].float()))
+
+    def last_states(seqs: list[list[int]]) -> torch.Tensor:
+        out = []
+        for start in range(0, len(seqs), SCORE_BATCH):
+            chunk = seqs[start : start + SCORE_BATCH]
+            width = max(len(x) for x in chunk)
+            ids = torch.full((len(chunk), width), pad_id)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, x in enumerate(chunk):
+                ids[i, : len(x)], mask[i, : len(x)] = torch.tensor(x), 1
+            captured.clear()
+            with torch.no_grad():
+                model(input_ids=ids, attention_mask=mask)
+            # The position transformers reads the score at: the rightmost non-pad token.
+            last = (torch.arange(width) * (ids != pad_id)).argmax(-1)
+            out.append(captured[0][torch.arange(len(chunk)), last])
+        return torch.cat(out)
+
+    chosen = last_states([r["chosen_ids"] for r in held_out])
+    rejected = last_states([r["rejected_ids"] for r in held_out])
+    generator = torch.Generator().manual_seed(0)
+    std = model.config.initializer_range
+    heads = torch.randn(args.random_heads, chosen.shape[1], generator=generator) * std
+    heads = torch.cat([model.score.weight.float(), heads])
+    accuracies = [pair_accuracy((chosen @ h).tolist(), (rejected @ h).tolist()) for h in heads]
+    shutil.rmtree(data_dir, ignore_errors=True)
+    drawn = sorted(accuracies[1:])
+    return {
+        "held_out_pairs": len(held_out),
+        "seeded_head_accuracy": accuracies[0],
+        "random_heads": len(drawn),
+        "mean_accuracy": round(sum(drawn) / len(drawn), 4),
+        "median_accuracy": drawn[len(drawn) // 2],
+        "share_of_heads_at_or_above_0.8": round(sum(a >= 0.8 for a in drawn) / len(drawn), 4),
+        "share_of_heads_at_or_below_0.2": round(sum(a <= 0.2 for a in drawn) / len(drawn), 4),
+        "min_max": [drawn[0], drawn[-1]],
+    }
+
+
 def table(r: dict[str, Any]) -> str:
     rows = [
         ("held-out pair accuracy (trained)", r["heldout_pair_accuracy"]),
@@ -174,7 +248,16 @@ def main() -> None:
     # One thread: on the shared 2-core machine a 2-thread OpenMP pool waits on a descheduled peer.
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 0: torch default")
     parser.add_argument("--cache", default=str(REPO / ".loraplex" / "test-cache"))
+    parser.add_argument(
+        "--random-heads",
+        type=int,
+        default=0,
+        help="no training: the held-out accuracy of this many random untrained score heads",
+    )
     args = parser.parse_args()
+    if args.random_heads:
+        print(json.dumps(random_heads(args), indent=2))
+        return
     result = run(args)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
