@@ -79,6 +79,19 @@ METHODS: dict[str, TrainingMethod] = {
             sequences_per_example=2,
             openai_hyperparameters=("beta",),
         ),
+        TrainingMethod(
+            type="reward",
+            adapter_suffix="reward",
+            data_kind="preference",
+            data_label="preference pairs (prompt, chosen, rejected)",
+            # Twice DPO's: the score head starts at random, not at a policy that is already
+            # close to what it should be (docs/benchmarks.md, reward_model, for what it reaches).
+            default_learning_rate=1e-4,
+            hyperparameters=Hyperparameters,
+            recipe="services.trainer.recipes.reward:run_reward",
+            # Chosen and rejected are scored in one forward pass.
+            sequences_per_example=2,
+        ),
     )
 }
 

@@ -29,7 +29,7 @@ from shared.settings import EMBEDDED_BASE_MODEL
 
 # One value per entry of services.trainer.methods.METHODS (a test keeps them equal); a Literal
 # so the OpenAPI schema lists the methods.
-MethodType = Literal["supervised", "dpo"]
+MethodType = Literal["supervised", "dpo", "reward"]
 
 
 def unix_time(value: datetime | None) -> int | None:
@@ -94,6 +94,7 @@ class Method(Strict):
     type: MethodType = "supervised"
     supervised: MethodParams | None = None
     dpo: MethodParams | None = None
+    reward: MethodParams | None = None
 
     @model_validator(mode="after")
     def _matching_block(self) -> Method:
@@ -166,6 +167,28 @@ class JobSpec(BaseModel):
         if value:
             raise ValueError("integrations are not supported; events carry the metrics")
         return value
+
+    @model_validator(mode="after")
+    def _reward_needs_held_out_pairs(self) -> JobSpec:
+        # A reward model is judged by its held-out pair accuracy, so it needs pairs to hold out;
+        # it trains a fresh score head on the base, not on top of a generation adapter.
+        if self.method.type == "reward":
+            if self.validation_file is None and self.data.validation_fraction == 0:
+                raise ValueError(
+                    "data.validation_fraction is 0 and there is no validation_file: a reward job "
+                    "needs held-out pairs to measure its pair accuracy"
+                )
+            if self.lora.quantization != "none":
+                raise ValueError(
+                    "lora.quantization 'nf4' is not supported for method 'reward' (LoRA on the "
+                    "bf16/fp32 base only)"
+                )
+            if self.base_adapter is not None:
+                raise ValueError(
+                    "base_adapter is not supported for method 'reward': a reward model is a "
+                    "fresh LoRA and score head on the base model"
+                )
+        return self
 
     @model_validator(mode="after")
     def _hyperparameters_in_one_place(self) -> JobSpec:

@@ -99,7 +99,8 @@ def train(
     """Build ``trainer_cls`` with ``config_cls(common args + config)`` and a fresh LoRA (or the
     starting adapter), then train, resuming from the newest complete checkpoint a dead worker left.
     ``built``: called with the trainer before training (DPO adds its reference check);
-    ``trainer_kwargs``: the trainer's own arguments (DPO's ``ref_model``)."""
+    ``trainer_kwargs``: the trainer's own arguments (DPO's ``ref_model``; a ``peft_config`` in
+    place of the causal-LM LoRA)."""
     from datasets import Dataset
     from transformers import PrinterCallback
 
@@ -111,13 +112,16 @@ def train(
         **config,
     )
     callback = make_progress_callback(ctx.reporter)
+    # A recipe may pass its own peft_config (the reward model's LoRA is a SEQ_CLS one).
+    trainer_kwargs.setdefault(
+        "peft_config", None if ctx.base_adapter_dir else lora_config(ctx.spec)
+    )
     trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
         processing_class=setup.tokenizer,
-        peft_config=None if ctx.base_adapter_dir else lora_config(ctx.spec),
         callbacks=[callback],
         **trainer_kwargs,
     )
