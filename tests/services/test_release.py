@@ -27,7 +27,7 @@ def test_in_process_release_gates_the_version_it_trained(monkeypatch: pytest.Mon
             return subprocess.CompletedProcess(cmd, 0, stdout='{"version_id": "shop@v7"}\n')
         return subprocess.CompletedProcess(cmd, ExitCode.PASS)
 
-    monkeypatch.setattr(release.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     said: list[str] = []
     assert run_in_process(cfg, root, said.append) == ExitCode.PASS
     train, gate = calls
