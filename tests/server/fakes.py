@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from services.server.engines import Engine, EngineState, Residency, ResidencyState
+from services.server.names import VersionInfo
 
 HIDDEN = 16
 VOCAB = 100
@@ -295,3 +299,19 @@ def make_adapter(
     cfg.update(config)
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
     return folder
+
+
+def make_info(vid: str) -> VersionInfo:
+    """A version of ``name@vN`` on the base ``base``, as the name table holds it."""
+    name, _, number = vid.partition("@v")
+    return VersionInfo(vid, name, int(number), "a" * 64, "base", "b" * 64, 8, 1, datetime.now(UTC))
+
+
+def make_engine(eid: str, in_flight: int, holds: list[str], ready: bool = True) -> Engine:
+    """An attached engine with ``in_flight`` requests, holding the versions ``holds``."""
+    engine = Engine(id=eid, url="http://x", managed=False)
+    engine.state = EngineState.READY if ready else EngineState.DOWN
+    engine.in_flight = in_flight
+    for vid in holds:
+        engine.adapters[vid] = Residency(make_info(vid), ResidencyState.LOADED)
+    return engine

@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 from services.server.cli import adapters_app
 from services.server.config import ServerSettings
 from services.server.declared_base import BaseStatement, check_declared_base, match_declared
-from services.server.importer import base_identity
 from services.server.validation import BaseIdentity
 from shared.artifacts import open_store, tree_files, tree_sha256
 from shared.basemodel import EMBEDDED_HUB_ID, ResolvedBaseModel, known_names
@@ -20,18 +19,9 @@ from shared.errors import ValidationError
 from shared.registry import adapters as reg
 from shared.registry.db import open_registry
 from tests.server.conftest import ADMIN, Stack
-from tests.server.fakes import make_adapter, make_base
+from tests.server.fakes import make_adapter
 
 OTHER = "meta-llama/Llama-3.2-1B"
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for key in [k for k in __import__("os").environ if k.startswith("LORAPLEX_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("LORAPLEX_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("LORAPLEX_BASE_MODEL", str(make_base(tmp_path / "tiny-base")))
-    return tmp_path
 
 
 def _versions() -> list[dict[str, object]]:
@@ -73,21 +63,6 @@ def test_embedded_and_hub_bases_answer_to_where_they_came_from(tmp_path: Path) -
     assert EMBEDDED_HUB_ID in known_names(embedded)
     hub = ResolvedBaseModel("org/model", tmp_path, "0" * 64, "hub:org/model")
     assert "org/model" in known_names(hub)
-
-
-def test_base_identity_takes_the_configured_aliases(
-    env: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("LORAPLEX_BASE_MODEL_ALIASES", "org/tiny-base-hub, other-name")
-    settings = ServerSettings()
-    registry = open_registry(settings)
-    try:
-        base = base_identity(settings, registry)
-    finally:
-        registry.dispose()
-    assert base.name == "tiny-base"
-    assert {"org/tiny-base-hub", "other-name"} <= set(base.aliases)
-    assert match_declared("ORG/tiny-base-hub", base) == "alias"
 
 
 def test_cli_refuses_another_declared_base_and_stores_nothing(env: Path) -> None:

@@ -1,13 +1,10 @@
-"""The demo's own logic (``services/demo.py``), without running it: options from flags and the
-environment, and the decidability line each gate gets in the summary."""
+"""The demo's summary (``services/demo_summary.py``), without running the demo: the decidability
+line each gate gets, the scores and margins kept, and the reports listed."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from services.demo import options
 from services.demo_summary import decidability, release_summary, report_paths
 
 OUTCOME = {
@@ -63,19 +60,6 @@ def test_release_summary_keeps_scores_and_margins() -> None:
             "status": "pass",
         }
     ]
-
-
-def test_seed_and_precision_come_from_flags_or_the_environment(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("LORAPLEX_DEMO_SEED", "11")
-    monkeypatch.setenv("LORAPLEX_DEMO_PRECISION", "fp32")
-    args = options([])
-    assert (args.seed, args.precision, args.items) == (11, "fp32", 250)
-    assert options(["--seed", "3", "--precision", "bf16"]).seed == 3
-    monkeypatch.setenv("LORAPLEX_DEMO_PRECISION", "fp8")
-    with pytest.raises(SystemExit):
-        options([])
 
 
 def test_the_summary_lists_the_reports_kept_per_attempt(tmp_path: Path) -> None:

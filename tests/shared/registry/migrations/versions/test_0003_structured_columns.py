@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import command
 
 from shared.registry.db import Registry, alembic_config
-from shared.registry.evaluation_runs import promotion_columns, promotion_record
+from shared.registry.evaluation_runs import promotion_record
 from shared.registry.models import EvaluationRunRow, ItemRecordRow, MetricResultRow
 from shared.settings import SharedSettings
 
@@ -288,18 +288,3 @@ def test_upgrade_back_fills_the_columns_and_downgrade_restores_the_json(
 def test_the_promotion_state_is_indexed(registry: Registry) -> None:
     indexes = sa.inspect(registry.engine).get_indexes("evaluation_runs")
     assert any(ix["column_names"] == ["promotion_state"] for ix in indexes)
-
-
-@pytest.mark.parametrize("record", [PENDING, REFUSED, SKIPPED, {"state": "moved", "extra": 1}])
-def test_promotion_columns_and_record_round_trip_in_order(record: dict[str, Any]) -> None:
-    row = EvaluationRunRow(**promotion_columns(record))
-    joined = promotion_record(row)
-    assert joined == record and list(joined or {}) == list(record)
-    assert (row.promotion_alias, row.promotion_state) == (record.get("alias"), record["state"])
-    assert row.promotion_detail is not None and "state" not in row.promotion_detail
-
-
-def test_no_promotion_is_none_in_every_column() -> None:
-    row = EvaluationRunRow(**promotion_columns(None))
-    assert (row.promotion_alias, row.promotion_state, row.promotion_detail) == (None, None, None)
-    assert promotion_record(row) is None

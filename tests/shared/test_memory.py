@@ -1,0 +1,52 @@
+"""`shared.memory`: the planner's estimate by part, and the plan it picks or the refusal it gives
+(the estimate against a measured run is in tests/trainer/test_memory.py)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from shared.errors import LoraplexError
+from shared.memory import GIB, ModelShape, PlanInput, estimate_plan, plan_or_refuse
+from shared.model_shapes import KNOWN_MODELS
+
+SHAPE = ModelShape.from_config(KNOWN_MODELS["SmolLM2-135M"])
+LORA = PlanInput(
+    quantization="none",
+    r=8,
+    target_modules=["q_proj", "v_proj"],
+    batch_size=4,
+    seq_len=1024,
+    gradient_checkpointing=False,
+    weight_bytes=2,
+)
+
+
+def test_the_estimate_adds_up_its_parts_and_counts_only_the_targeted_layers() -> None:
+    plan = estimate_plan(SHAPE, LORA)
+    parts = plan.weights + plan.optimizer + plan.activations + plan.logits + plan.overhead
+    assert plan.total == parts and plan.fits  # no budget: fits
+    assert plan.weights == SHAPE.params * 2
+    targeted = [
+        (i, o)
+        for (i, o), leaf in zip(SHAPE.lora_dims, SHAPE.leaf_names, strict=True)
+        if leaf in ("q_proj", "v_proj")
+    ]
+    assert plan.trainable_params == sum(8 * (i + o) for i, o in targeted) > 0
+    every = estimate_plan(SHAPE, replace(LORA, target_modules="all-linear"))
+    assert every.trainable_params > plan.trainable_params
+    nf4 = estimate_plan(SHAPE, replace(LORA, quantization="nf4"))
+    assert nf4.weights < plan.weights
+
+
+def test_checkpointing_is_switched_on_when_that_makes_the_job_fit() -> None:
+    plain = estimate_plan(SHAPE, LORA)
+    checkpointed = estimate_plan(SHAPE, replace(LORA, gradient_checkpointing=True))
+    budget = (plain.total + checkpointed.total) // 2
+    plan, chosen = plan_or_refuse(SHAPE, LORA, budget)
+    assert chosen.gradient_checkpointing and plan.total <= budget
+    with pytest.raises(LoraplexError, match="gradient_checkpointing true"):
+        plan_or_refuse(SHAPE, LORA, budget, may_checkpoint=False)
+    assert plan_or_refuse(SHAPE, LORA, None)[1] is LORA
+    assert estimate_plan(SHAPE, LORA, available=GIB // 1024).fits is False

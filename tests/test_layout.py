@@ -1,0 +1,185 @@
+"""The test tree mirrors the source tree module by module (the rule is in tests/README.md).
+
+Every production module under ``services/`` and ``shared/`` has its mirrored test file, holding at
+least one test, unless it is listed below: EXEMPT for modules with no logic of their own (checked:
+they define no function), PENDING for evaluator and trainer modules whose tests still live in
+files named otherwise. PENDING must shrink to empty; a module listed there that gains its mirror
+fails here until it is taken off the list, and any module missing from both fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path, PurePosixPath
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ("services", "shared")
+
+# Modules with no logic of their own: package markers, re-exports, constants, typed schemas and an
+# entry point that only dispatches. test_exempt_modules_have_no_logic keeps it that way.
+EXEMPT = {
+    # package markers: a docstring, at most a version string
+    "services/__init__.py",
+    "services/evaluator/__init__.py",
+    "services/evaluator/api/__init__.py",
+    "services/evaluator/hf_evaluate/loraplex_rouge/__init__.py",
+    "services/evaluator/hf_evaluate/loraplex_sacrebleu/__init__.py",
+    "services/evaluator/tasks/__init__.py",
+    "services/server/__init__.py",
+    "services/server/api/__init__.py",
+    "services/trainer/__init__.py",
+    "services/trainer/api/__init__.py",
+    "services/trainer/recipes/__init__.py",
+    "shared/__init__.py",
+    "shared/registry/migrations/__init__.py",
+    "shared/registry/migrations/versions/__init__.py",
+    # re-exports: the package's public names, each tested in its own module's mirror
+    "shared/datasets/__init__.py",
+    # `python -m services.evaluator`: picks the API or the worker, both tested where they live
+    "services/evaluator/__main__.py",
+    # FastAPI dependency aliases (Annotated types), no function
+    "services/evaluator/api/deps.py",
+    # typed request and response schemas, no validator
+    "services/evaluator/schemas.py",
+    "services/server/schemas.py",
+    # status constants
+    "services/evaluator/statuses.py",
+}
+
+# Evaluator and trainer modules whose tests are still in files named otherwise, or that have none
+# of their own yet. This set must shrink to empty: take a module off when its mirror exists.
+PENDING = {
+    "services/evaluator/access.py",
+    "services/evaluator/api/app.py",
+    "services/evaluator/api/routes.py",
+    "services/evaluator/cli.py",
+    "services/evaluator/cli_output.py",
+    "services/evaluator/config.py",
+    "services/evaluator/data.py",
+    "services/evaluator/forgetting.py",
+    "services/evaluator/generation.py",
+    "services/evaluator/hf_evaluate/__init__.py",
+    "services/evaluator/hf_evaluate/loraplex_rouge/loraplex_rouge.py",
+    "services/evaluator/hf_evaluate/loraplex_sacrebleu/loraplex_sacrebleu.py",
+    "services/evaluator/lmeval_runner.py",
+    "services/evaluator/local_model.py",
+    "services/evaluator/metrics/catalogue.py",
+    "services/evaluator/metrics/components.py",
+    "services/evaluator/metrics/overlap.py",
+    "services/evaluator/metrics/spec.py",
+    "services/evaluator/metrics/task.py",
+    "services/evaluator/parity.py",
+    "services/evaluator/perplexity.py",
+    "services/evaluator/plan.py",
+    "services/evaluator/policy.py",
+    "services/evaluator/policy_store.py",
+    "services/evaluator/prepare.py",
+    "services/evaluator/promotion.py",
+    "services/evaluator/report_sections.py",
+    "services/evaluator/results.py",
+    "services/evaluator/runner.py",
+    "services/evaluator/runs.py",
+    "services/evaluator/scoring.py",
+    "services/evaluator/stages.py",
+    "services/evaluator/subjects.py",
+    "services/evaluator/suite.py",
+    "services/evaluator/tasks/build_data.py",
+    "services/evaluator/tasks/utils.py",
+    "services/evaluator/worker.py",
+    "services/trainer/adapters.py",
+    "services/trainer/api/app.py",
+    "services/trainer/api/deps.py",
+    "services/trainer/api/routes_files.py",
+    "services/trainer/api/routes_jobs.py",
+    "services/trainer/files.py",
+    "services/trainer/hyperparameters.py",
+    "services/trainer/job_context.py",
+    "services/trainer/job_reporter.py",
+    "services/trainer/job_views.py",
+    "services/trainer/jobs.py",
+    "services/trainer/k8s_runner.py",
+    "services/trainer/recipes/callbacks.py",
+    "services/trainer/recipes/context.py",
+    "services/trainer/recipes/data.py",
+    "services/trainer/recipes/decisions.py",
+    "services/trainer/recipes/dpo.py",
+    "services/trainer/recipes/saving.py",
+    "services/trainer/recipes/setup.py",
+    "services/trainer/recipes/sft.py",
+    "services/trainer/recipes/training.py",
+    "services/trainer/schemas.py",
+}
+
+
+def mirror_of(module: str) -> str:
+    """The test file of a production module (paths relative to the repository root)."""
+    path = PurePosixPath(module)
+    test = f"test_{path.name}"
+    top, *rest = path.parent.parts
+    if top == "shared":  # shared/<pkg>/<mod>.py -> tests/shared/<pkg>/test_<mod>.py
+        return str(PurePosixPath("tests", "shared", *rest, test))
+    if not rest:  # services/<mod>.py, in no service -> tests/services/test_<mod>.py
+        return str(PurePosixPath("tests", "services", test))
+    # services/<svc>/<pkg>/<mod>.py -> tests/<svc>/<pkg>/test_<mod>.py
+    return str(PurePosixPath("tests", *rest, test))
+
+
+def production_modules() -> list[str]:
+    return sorted(
+        str(p.relative_to(ROOT).as_posix()) for top in SOURCES for p in (ROOT / top).rglob("*.py")
+    )
+
+
+def has_a_test(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
+    return any(
+        isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test")
+        for node in ast.walk(tree)
+    )
+
+
+def unmirrored(modules: list[str]) -> list[str]:
+    """The modules whose mirrored test file is missing or holds no test."""
+    out = []
+    for module in modules:
+        test = ROOT / mirror_of(module)
+        if not (test.is_file() and has_a_test(test)):
+            out.append(module)
+    return out
+
+
+def test_the_mirror_rule() -> None:
+    assert mirror_of("shared/errors.py") == "tests/shared/test_errors.py"
+    assert mirror_of("shared/registry/db.py") == "tests/shared/registry/test_db.py"
+    assert mirror_of("services/cli.py") == "tests/services/test_cli.py"
+    assert mirror_of("services/server/names.py") == "tests/server/test_names.py"
+    assert mirror_of("services/server/api/app.py") == "tests/server/api/test_app.py"
+
+
+def test_every_module_has_its_mirrored_test_file() -> None:
+    missing = [m for m in unmirrored(production_modules()) if m not in EXEMPT | PENDING]
+    assert missing == [], "add these test files (rule in tests/README.md):\n" + "\n".join(
+        f"  {m} -> {mirror_of(m)}" for m in missing
+    )
+
+
+def test_pending_only_shrinks() -> None:
+    modules = production_modules()
+    gone = sorted((EXEMPT | PENDING) - set(modules))
+    assert gone == [], f"no such modules any more; take them off EXEMPT/PENDING: {gone}"
+    mirrored = sorted(PENDING - set(unmirrored(modules)))
+    assert mirrored == [], f"these are mirrored now; take them off PENDING: {mirrored}"
+    assert not EXEMPT & PENDING
+    assert all(m.startswith(("services/evaluator/", "services/trainer/")) for m in PENDING)
+
+
+def test_exempt_modules_have_no_logic() -> None:
+    logic = []
+    for module in sorted(EXEMPT):
+        tree = ast.parse((ROOT / module).read_text())
+        defs = {
+            n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        }
+        if defs - ({"main"} if module.endswith("/__main__.py") else set()):
+            logic.append(f"{module}: {sorted(defs)}")
+    assert logic == [], "these have logic of their own; give them a test:\n" + "\n".join(logic)
