@@ -56,7 +56,6 @@ PENDING = {
     "services/evaluator/cli_output.py",
     "services/evaluator/config.py",
     "services/evaluator/data.py",
-    "services/evaluator/forgetting.py",
     "services/evaluator/generation.py",
     "services/evaluator/hf_evaluate/__init__.py",
     "services/evaluator/hf_evaluate/loraplex_rouge/loraplex_rouge.py",

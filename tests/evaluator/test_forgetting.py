@@ -4,7 +4,6 @@ whatever the run's baseline, failing for an adapter built to forget and passing 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +24,6 @@ from tests.evaluator.conftest import EXAMPLES, SMOL_LINEAR, random_adapter
 METRIC = "forgetting.accuracy"
 POLICY = parse_policy(f"metrics:\n  {METRIC}: {{max_regression: 0.05}}\n", "forget.yaml")
 FAKE_BASE = ResolvedBaseModel("tiny-base", Path("/nonexistent"), "0" * 64, "test")
-
-
-def test_shipped_set_is_what_the_script_builds() -> None:
-    rows = build_general_mc.build()
-    assert build_general_mc.OUT.read_text() == build_general_mc.render(rows)  # no drift
-    assert len(rows) >= 300
-    assert len({r["question"] for r in rows}) == len(rows)  # no duplicate questions
-    assert len({r["id"] for r in rows}) == len(rows)
-    for r in rows:
-        choices = r["choices"]
-        assert isinstance(choices, list) and len(set(choices)) == 4, r
-    # Answer positions balanced: a model that always picks one position scores a quarter.
-    counts = Counter(r["answer"] for r in rows)
-    assert sorted(counts) == [0, 1, 2, 3] and max(counts.values()) - min(counts.values()) <= 1
-    assert forgetting.count(build_general_mc.OUT.as_posix()) == len(rows)
 
 
 def _subject(role: str, model: str, adapter: str | None, values: list[float]) -> SubjectResult:
