@@ -135,7 +135,10 @@ def served(
 
 
 def test_lmeval_local_completions_agrees_with_hf_peft(served: dict[str, Any]) -> None:
-    suite = {"lmeval": {"enabled": True, "tasks": ["loraplex_general_mc"], "backend": "hf"}}
+    # 80 of the 418 questions: enough for the agreement bound, a fifth of the time on 2 cores.
+    suite = {
+        "lmeval": {"enabled": True, "tasks": ["loraplex_general_mc"], "backend": "hf", "limit": 80}
+    }
     results = {}
     for backend in ("hf", "local-completions"):
         suite["lmeval"]["backend"] = backend
