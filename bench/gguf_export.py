@@ -3,7 +3,7 @@
     nice -n 10 python bench/gguf_export.py [--rows 20]
 
 Registers a LoRA adapter on the embedded SmolLM2-135M in a throwaway data dir (random weights on
-all seven linear layers, ``tests/evaluator/conftest.py``'s ``random_adapter``, seed 9, std 0.05:
+all seven linear layers, ``tests/evaluator/conftest.py``'s ``random_adapter``, seed 9, std 0.03:
 strong enough that the merge differs from the base), exports it with ``export_gguf`` as q8_0 and
 q4_0, loads each file with transformers' GGUF reader (``from_pretrained(..., gguf_file=...)``,
 not our code), and measures token-weighted perplexity over the first ``--rows`` rows of
@@ -87,7 +87,7 @@ def setup(data_dir: Path) -> tuple[Any, str]:
     (data_dir / "models").mkdir(parents=True)
     shutil.copytree(base.path, data_dir / "models" / base.path.name, copy_function=os.link)
     settings = SharedSettings(data_dir=data_dir)
-    folder = random_adapter(data_dir / "adapter", 9, modules=tuple(SMOL_LINEAR), scale=0.05)
+    folder = random_adapter(data_dir / "adapter", 9, modules=tuple(SMOL_LINEAR), scale=0.03)
     registry = open_registry(settings)
     try:
         version = register_adapter(settings, registry, folder, "extract")
@@ -105,7 +105,6 @@ def main() -> None:
     import signal
 
     import torch
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from services.server.gguf_export import QUANT_TYPES, export_gguf
@@ -133,9 +132,9 @@ def main() -> None:
         base_ppl = perplexity(plain, tokenizer, texts)
         reference = perplexity(merged, tokenizer, texts)
         _progress(f"perplexity: base {base_ppl:.3f}, fp32 merge {reference:.3f}", began)
-        fp32 = data_dir / "merged.safetensors"
-        save_file({k: v.contiguous() for k, v in merged.state_dict().items()}, str(fp32))
-        rows.append({"export": "fp32 merge", "MB": fp32.stat().st_size / 1e6, "ppl": reference})
+        merged.save_pretrained(data_dir / "fp32", safe_serialization=True)
+        size = sum(f.stat().st_size for f in (data_dir / "fp32").glob("*.safetensors"))
+        rows.append({"export": "fp32 merge", "MB": size / 1e6, "ppl": reference})
         for qtype in QUANT_TYPES:
             start = time.perf_counter()
             path = export_gguf(settings, registry, store, version, data_dir / "out", qtype)
