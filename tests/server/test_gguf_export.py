@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 from services.server.cli import adapters_app
 
-# Relative perplexity gap against the fp32 merge. Set before the first full measurement (on one
-# sentence of the base model, q8_0 moved the loss by 0.1% and q4_0 by 36%, perplexity x2.1);
-# docs/benchmarks.md (gguf_export) has the measured gaps.
+# Relative perplexity gap against the fp32 merge, on ROWS held-out conversations. Measured
+# (deterministic: fixed adapter seed, gguf's reference quantizers): q8_0 +0.13%, q4_0 +39.6%;
+# without the q/k permutation +649% on the first five. docs/benchmarks.md, gguf_export.
 Q8_0_BOUND = 0.02
-Q4_0_BOUND = 1.5  # q4_0 of a 135M model is coarse: under 2.5 times the perplexity
+Q4_0_BOUND = 0.6  # q4_0 of a 135M model is coarse
 ROWS = 20  # held-out conversations scored (about 2,000 tokens)
 
 
