@@ -157,8 +157,6 @@ def export_merged(
     if out.exists() and any(out.iterdir()) and not force:
         raise ConflictError(f"{out} exists and is not empty; pass --force", param="out")
     version, base, merged = merge_fp32(settings, registry, store, model)
-    if out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)
     config = json.loads((base.path / "config.json").read_text())
     dtype = getattr(torch, str(config.get("dtype") or config.get("torch_dtype") or "float32"))
     # Merged in float32 so the sum is not rounded twice; stored in the base's own dtype.
@@ -180,8 +178,8 @@ def export_merged(
         )
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out.rmdir()
+    if out.exists():  # empty, or non-empty with force: replaced only once the new one is written
+        shutil.rmtree(out)
     tmp.rename(out)
     log.info("exported %s merged into %s", version.id, out)
     return out
