@@ -129,16 +129,34 @@ def export_cmd(
         Path, typer.Option("--merged", help="Write base + adapter merged into this folder.")
     ],
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="Write one GGUF file, DIR/model-TYPE.gguf (q8_0 or q4_0), with its lineage "
+            "next to it, instead of a transformers folder."
+        ),
+    ] = None,
 ) -> None:
     """Write the base model with the adapter merged in, loadable without LoRA support."""
+    from services.server.gguf_export import check_quant_type, export_gguf
     from services.server.importer import export_merged
     from shared.artifacts import open_store
     from shared.registry.db import open_registry
 
+    if quantize is not None:
+        try:
+            quantize = check_quant_type(quantize)
+        except LoraplexError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from exc
     settings = _settings()
     registry = open_registry(settings)
     try:
-        out = export_merged(settings, registry, open_store(settings), model, merged, force=force)
+        store = open_store(settings)
+        if quantize is not None:
+            out = export_gguf(settings, registry, store, model, merged, quantize, force=force)
+        else:
+            out = export_merged(settings, registry, store, model, merged, force=force)
     except LoraplexError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(3) from exc

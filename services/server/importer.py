@@ -15,13 +15,14 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from services.server.config import ServerSettings
 from services.server.declared_base import BaseStatement, check_declared_base
 from services.server.names import VersionInfo
 from services.server.validation import AdapterValidator, BaseIdentity
 from shared.artifacts import ArtifactStore
-from shared.basemodel import known_names, register_base_model, resolve_base_model
+from shared.basemodel import ResolvedBaseModel, known_names, register_base_model, resolve_base_model
 from shared.errors import ConflictError, IntegrityError, NotFoundError, ValidationError
 from shared.registry import adapters as reg
 from shared.registry.db import Registry
@@ -113,19 +114,16 @@ def import_folder(
         registry.dispose()
 
 
-def export_merged(
-    settings: SharedSettings,
-    registry: Registry,
-    store: ArtifactStore,
-    model: str,
-    out: Path,
-    *,
-    force: bool = False,
-) -> Path:
-    """Write base + adapter merged into ``out`` (a transformers folder); returns ``out``."""
+def merge_fp32(
+    settings: SharedSettings, registry: Registry, store: ArtifactStore, model: str
+) -> tuple[VersionInfo, ResolvedBaseModel, Any]:
+    """Resolve ``model`` (version id or alias) and merge it into its base in float32.
+
+    Returns ``(version, base, merged transformers model)``; refuses when the base's weights are
+    no longer the ones the version was trained on."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     with registry.session() as session:
         version = VersionInfo.from_row(reg.resolve(session, model))
@@ -138,15 +136,30 @@ def export_merged(
             param="model",
         )
     folder = store.get_dir(version.sha256)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise ConflictError(f"{out} exists and is not empty; pass --force", param="out")
-        shutil.rmtree(out)
-    config = json.loads((base.path / "config.json").read_text())
-    dtype = getattr(torch, str(config.get("dtype") or config.get("torch_dtype") or "float32"))
-    # Merge in float32 so the sum is not rounded twice, then store in the base's own dtype.
     model_fp32 = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model_fp32, folder).merge_and_unload()
+    return version, base, merged
+
+
+def export_merged(
+    settings: SharedSettings,
+    registry: Registry,
+    store: ArtifactStore,
+    model: str,
+    out: Path,
+    *,
+    force: bool = False,
+) -> Path:
+    """Write base + adapter merged into ``out`` (a transformers folder); returns ``out``."""
+    import torch
+    from transformers import AutoTokenizer
+
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ConflictError(f"{out} exists and is not empty; pass --force", param="out")
+    version, base, merged = merge_fp32(settings, registry, store, model)
+    config = json.loads((base.path / "config.json").read_text())
+    dtype = getattr(torch, str(config.get("dtype") or config.get("torch_dtype") or "float32"))
+    # Merged in float32 so the sum is not rounded twice; stored in the base's own dtype.
     merged.to(dtype)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -165,8 +178,8 @@ def export_merged(
         )
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out.rmdir()
+    if out.exists():  # empty, or non-empty with force: replaced only once the new one is written
+        shutil.rmtree(out)
     tmp.rename(out)
     log.info("exported %s merged into %s", version.id, out)
     return out
