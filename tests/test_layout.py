@@ -89,7 +89,6 @@ PENDING = {
     "services/trainer/job_reporter.py",
     "services/trainer/job_views.py",
     "services/trainer/jobs.py",
-    "services/trainer/k8s_runner.py",
     "services/trainer/recipes/callbacks.py",
     "services/trainer/recipes/context.py",
     "services/trainer/recipes/data.py",
