@@ -81,8 +81,6 @@ PENDING = {
     "services/trainer/adapters.py",
     "services/trainer/api/app.py",
     "services/trainer/api/deps.py",
-    "services/trainer/api/routes_files.py",
-    "services/trainer/api/routes_jobs.py",
     "services/trainer/files.py",
     "services/trainer/hyperparameters.py",
     "services/trainer/job_context.py",
