@@ -76,7 +76,6 @@ PENDING = {
     "services/evaluator/subjects.py",
     "services/evaluator/suite.py",
     "services/evaluator/tasks/build_data.py",
-    "services/evaluator/tasks/utils.py",
     "services/evaluator/worker.py",
     "services/trainer/adapters.py",
     "services/trainer/api/app.py",
