@@ -81,7 +81,6 @@ PENDING = {
     "services/trainer/api/app.py",
     "services/trainer/api/deps.py",
     "services/trainer/files.py",
-    "services/trainer/hyperparameters.py",
     "services/trainer/job_context.py",
     "services/trainer/job_reporter.py",
     "services/trainer/job_views.py",
