@@ -57,8 +57,6 @@ PENDING = {
     "services/evaluator/config.py",
     "services/evaluator/data.py",
     "services/evaluator/generation.py",
-    "services/evaluator/hf_evaluate/loraplex_rouge/loraplex_rouge.py",
-    "services/evaluator/hf_evaluate/loraplex_sacrebleu/loraplex_sacrebleu.py",
     "services/evaluator/local_model.py",
     "services/evaluator/parity.py",
     "services/evaluator/perplexity.py",
