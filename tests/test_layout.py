@@ -91,7 +91,6 @@ PENDING = {
     "services/trainer/recipes/setup.py",
     "services/trainer/recipes/sft.py",
     "services/trainer/recipes/training.py",
-    "services/trainer/schemas.py",
 }
 
 
