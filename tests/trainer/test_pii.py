@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.trainer.config import TrainerSettings
-from tests.trainer.test_api import _job, assert_refused, snapshot, upload
+from tests.trainer.api.requests import _job, assert_refused, snapshot, upload
 
 EMAIL = "jane.doe@gmail.com"
 CARD = "4111 1111 1111 1111"

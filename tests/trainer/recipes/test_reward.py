@@ -15,8 +15,16 @@ from fastapi.testclient import TestClient
 from services.trainer.config import TrainerSettings
 from services.trainer.recipes.reward import held_out_accuracy, pair_accuracy
 from services.trainer.recipes.saving import MANIFEST
+from tests.trainer.api.requests import (
+    GOOD_DPO,
+    GOOD_SFT,
+    _job,
+    assert_refused,
+    lines,
+    snapshot,
+    upload,
+)
 from tests.trainer.conftest import order_pair, run_in_process, tiny_hyperparameters
-from tests.trainer.test_api import GOOD_DPO, GOOD_SFT, _job, assert_refused, lines, snapshot, upload
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "extraction" / "dpo_train.jsonl"
 

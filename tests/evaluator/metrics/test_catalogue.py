@@ -1,10 +1,9 @@
-"""The component and metric registry is complete, and its completeness check can fail."""
+"""The metric catalogue is complete: every metric scores, the runner and shipped files use it."""
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,16 @@ from services.evaluator.metrics import catalogue
 from services.evaluator.metrics.catalogue import (
     CATALOGUE,
     COMPONENTS,
-    ComponentSpec,
-    MetricSpec,
     ScoreOptions,
 )
 from services.evaluator.perplexity import ItemNLL
 from services.evaluator.results import ItemResult, SubjectResult
 from services.evaluator.scoring import generation_metrics, perplexity_metrics
-from services.evaluator.suite import SUITES_DIR, Suite, load_suite
+from services.evaluator.suite import SUITES_DIR, load_suite
 from shared.datasets.records import Message
 from shared.errors import ValidationError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SHIPPED_POLICIES = sorted(
     [
         *(ROOT / "services" / "evaluator" / "policies").glob("*.yaml"),
@@ -42,20 +39,6 @@ OUTPUTS = ['{"name": "Ada", "age": 36}', "hello"]
 
 def test_the_registry_is_complete() -> None:
     assert catalogue.problems() == []
-
-
-def test_every_component_is_a_suite_part() -> None:
-    suite = Suite()
-    parts = {name for name in Suite.model_fields if hasattr(getattr(suite, name), "enabled")}
-    assert set(COMPONENTS) == parts
-
-
-@pytest.mark.parametrize("name", list(COMPONENTS))
-def test_each_component_sizes_its_stage(name: str) -> None:
-    units = COMPONENTS[name].units
-    assert units is not None
-    size = units(Suite(), 5)
-    assert isinstance(size, int) and size >= 0
 
 
 def _usable(value: object) -> bool:
@@ -114,46 +97,3 @@ def test_an_unknown_metric_is_a_clear_error_naming_the_valid_ones() -> None:
     with pytest.raises(ValidationError, match="known generation metrics: exact_match"):
         raise catalogue.unknown_metric("perplexity", "generation")
     assert catalogue.component_of("lmeval.mmlu.acc") == "lmeval"
-
-
-# ---- control cases: the check must fail on an entry that lacks a piece
-
-
-def test_a_metric_without_its_scorer_is_reported() -> None:
-    broken = {
-        **CATALOGUE,
-        "fake": MetricSpec("fake", "generation", True, "binary", description="x"),
-    }
-    assert catalogue.problems(broken) == [
-        "metric fake: a generation metric needs a score and a definition"
-    ]
-
-
-def test_broken_pieces_are_each_reported() -> None:
-    base = CATALOGUE["exact_match"]
-    broken = {
-        "a": replace(base, name="a", component="nowhere"),
-        "b": replace(base, name="b", statistic="median"),
-        "c": replace(base, name="c", description=""),
-        "d": replace(CATALOGUE["judge.score"], name="d", score=lambda o, i, opt: 1.0),
-        "e": replace(base, name="e", judge_mode="rubric"),
-    }
-    found = "\n".join(catalogue.problems(broken))
-    for expected in (
-        "metric a: unknown component 'nowhere'",
-        "metric b: statistic 'median'",
-        "metric c: key, name and description",
-        "metric d: judge computes its metrics itself",
-        "metric e: judge_mode 'rubric' is for judge metrics only",
-    ):
-        assert expected in found
-
-
-def test_a_component_without_metrics_or_module_is_reported() -> None:
-    ghost = ComponentSpec("ghost", "a component nobody wrote", "services.evaluator.no_such_module")
-    found = catalogue.problems(CATALOGUE, {**COMPONENTS, "ghost": ghost})
-    assert found == [
-        "component ghost: needs a stage label and a units function",
-        "component ghost: module services.evaluator.no_such_module does not exist",
-        "component ghost: produces no registered metric",
-    ]
