@@ -30,7 +30,7 @@ from shared.registry.db import open_registry
 from shared.registry.models import BaseModelRow, DatasetRow, TrainingJobRow
 from shared.settings import EMBEDDED_BASE_MODEL, SharedSettings
 from tests.trainer.conftest import order_chat
-from tests.trainer.test_api import GOOD_SFT, assert_refused, snapshot, upload
+from tests.trainer.api.requests import GOOD_SFT, assert_refused, snapshot, upload
 
 LIMIT = 256 * 1024
 BOUNDARY = "loraplex-test-boundary"
