@@ -29,8 +29,8 @@ from shared.registry.adapters import NewVersion, register_version
 from shared.registry.db import open_registry
 from shared.registry.models import BaseModelRow, DatasetRow, TrainingJobRow
 from shared.settings import EMBEDDED_BASE_MODEL, SharedSettings
-from tests.trainer.conftest import order_chat
 from tests.trainer.api.requests import GOOD_SFT, assert_refused, snapshot, upload
+from tests.trainer.conftest import order_chat
 
 LIMIT = 256 * 1024
 BOUNDARY = "loraplex-test-boundary"
