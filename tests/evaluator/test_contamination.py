@@ -346,7 +346,8 @@ def test_a_run_on_lineage_gates_and_reports_contamination(
     junit = ET.fromstring(outcome.paths["junit"].read_text())
     # One failure per problem: the gate's line fails and lists the items; the check's own case
     # lists them too and does not fail a second time.
-    assert junit.find(".//testsuite").get("failures") == ("1" if memorised else "0")
+    suite = junit.find(".//testsuite")
+    assert suite is not None and suite.get("failures") == ("1" if memorised else "0")
     line = junit.find(".//testcase[@name='contamination.rate']")
     case = junit.find(".//testcase[@classname='contamination']")
     assert line is not None and case is not None and case.find("failure") is None
