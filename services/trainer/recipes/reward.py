@@ -20,7 +20,6 @@ run on it; ``method: "reward"`` in its manifest is what marks it as a reward mod
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,9 +30,8 @@ from services.trainer.recipes.data import longest_sequence, mean_sequence, prepa
 from services.trainer.recipes.decisions import choose_attention
 from services.trainer.recipes.saving import (
     ADAPTER_FILES,
-    MANIFEST,
     _normalise_adapter_config,
-    write_manifest,
+    finish,
 )
 from services.trainer.recipes.setup import check_lora_servable
 from services.trainer.recipes.training import ModelSetup, decisions, fit_memory, setup_model, train
@@ -239,21 +237,15 @@ def run_reward(ctx: RecipeContext) -> RecipeResult:
     per_epoch = sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in train_rows)
     tokens = int(per_epoch * trained.epochs)
     chosen = decisions(setup, fit, attention, trained, head="score (1 output), trained whole")
-    folder = save_reward_adapter(trained.trainer, ctx, setup.base.name)
-    manifest = write_manifest(
+    return finish(
         ctx,
-        folder,
-        base=setup.base,
-        renderer=setup.renderer,
+        trained,
+        setup,
         data=data,
         hp=hp,
         decisions=chosen,
-        log_history=trained.trainer.state.log_history,
         trained_tokens=tokens,
+        save=lambda trainer, c, base: save_reward_adapter(trainer, c, base.name),
+        extra={"reward": reward},
+        extra_metrics={"heldout_pair_accuracy": reward["heldout_pair_accuracy"]},
     )
-    manifest["reward"] = reward
-    manifest["metrics"]["heldout_pair_accuracy"] = reward["heldout_pair_accuracy"]
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    ctx.reporter.event("reward model saved; registering", data={"metrics": manifest["metrics"]})
-    version_id = ctx.register(folder, manifest, setup.base)
-    return RecipeResult(version_id, folder, manifest, manifest["metrics"], tokens)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -195,11 +196,16 @@ def finish(
     hp: ResolvedHyperparameters,
     decisions: dict[str, Any],
     trained_tokens: int,
+    save: Callable[[Any, RecipeContext, ResolvedBaseModel], Path] | None = None,
+    extra: dict[str, Any] | None = None,
+    extra_metrics: dict[str, Any] | None = None,
 ) -> RecipeResult:
-    """Save and register, unless training was stopped (then nothing is kept)."""
+    """Save (``save``: a method's own folder writer, default the causal-LM adapter's) and
+    register, unless training was stopped (then nothing is kept). ``extra`` and
+    ``extra_metrics`` are a method's own manifest keys and metrics."""
     if trained.callback.stop_reason:
         raise Stopped(trained.callback.stop_reason)
-    folder = save_adapter(trained.trainer, ctx, setup.base)
+    folder = (save or save_adapter)(trained.trainer, ctx, setup.base)
     manifest = write_manifest(
         ctx,
         folder,
@@ -211,6 +217,10 @@ def finish(
         log_history=trained.trainer.state.log_history,
         trained_tokens=trained_tokens,
     )
+    if extra or extra_metrics:
+        manifest.update(extra or {})
+        manifest["metrics"].update(extra_metrics or {})
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     ctx.reporter.event("adapter saved; registering", data={"metrics": manifest["metrics"]})
     version_id = ctx.register(folder, manifest, setup.base)
     return RecipeResult(version_id, folder, manifest, manifest["metrics"], trained_tokens)
