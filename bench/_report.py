@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -62,7 +63,7 @@ def record(
     ``extra`` is kept in the JSON only (rows a benchmark merges across runs)."""
     script = Path(sys.argv[0]).resolve()
     shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
-    command = " ".join(["python", str(shown), *sys.argv[1:]])
+    command = shlex.join(["python", str(shown), *sys.argv[1:]])  # quoted as a shell needs it
     result = {
         "name": name,
         "title": title,
