@@ -36,7 +36,10 @@ def test_unknown_quantization_is_refused_with_the_valid_ones(tmp_path: Path) -> 
     assert not out.exists()
 
 
+# Heavy: an fp32 merge, two exports, three transformers loads and four perplexity passes take
+# 5 min on 2 cores; `make test-all` runs it, `make test` (CI) has the refusal test above.
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_gguf_exports_load_in_transformers_within_the_perplexity_bound(
     model_settings: object, tmp_path: Path
 ) -> None:

@@ -171,7 +171,10 @@ def test_a_reference_on_the_bare_base_is_refused(
     assert not any(e["type"] == "metrics" for e in reporter.events)
 
 
+# Heavy: a QLoRA SFT run and a QLoRA DPO run (3 min on 2 cores); the LoRA tests above keep the
+# check in `make test`, this one runs in `make test-all`.
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_qlora_reference_is_the_sft_adapter(
     trainer_model_settings: TrainerSettings, sft_file: Path, dpo_file: Path
 ) -> None:
