@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -41,7 +40,9 @@ RESULTS = REPO / "bench" / "results" / "train_throughput.json"
 
 
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is KiB
+    from shared.memory import peak_resident_bytes
+
+    return peak_resident_bytes() / 1024**3
 
 
 def rows(n: int) -> list[dict[str, Any]]:

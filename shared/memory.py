@@ -236,6 +236,18 @@ def available_memory(limit: int | None = None) -> int | None:
     return min(candidates) if candidates else None
 
 
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory (VmHWM), counted from its own ``exec``.
+
+    Not ``getrusage(...).ru_maxrss``: Linux carries the parent's high-water mark across fork and
+    exec into it, so a child started by a 4 GiB test process reports at least 4 GiB.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # kB
+    raise OSError("no VmHWM in /proc/self/status (not Linux?)")
+
+
 def plan_or_refuse(
     shape: ModelShape, p: PlanInput, available: int | None, *, may_checkpoint: bool = True
 ) -> tuple[MemoryPlan, PlanInput]:

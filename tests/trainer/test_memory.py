@@ -159,9 +159,10 @@ def test_checkpointing_pinned_off_is_refused_with_it_as_the_suggestion() -> None
 # One short SFT run of the embedded model in a fresh process (so nothing else this test session
 # allocated counts), reporting the plan the trainer itself made and the process's peak RSS.
 CHILD = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from services.trainer.config import TrainerSettings
+from shared.memory import peak_resident_bytes
 from tests.trainer.conftest import run_in_process
 
 data_dir, train, hp = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
@@ -169,7 +170,7 @@ settings = TrainerSettings(data_dir=data_dir, torch_threads=1)
 spec = {"method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}
 _, reporter = run_in_process(settings, spec, train)
 plan = next(e["data"]["memory"] for e in reporter.events if (e["data"] or {}).get("memory"))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+peak = peak_resident_bytes()
 print(json.dumps({"plan": plan, "peak_gib": peak / 1024**3}))
 """
 

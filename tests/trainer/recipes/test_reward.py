@@ -26,7 +26,7 @@ from tests.trainer.api.requests import (
 )
 from tests.trainer.conftest import order_pair, run_in_process, tiny_hyperparameters
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "extraction" / "dpo_train.jsonl"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "extraction" / "dpo_train.jsonl"
 
 
 def reward_spec(**data: Any) -> dict[str, Any]:
