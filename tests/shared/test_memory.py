@@ -3,12 +3,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from shared.errors import LoraplexError
-from shared.memory import GIB, ModelShape, PlanInput, estimate_plan, plan_or_refuse
+from shared.memory import (
+    GIB,
+    ModelShape,
+    PlanInput,
+    estimate_plan,
+    peak_resident_bytes,
+    plan_or_refuse,
+)
 from shared.model_shapes import KNOWN_MODELS
 
 SHAPE = ModelShape.from_config(KNOWN_MODELS["SmolLM2-135M"])
@@ -50,3 +60,18 @@ def test_checkpointing_is_switched_on_when_that_makes_the_job_fit() -> None:
         plan_or_refuse(SHAPE, LORA, budget, may_checkpoint=False)
     assert plan_or_refuse(SHAPE, LORA, None)[1] is LORA
     assert estimate_plan(SHAPE, LORA, available=GIB // 1024).fits is False
+
+
+def test_the_peak_of_a_child_does_not_count_its_parents() -> None:
+    # A child started by a big process (pytest late in a run) must report its own peak: with
+    # ru_maxrss it reported the parent's 512 MiB here, and 3.8 GiB in CI.
+    ballast = bytearray(512 * 1024**2)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page so it is resident
+    assert peak_resident_bytes() >= 512 * 1024**2
+    child = "from shared.memory import peak_resident_bytes; print(peak_resident_bytes())"
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", child], cwd=repo, capture_output=True, text=True, check=True
+    )
+    assert int(out.stdout) < 256 * 1024**2
+    del ballast
