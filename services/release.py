@@ -149,14 +149,25 @@ class HttpRelease:
         return version
 
     def evaluate(self, version: str) -> dict[str, Any]:
+        """One evaluation per baseline, in order; only the last asks for the promotion, and a
+        decision other than pass stops the release there."""
+        baselines = self.cfg.evaluation.baselines()
+        for i, baseline in enumerate(baselines):
+            last = i == len(baselines) - 1
+            run = self._evaluate(version, baseline, self.cfg.promote if last else None)
+            if not last and (run["status"] == "failed" or run.get("decision") != "pass"):
+                return run
+        return run
+
+    def _evaluate(self, version: str, baseline: str | None, promote: str | None) -> dict[str, Any]:
         ev = self.cfg.evaluation
         request = EvaluationCreate(
             candidate=version,
-            baseline=ev.baseline,
+            baseline=baseline,
             suite=ev.suite,
             data=resolve_path(self.root, ev.data),
             policy=policy_mapping(self.root, ev.policy),
-            promote=self.cfg.promote,
+            promote=promote,
             limit=ev.limit,
         )
         run = self._json(
@@ -301,19 +312,24 @@ def run_in_process(cfg: ReleaseConfig, root: Path, say: Say = _say) -> int:
         say(f"  trained {version}")
         policy = Path(tmp) / "policy.yaml"
         policy.write_text(yaml.safe_dump(policy_mapping(root, cfg.evaluation.policy)))
-        args = ["gate", "run", "--policy", str(policy), "--candidate", version]
-        args += ["--promote", cfg.promote]
-        ev = cfg.evaluation
-        for flag, value in (
-            ("--baseline", ev.baseline),
-            ("--suite", ev.suite if isinstance(ev.suite, str) else None),
-            ("--data", resolve_path(root, ev.data)),
-            ("--limit", str(ev.limit) if ev.limit else None),
-        ):
-            if value is not None:
-                args += [flag, value]
         say(f"[2/3] evaluate and gate {version}")
-        gate = subprocess.run(_loraplex(*args), check=False)
+        ev = cfg.evaluation
+        baselines = ev.baselines()
+        for i, baseline in enumerate(baselines):
+            args = ["gate", "run", "--policy", str(policy), "--candidate", version]
+            if i == len(baselines) - 1:  # only the last evaluation asks for the promotion
+                args += ["--promote", cfg.promote]
+            for flag, value in (
+                ("--baseline", baseline),
+                ("--suite", ev.suite if isinstance(ev.suite, str) else None),
+                ("--data", resolve_path(root, ev.data)),
+                ("--limit", str(ev.limit) if ev.limit else None),
+            ):
+                if value is not None:
+                    args += [flag, value]
+            gate = subprocess.run(_loraplex(*args), check=False)
+            if gate.returncode != 0:
+                break
         decision = decision_of(gate.returncode)
         say(
             f"[3/3] decision: {decision}; {cfg.adapter}:{cfg.promote} "

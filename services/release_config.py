@@ -48,9 +48,27 @@ class Evaluation(BaseModel):
 
     policy: str | dict[str, Any] = Field(description="Gate policy: YAML file path or mapping.")
     suite: str | dict[str, Any] | None = None
-    baseline: str | None = None
+    baseline: str | list[str] | None = Field(
+        default=None,
+        description=(
+            "What the candidate is compared with; a list runs one evaluation per baseline, in "
+            "order, and promotes only when it passes against each (e.g. [base, base+fewshot:4]: "
+            "beat the better of the base model zero-shot and shown 4 examples)."
+        ),
+    )
     data: str | None = None
     limit: int | None = Field(default=None, ge=1)
+
+    @field_validator("baseline")
+    @classmethod
+    def _baselines(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError("name one baseline or a list of different ones")
+        return value
+
+    def baselines(self) -> list[str | None]:
+        """The evaluations a release runs, one per baseline (None: the evaluator's default)."""
+        return list(self.baseline) if isinstance(self.baseline, list) else [self.baseline]
 
 
 class ReleaseConfig(BaseModel):

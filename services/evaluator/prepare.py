@@ -47,6 +47,8 @@ from shared.errors import ConflictError, ForbiddenError, NotFoundError, Validati
 from shared.registry import adapters, policies
 from shared.registry.db import Registry
 from shared.registry.models import DatasetRow, ProtectedAliasRow
+from shared.registry.move_rules import passing_run
+from shared.registry.names import first_baselines
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +97,35 @@ def _registered_policy(session: Any, protection: ProtectedAliasRow) -> Policy:
     return policy
 
 
-def _protected_baseline(
+def _protected_baselines(
     settings: EvaluatorSettings,
     session: Any,
     candidate: Subject,
     protection: ProtectedAliasRow,
     current: str | None,
-) -> Subject | fewshot.Request:
-    """What a protected alias's move must have been compared with: the version it serves now,
-    or the protection's first baseline for a first release."""
+) -> list[Subject | fewshot.Request]:
+    """What a protected alias's move may have been compared with: the version it serves now, or
+    for a first release the protection's first baselines (one or several; a move needs a pass
+    against each, which the registry checks)."""
     if current is not None:
-        return resolve_subject(settings, session, current, param="baseline")
-    return _baseline(settings, session, protection.first_baseline, candidate)
+        return [resolve_subject(settings, session, current, param="baseline")]
+    return [
+        _baseline(settings, session, name, candidate)
+        for name in first_baselines(protection.first_baseline)
+    ]
+
+
+def _next_required(
+    session: Any, candidate: Subject, policy: Policy, required: list[Subject | fewshot.Request]
+) -> Subject | fewshot.Request:
+    """The first required baseline the candidate has no pass against yet (the first if all)."""
+    if candidate.version_id is None:
+        return required[0]
+    for subject in required:
+        token = subject_token(subject)
+        if passing_run(session, candidate.version_id, policy.sha256(), {token}) is None:
+            return subject
+    return required[0]
 
 
 def _baseline(
@@ -282,7 +301,7 @@ def prepare(
             protection = policies.get_protection(
                 session, candidate.adapter_name or "", request.promote
             )
-        required: Subject | fewshot.Request | None = None
+        required: list[Subject | fewshot.Request] = []
         if protection is not None:
             protected = True
             label = f"{candidate.adapter_name}:{request.promote}"
@@ -298,22 +317,24 @@ def prepare(
                     "`policy` out to be gated under the registered one",
                     param="policy",
                 )
-            required = _protected_baseline(settings, session, candidate, protection, alias_expected)
+            required = _protected_baselines(
+                settings, session, candidate, protection, alias_expected
+            )
         baseline: Subject | fewshot.Request | None
         if request.baseline and request.baseline.lower() == "none":
             baseline = None
         elif request.baseline:
             baseline = _baseline(settings, session, request.baseline, candidate)
-        elif required is not None:
-            baseline = required
+        elif required:
+            assert policy is not None  # a protection always sets the registered policy
+            baseline = _next_required(session, candidate, policy, required)
         else:
             baseline = default_baseline(settings, session, candidate)
-        if required is not None and (
-            baseline is None or subject_token(baseline) != subject_token(required)
-        ):
+        tokens = [subject_token(r) for r in required]
+        if required and (baseline is None or subject_token(baseline) not in tokens):
             raise ForbiddenError(
                 f"alias {candidate.adapter_name}:{request.promote} is protected: it moves only on "
-                f"a comparison with {subject_token(required)}, not with "
+                f"a comparison with {' and with '.join(tokens)}, not with "
                 f"{subject_token(baseline) if baseline else 'no baseline'}; leave `baseline` out",
                 param="baseline",
             )

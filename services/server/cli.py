@@ -366,7 +366,11 @@ def protect_cmd(
         str, typer.Option(help="Registered gate policy: NAME (latest) or NAME@VERSION.")
     ],
     first_baseline: Annotated[
-        str, typer.Option(help="What a first release must be compared with ('base': base model).")
+        str,
+        typer.Option(
+            help="What a first release must beat ('base': base model); comma-separated for a "
+            "pass against each, e.g. base,base+fewshot:4."
+        ),
     ] = "base",
     reason: Annotated[str, typer.Option(help="Why; recorded.")] = "",
     actor: Actor = None,

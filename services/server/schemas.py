@@ -72,7 +72,10 @@ class ProtectionRequest(_Strict):
         default="base",
         min_length=1,
         max_length=255,
-        description="What a first release must have been compared with ('base': the base model).",
+        description=(
+            "What a first release must have been compared with ('base': the base model); several, "
+            "comma-separated, to require a pass against each (e.g. 'base,base+fewshot:4')."
+        ),
     )
     reason: str = Field(default="", max_length=2000)
     actor: str = Field(default="admin-api", max_length=128)

@@ -20,7 +20,7 @@ from shared.registry.models import (
     EvaluationRunRow,
     ProtectedAliasRow,
 )
-from shared.registry.names import BASE_BASELINE, parse_fewshot
+from shared.registry.names import BASE_BASELINE, first_baselines, parse_fewshot
 from shared.servability import check_registered_version
 
 
@@ -68,6 +68,39 @@ def check_target(
         )
 
 
+def accepted_names(baseline: str, target: AdapterVersionRow, first: bool) -> set[str]:
+    """How a run's ``baseline_version`` may name ``baseline``: for a first release, ``base`` is
+    also the target's base model by its registry name (and so for ``base+fewshot:K``)."""
+    accepted = {baseline}
+    if not first:
+        return accepted
+    fewshot = parse_fewshot(baseline, "first_baseline")
+    if baseline == BASE_BASELINE:
+        accepted.add(target.base_model)
+    elif fewshot is not None and fewshot[0] == BASE_BASELINE:
+        accepted.add(f"{target.base_model}+fewshot:{fewshot[1]}")
+    return accepted
+
+
+def passing_run(
+    session: Session, candidate: str, policy_sha256: str, names: set[str]
+) -> str | None:
+    """The latest passing evaluation of ``candidate`` against one of ``names`` under that policy
+    hash, or None."""
+    return session.scalar(
+        select(EvaluationRunRow.id)
+        .where(
+            EvaluationRunRow.candidate_version == candidate,
+            EvaluationRunRow.status == "succeeded",
+            EvaluationRunRow.decision == "pass",
+            EvaluationRunRow.policy_sha256 == policy_sha256,
+            EvaluationRunRow.baseline_version.in_(sorted(names)),
+        )
+        .order_by(EvaluationRunRow.created_at.desc())
+        .limit(1)
+    )
+
+
 def check_evidence(
     session: Session,
     label: str,
@@ -76,18 +109,26 @@ def check_evidence(
     previous: str | None,
     run_id: str | None,
 ) -> None:
-    """Rule (b): a passing evaluation of exactly this move under the protection's policy hash."""
-    baseline = previous or protection.first_baseline
+    """Rule (b): a passing evaluation of exactly this move under the protection's policy hash.
+
+    A first release of an alias whose ``first_baseline`` lists several baselines needs a passing
+    evaluation against each (an intersection-union test: each at the gate's level keeps the claim
+    "beats all of them" at that level, with no correction for the number of baselines)."""
+    first = previous is None
+    baselines = [previous] if previous is not None else first_baselines(protection.first_baseline)
+    wanted = " and against ".join(baselines)
     policy = (
         f"{protection.policy_name}@{protection.policy_version} "
         f"(sha256 {protection.policy_sha256[:12]})"
     )
 
     def refuse(why: str) -> ForbiddenError:
+        each = (
+            "a passing evaluation each" if len(baselines) > 1 else "the id of a passing evaluation"
+        )
         return ForbiddenError(
-            f"alias {label} is protected by policy {policy}: {why}. A move needs the id of a "
-            f"passing evaluation of {target.id} against {baseline} under that policy, or force "
-            "with a reason",
+            f"alias {label} is protected by policy {policy}: {why}. A move needs {each} of "
+            f"{target.id} against {wanted} under that policy, or force with a reason",
             param="evaluation_run_id",
         )
 
@@ -110,18 +151,27 @@ def check_evidence(
             f"evaluation {run_id} evaluated {run.candidate_version or 'no registered version'}, "
             f"not {target.id}"
         )
-    accepted = {baseline}
-    fewshot = parse_fewshot(baseline, "first_baseline") if previous is None else None
-    if previous is None and baseline == BASE_BASELINE:
-        accepted.add(target.base_model)  # the bare base model, named by its registry name
-    elif fewshot is not None and fewshot[0] == BASE_BASELINE:
-        accepted.add(f"{target.base_model}+fewshot:{fewshot[1]}")
-    if run.baseline_version not in accepted:
+    others = [b for b in baselines if run.baseline_version not in accepted_names(b, target, first)]
+    if len(others) == len(baselines):
         raise refuse(
-            f"evaluation {run_id} compared with {run.baseline_version or 'nothing'}, not {baseline}"
+            f"evaluation {run_id} compared with {run.baseline_version or 'nothing'}, not "
+            + " or ".join(baselines)
         )
     if run.policy_sha256 != protection.policy_sha256:
         raise refuse(
             f"evaluation {run_id} was gated under policy sha256 "
             f"{(run.policy_sha256 or 'none')[:12]}, not the protection's"
+        )
+    missing = [
+        b
+        for b in others
+        if passing_run(
+            session, target.id, protection.policy_sha256, accepted_names(b, target, first)
+        )
+        is None
+    ]
+    if missing:
+        raise refuse(
+            f"evaluation {run_id} passed against {run.baseline_version}, but no evaluation of "
+            f"{target.id} has passed against {' or '.join(missing)} under that policy yet"
         )

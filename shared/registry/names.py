@@ -37,6 +37,13 @@ def parse_fewshot(name: str, param: str = "baseline") -> tuple[str, int] | None:
     return found["base"], k
 
 
+def first_baselines(value: str) -> list[str]:
+    """The baselines a protected alias's first release must beat, in order: ``first_baseline``
+    holds one name or several, comma-separated (``base,base+fewshot:4``: the best of the base
+    model zero-shot and shown 4 examples)."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
 def check_adapter_name(name: str, param: str = "name") -> str:
     if not NAME_RE.match(name):
         raise ValidationError(

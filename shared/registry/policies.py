@@ -33,7 +33,7 @@ from shared.registry.models import (
     ProtectedAliasRow,
     ProtectionEventRow,
 )
-from shared.registry.names import parse_fewshot
+from shared.registry.names import first_baselines, parse_fewshot
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,24 @@ def list_protections(session: Session) -> list[ProtectedAliasRow]:
     )
 
 
+def _check_first_baseline(session: Session, name: str) -> None:
+    # A typo here would leave the alias movable only by force: accept only what an evaluation
+    # can name as its baseline.
+    fewshot = parse_fewshot(name, "first_baseline")
+    base_name = fewshot[0] if fewshot else name
+    if not (
+        base_name == BASE_BASELINE
+        or (fewshot is None and VERSION_ID_RE.match(name))
+        or session.get(BaseModelRow, base_name) is not None
+    ):
+        raise ValidationError(
+            f"first_baseline {name!r} is not {BASE_BASELINE!r}, a version id (name@vN), "
+            f"a registered base model, or one of those bases prompted with examples "
+            f"({BASE_BASELINE}+fewshot:K)",
+            param="first_baseline",
+        )
+
+
 def protect_alias(
     session: Session,
     adapter_name: str,
@@ -152,25 +170,22 @@ def protect_alias(
     reason: str = "",
 ) -> ProtectedAliasRow:
     """Protect ``adapter_name:alias`` with one policy version (None: the latest now); protecting
-    an already protected alias replaces its policy. Recorded in ``protection_events``."""
+    an already protected alias replaces its policy. Recorded in ``protection_events``.
+
+    ``first_baseline`` may name several baselines, comma-separated: a first release must then pass
+    against each (``base,base+fewshot:4``: beat the better of zero-shot and few-shot base)."""
     check_adapter_name(adapter_name, "adapter")
     check_alias(alias)
-    first_baseline = first_baseline.strip()
-    # A typo here would leave the alias movable only by force: accept only what an evaluation
-    # can name as its baseline.
-    fewshot = parse_fewshot(first_baseline, "first_baseline")
-    base_name = fewshot[0] if fewshot else first_baseline
-    if not (
-        base_name == BASE_BASELINE
-        or (fewshot is None and VERSION_ID_RE.match(first_baseline))
-        or session.get(BaseModelRow, base_name) is not None
-    ):
+    listed = first_baselines(first_baseline)
+    if not listed or len(set(listed)) != len(listed):
         raise ValidationError(
-            f"first_baseline {first_baseline!r} is not {BASE_BASELINE!r}, a version id (name@vN), "
-            f"a registered base model, or one of those bases prompted with examples "
-            f"({BASE_BASELINE}+fewshot:K)",
+            f"first_baseline {first_baseline!r}: name one baseline, or several different ones "
+            "separated by commas",
             param="first_baseline",
         )
+    for name in listed:
+        _check_first_baseline(session, name)
+    first_baseline = ",".join(listed)
     policy = get_policy(session, policy_name, policy_version)
     # Serialise with a concurrent move of this alias (which reads the protection under this lock).
     lock_alias(session, adapter_name, alias)

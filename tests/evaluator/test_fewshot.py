@@ -10,16 +10,20 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 import pytest
+import yaml
 
 from services.evaluator import fewshot, service
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.data import EvalItem
+from services.evaluator.policy import parse_policy
+from services.evaluator.prepare import prepare
 from services.evaluator.schemas import EvaluationCreate
 from services.evaluator.subjects import Subject
 from shared.artifacts import open_store
 from shared.basemodel import ResolvedBaseModel
 from shared.datasets.records import Example, Location, Message
-from shared.errors import ValidationError
+from shared.errors import ForbiddenError, ValidationError
+from shared.registry import adapters, policies
 from shared.registry.db import Registry
 from shared.registry.names import parse_fewshot
 
@@ -276,3 +280,26 @@ def test_an_adapter_no_better_than_prompting_fails_against_few_shot_and_not_agai
     assert "Few-shot baseline" not in zero.paths["html"].read_text()
     junit = ET.fromstring(few.paths["junit"].read_text())
     assert junit.find(".//testcase[@name='few-shot base']") is not None
+
+    # An alias that must beat the better of the two (first_baseline "base,base+fewshot:4") does
+    # not move on the zero-shot pass alone: the pass against the few-shot base is missing.
+    body = yaml.safe_load(POLICY)
+    with ev_registry.session() as s:
+        policies.register_policy(s, "prompting", body, parse_policy(POLICY).sha256(), actor="admin")
+        policies.protect_alias(
+            s, "echo", "prod", "prompting", first_baseline="base,base+fewshot:4", actor="admin"
+        )
+    with (
+        pytest.raises(ForbiddenError, match="has passed against base\\+fewshot:4 under that"),
+        ev_registry.session() as s,
+    ):
+        adapters.set_alias(s, "echo", "prod", vid, evaluation_run_id=zero.run_id)
+    # A promotion request compares with what is still missing, and with nothing else.
+    promote = EvaluationCreate(candidate=vid, data=str(data), suite=SUITE, promote="prod")
+    prepared = prepare(ev_settings, ev_registry, promote, local=True, complete=False)
+    assert str(prepared.evidence()["baseline_version"]).endswith("+fewshot:4")
+    elsewhere = promote.model_copy(update={"baseline": "base+fewshot:2"})
+    with pytest.raises(ForbiddenError, match=r"only on a comparison with .*fewshot:4"):
+        prepare(ev_settings, ev_registry, elsewhere, local=True, complete=False)
+    with ev_registry.session() as s:
+        assert adapters.get_alias(s, "echo", "prod") is None

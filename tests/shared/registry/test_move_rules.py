@@ -7,7 +7,7 @@ import pytest
 
 from shared.errors import ConflictError, ForbiddenError
 from shared.registry.db import Registry
-from shared.registry.models import AdapterVersionRow, ProtectedAliasRow
+from shared.registry.models import AdapterVersionRow, EvaluationRunRow, ProtectedAliasRow
 from shared.registry.move_rules import check_evidence, check_target
 from tests.shared.registry.seed import SHA_A, add_version, seed_base
 
@@ -53,3 +53,77 @@ def test_a_protected_move_without_a_passing_run_is_forbidden(
         assert target is not None
         with pytest.raises(ForbiddenError, match=f"protected by policy shop@1 .*: {why}"):
             check_evidence(s, "bot:prod", PROTECTION, target, None, run_id)
+
+
+# A first release that must beat the better of the base model zero-shot and shown 4 examples.
+BEST_OF = ProtectedAliasRow(
+    adapter_name="bot",
+    alias="prod",
+    policy_name="shop",
+    policy_version=1,
+    policy_sha256="e" * 64,
+    first_baseline="base,base+fewshot:4",
+)
+
+
+def _run(
+    registry: Registry,
+    run_id: str,
+    candidate: str,
+    baseline: str,
+    *,
+    decision: str = "pass",
+    policy_sha256: str = "e" * 64,
+) -> None:
+    with registry.session() as s:
+        s.add(
+            EvaluationRunRow(
+                id=run_id,
+                status="succeeded",
+                candidate=candidate,
+                baseline=baseline,
+                decision=decision,
+                candidate_version=candidate,
+                baseline_version=baseline,
+                policy_sha256=policy_sha256,
+            )
+        )
+
+
+def _move(registry: Registry, vid: str, run_id: str) -> None:
+    with registry.session() as s:
+        target = s.get(AdapterVersionRow, vid)
+        assert target is not None
+        check_evidence(s, "bot:prod", BEST_OF, target, None, run_id)
+
+
+def test_a_first_release_against_several_baselines_needs_a_pass_against_each(
+    registry: Registry,
+) -> None:
+    seed_base(registry)
+    vid = add_version(registry, SHA_A)
+    _run(registry, "few", vid, "tiny+fewshot:4")
+    with pytest.raises(ForbiddenError) as caught:
+        _move(registry, vid, "few")
+    assert (
+        f"evaluation few passed against tiny+fewshot:4, but no evaluation of {vid} has passed "
+        "against base under that policy yet" in caught.value.message
+    )
+    assert "against base and against base+fewshot:4 under that policy" in caught.value.message
+    # What does not count as the other pass: a fail, or a pass under another policy.
+    _run(registry, "zero-fail", vid, "tiny", decision="fail")
+    _run(registry, "zero-other", vid, "tiny", policy_sha256="d" * 64)
+    with pytest.raises(ForbiddenError, match="has passed against base under that policy yet"):
+        _move(registry, vid, "few")
+    _run(registry, "zero", vid, "tiny")
+    _move(registry, vid, "few")  # both passed: the move is allowed, by either run's id
+    _move(registry, vid, "zero")
+
+
+def test_a_pass_against_a_baseline_not_listed_moves_nothing(registry: Registry) -> None:
+    seed_base(registry)
+    vid = add_version(registry, SHA_A)
+    _run(registry, "zero", vid, "tiny")
+    _run(registry, "eight", vid, "tiny+fewshot:8")
+    with pytest.raises(ForbiddenError, match="compared with tiny\\+fewshot:8, not base or base"):
+        _move(registry, vid, "eight")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import ValidationError
-from shared.registry.policies import check_policy_name, parse_policy_ref
+from shared.registry.db import Registry
+from shared.registry.policies import (
+    check_policy_name,
+    get_protection,
+    parse_policy_ref,
+    protect_alias,
+    register_policy,
+)
+from tests.shared.registry.seed import seed_base
 
 
 @pytest.mark.parametrize(
@@ -27,3 +35,35 @@ def test_a_bad_reference_names_the_parameter(ref: str) -> None:
 
 def test_a_valid_name_is_returned_unchanged() -> None:
     assert check_policy_name("a" * 128) == "a" * 128
+
+
+def test_first_baseline_may_list_several_baselines(registry: Registry) -> None:
+    seed_base(registry)
+    with registry.session() as s:
+        register_policy(s, "gate", {"rules": []}, "e" * 64, actor="admin")
+        row = protect_alias(
+            s, "bot", "prod", "gate", first_baseline=" base , tiny+fewshot:4", actor="admin"
+        )
+        assert row.first_baseline == "base,tiny+fewshot:4"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("base,base", "several different ones separated by commas"),
+        (" , ", "name one baseline"),
+        ("base,nope", "first_baseline 'nope' is not 'base'"),
+        ("base,base+fewshot:40", "the number of examples must be 1-16"),
+    ],
+)
+def test_a_bad_first_baseline_list_is_refused_and_nothing_stored(
+    registry: Registry, value: str, why: str
+) -> None:
+    seed_base(registry)
+    with registry.session() as s:
+        register_policy(s, "gate", {"rules": []}, "e" * 64, actor="admin")
+    with pytest.raises(ValidationError, match=why) as caught, registry.session() as s:
+        protect_alias(s, "bot", "prod", "gate", first_baseline=value, actor="admin")
+    assert caught.value.param == "first_baseline"
+    with registry.session() as s:
+        assert get_protection(s, "bot", "prod") is None
