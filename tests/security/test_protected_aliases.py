@@ -424,6 +424,34 @@ def test_a_few_shot_first_baseline_moves_only_on_that_comparison(
         assert alias is not None and alias.version_id == world["v2"]
 
 
+def test_a_best_of_first_release_does_not_move_on_one_of_its_baselines(
+    registry: Registry, world: dict[str, str]
+) -> None:
+    # delta must first beat the better of the zero-shot and the few-shot base: the attacker holds
+    # a pass against the zero-shot base only (the easier bar), then one under another policy.
+    with registry.session() as s:
+        policies.protect_alias(
+            s, "bot", "delta", "extraction-gate", first_baseline="base,base+fewshot:4", actor="a"
+        )
+
+    def move(s: Any) -> object:
+        return reg.set_alias(s, "bot", "delta", world["v2"], actor="m", evaluation_run_id="e0")
+
+    _run(registry, "e0", world["v2"], BASE)
+    for other_policy in (None, "9" * 64):
+        if other_policy:
+            _run(registry, "e1", world["v2"], f"{BASE}+fewshot:4", policy_sha=other_policy)
+        error = _refused(registry, ForbiddenError, "passed against base\\+fewshot:4", move)
+        assert "against base and against base+fewshot:4" in error.message
+        with registry.session() as s:
+            assert reg.get_alias(s, "bot", "delta") is None
+    _run(registry, "e2", world["v2"], f"{BASE}+fewshot:4")
+    with registry.session() as s:
+        move(s)
+        alias = reg.get_alias(s, "bot", "delta")
+        assert alias is not None and alias.version_id == world["v2"]
+
+
 def test_protection_pins_one_policy_version_and_unprotect_is_recorded(
     registry: Registry, world: dict[str, str]
 ) -> None:
