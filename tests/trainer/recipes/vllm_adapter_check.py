@@ -1,7 +1,7 @@
 """Load a trained adapter into vLLM (offline engine) and generate with it; prints VLLM_OK.
 
 Run as a script: vLLM's engine spawns processes, so it must start under ``__main__``.
-Usage: ``python tests/trainer/vllm_adapter_check.py BASE_DIR ADAPTER_DIR``.
+Usage: ``python tests/trainer/recipes/vllm_adapter_check.py BASE_DIR ADAPTER_DIR``.
 """
 
 from __future__ import annotations
