@@ -83,14 +83,6 @@ PENDING = {
     "services/trainer/job_reporter.py",
     "services/trainer/job_views.py",
     "services/trainer/jobs.py",
-    "services/trainer/recipes/callbacks.py",
-    "services/trainer/recipes/context.py",
-    "services/trainer/recipes/data.py",
-    "services/trainer/recipes/dpo.py",
-    "services/trainer/recipes/saving.py",
-    "services/trainer/recipes/setup.py",
-    "services/trainer/recipes/sft.py",
-    "services/trainer/recipes/training.py",
 }
 
 
