@@ -16,6 +16,7 @@ from services.evaluator.contamination import TrainingData
 from services.evaluator.data import EvalData, EvalItem
 from services.evaluator.generation import check_server
 from services.evaluator.metrics import catalogue
+from services.evaluator.reward import RewardModel
 from services.evaluator.subjects import Subject
 from services.evaluator.suite import Suite, enabled_components
 from shared.errors import SystemFailure, ValidationError
@@ -43,6 +44,8 @@ class RunPlan:
     training: TrainingData | str = "the candidate's lineage names no training data"
     # False: prepared to validate a request (an API submit), without what only a run reads.
     complete: bool = True
+    # The suite's reward model (``reward.score``), resolved and checked.
+    reward_model: RewardModel | None = None
 
     @property
     def subjects(self) -> list[tuple[str, Subject]]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.evaluator import contamination, fewshot
+from services.evaluator import contamination, fewshot, reward
 from services.evaluator.access import (
     allowed_file,
     judge_endpoint,
@@ -263,6 +263,15 @@ def _training(
     return found, suite
 
 
+def _reward_model(
+    settings: EvaluatorSettings, registry: Registry, suite: Suite
+) -> reward.RewardModel | None:
+    if not suite.reward.enabled:
+        return None
+    with registry.read_session() as session:
+        return reward.resolve(settings, session, suite.reward.model)
+
+
 def prepare(
     settings: EvaluatorSettings,
     registry: Registry,
@@ -353,6 +362,7 @@ def prepare(
         suite.limit = request.limit
     training, suite = _training(settings, registry, candidate, suite, policy, complete)
     judge = judge_endpoint(settings, suite, server)
+    scorer = _reward_model(settings, registry, suite)
     keep_markup = request.keep_markup
     if keep_markup is None:  # references cleaned as the candidate's training targets were
         keep_markup = bool(training_data_config(candidate.manifest).get("keep_markup", False))
@@ -382,6 +392,7 @@ def prepare(
         training_files=training_files,
         training=training,
         complete=complete,
+        reward_model=scorer,
     )
     validate_plan(plan)
     if check_endpoints:

@@ -45,6 +45,7 @@ class Runner:
         self.tracker = tracker or Tracker(stages(plan), run_id=plan.run_id)
         self._models: LocalModels | None = None
         self._training_pii: Any = None  # pii_leak.TrainingPii, read once for both subjects
+        self._reward_scorer: Any = None  # reward.Scorer, its model loaded once for both subjects
         self.timings: dict[str, float] = {}
 
     @property
@@ -152,6 +153,8 @@ class Runner:
                 )
             if "pii" in run:
                 self._pii(role, res, items, answers[role])
+            if "reward" in run:
+                self._reward(role, res, items, answers[role])
             if "perplexity" in run:
                 t0 = time.perf_counter()
                 label, units = stage_label("perplexity", role), stage_units(plan, "perplexity")
@@ -242,6 +245,23 @@ class Runner:
         with self.tracker.stage(stage_label("pii", role), stage_units(self.plan, "pii")) as adv:
             pii_leak.score(res, items, outs, self._training_pii, part, self.plan.suite.confidence)
             adv(len(items))
+
+    def _reward(
+        self, role: str, res: SubjectResult, items: list[EvalItem], outs: list[str]
+    ) -> None:
+        from services.evaluator import reward
+
+        plan = self.plan
+        assert plan.reward_model is not None  # prepare resolves it whenever the part is on
+        if self._reward_scorer is None:
+            self._reward_scorer = reward.Scorer(
+                plan.reward_model, plan.suite.reward, plan.suite.dtype
+            )
+        t0 = time.perf_counter()
+        with self.tracker.stage(stage_label("reward", role), stage_units(plan, "reward")) as adv:
+            reward.score(res, items, outs, self._reward_scorer, plan.suite.confidence)
+            adv(len(items))
+        self.timings[f"reward_{role}_s"] = time.perf_counter() - t0
 
     def _judge(
         self, result: RunResult, items: list[EvalItem], answers: dict[str, list[str]]

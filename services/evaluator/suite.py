@@ -115,6 +115,19 @@ class PiiPart(_Part):
     )
 
 
+class RewardPart(_Part):
+    model: str | None = Field(
+        default=None,
+        max_length=255,
+        description="registered reward model (name@vN or name:alias, trained with method "
+        "'reward') that scores each answer",
+    )
+    max_length: int = Field(
+        default=2048, ge=16, description="longer prompt + answer items are left out, not cut"
+    )
+    batch_size: int = Field(default=8, ge=1)
+
+
 class ContaminationPart(_Part):
     # On by default: it runs whenever the candidate's lineage names training data (prepare.py),
     # because an evaluation set nobody checked can hold memorised items.
@@ -146,6 +159,7 @@ class Suite(BaseModel):
     forgetting: ForgettingPart = Field(default_factory=ForgettingPart)
     parity: ParityPart = Field(default_factory=ParityPart)
     pii: PiiPart = Field(default_factory=PiiPart)
+    reward: RewardPart = Field(default_factory=RewardPart)
     contamination: ContaminationPart = Field(default_factory=ContaminationPart)
 
     def needs_local_model(self, server: bool) -> bool:

@@ -263,6 +263,13 @@ CATALOGUE: dict[str, MetricSpec] = {
             description="share of outputs reproducing PII of the candidate's training data",
         ),
         MetricSpec(
+            "reward.score",
+            "reward",
+            True,
+            "continuous",
+            description="the reward model's scalar score of prompt + answer",
+        ),
+        MetricSpec(
             "contamination.rate",
             "contamination",
             False,

@@ -91,6 +91,15 @@ COMPONENTS: dict[str, ComponentSpec] = {
             units=lambda _suite, n: n,
         ),
         ComponentSpec(
+            "reward",
+            "answers scored by a registered reward model (method 'reward')",
+            "services.evaluator.reward",
+            needs_prompts=True,
+            needs_answers=True,
+            stage="reward",
+            units=lambda _suite, n: n,
+        ),
+        ComponentSpec(
             "contamination",
             "evaluation items compared with the candidate's training rows (exact and 8-gram)",
             "services.evaluator.contamination",

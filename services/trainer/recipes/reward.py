@@ -37,8 +37,7 @@ from services.trainer.recipes.setup import check_lora_servable
 from services.trainer.recipes.training import ModelSetup, decisions, fit_memory, setup_model, train
 from shared.datasets import RenderedPair
 from shared.errors import SystemFailure, ValidationError
-
-SCORE_BATCH = 8  # sequences per forward pass when scoring held-out pairs
+from shared.reward_models import score_sequences
 
 
 def pair_rows(pairs: Sequence[RenderedPair], max_length: int) -> tuple[list[dict[str, Any]], int]:
@@ -63,33 +62,6 @@ def pair_accuracy(chosen: Sequence[float], rejected: Sequence[float]) -> float:
             f"need equal, non-empty score lists, got {len(chosen)} and {len(rejected)}"
         )
     return sum(1 for c, r in zip(chosen, rejected, strict=True) if c > r) / len(chosen)
-
-
-def score_sequences(
-    model: Any, sequences: Sequence[list[int]], pad_id: int, batch: int = SCORE_BATCH
-) -> list[float]:
-    """The model's scalar score of each token sequence (right-padded batches, eval mode)."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    scores: list[float] = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(sequences), batch):
-                chunk = sequences[start : start + batch]
-                width = max(len(s) for s in chunk)
-                ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for i, s in enumerate(chunk):
-                    ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-                    mask[i, : len(s)] = 1
-                out = model(input_ids=ids.to(device), attention_mask=mask.to(device))
-                scores += [float(x) for x in out.logits.float().view(-1).cpu()]
-    finally:
-        model.train(was_training)
-    return scores
 
 
 def held_out_accuracy(model: Any, rows: Sequence[dict[str, Any]], pad_id: int) -> float:
