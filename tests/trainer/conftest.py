@@ -1,17 +1,32 @@
-"""Fixtures for the trainer: settings on a temporary data dir, the API client, tiny datasets."""
+"""Fixtures for the trainer: settings on a temporary data dir, the API client, tiny datasets,
+registry jobs without a model, and the service run as child processes."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from services.trainer.config import TrainerSettings
+from services.trainer.jobs import add_event
+from shared.registry.models import TrainingJobRow
 from shared.settings import SharedSettings
+
+if TYPE_CHECKING:
+    from services.trainer.worker import Worker
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = "smollm2-135m-instruct"
 
 SYSTEM = "Extract the order as JSON with keys name, item, quantity, color, size, city."
 
@@ -182,3 +197,108 @@ def run_in_process(
     )
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
     return get_method(job.method.type).load_recipe()(ctx), reporter
+
+
+@pytest.fixture
+def tsettings(registry_settings: SharedSettings) -> TrainerSettings:
+    return TrainerSettings(
+        data_dir=registry_settings.data_dir,
+        database_url=registry_settings.database_url,
+        worker_stale_s=30,
+        max_attempts=2,
+    )
+
+
+def make_jobs(worker: Worker, n: int) -> list[str]:
+    ids = [f"ftjob-test{i:03d}" for i in range(n)]
+    with worker.registry.session() as s:
+        for job_id in ids:
+            s.add(
+                TrainingJobRow(
+                    id=job_id,
+                    status="validating_files",
+                    base_model="smollm2-135m-instruct",
+                    adapter_name="t",
+                    training_file="file-x",
+                    config={"training_file": "file-x"},
+                )
+            )
+            s.flush()
+            add_event(s, job_id, "created")
+    return ids
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Processes:
+    """Child processes of one test; all of them are killed at the end, by pid."""
+
+    def __init__(self, settings: TrainerSettings, log_dir: Path) -> None:
+        self.env = {
+            **os.environ,
+            "LORAPLEX_DATA_DIR": str(settings.data_dir),
+            "LORAPLEX_WORKER_HEARTBEAT_S": "0.5",
+            "LORAPLEX_WORKER_STALE_S": "4",
+            "LORAPLEX_WORKER_POLL_S": "0.5",
+            "LORAPLEX_TORCH_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.log_dir = log_dir
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{name}-{len(self.children)}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, *args], cwd=REPO, env={**self.env, **env}, stdout=log, stderr=log
+        )
+        self.children.append(proc)
+        return proc
+
+    def worker(self) -> subprocess.Popen[bytes]:
+        return self.start("worker", "-m", "services.trainer.worker")
+
+    def api(self) -> str:
+        port = free_port()
+        self.start("api", "-m", "services.trainer.api.app", LORAPLEX_TRAINER_PORT=str(port))
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _healthy(url), 60, "trainer API to start")
+        return url
+
+    def close(self) -> None:
+        for proc in self.children:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text()[-3000:] for p in sorted(self.log_dir.glob("*.log")))
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def procs(trainer_model_settings: TrainerSettings, tmp_path: Path) -> Iterator[Processes]:
+    p = Processes(trainer_model_settings, tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()

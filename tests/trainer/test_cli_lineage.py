@@ -259,15 +259,3 @@ def test_train_run_continues_from_a_base_adapter_and_refuses_an_unknown_one(
             assert session.query(DatasetRow).count() == 1
     finally:
         registry.dispose()
-
-
-@pytest.mark.parametrize(
-    "name", ["orders.jsonl", "my data:v2 (ü).jsonl", "..hidden.jsonl", "a..b.jsonl", "ü" * 300]
-)
-def test_local_file_names_become_allowed_upload_names(name: str) -> None:
-    from services.trainer.files import check_filename, local_filename
-
-    safe = local_filename(Path("/some/folder") / name)
-    assert check_filename(safe) == safe
-    if name == "orders.jsonl":
-        assert safe == name  # plain names are kept as they are

@@ -1,53 +1,33 @@
 """Claiming jobs safely with several workers: compare-and-set, heartbeats, takeover, cancel.
 
-These run without a model: they exercise the registry protocol only, on SQLite and PostgreSQL.
+Most run without a model: they exercise the registry protocol only, on SQLite and PostgreSQL. The
+slow ones run the API and workers as separate processes: a worker killed with SIGKILL mid-job is
+replaced and the job resumes from its checkpoint and ends with exactly one adapter version; a
+cancel stops training and keeps nothing.
 """
 
 from __future__ import annotations
 
-import logging
+import json
+import os
+import signal
 import threading
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from services.trainer.config import TrainerSettings
 from services.trainer.job_reporter import CLAIM_LOST, JobReporter
-from services.trainer.jobs import add_event, cancel_job
 from services.trainer.worker import Worker
-from shared.registry.models import JobEventRow, TrainingJobRow, utcnow
-from shared.settings import SharedSettings
-
-
-@pytest.fixture
-def tsettings(registry_settings: SharedSettings) -> TrainerSettings:
-    return TrainerSettings(
-        data_dir=registry_settings.data_dir,
-        database_url=registry_settings.database_url,
-        worker_stale_s=30,
-        max_attempts=2,
-    )
-
-
-def make_jobs(worker: Worker, n: int) -> list[str]:
-    ids = [f"ftjob-test{i:03d}" for i in range(n)]
-    with worker.registry.session() as s:
-        for job_id in ids:
-            s.add(
-                TrainingJobRow(
-                    id=job_id,
-                    status="validating_files",
-                    base_model="smollm2-135m-instruct",
-                    adapter_name="t",
-                    training_file="file-x",
-                    config={"training_file": "file-x"},
-                )
-            )
-            s.flush()
-            add_event(s, job_id, "created")
-    return ids
+from shared.registry.adapters import list_versions
+from shared.registry.db import open_registry
+from shared.registry.models import TrainingJobRow, utcnow
+from tests.trainer.conftest import BASE, Processes, make_jobs, tiny_hyperparameters, wait_for
 
 
 def test_each_job_is_claimed_by_exactly_one_worker(tsettings: TrainerSettings) -> None:
@@ -111,19 +91,6 @@ def test_too_many_attempts_fail_the_job_as_a_system_error(tsettings: TrainerSett
         row = s.get(TrainingJobRow, job_id)
         assert row is not None and row.status == "failed"
         assert row.error is not None and row.error["type"] == "system_error"
-    w.registry.dispose()
-
-
-def test_cancel_before_and_after_a_worker_claims(tsettings: TrainerSettings) -> None:
-    w = Worker(tsettings, "w")
-    first, second = make_jobs(w, 2)
-    with w.registry.session() as s:
-        assert cancel_job(s, first).status == "cancelled"
-    assert w.claim() == second  # the cancelled job is never claimed
-    with w.registry.session() as s:
-        job = cancel_job(s, second)
-        assert job.status == "validating_files" and job.cancel_requested
-    assert JobReporter(w, second).should_stop() == "cancelled"
     w.registry.dispose()
 
 
@@ -200,29 +167,104 @@ def test_a_restarted_worker_with_the_same_id_fences_its_old_claim(
     new.registry.dispose()
 
 
-def test_event_kinds_drive_the_log_lines_and_rows_keep_their_types(
-    tsettings: TrainerSettings, caplog: pytest.LogCaptureFixture
-) -> None:
-    from services.trainer.recipes.context import EventKind
+def job_row(settings: TrainerSettings, job_id: str) -> TrainingJobRow:
+    registry = open_registry(settings)
+    try:
+        with registry.session() as s:
+            row = s.get(TrainingJobRow, job_id)
+            assert row is not None
+            s.expunge(row)
+            return row
+    finally:
+        registry.dispose()
 
-    w = Worker(tsettings, "w")
-    (job_id,) = make_jobs(w, 1)
-    reporter = JobReporter(w, job_id)
-    with caplog.at_level(logging.INFO, logger="loraplex.trainer.worker"):
-        # The wording is free: the kind, not the message's prefix, names the log line.
-        reporter.event("resuming: step 3 of 9", type=EventKind.STARTED, data={"step": 3})
-        reporter.event("data looks fine", type=EventKind.VALIDATION, data={})
-        reporter.event("training started, or so this message says")
-    names = [
-        r.getMessage().split()[0] for r in caplog.records if r.name == "loraplex.trainer.worker"
-    ]
-    assert names == [
-        "job.started",
-        "job.data_validated",
-    ]
-    with w.registry.session() as s:
-        rows = s.scalars(
-            select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id)
-        ).all()
-        assert [r.type for r in rows] == ["message", "message", "validation", "message"]
-    w.registry.dispose()
+
+def _upload_and_create(url: str, path: Path, hyperparameters: dict[str, Any], suffix: str) -> str:
+    with path.open("rb") as fh:
+        file_id = httpx.post(
+            f"{url}/v1/files", files={"file": (path.name, fh)}, data={"purpose": "fine-tune"}
+        ).json()["id"]
+    body = {
+        "model": BASE,
+        "training_file": file_id,
+        "suffix": suffix,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+    }
+    resp = httpx.post(f"{url}/v1/fine_tuning/jobs", json=body)
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["id"])
+
+
+def _events(url: str, job_id: str) -> list[dict[str, Any]]:
+    resp = httpx.get(f"{url}/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1000})
+    return list(reversed(resp.json()["data"]))
+
+
+@pytest.mark.slow
+def test_kill_9_worker_resumes_from_checkpoint_with_one_version(
+    procs: Processes, trainer_model_settings: TrainerSettings, sft_file: Path
+) -> None:
+    url = procs.api()
+    job_id = _upload_and_create(
+        url, sft_file, tiny_hyperparameters(max_steps=4, save_steps=2), "resumed"
+    )
+    first = procs.worker()
+    wait_for(
+        lambda: any(
+            (e.get("data") or {}).get("kind") == "checkpoint" for e in _events(url, job_id)
+        ),
+        600,
+        "the first checkpoint",
+    )
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    assert job_row(trainer_model_settings, job_id).status == "running"
+    procs.worker()
+    wait_for(
+        lambda: job_row(trainer_model_settings, job_id).status in ("succeeded", "failed"),
+        600,
+        "the resumed job to finish",
+    )
+    row = job_row(trainer_model_settings, job_id)
+    assert row.status == "succeeded", (row.error, procs.logs())
+    assert row.attempts == 2 and row.result_version_id == "resumed@v1"
+    messages = [e["message"] for e in _events(url, job_id)]
+    assert any("taking over from" in m for m in messages)
+    assert any(m.startswith("resuming from checkpoint-") for m in messages)
+    registry = open_registry(trainer_model_settings)
+    with registry.session() as s:
+        (version,) = list_versions(s, "resumed")
+        steps = [step for step, _ in version.manifest["loss_curve"]]
+    registry.dispose()
+    assert steps == [1, 2, 3, 4]
+    assert not (trainer_model_settings.work_dir / job_id).exists()
+
+
+@pytest.mark.slow
+def test_cancel_stops_at_the_next_step_and_keeps_nothing(
+    procs: Processes, trainer_model_settings: TrainerSettings, sft_file: Path
+) -> None:
+    url = procs.api()
+    job_id = _upload_and_create(
+        url, sft_file, tiny_hyperparameters(max_steps=40, save_steps=1), "cancelled"
+    )
+    procs.worker()
+    wait_for(
+        lambda: any(e["type"] == "metrics" for e in _events(url, job_id)), 600, "training to start"
+    )
+    resp = httpx.post(f"{url}/v1/fine_tuning/jobs/{job_id}/cancel")
+    assert resp.status_code == 200 and resp.json()["cancel_requested"]
+    wait_for(
+        lambda: job_row(trainer_model_settings, job_id).status == "cancelled", 300, "cancellation"
+    )
+    steps = [e["data"]["step"] for e in _events(url, job_id) if e["type"] == "metrics"]
+    assert max(steps) < 40
+    assert not (trainer_model_settings.work_dir / job_id).exists()
+    registry = open_registry(trainer_model_settings)
+    with registry.session() as s:
+        assert list_versions(s, "cancelled") == []
+    registry.dispose()
+    assert (
+        json.loads(httpx.get(f"{url}/v1/fine_tuning/jobs/{job_id}").text)["fine_tuned_model"]
+        is None
+    )

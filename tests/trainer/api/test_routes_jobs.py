@@ -9,8 +9,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.trainer.config import TrainerSettings
-from shared.registry.db import open_registry
-from shared.registry.models import TrainingJobRow
 from tests.trainer.api.requests import GOOD_DPO, GOOD_SFT, _job, assert_refused, snapshot, upload
 
 
@@ -112,43 +110,3 @@ def test_every_job_problem_is_listed_at_once(client: TestClient) -> None:
 def test_unknown_job_and_file_are_404(client: TestClient) -> None:
     assert_refused(client.get("/v1/fine_tuning/jobs/ftjob-nope"), 404, "does not exist")
     assert_refused(client.get("/v1/files/file-nope"), 404, "does not exist")
-
-
-def test_base_adapter_alias_is_pinned_to_its_version_at_creation(
-    client: TestClient, trainer_settings: TrainerSettings
-) -> None:
-    from shared.registry.adapters import NewVersion, register_version, set_alias
-    from shared.registry.models import BaseModelRow
-
-    registry = open_registry(trainer_settings)
-    try:
-        with registry.session() as s:
-            s.add(
-                BaseModelRow(
-                    name="smollm2-135m-instruct", weights_sha256="0" * 64, path="/x", source="t"
-                )
-            )
-            s.flush()
-            for n in (1, 2):
-                register_version(
-                    s, NewVersion("shop", f"{n:064d}", "smollm2-135m-instruct", 8, 1, {})
-                )
-            set_alias(s, "shop", "prod", "shop@v1")
-    finally:
-        registry.dispose()
-    file_id = upload(client, GOOD_SFT).json()["id"]
-    resp = client.post("/v1/fine_tuning/jobs", json=_job(file_id, base_adapter="shop:prod"))
-    assert resp.status_code == 200, resp.text
-    job_id = resp.json()["id"]
-    registry = open_registry(trainer_settings)
-    try:
-        with registry.session() as s:
-            # The alias may move later; the job keeps the version it meant.
-            assert s.get(TrainingJobRow, job_id).config["base_adapter"] == "shop@v1"  # type: ignore[union-attr]
-    finally:
-        registry.dispose()
-    assert_refused(
-        client.post("/v1/fine_tuning/jobs", json=_job(file_id, base_adapter="shop:canary")),
-        422,
-        "canary",
-    )
