@@ -75,14 +75,6 @@ PENDING = {
     "services/evaluator/suite.py",
     "services/evaluator/tasks/build_data.py",
     "services/evaluator/worker.py",
-    "services/trainer/adapters.py",
-    "services/trainer/api/app.py",
-    "services/trainer/api/deps.py",
-    "services/trainer/files.py",
-    "services/trainer/job_context.py",
-    "services/trainer/job_reporter.py",
-    "services/trainer/job_views.py",
-    "services/trainer/jobs.py",
 }
 
 
