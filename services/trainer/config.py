@@ -86,5 +86,10 @@ class TrainerSettings(SharedSettings):
         return self.data_dir / "trainer" / "jobs"
 
     @property
+    def tracking_dir(self) -> Path:
+        """Experiment-tracking output kept after a job (TensorBoard: ``tensorboard/<run>``)."""
+        return self.data_dir / "tracking"
+
+    @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "trainer" / "uploads"

@@ -126,6 +126,39 @@ class DataSpec(Strict):
     )
 
 
+# Trackers the trainer writes to. W&B and MLflow send a run's data (and their credentials) to a
+# server; they are not installed, and a job naming them is refused rather than left unlogged.
+TRACKERS = ("tensorboard",)
+
+
+class Integration(BaseModel):
+    """One experiment tracker, in OpenAI's ``integrations`` shape (``{"type": ..., <type>: {}}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    tensorboard: dict[str, Any] | None = Field(
+        default=None, description="No settings: the logs go under LORAPLEX_DATA_DIR/tracking."
+    )
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in TRACKERS:
+            raise ValueError(
+                f"integration type {value!r} is not available here; supported: "
+                f"{', '.join(TRACKERS)} (job metrics are also in the job's events)"
+            )
+        return value
+
+    @field_validator("tensorboard")
+    @classmethod
+    def _no_settings(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value:
+            raise ValueError("tensorboard takes no settings; its logs go under the tracking dir")
+        return value
+
+
 class JobSpec(BaseModel):
     """A fine-tuning job: the HTTP body of ``POST /v1/fine_tuning/jobs`` and the YAML of ``run``."""
 
@@ -141,7 +174,12 @@ class JobSpec(BaseModel):
     suffix: str | None = Field(default=None, min_length=1, max_length=64)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = None
-    integrations: list[dict[str, Any]] | None = None
+    integrations: list[Integration] | None = Field(
+        default=None,
+        max_length=4,
+        description="Experiment tracking: [{'type': 'tensorboard'}] writes TensorBoard event "
+        "files of the job's metrics under the trainer's tracking directory.",
+    )
     lora: LoraSpec = Field(default_factory=LoraSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     base_adapter: str | None = Field(
@@ -159,13 +197,6 @@ class JobSpec(BaseModel):
             for k, v in value.items():
                 if len(k) > 64 or len(v) > 512:
                     raise ValueError(f"metadata {k!r}: keys up to 64 and values up to 512 chars")
-        return value
-
-    @field_validator("integrations")
-    @classmethod
-    def _no_integrations(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if value:
-            raise ValueError("integrations are not supported; events carry the metrics")
         return value
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from services.trainer.recipes import tracking
 from services.trainer.recipes.callbacks import make_progress_callback
 from services.trainer.recipes.context import RecipeContext
 from services.trainer.recipes.decisions import (
@@ -122,7 +123,7 @@ def train(
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
         processing_class=setup.tokenizer,
-        callbacks=[callback],
+        callbacks=[callback, *tracking.callbacks(ctx)],
         **trainer_kwargs,
     )
     trainer.remove_callback(PrinterCallback)  # our callback reports; no raw dicts on stdout
