@@ -157,8 +157,9 @@ def random_heads(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
-    from services.trainer.recipes.reward import SCORE_BATCH, pair_accuracy, pair_rows
+    from services.trainer.recipes.reward import pair_accuracy, pair_rows
     from shared.datasets import ChatRenderer, load_examples, prepare, stop_token_ids
+    from shared.reward_models import SCORE_BATCH
 
     if args.threads:
         torch.set_num_threads(args.threads)
