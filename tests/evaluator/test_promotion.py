@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
 
 from services.evaluator import gate, service
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.schemas import EvaluationCreate
 from shared.registry import adapters
 from shared.registry.db import Registry
-from shared.registry.queue import Claim
+from shared.registry.queue import Claim, ClaimLost
 from tests.evaluator.conftest import EXAMPLES, random_adapter, register_adapter
 from tests.evaluator.helpers import run as synthetic_run
 
@@ -65,3 +69,67 @@ def test_promotion_moves_alias_only_on_pass_with_compare_and_set(
     assert info is not None and info["moved"] is False and info["state"] == "refused"
     assert "someone else moved it" in info["error"]
     assert service.public(service.get_run(ev_registry, "eval-2")).exit_code == 3
+
+
+def _prepared(promote: str | None, alias_expected: str | None = "shop@v1") -> service.Prepared:
+    candidate = SimpleNamespace(adapter_name="shop", version_id="shop@v2")
+    plan = cast(Any, SimpleNamespace(candidate=candidate))
+    return service.Prepared(plan, None, promote, alias_expected)
+
+
+def test_requested_promotion_is_pending_on_pass_and_skipped_otherwise() -> None:
+    passing = gate.GateResult(decision="pass", lines=[], confidence=0.95, policy_sha256="ab" * 32)
+    assert service.requested_promotion(_prepared(None), passing) is None
+    asked = service.requested_promotion(_prepared("prod"), passing)
+    assert asked == {
+        "alias": "shop:prod",
+        "adapter": "shop",
+        "name": "prod",
+        "to": "shop@v2",
+        "from": "shop@v1",
+        "moved": False,
+        "state": "pending",
+        "reason": "gate pass (policy abababababab)",
+    }
+    for decision in ("fail", "inconclusive"):
+        other = passing.model_copy(update={"decision": decision})
+        skipped = service.requested_promotion(_prepared("prod", None), other)
+        assert skipped is not None and skipped["state"] == "skipped" and skipped["from"] is None
+        assert skipped["why"] == f"gate decision is {decision}; nothing moves"
+    missing = service.requested_promotion(_prepared("prod"), None)
+    assert missing is not None and missing["state"] == "skipped"
+    assert missing["why"] == "gate decision is missing; nothing moves"
+
+
+def test_the_move_is_fenced_by_the_claim_and_names_who_asked(
+    ev_settings: EvaluatorSettings, ev_registry: Registry, adapter_v1: str, tmp_path: Path
+) -> None:
+    req = EvaluationCreate(candidate=adapter_v1, promote="prod")
+    prepared = service.prepare(ev_settings, ev_registry, req)
+    passing = gate.GateResult(decision="pass", lines=[], confidence=0.95, policy_sha256="0" * 64)
+    claim = service.create_run(
+        ev_registry, req, prepared, "eval-c", "running", owner="w1", requested_by="ci-key"
+    )
+    assert claim is not None
+    promotion = service.requested_promotion(prepared, passing)
+    result = synthetic_run({"exact_match": [1, 1]})
+    service.store_result(
+        ev_registry, claim, result, passing, tmp_path / "r.html", {}, promotion=promotion
+    )
+    taken = Claim("eval-c", "w2", 2, status="running")
+    with pytest.raises(ClaimLost):
+        service.finish_promotion(ev_registry, taken)
+    with ev_registry.session() as session:
+        assert adapters.get_alias(session, "shop", "prod") is None
+    assert service.get_run(ev_registry, "eval-c").promotion_state == "pending"
+    info = service.finish_promotion(ev_registry, claim)
+    assert info is not None and info["state"] == "moved"
+    with ev_registry.session() as session:
+        event = adapters.alias_history(session, "shop", "prod")[0]
+        assert event.actor == "loraplex-gate for ci-key"
+        assert event.reason == "gate pass (policy 000000000000)"
+    # Finishing again changes nothing: a promotion that is not pending is returned as it is.
+    again = service.finish_promotion(ev_registry, claim)
+    assert again is not None and again["state"] == "moved"
+    with ev_registry.session() as session:
+        assert len(adapters.alias_history(session, "shop", "prod")) == 1
