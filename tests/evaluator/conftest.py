@@ -1,5 +1,6 @@
 """Evaluator fixtures: settings on a fresh data dir with the embedded model, and a registered
-adapter version made of random LoRA weights (no training, no model load)."""
+adapter version made of random LoRA weights (no training, no model load); bare settings and a
+registry without the model, for tests that never resolve one."""
 
 from __future__ import annotations
 
@@ -100,6 +101,19 @@ def register_adapter(
             ),
         )
         return row.id
+
+
+@pytest.fixture
+def bare_settings(settings: SharedSettings) -> EvaluatorSettings:
+    """Evaluator settings on a fresh data dir (the environment cleared), no model in it."""
+    return EvaluatorSettings()
+
+
+@pytest.fixture
+def bare_registry(bare_settings: EvaluatorSettings) -> Iterator[Registry]:
+    reg = open_registry(bare_settings)
+    yield reg
+    reg.dispose()
 
 
 @pytest.fixture

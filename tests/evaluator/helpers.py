@@ -1,9 +1,13 @@
-"""Builders for synthetic evaluation results (no model needed)."""
+"""Builders for synthetic evaluation results (no model needed), and a row counter for the
+registry."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
 
 from services.evaluator.metrics.catalogue import CATALOGUE
 from services.evaluator.results import (
@@ -13,6 +17,7 @@ from services.evaluator.results import (
     RunResult,
     SubjectResult,
 )
+from shared.registry.db import Registry
 
 
 def subject(role: str, model: str, per_item: dict[str, Sequence[ItemValue]]) -> SubjectResult:
@@ -38,3 +43,9 @@ def run(
         baseline=subject("baseline", "base", base) if base is not None else None,
         judge=judge,
     )
+
+
+def count_rows(registry: Registry, model: Any) -> int:
+    """How many rows the table of ``model`` holds."""
+    with registry.session() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
