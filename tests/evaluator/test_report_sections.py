@@ -102,22 +102,23 @@ def test_contamination_lists_the_overlapping_items() -> None:
     assert case.findtext("system-out") == rs.contamination_text(run)
     html = "".join(rs.contamination_html(run))
     assert "Contamination (1 items)" in html and "&lt;tag&gt; text" in html
+    assert "<p>1 of 10 evaluation items overlap" in html
     run.contamination = ContaminationReport(error="no training data")
     assert rs.contamination_text(run) == "not checked: no training data"
 
 
 def test_forgetting_is_held_against_the_bare_base_and_fails_with_its_gate_line() -> None:
-    cand = subject("candidate", {"forgetting.accuracy": [1, 0, 0, 1]}, base_model="m", adapter="a")
+    cand = subject("candidate", {"forgetting.accuracy": [1, 0, 1, 1]}, base_model="m", adapter="a")
     cand.metrics["forgetting.accuracy"].settings = {"set": "general_mc", "n_questions": 4}
     ref = subject("base", {"forgetting.accuracy": [1, 1, 0, 0]}, base_model="m", adapter=None)
     run = RunResult(run_id="r", candidate=cand, reference=ref)
     text = rs.forgetting_text(run, gate("fail", "forgetting.accuracy: worse by 0.25"))
     head, reason = text.split("\n")
     assert head.startswith(
-        "general_mc, 4 questions (log-likelihood): candidate candidate-model 0.5"
+        "general_mc, 4 questions (log-likelihood): candidate candidate-model 0.75"
     )
     assert "vs base model base-model 0.5 (scored for this check)" in head
-    assert head.endswith("; 1 questions lost, 1 gained of 4 shared")
+    assert head.endswith("; 1 questions lost, 2 gained of 4 shared")
     assert reason == "forgetting.accuracy: worse by 0.25"
     suite = ET.Element("testsuite")
     assert rs.forgetting_case(suite, run, gate("fail", "worse")) == 1
@@ -130,6 +131,10 @@ def test_forgetting_is_held_against_the_bare_base_and_fails_with_its_gate_line()
     assert rs.forgetting_text(run, None).endswith("no gate line on forgetting.accuracy")
     html = "".join(rs.forgetting_html(run, gate("fail", "<worse>")))
     assert "<span class='fail'>fail</span>" in html and "&lt;worse&gt;" in html
+    as_baseline = RunResult(
+        run_id="r", candidate=cand, baseline=ref.model_copy(update={"role": "baseline"})
+    )
+    assert "(the run's baseline)" in rs.forgetting_text(as_baseline, None)
     alone = RunResult(run_id="r", candidate=cand)
     assert rs.forgetting_text(alone, None).endswith(
         "the base model was not scored, so nothing to compare with"
