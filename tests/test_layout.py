@@ -1,10 +1,8 @@
 """The test tree mirrors the source tree module by module (the rule is in tests/README.md).
 
 Every production module under ``services/`` and ``shared/`` has its mirrored test file, holding at
-least one test, unless it is listed below: EXEMPT for modules with no logic of their own (checked:
-they define no function), PENDING for evaluator and trainer modules whose tests still live in
-files named otherwise. PENDING must shrink to empty; a module listed there that gains its mirror
-fails here until it is taken off the list, and any module missing from both fails here.
+least one test, unless it is listed in EXEMPT: modules with no logic of their own (checked: they
+define no function). A new module without its test file fails here.
 """
 
 from __future__ import annotations
@@ -44,26 +42,6 @@ EXEMPT = {
     "services/server/schemas.py",
     # status constants
     "services/evaluator/statuses.py",
-}
-
-# Evaluator and trainer modules whose tests are still in files named otherwise, or that have none
-# of their own yet. This set must shrink to empty: take a module off when its mirror exists.
-PENDING = {
-    "services/evaluator/data.py",
-    "services/evaluator/generation.py",
-    "services/evaluator/local_model.py",
-    "services/evaluator/parity.py",
-    "services/evaluator/perplexity.py",
-    "services/evaluator/plan.py",
-    "services/evaluator/policy.py",
-    "services/evaluator/report_sections.py",
-    "services/evaluator/results.py",
-    "services/evaluator/runner.py",
-    "services/evaluator/scoring.py",
-    "services/evaluator/stages.py",
-    "services/evaluator/subjects.py",
-    "services/evaluator/suite.py",
-    "services/evaluator/tasks/build_data.py",
 }
 
 
@@ -113,20 +91,15 @@ def test_the_mirror_rule() -> None:
 
 
 def test_every_module_has_its_mirrored_test_file() -> None:
-    missing = [m for m in unmirrored(production_modules()) if m not in EXEMPT | PENDING]
+    missing = [m for m in unmirrored(production_modules()) if m not in EXEMPT]
     assert missing == [], "add these test files (rule in tests/README.md):\n" + "\n".join(
         f"  {m} -> {mirror_of(m)}" for m in missing
     )
 
 
-def test_pending_only_shrinks() -> None:
-    modules = production_modules()
-    gone = sorted((EXEMPT | PENDING) - set(modules))
-    assert gone == [], f"no such modules any more; take them off EXEMPT/PENDING: {gone}"
-    mirrored = sorted(PENDING - set(unmirrored(modules)))
-    assert mirrored == [], f"these are mirrored now; take them off PENDING: {mirrored}"
-    assert not EXEMPT & PENDING
-    assert all(m.startswith(("services/evaluator/", "services/trainer/")) for m in PENDING)
+def test_exempt_lists_only_existing_modules() -> None:
+    gone = sorted(EXEMPT - set(production_modules()))
+    assert gone == [], f"no such modules any more; take them off EXEMPT: {gone}"
 
 
 def test_exempt_modules_have_no_logic() -> None:
