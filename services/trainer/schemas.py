@@ -23,6 +23,7 @@ from services.trainer.hyperparameters import (
     MethodParams,
     Strict,
 )
+from services.trainer.integrations import Integration
 from services.trainer.methods import METHODS, get_method
 from shared.pii import Kind as PiiKind
 from shared.settings import EMBEDDED_BASE_MODEL
@@ -124,39 +125,6 @@ class DataSpec(Strict):
         default=False,
         description="keep HTML tags and entities when cleaning (for tasks whose output is HTML)",
     )
-
-
-# Trackers the trainer writes to. W&B and MLflow send a run's data (and their credentials) to a
-# server; they are not installed, and a job naming them is refused rather than left unlogged.
-TRACKERS = ("tensorboard",)
-
-
-class Integration(BaseModel):
-    """One experiment tracker, in OpenAI's ``integrations`` shape (``{"type": ..., <type>: {}}``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: str
-    tensorboard: dict[str, Any] | None = Field(
-        default=None, description="No settings: the logs go under LORAPLEX_DATA_DIR/tracking."
-    )
-
-    @field_validator("type")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        if value not in TRACKERS:
-            raise ValueError(
-                f"integration type {value!r} is not available here; supported: "
-                f"{', '.join(TRACKERS)} (job metrics are also in the job's events)"
-            )
-        return value
-
-    @field_validator("tensorboard")
-    @classmethod
-    def _no_settings(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value:
-            raise ValueError("tensorboard takes no settings; its logs go under the tracking dir")
-        return value
 
 
 class JobSpec(BaseModel):
