@@ -7,9 +7,11 @@ hyperparameter model without importing the job schema that looks methods up.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from services.trainer.graders import Grader
 
 Auto = Literal["auto"]
 
@@ -26,6 +28,8 @@ class Strict(BaseModel):
 
 class Hyperparameters(Strict):
     """OpenAI's hyperparameters (``"auto"`` allowed) plus ours; all have curriculum defaults."""
+
+    default_beta: ClassVar[float] = DEFAULT_BETA  # what ``beta: "auto"`` resolves to
 
     n_epochs: int | Auto = "auto"
     batch_size: int | Auto = "auto"
@@ -74,3 +78,27 @@ class Hyperparameters(Strict):
 
 class MethodParams(Strict):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+DEFAULT_KL_BETA = 0.04  # reinforcement: TRL's GRPO default for the KL penalty
+
+
+class ReinforcementHyperparameters(Hyperparameters):
+    """GRPO's knobs besides the common ones. ``batch_size`` counts prompts per optimizer step;
+    each is sampled ``num_generations`` times, so a step scores batch_size x num_generations
+    completions. ``beta`` is the KL penalty's weight against the starting policy."""
+
+    default_beta: ClassVar[float] = DEFAULT_KL_BETA
+
+    num_generations: int = Field(default=4, ge=2, le=64, description="Completions per prompt.")
+    max_completion_length: int = Field(default=64, ge=1, le=4096)
+    temperature: float = Field(default=1.0, gt=0, le=2)
+
+
+class ReinforcementParams(Strict):
+    """``method.reinforcement``: the grader (required) and the hyperparameters."""
+
+    grader: Grader
+    hyperparameters: ReinforcementHyperparameters = Field(
+        default_factory=ReinforcementHyperparameters
+    )

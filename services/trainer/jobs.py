@@ -15,7 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.trainer.config import TrainerSettings
-from services.trainer.files import FINE_TUNE, get_file, pii_problem
+from services.trainer.files import FINE_TUNE, file_path, get_file, pii_problem
+from services.trainer.graders import check_item_fields
 from services.trainer.methods import DATA_KIND_LABELS, get_method
 from services.trainer.schemas import (
     JobSpec,
@@ -87,6 +88,24 @@ def _check_data_file(session: Session, file_id: str, param: str, method: str) ->
         )
 
 
+def check_grader_fields(
+    session: Session, settings: TrainerSettings, spec: JobSpec, param: str
+) -> None:
+    """A reinforcement job's grader may only name ``{{item.x}}`` fields every row of the file has
+    (the error names the file, line and field)."""
+    from shared.datasets import parse_file
+
+    block = spec.method.reinforcement
+    file_id = spec.training_file if param == "training_file" else spec.validation_file
+    row = session.get(DatasetRow, file_id) if file_id else None
+    if block is None or row is None or row.purpose != FINE_TUNE or row.format != "prompt":
+        return  # no grader, or a file refused for its purpose or kind on its own
+    loaded, _problems = parse_file(file_path(settings, row).read_bytes(), row.filename)
+    check_item_fields(
+        block.grader, [(str(e.location), e.item) for e in loaded.examples], param=param
+    )
+
+
 def resolve_base_adapter(session: Session, spec: JobSpec) -> AdapterVersionRow:
     """The adapter version the job continues from (a version id or an alias), trained on the
     job's base model. An alias moves: ``spec.base_adapter`` is set to the version it resolved to,
@@ -132,6 +151,12 @@ def validate_spec(session: Session, settings: TrainerSettings, spec: JobSpec) ->
             "validation_file",
             spec.method.type,
         )
+    if spec.method.reinforcement is not None:
+        attempt("training_file", check_grader_fields, session, settings, spec, "training_file")
+        if spec.validation_file:
+            attempt(
+                "validation_file", check_grader_fields, session, settings, spec, "validation_file"
+            )
     modules_problem = target_modules_problem(spec.lora.target_modules)
     if modules_problem:
         problems.append(("lora.target_modules", modules_problem))

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from services.trainer.hyperparameters import Hyperparameters
+from services.trainer.hyperparameters import Hyperparameters, ReinforcementHyperparameters
 from shared.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -52,7 +52,11 @@ class TrainingMethod:
 
 
 # Data kinds in words (``DatasetRow.format``), for errors naming what a file holds.
-DATA_KIND_LABELS = {"sft": "supervised (chat)", "preference": "preference"}
+DATA_KIND_LABELS = {
+    "sft": "supervised (chat)",
+    "preference": "preference",
+    "prompt": "prompt (chat ending in a user turn)",
+}
 
 METHODS: dict[str, TrainingMethod] = {
     entry.type: entry
@@ -91,6 +95,20 @@ METHODS: dict[str, TrainingMethod] = {
             recipe="services.trainer.recipes.reward:run_reward",
             # Chosen and rejected are scored in one forward pass.
             sequences_per_example=2,
+        ),
+        TrainingMethod(
+            type="reinforcement",
+            adapter_suffix="rl",
+            data_kind="prompt",
+            data_label="prompts (messages ending in a user turn, plus the fields the grader reads)",
+            # GRPO moves a policy by small steps from sampled answers (TRL's examples use 1e-6 to
+            # 1e-5 for full weights; LoRA takes a larger one).
+            default_learning_rate=1e-5,
+            hyperparameters=ReinforcementHyperparameters,
+            recipe="services.trainer.recipes.grpo:run_grpo",
+            # Each prompt is answered num_generations (default 4) times.
+            sequences_per_example=4,
+            openai_hyperparameters=("beta",),
         ),
     )
 }

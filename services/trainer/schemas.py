@@ -17,10 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from services.trainer.hyperparameters import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_BETA,
     DEFAULT_EPOCHS,
     Hyperparameters,
     MethodParams,
+    ReinforcementParams,
     Strict,
 )
 from services.trainer.integrations import Integration
@@ -30,7 +30,7 @@ from shared.settings import EMBEDDED_BASE_MODEL
 
 # One value per entry of services.trainer.methods.METHODS (a test keeps them equal); a Literal
 # so the OpenAPI schema lists the methods.
-MethodType = Literal["supervised", "dpo", "reward"]
+MethodType = Literal["supervised", "dpo", "reward", "reinforcement"]
 
 
 def unix_time(value: datetime | None) -> int | None:
@@ -96,12 +96,17 @@ class Method(Strict):
     supervised: MethodParams | None = None
     dpo: MethodParams | None = None
     reward: MethodParams | None = None
+    reinforcement: ReinforcementParams | None = None
 
     @model_validator(mode="after")
     def _matching_block(self) -> Method:
         for other in METHODS:
             if other != self.type and getattr(self, other, None) is not None:
                 raise ValueError(f"method.type is {self.type!r} but method.{other} is set")
+        if self.type == "reinforcement" and self.reinforcement is None:
+            raise ValueError(
+                "method.reinforcement is required for method 'reinforcement': give its grader"
+            )
         return self
 
 
@@ -205,7 +210,7 @@ class JobSpec(BaseModel):
     @property
     def params(self) -> Hyperparameters:
         method = get_method(self.method.type)
-        block: MethodParams | None = getattr(self.method, method.type)
+        block: MethodParams | ReinforcementParams | None = getattr(self.method, method.type)
         return block.hyperparameters if block is not None else method.hyperparameters()
 
     def resolved(self) -> ResolvedHyperparameters:
@@ -216,7 +221,7 @@ class JobSpec(BaseModel):
             n_epochs=DEFAULT_EPOCHS if hp.n_epochs == "auto" else hp.n_epochs,
             batch_size=DEFAULT_BATCH_SIZE if hp.batch_size == "auto" else hp.batch_size,
             learning_rate=hp.learning_rate or default_lr * float(multiplier),
-            beta=DEFAULT_BETA if hp.beta == "auto" else float(hp.beta),
+            beta=type(hp).default_beta if hp.beta == "auto" else float(hp.beta),
             lr_scheduler_type=hp.lr_scheduler_type,
             warmup_ratio=hp.warmup_ratio,
             weight_decay=hp.weight_decay,

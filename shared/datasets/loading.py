@@ -3,6 +3,8 @@
 Supported record formats (detected per record, by their fields):
 
 - chat: ``{"messages": [{"role", "content", "weight"?}, ...]}`` (OpenAI's fine-tuning format)
+- prompt (reinforcement): ``{"messages": [..., {"role": "user", ...}], <any other fields>}``: a chat
+  without an assistant reply that ends in a user turn; its other fields are kept for the graders
 - prompt/completion: ``{"prompt", "completion"}`` (strings, or message lists)
 - Alpaca: ``{"instruction", "input"?, "output", "system"?}``
 - preference: ``{"prompt", "chosen", "rejected"}`` (strings or message lists; without ``prompt``
@@ -15,6 +17,7 @@ Every problem is collected with its file, line and field; :func:`load_examples` 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +236,8 @@ def convert_record(
         return None
     if fmt == "chat":
         msgs = _messages(data["messages"], "messages", loc, problems, cleaner)
+        if msgs is not None and _is_prompt(msgs):
+            return _prompt_example(example_id, loc, msgs, data, problems)
         if msgs is None or not _check_conversation(msgs, "messages", loc, problems):
             return None
         return Example(example_id, loc, fmt, tuple(msgs))
@@ -283,6 +288,22 @@ def convert_record(
     chosen = _reply(data["chosen"], "chosen", loc, problems, cleaner)
     rejected = _reply(data["rejected"], "rejected", loc, problems, cleaner)
     return _preference(example_id, loc, fmt, prompt, chosen, rejected, problems)
+
+
+def _is_prompt(msgs: list[Message]) -> bool:
+    """A chat with no assistant reply that ends in a user turn: a prompt to sample answers for."""
+    return msgs[-1].role == "user" and not any(m.role == "assistant" for m in msgs)
+
+
+def _prompt_example(
+    example_id: str, loc: Location, msgs: list[Message], data: dict[str, Any], problems: Problems
+) -> Example | None:
+    for i, m in enumerate(msgs):
+        if m.role == "system" and i != 0:
+            problems.add(loc, f"`messages[{i}]`: a system message may only come first")
+            return None
+    item = json.dumps({k: v for k, v in data.items() if k != "messages"}, sort_keys=True)
+    return Example(example_id, loc, "prompt", tuple(msgs), item_json=item)
 
 
 def _preference(

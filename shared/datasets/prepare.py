@@ -102,6 +102,8 @@ class PreparedData:
     validation_rendered: list[RenderedExample] = field(default_factory=list)
     train_pairs: list[RenderedPair] = field(default_factory=list)
     validation_pairs: list[RenderedPair] = field(default_factory=list)
+    # Prompt data (reinforcement): the kept prompts' token counts, with the generation prompt.
+    train_prompt_tokens: list[int] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -231,6 +233,34 @@ def _pair_split(
     return kept, summary
 
 
+def _prompt_split(
+    examples: list[Example], renderer: ChatRenderer, max_length: int, errors: list[str]
+) -> tuple[list[Example], dict[str, Any], list[int]]:
+    """Prompts that leave room for an answer within ``max_length`` (the others are dropped)."""
+    kept: list[Example] = []
+    lengths, kept_lengths, dropped = [], [], []
+    for example in examples:
+        problems = [f"{example.location}: {p}" for p in renderer.special_token_problems(example)]
+        errors.extend(problems)
+        if problems:
+            continue
+        n = len(renderer.ids(list(example.messages), add_generation_prompt=True))
+        lengths.append(n)
+        if n >= max_length:
+            dropped.append({"id": example.id, "reason": "prompt fills max_length", "tokens": n})
+            continue
+        kept.append(example)
+        kept_lengths.append(n)
+    summary = {
+        "examples": len(kept),
+        "tokens": sum(kept_lengths),
+        "length": _stats(lengths),
+        "truncated": {"count": 0, "ids": []},
+        "dropped": {"count": len(dropped), "examples": dropped[:MAX_IDS]},
+    }
+    return kept, summary, kept_lengths
+
+
 def _markup_warning(name: str, counts: dict[str, Any]) -> list[str]:
     """A warning when cleaning took HTML out of assistant targets: right for scraped text, wrong
     for a task whose answers are HTML (the model would learn to drop its markup)."""
@@ -269,12 +299,12 @@ def prepare(
     warnings: list[str] = []
     for loaded, name in ((train_file, "training_file"), (validation_file, "validation_file")):
         if loaded is not None and loaded.kind not in (kind, "empty"):
-            label = "supervised (chat)" if kind == "sft" else "preference"
+            label = {"sft": "supervised (chat)", "prompt": "prompt"}.get(kind, "preference")
             errors.append(
                 f"{name} {loaded.source} holds {loaded.kind} records, but this method needs "
                 f"{label} records"
             )
-    wanted = "preference" if kind == "preference" else "sft"
+    wanted = kind if kind in ("preference", "prompt") else "sft"
     dedup = drop_exact_duplicates([e for e in train_file.examples if e.kind == wanted])
     train = dedup.kept
     search = find_near_duplicates([e.text() for e in train], near_duplicate_threshold)
@@ -320,6 +350,11 @@ def prepare(
         data.validation_rendered, val_summary = _sft_split(
             validation, renderer, max_length, truncation, errors
         )
+    elif kind == "prompt":
+        data.train, train_summary, data.train_prompt_tokens = _prompt_split(
+            train, renderer, max_length, errors
+        )
+        data.validation, val_summary, _ = _prompt_split(validation, renderer, max_length, errors)
     else:
         data.train_pairs, train_summary = _pair_split(train, renderer, max_length, errors)
         data.validation_pairs, val_summary = _pair_split(validation, renderer, max_length, errors)

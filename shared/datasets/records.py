@@ -1,7 +1,8 @@
 """The one internal form every dataset format is converted to.
 
 A supervised example is a conversation; a preference example is a prompt conversation plus a chosen
-and a rejected assistant reply. Each example remembers where it came from (file and line), so every
+and a rejected assistant reply; a prompt example (reinforcement) is a conversation ending in a user
+turn plus the record's other fields, which graders read. Each example remembers where it came from (file and line), so every
 later report can point a user at the exact record.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 ROLES = ("system", "user", "assistant")
-Kind = Literal["sft", "preference"]
+Kind = Literal["sft", "preference", "prompt"]
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,19 @@ class Example:
     chosen: str | None = None
     rejected: str | None = None
     notes: tuple[str, ...] = field(default=())
+    # A prompt example's other fields as sorted JSON (hashable); None for the other kinds.
+    item_json: str | None = None
 
     @property
     def kind(self) -> Kind:
+        if self.item_json is not None:
+            return "prompt"
         return "preference" if self.chosen is not None else "sft"
+
+    @property
+    def item(self) -> dict[str, object]:
+        """A prompt example's fields besides ``messages`` (what ``{{item.<field>}}`` reads)."""
+        return dict(json.loads(self.item_json)) if self.item_json is not None else {}
 
     def content_key(self) -> str:
         """Hash of what the model sees; equal keys are exact duplicates."""
@@ -59,6 +69,7 @@ class Example:
             "m": [[m.role, m.content, m.train] for m in self.messages],
             "c": self.chosen,
             "r": self.rejected,
+            **({"i": self.item_json} if self.item_json is not None else {}),
         }
         return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
 
@@ -70,6 +81,8 @@ class Example:
 
     def to_record(self) -> dict[str, object]:
         """The cleaned example as a JSON-able record in our canonical format."""
+        if self.kind == "prompt":
+            return {"messages": [m.to_dict() for m in self.messages], **self.item}
         if self.kind == "preference":
             return {
                 "prompt": [m.to_dict() for m in self.messages],

@@ -91,10 +91,18 @@ def test_an_unknown_method_is_refused_never_run_as_another() -> None:
     assert info.value.code == "unknown_method" and "supervised, dpo" in info.value.message
 
 
+# Methods whose block is required (reinforcement's grader has no default).
+REQUIRED_BLOCKS = {
+    "reinforcement": {"grader": {"type": "string_check", "reference": "x", "operation": "eq"}}
+}
+
+
 @pytest.mark.parametrize("key", sorted(METHODS))
 def test_the_job_reads_its_method_entry(key: str) -> None:
     entry = METHODS[key]
-    spec = JobSpec.model_validate({"training_file": "file-x", "method": {"type": key}})
+    block = REQUIRED_BLOCKS.get(key)
+    method = {"type": key, **({key: block} if block else {})}
+    spec = JobSpec.model_validate({"training_file": "file-x", "method": method})
     assert spec.resolved().learning_rate == entry.default_learning_rate
     assert default_adapter_name(spec).endswith(f"-{entry.adapter_suffix}")
     shown = spec.openai_hyperparameters()

@@ -63,7 +63,16 @@ def make_progress_callback(reporter: Reporter) -> Any:
                     "eta_seconds": round(eta, 1) if eta is not None else None,
                     "epoch": logs.get("epoch"),
                 }
-                for key in ("mean_token_accuracy", "rewards/accuracies", "rewards/margins"):
+                for key in (
+                    "mean_token_accuracy",
+                    "rewards/accuracies",
+                    "rewards/margins",
+                    # GRPO: the grader's mean and spread over the step's completions, and the KL
+                    # from the reference policy.
+                    "reward",
+                    "reward_std",
+                    "kl",
+                ):
                     if key in logs:
                         data[key.replace("/", "_")] = logs[key]
                 reporter.event(

@@ -53,9 +53,11 @@ def prepare_data(
 
 def mean_sequence(data: PreparedData) -> float:
     lengths = [r.n_tokens for r in data.train_rendered] + [p.n_tokens for p in data.train_pairs]
+    lengths += data.train_prompt_tokens
     return sum(lengths) / max(1, len(lengths))
 
 
 def longest_sequence(data: PreparedData) -> int:
     lengths = [r.n_tokens for r in data.train_rendered] + [p.n_tokens for p in data.train_pairs]
+    lengths += data.train_prompt_tokens
     return max(lengths, default=1)

@@ -106,12 +106,11 @@ def train(
     from transformers import PrinterCallback
 
     n_train, has_eval = len(train_rows), bool(eval_rows)
-    args = config_cls(
-        **common_args(
-            ctx, hp, n_train, setup.precision, fit.gradient_checkpointing, has_eval, fit.micro_batch
-        ),
-        **config,
+    common = common_args(
+        ctx, hp, n_train, setup.precision, fit.gradient_checkpointing, has_eval, fit.micro_batch
     )
+    # ``config`` may override a common argument (GRPO counts its batch in completions).
+    args = config_cls(**{**common, **config})
     callback = make_progress_callback(ctx.reporter)
     # A recipe may pass its own peft_config (the reward model's LoRA is a SEQ_CLS one).
     trainer_kwargs.setdefault(

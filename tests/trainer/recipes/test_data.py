@@ -79,10 +79,11 @@ def test_bad_data_is_reported_as_an_error_and_refused_before_running(
     assert reporter.phases == []
 
 
-def lengths(train: list[int], pairs: list[int]) -> Any:
+def lengths(train: list[int], pairs: list[int], prompts: list[int] | None = None) -> Any:
     return SimpleNamespace(
         train_rendered=[SimpleNamespace(n_tokens=n) for n in train],
         train_pairs=[SimpleNamespace(n_tokens=n) for n in pairs],
+        train_prompt_tokens=prompts or [],
     )
 
 
@@ -92,6 +93,9 @@ def test_sequence_lengths_count_rendered_examples_and_pairs() -> None:
     assert mean_sequence(lengths([2], [4])) == 3
     assert longest_sequence(lengths([10, 30], [50])) == 50
     assert longest_sequence(lengths([70], [50])) == 70
+    # Reinforcement prompts count too.
+    assert mean_sequence(lengths([], [], [6, 10])) == 8
+    assert longest_sequence(lengths([], [], [6, 90])) == 90
     # No data: no division by zero, and a length of at least one token.
     assert mean_sequence(lengths([], [])) == 0
     assert longest_sequence(lengths([], [])) == 1

@@ -199,7 +199,9 @@ def test_fit_memory_plans_the_chosen_pass_and_keeps_pinned_checkpointing(
     spec = sft_spec(batch_size=4, micro_batch_size=2, gradient_checkpointing=True)
     ctx = make_ctx(tmp_path, spec, reporter=reporter)
     setup = ModelSetup(base_model, None, cast(Any, None), "fp32")
-    data = SimpleNamespace(train_rendered=[SimpleNamespace(n_tokens=100)], train_pairs=[])
+    data = SimpleNamespace(
+        train_rendered=[SimpleNamespace(n_tokens=100)], train_pairs=[], train_prompt_tokens=[]
+    )
     fit = fit_memory(ctx, setup, cast(Any, data), ctx.spec.resolved(), 100.0)
     assert fit.micro_batch == 2 and fit.gradient_checkpointing is True
     assert fit.plan.summary() == reporter.events[-1]["data"]["memory"]
