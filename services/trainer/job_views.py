@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -71,6 +73,9 @@ def job_to_api(
     spec = JobSpec.model_validate(job.config)
     method = spec.method.type
     hyper = spec.openai_hyperparameters()
+    block: dict[str, Any] = {"hyperparameters": hyper}
+    if spec.method.reinforcement is not None:  # OpenAI's job object shows the grader
+        block["grader"] = spec.method.reinforcement.grader.model_dump(mode="json")
     error = None
     if job.error:
         error = JobError(**{k: v for k, v in job.error.items() if k in JobError.model_fields})
@@ -88,7 +93,7 @@ def job_to_api(
         training_file=job.training_file,
         validation_file=job.validation_file,
         metadata=job.job_metadata or None,
-        method={"type": method, method: {"hyperparameters": hyper}},
+        method={"type": method, method: block},
         suffix=spec.suffix,
         user_provided_suffix=spec.suffix,
         lora=spec.lora.model_dump(mode="json"),

@@ -51,7 +51,10 @@ def example_fields(example: Example) -> list[str]:
     """The record field each of the example's messages came from, in message order (the
     ``chosen``/``rejected`` replies follow)."""
     fmt, msgs = example.format, example.messages
-    if fmt == "chat":
+    if fmt in (
+        "chat",
+        "prompt",
+    ):  # a prompt record's own fields (graders read them) are not scanned
         return [f"messages[{i}].content" for i in range(len(msgs))]
     if fmt == "alpaca":
         # The user turn is the instruction with the optional input after it.
