@@ -179,3 +179,21 @@ def test_report_says_what_cleaning_took_out_of_assistant_targets(tokenizer: Any)
     assert kept.report["cleaning"]["training_file"]["by_kind"] == {}
     assert not any("HTML" in w for w in kept.report["warnings"])
     assert kept.train[0].messages[-1].content == "<b>0</b>"
+
+
+def test_prompt_report(tokenizer: Any) -> None:
+    """Reinforcement prompts: kept with their fields, counted with the generation prompt, dropped
+    when they leave no room for an answer; another kind of file is refused."""
+    short = {"messages": [{"role": "user", "content": "Capital of France?"}], "answer": "Paris"}
+    long = {"messages": [{"role": "user", "content": "word " * 300}], "answer": "x"}
+    loaded = load(short, long)
+    renderer = ChatRenderer(tokenizer)
+    data = prepare(loaded, None, renderer, kind="prompt", max_length=128, validation_fraction=0)
+    assert not data.errors
+    assert [e.item for e in data.train] == [{"answer": "Paris"}]
+    assert data.report["train"]["dropped"]["count"] == 1
+    assert data.report["train"]["dropped"]["examples"][0]["reason"] == "prompt fills max_length"
+    with_prompt = renderer.ids(list(data.train[0].messages), add_generation_prompt=True)
+    assert data.train_prompt_tokens == [len(with_prompt)]
+    mismatch = prepare(load({"prompt": "q", "completion": "c"}), None, renderer, kind="prompt")
+    assert any("needs prompt records" in e for e in mismatch.errors)

@@ -181,3 +181,14 @@ def test_a_checkpoint_is_an_event_with_its_path_and_latest_metrics(clock: Clock)
         "valid_loss": None,
         "train_mean_token_accuracy": None,
     }
+
+
+def test_a_grpo_log_carries_the_reward_its_spread_and_the_kl(clock: Clock) -> None:
+    reporter = RecordingReporter()
+    callback = make_progress_callback(reporter)
+    callback.on_train_begin(ARGS, state(0), control())
+    logs = {"loss": 0.01, "reward": 0.5, "reward_std": 0.25, "kl": 0.003, "entropy": 1.0}
+    callback.on_log(ARGS, state(1), control(), logs=logs)
+    data = reporter.events[-1]["data"]
+    assert (data["reward"], data["reward_std"], data["kl"]) == (0.5, 0.25, 0.003)
+    assert "entropy" not in data
