@@ -135,3 +135,20 @@ def model_settings(
                 item, target / item.name
             )
     return settings
+
+
+def random_reward_adapter(base_dir: Path, folder: Path, seed: int, pad_token_id: int) -> Path:
+    """A reward model folder as the reward recipe saves it (peft SEQ_CLS: LoRA on q/v and a
+    random one-output score head, saved whole), untrained, on the model at ``base_dir``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    base = AutoModelForSequenceClassification.from_pretrained(
+        base_dir, num_labels=1, dtype=torch.float32
+    )
+    base.config.pad_token_id = pad_token_id
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS")
+    get_peft_model(base, config).save_pretrained(str(folder))
+    return folder

@@ -10,7 +10,7 @@ A grader scores one sampled completion for one data row with a number in [0, 1]:
   compared with the reference JSON: the share of the reference's top-level keys whose values are
   equal (a non-object reference: 1 when equal); 0 when the input does not parse.
 - ``multi``: named sub-graders, combined by ``weights`` (normalised) or as an equal-weight mean.
-- ``score_model``: refused for now (a registered reward model as grader is not wired in yet).
+- ``score_model``: a registered reward model's score of prompt + completion, through a sigmoid.
 
 Templates hold text plus two kinds of placeholder, substituted and never evaluated:
 ``{{sample.output_text}}`` (the completion) and ``{{item.<field>}}`` (a top-level field of the data
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -167,18 +168,33 @@ class JsonMatchGrader(_Templated):
 
 
 class ScoreModelGrader(_Grader):
-    """Accepted by name only to refuse it with a reason, not a bare "unknown type"."""
+    """A registered reward model (a version trained with ``method: reward``) scores the prompt
+    plus the completion; its scalar is mapped to [0, 1] with a sigmoid, the Bradley-Terry reading
+    of a reward model's score (the chance it prefers this answer to one it scores 0). It scores
+    whole batches with its model (``recipes/grpo.py``), so it is used alone, not inside ``multi``.
+    The job checks at submit that the version is a reward model on the job's base model, and
+    records the version it resolved to (an alias moves)."""
 
-    model_config = ConfigDict(extra="allow")
     type: Literal["score_model"]
+    model: str = Field(
+        min_length=1,
+        max_length=255,
+        description="Reward model: version id (name@vN) or alias (name:alias).",
+    )
 
-    @model_validator(mode="after")
-    def _not_yet(self) -> ScoreModelGrader:
-        raise ValueError(
-            "score_model graders are not supported yet (a registered reward model as grader is "
-            "not wired into reinforcement jobs); use string_check, text_similarity, json_match "
-            "or multi"
-        )
+    def item_fields(self) -> set[str]:
+        return set()
+
+    def score(self, output_text: str, item: Mapping[str, Any]) -> float:
+        raise TypeError("a score_model grader scores batches with its reward model (recipes/grpo)")
+
+
+def sigmoid(x: float) -> float:
+    """The reward model's score on [0, 1]; stable for large |x|."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
 
 
 class MultiGrader(_Grader):
@@ -197,6 +213,8 @@ class MultiGrader(_Grader):
                 )
             if any(not w >= 0 for w in self.weights.values()) or not sum(self.weights.values()):
                 raise ValueError("weights must be non-negative and not all zero")
+        if any(isinstance(g, ScoreModelGrader) for g in self.graders.values()):
+            raise ValueError("a score_model grader is used alone, not inside multi")
         if _depth(self) > MAX_DEPTH:
             raise ValueError(f"multi graders may be nested at most {MAX_DEPTH} deep")
         return self

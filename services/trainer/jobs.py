@@ -106,6 +106,33 @@ def check_grader_fields(
     )
 
 
+def check_score_model(session: Session, spec: JobSpec) -> None:
+    """A score_model grader names a reward model (method 'reward') on the job's base model; the
+    grader is pinned to the version the name resolved to."""
+    from services.trainer.graders import ScoreModelGrader
+    from shared import reward_models
+
+    block = spec.method.reinforcement
+    grader = block.grader if block is not None else None
+    if not isinstance(grader, ScoreModelGrader):
+        return
+    param = "method.reinforcement.grader.model"
+    try:
+        version = resolve(session, grader.model)
+    except (NotFoundError, ValidationError) as exc:
+        raise ValidationError(exc.message, param=param) from exc
+    reasons = reward_models.problems(version.manifest or {})
+    if reasons:
+        raise ValidationError(f"{version.id} is not a reward model: {reasons[0]}", param=param)
+    if version.base_model != spec.model:
+        raise ValidationError(
+            f"reward model {version.id} was trained on {version.base_model!r}, not the job's "
+            f"{spec.model!r}",
+            param=param,
+        )
+    grader.model = version.id
+
+
 def resolve_base_adapter(session: Session, spec: JobSpec) -> AdapterVersionRow:
     """The adapter version the job continues from (a version id or an alias), trained on the
     job's base model. An alias moves: ``spec.base_adapter`` is set to the version it resolved to,
@@ -152,6 +179,7 @@ def validate_spec(session: Session, settings: TrainerSettings, spec: JobSpec) ->
             spec.method.type,
         )
     if spec.method.reinforcement is not None:
+        attempt("method.reinforcement.grader.model", check_score_model, session, spec)
         attempt("training_file", check_grader_fields, session, settings, spec, "training_file")
         if spec.validation_file:
             attempt(

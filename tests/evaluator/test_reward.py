@@ -16,6 +16,7 @@ from services.evaluator.schemas import EvaluationCreate
 from shared.basemodel import resolve_base_model
 from shared.errors import LoraplexError, NotFoundError, ValidationError
 from shared.registry.db import Registry
+from tests.conftest import random_reward_adapter
 
 from .conftest import random_adapter, register_adapter
 
@@ -23,22 +24,8 @@ PAD = 2  # the pad id the reward model was "trained" with
 
 
 def reward_adapter(settings: EvaluatorSettings, folder: Path, seed: int) -> Path:
-    """A peft SEQ_CLS folder as the reward recipe saves it: random LoRA on q/v and a random
-    one-output score head (saved whole), on the embedded model."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification
-
-    torch.manual_seed(seed)
     base_dir = resolve_base_model(settings, settings.base_model).path
-    base = AutoModelForSequenceClassification.from_pretrained(
-        base_dir, num_labels=1, dtype=torch.float32
-    )
-    base.config.pad_token_id = PAD
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS")
-    model = get_peft_model(base, config)
-    model.save_pretrained(str(folder))
-    return folder
+    return random_reward_adapter(base_dir, folder, seed, PAD)
 
 
 def _manifest(method: str = "reward") -> dict[str, Any]:

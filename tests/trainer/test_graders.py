@@ -15,6 +15,7 @@ from services.trainer.graders import (
     grade,
     parse_json_output,
     render,
+    sigmoid,
     template_fields,
 )
 from shared.errors import ValidationError
@@ -110,8 +111,21 @@ def test_multi_is_a_weighted_or_equal_mean() -> None:
 def test_unknown_and_unsupported_grader_types_are_refused_with_a_reason() -> None:
     with pytest.raises(PydanticError, match="does not match any of the expected tags"):
         make(type="python", source="return 1")
-    with pytest.raises(PydanticError, match="score_model graders are not supported yet"):
+    with pytest.raises(PydanticError, match="Extra inputs are not permitted"):
         make(type="score_model", model="rm@v1", input=[])
+    with pytest.raises(PydanticError, match="a score_model grader is used alone"):
+        make(type="multi", graders={"rm": {"type": "score_model", "model": "rm@v1"}})
+
+
+def test_a_score_model_grader_names_no_field_and_maps_scores_through_a_sigmoid() -> None:
+    grader = make(type="score_model", model="rm@v1")
+    assert grader.item_fields() == set()
+    with pytest.raises(TypeError, match="scores batches"):
+        grade(grader, "text", {})
+    assert sigmoid(0.0) == 0.5
+    assert sigmoid(2.0) == pytest.approx(0.880797, abs=1e-6)
+    assert sigmoid(-2.0) == pytest.approx(1 - 0.880797, abs=1e-6)
+    assert sigmoid(-1000.0) == 0.0 and sigmoid(1000.0) == 1.0
     with pytest.raises(PydanticError, match="Extra inputs are not permitted"):
         make(type="string_check", reference="x", operation="eq", code="1")
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.trainer.graders import check_item_fields, grade
+from services.trainer.graders import ScoreModelGrader, check_item_fields, grade
 from services.trainer.hyperparameters import ReinforcementHyperparameters
 from services.trainer.recipes.context import EventKind, RecipeContext, RecipeResult, Reporter
 from services.trainer.recipes.data import longest_sequence, mean_sequence, prepare_data
 from services.trainer.recipes.decisions import choose_attention
+from services.trainer.recipes.reward_grader import BatchScore, load_scorer
 from services.trainer.recipes.saving import finish
 from services.trainer.recipes.setup import check_lora_servable, load_model
 from services.trainer.recipes.training import decisions, fit_memory, setup_model, train
@@ -54,8 +55,9 @@ def _short(text: str) -> str:
 class GraderReward:
     """The grader as TRL's reward function; keeps the latest batch's samples for the events."""
 
-    def __init__(self, grader: Any) -> None:
+    def __init__(self, grader: Any, batch: BatchScore | None = None) -> None:
         self.grader = grader
+        self.batch = batch  # a score_model grader scores whole batches with its reward model
         self.__name__ = grader.name  # TRL logs ``rewards/<name>/mean``
         self.samples: list[dict[str, Any]] = []
 
@@ -63,10 +65,13 @@ class GraderReward:
         self, prompts: list[Any], completions: list[Any], item_json: list[str], **_: Any
     ) -> list[float]:
         texts = [completion_text(c) for c in completions]
-        scores = [
-            grade(self.grader, text, json.loads(item))
-            for text, item in zip(texts, item_json, strict=True)
-        ]
+        if self.batch is not None:
+            scores = self.batch(prompts, texts)
+        else:
+            scores = [
+                grade(self.grader, text, json.loads(item))
+                for text, item in zip(texts, item_json, strict=True)
+            ]
         self.samples = [
             {
                 "prompt": _short(completion_text(p[-1:] if isinstance(p, list) else p)),
@@ -169,7 +174,12 @@ def run_grpo(ctx: RecipeContext) -> RecipeResult:
     ]
     attention = choose_attention(longest_sequence(data) + rl.max_completion_length)
     model = load_model(ctx, setup.base, setup.precision, attention)
-    reward = GraderReward(grader)
+    reward_model: dict[str, Any] | None = None
+    if isinstance(grader, ScoreModelGrader):
+        batch, reward_model = load_scorer(ctx, grader, setup)
+        reward = GraderReward(grader, batch)
+    else:
+        reward = GraderReward(grader)
 
     # 3. Train, once the reference has been checked.
     events: Any = None
@@ -210,6 +220,7 @@ def run_grpo(ctx: RecipeContext) -> RecipeResult:
     last = rewards[-1] if rewards else {}
     summary = {
         "grader": grader.model_dump(mode="json"),
+        "reward_model": reward_model,
         "num_generations": rl.num_generations,
         "max_completion_length": rl.max_completion_length,
         "temperature": rl.temperature,

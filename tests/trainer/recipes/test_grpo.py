@@ -5,6 +5,7 @@ field named and nothing stored."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -136,8 +137,8 @@ GOOD_PROMPTS = lines(*[prompt_row(*c) for c in CAPITALS])
         ),
         (
             rl_method({"type": "score_model", "model": "rm@v1"}),
-            "method.reinforcement.grader.score_model",
-            ["score_model graders are not supported yet"],
+            "method.reinforcement.grader.model",
+            ["adapter version 'rm@v1' does not exist"],
         ),
         (
             rl_method({**STRING_CHECK, "reference": "{{ item.answer.upper() }}"}),
@@ -198,6 +199,66 @@ def test_a_reinforcement_job_on_prompts_is_accepted(client: TestClient) -> None:
     assert body["method"]["type"] == "reinforcement"
     assert body["method"]["reinforcement"]["grader"]["reference"] == "{{item.answer}}"
     assert body["hyperparameters"]["beta"] == 0.04
+
+
+def _version(settings: TrainerSettings, name: str, base: str, manifest: dict[str, Any]) -> str:
+    from shared.registry.adapters import NewVersion, register_version
+    from shared.registry.db import open_registry
+    from shared.registry.models import BaseModelRow
+
+    registry = open_registry(settings)
+    try:
+        with registry.session() as session:
+            if session.get(BaseModelRow, base) is None:
+                session.add(BaseModelRow(name=base, weights_sha256="f" * 64, path="/m", source="t"))
+            sha = hashlib.sha256(name.encode()).hexdigest()
+            row, _ = register_version(session, NewVersion(name, sha, base, 4, 1, manifest))
+            return row.id
+    finally:
+        registry.dispose()
+
+
+REWARD_MANIFEST = {"method": "reward", "reward": {"pad_token_id": 2}}
+
+
+@pytest.mark.parametrize(
+    ("name", "base", "manifest", "fragment"),
+    [
+        ("chat", "smollm2-135m-instruct", {"method": "supervised"}, "is not a reward model"),
+        ("rm", "other-base", REWARD_MANIFEST, "was trained on 'other-base', not the job's"),
+    ],
+)
+def test_a_score_model_grader_needs_a_reward_model_on_the_jobs_base(
+    client: TestClient,
+    trainer_settings: TrainerSettings,
+    name: str,
+    base: str,
+    manifest: dict[str, Any],
+    fragment: str,
+) -> None:
+    version = _version(trainer_settings, name, base, manifest)
+    file_id = upload(client, GOOD_PROMPTS).json()["id"]
+    grader = {"type": "score_model", "name": "rm", "model": version}
+    error = _refused(client, trainer_settings, _job(file_id, method=rl_method(grader)), fragment)
+    assert error["param"] == "method.reinforcement.grader.model"
+
+
+def test_a_score_model_grader_is_pinned_to_the_version_its_alias_named(
+    client: TestClient, trainer_settings: TrainerSettings
+) -> None:
+    from shared.registry.adapters import set_alias
+    from shared.registry.db import open_registry
+
+    version = _version(trainer_settings, "rm", "smollm2-135m-instruct", REWARD_MANIFEST)
+    registry = open_registry(trainer_settings)
+    with registry.session() as session:
+        set_alias(session, "rm", "prod", version, actor="test")
+    registry.dispose()
+    file_id = upload(client, GOOD_PROMPTS).json()["id"]
+    grader = {"type": "score_model", "name": "rm", "model": "rm:prod"}
+    resp = client.post("/v1/fine_tuning/jobs", json=_job(file_id, method=rl_method(grader)))
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["method"]["reinforcement"]["grader"]["model"] == "rm@v1"
 
 
 # -- a real run ------------------------------------------------------------------------------------
