@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from shared.datasets.records import Message
+
 SCORE_BATCH = 8  # sequences per forward pass
 
 
@@ -23,6 +25,14 @@ def problems(manifest: dict[str, Any]) -> list[str]:
     if not isinstance(reward, dict) or not isinstance(reward.get("pad_token_id"), int):
         return ["its manifest has no reward section with the pad token id it was trained with"]
     return []
+
+
+def answer_ids(renderer: Any, messages: Sequence[Message], answer: str) -> list[int]:
+    """How a reward model reads an answer: the prompt's turns and the answer as the assistant's
+    turn, rendered with the base's chat template (``ChatRenderer``), as the reward recipe rendered
+    each side of its pairs. Every scorer of answers goes through here, so they cannot drift."""
+    ids: list[int] = renderer.ids([*messages, Message("assistant", answer)])
+    return ids
 
 
 def score_sequences(

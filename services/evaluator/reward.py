@@ -23,7 +23,6 @@ from services.evaluator.subjects import resolve_subject
 from services.evaluator.suite import RewardPart
 from shared import reward_models
 from shared.basemodel import ResolvedBaseModel
-from shared.datasets.records import Message
 from shared.errors import ValidationError
 from shared.settings import SharedSettings
 
@@ -106,7 +105,7 @@ class Scorer:
         """One score per item; None where prompt + answer exceed ``max_length`` tokens."""
         renderer, net = self._load()
         sequences = [
-            renderer.ids([*item.messages, Message("assistant", answer)])
+            reward_models.answer_ids(renderer, item.messages, answer)
             for item, answer in zip(items, answers, strict=True)
         ]
         kept = [i for i, s in enumerate(sequences) if len(s) <= self.part.max_length]

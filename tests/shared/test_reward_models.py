@@ -65,3 +65,18 @@ def test_each_sequence_is_scored_at_its_own_last_token_in_batches_and_eval_mode(
     assert scores == [3.0, 4.0, 6.0, 10.0, 11.0]
     assert model.batches == [2, 2, 1]
     assert model.modes == [False, False, False] and model.training  # restored afterwards
+
+
+def test_an_answer_is_read_as_the_assistant_turn_after_the_prompt() -> None:
+    from shared.datasets.records import Message
+    from shared.reward_models import answer_ids
+
+    class Renderer:
+        def ids(self, messages: list[Message]) -> list[int]:
+            self.seen = messages
+            return [len(m.content) for m in messages]
+
+    renderer = Renderer()
+    prompt = (Message("system", "Be brief."), Message("user", "Hi?"))
+    assert answer_ids(renderer, prompt, "Hello") == [9, 3, 5]
+    assert renderer.seen == [*prompt, Message("assistant", "Hello")]

@@ -58,7 +58,7 @@ def load_scorer(
 
     def score(prompts: Sequence[Any], texts: Sequence[str]) -> list[float]:
         sequences = [
-            setup.renderer.ids([*_messages(p), Message("assistant", t)])
+            reward_models.answer_ids(setup.renderer, _messages(p), t)
             for p, t in zip(prompts, texts, strict=True)
         ]
         return [sigmoid(s) for s in reward_models.score_sequences(model, sequences, pad)]
