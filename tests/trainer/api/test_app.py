@@ -4,6 +4,7 @@ full SFT job."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -19,7 +20,14 @@ from shared.registry.db import open_registry
 from shared.registry.models import TrainingJobRow
 from shared.settings import SharedSettings
 from tests.trainer.api.requests import lines, upload
-from tests.trainer.conftest import BASE, Processes, order_chat, tiny_hyperparameters, wait_for
+from tests.trainer.conftest import (
+    BASE,
+    Processes,
+    order_chat,
+    tiny_hyperparameters,
+    wait_for,
+    write_jsonl,
+)
 
 KEYS: list[dict[str, Any]] = [
     {"name": "reader", "key": "sk-reader-0123456789", "scopes": ["read"]},
@@ -185,3 +193,106 @@ def test_openai_sdk_drives_a_full_sft_job(
     )
     out = model.generate(**ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+@pytest.mark.slow
+def test_openai_sdk_drives_a_reinforcement_job_whose_output_the_evaluator_scores(
+    procs: Processes, trainer_model_settings: TrainerSettings, tmp_path: Path
+) -> None:
+    """OpenAI's third job shape, ``method={"type": "reinforcement", ...}`` with a declarative
+    grader, runs through the real API and worker; the version it registers is then an evaluator
+    subject like any other, scored against the base on the same items."""
+    import openai
+
+    from services.evaluator import service
+    from services.evaluator.config import EvaluatorSettings
+    from services.evaluator.schemas import EvaluationCreate
+
+    capitals = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo")]
+    rows = [
+        {"messages": [{"role": "user", "content": f"What is the capital of {c}?"}], "answer": a}
+        for c, a in capitals
+    ]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    grader = {
+        "type": "string_check",
+        "name": "capital",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+        "operation": "ilike",
+    }
+    url = procs.api()
+    procs.worker()
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="not-needed", max_retries=0)
+    with prompts.open("rb") as fh:
+        uploaded = client.files.create(file=fh, purpose="fine-tune")
+    hyperparameters = tiny_hyperparameters(
+        num_generations=2, max_completion_length=8, max_length=128
+    )
+    job = client.fine_tuning.jobs.create(
+        model=BASE,
+        training_file=uploaded.id,
+        method=cast(
+            Any,
+            {
+                "type": "reinforcement",
+                "reinforcement": {"grader": grader, "hyperparameters": hyperparameters},
+            },
+        ),
+        suffix="rl-sdk",
+        extra_body={"data": {"validation_fraction": 0}},
+    )
+    final = wait_for(
+        lambda: (
+            (j := client.fine_tuning.jobs.retrieve(job.id)).status
+            in ("succeeded", "failed", "cancelled")
+            and j
+        ),
+        600,
+        "the reinforcement job to finish",
+    )
+    assert final.status == "succeeded", (final.error, procs.logs())
+    assert final.fine_tuned_model == "rl-sdk@v1"
+    assert final.method is not None and final.method.type == "reinforcement"
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    rewards = [dict(cast(Any, e.data)) for e in events if e.data and "reward" in dict(e.data)]
+    assert rewards and all(0.0 <= r["reward"] <= 1.0 for r in rewards)
+
+    registry = open_registry(trainer_model_settings)
+    with registry.session() as s:
+        (version,) = list_versions(s, "rl-sdk")
+        assert version.manifest["grader"] == grader
+    registry.dispose()
+
+    items = tmp_path / "capitals.jsonl"
+    items.write_text(
+        "".join(
+            json.dumps({"messages": r["messages"], "reference": r["answer"]}) + "\n" for r in rows
+        )
+    )
+    suite = {
+        "name": "capitals",
+        "generation": {
+            "enabled": True,
+            "backend": "local",
+            "metrics": ["exact_match"],
+            "decoding": {"max_new_tokens": 6, "temperature": 0.0},
+        },
+        "contamination": {"enabled": False},
+    }
+    ev_settings = EvaluatorSettings(data_dir=trainer_model_settings.data_dir)
+    ev_registry = open_registry(ev_settings)
+    try:
+        request = EvaluationCreate(
+            candidate="rl-sdk@v1", baseline="base", data=str(items), suite=suite
+        )
+        result = service.run_now(ev_settings, ev_registry, request).result
+    finally:
+        ev_registry.dispose()
+    assert result.candidate.identity["adapter"] == "rl-sdk@v1"
+    assert result.candidate.identity["adapter_sha256"] == version.sha256
+    assert result.baseline is not None
+    for subject in (result.candidate, result.baseline):
+        metric = subject.metrics["exact_match"]
+        assert metric.error is None and metric.n == len(rows)
+        assert all(item.output for item in subject.items)
