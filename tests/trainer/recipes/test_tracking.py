@@ -5,6 +5,7 @@ file decoded with W&B's own record schema. A job without integrations writes not
 
 from __future__ import annotations
 
+import importlib
 import struct
 import zlib
 from pathlib import Path
@@ -83,8 +84,8 @@ def read_wandb_records(run_file: Path) -> list[Any]:
     is gone; ``wandb sync`` and ``wandb beta leet`` read it in the Go ``wandb-core``), so the
     framing is read here: the header ``:W&B``, magic 0xBEE1, version 0, then LevelDB-log records
     in 32 KiB blocks, each with a CRC-32 over its type byte and payload, which is checked."""
-    from wandb.proto import wandb_internal_pb2
-
+    # Untyped protobuf classes (wandb ships no stubs for them).
+    records_pb: Any = importlib.import_module("wandb.proto.wandb_internal_pb2")
     raw = run_file.read_bytes()
     assert struct.unpack("<4sHB", raw[:7]) == (b":W&B", 0xBEE1, 0)
     block, header = 32768, 7
@@ -102,7 +103,7 @@ def read_wandb_records(run_file: Path) -> list[Any]:
         pos += header + length
         pending += data
         if kind in (1, 4):  # FULL or LAST: a whole record
-            record = wandb_internal_pb2.Record()
+            record = records_pb.Record()
             record.ParseFromString(pending)
             records.append(record)
             pending = b""
@@ -186,6 +187,7 @@ def test_each_tracker_reads_back_the_loss_the_job_reported(
     # MLflow's client on the local store: the run found by the job id tag.
     client = MlflowClient(tracking_uri=tracking.mlflow_uri(trainer_model_settings))
     experiment = client.get_experiment_by_name("loraplex")
+    assert experiment is not None
     runs = client.search_runs([experiment.experiment_id], "tags.`loraplex.job_id` = 'ftjob-t1'")
     assert [r.info.run_id for r in runs] == [said["mlflow"]["run_id"]]
     run = runs[0]
