@@ -77,6 +77,54 @@ def test_parameters_are_hyperparameters_not_places_or_secrets(tmp_path: Path) ->
     )
 
 
+class FakeTracker:
+    label = "fake"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def start(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("start", params["learning_rate"]))
+        return {"at": "here"}
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.calls.append(("log", step, metrics))
+
+    def end(self, status: str) -> None:
+        self.calls.append(("end", status))
+
+
+@pytest.mark.parametrize(("stop", "status"), [(None, "FINISHED"), (0, "KILLED")])
+def test_the_callback_logs_the_trainers_names_and_ends_killed_on_a_stop(
+    tmp_path: Path, stop: int | None, status: str
+) -> None:
+    reporter = RecordingReporter(stop_after_metrics=stop)
+    tracker = FakeTracker()
+    callback = tracking.tracker_callback(make_ctx(tmp_path, reporter=reporter), tracker, "fake")
+    args = SimpleNamespace(to_dict=lambda: {"learning_rate": 0.1})
+    other_rank = SimpleNamespace(is_world_process_zero=False, global_step=0)
+    callback.on_train_begin(args, other_rank, None)
+    callback.on_log(args, other_rank, None, logs={"loss": 9.0})
+    assert tracker.calls == []  # only the first process of a multi-process job tracks
+    state = SimpleNamespace(is_world_process_zero=True, global_step=3)
+    callback.on_train_begin(args, state, None)
+    callback.on_log(args, state, None, logs={"loss": 1.5, "eval_loss": 2, "flag": True, "s": "x"})
+    callback.on_train_end(args, state, None)
+    assert tracker.calls == [
+        ("start", 0.1),
+        ("log", 3, {"train/loss": 1.5, "eval/loss": 2.0}),
+        ("end", status),
+    ]
+    assert reporter.events == [
+        {
+            "message": "fake run: {'at': 'here'}",
+            "level": "info",
+            "type": "message",
+            "data": {"fake": {"at": "here"}},
+        }
+    ]
+
+
 def read_wandb_records(run_file: Path) -> list[Any]:
     """Every record of an offline ``.wandb`` file, decoded with W&B's own protobuf schema.
 
