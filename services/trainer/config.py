@@ -59,6 +59,13 @@ class TrainerSettings(SharedSettings):
     trainer_url: str = Field(
         default="", description="Trainer API base URL for the CLI; empty: http://host:port."
     )
+    # The only place a tracking server is chosen: a job names an experiment, never a server.
+    mlflow_tracking_uri: str = Field(
+        default="",
+        description="MLflow tracking server (http(s)://...) or store URI for jobs with an mlflow "
+        "integration; credentials via MLflow's own MLFLOW_TRACKING_* variables; empty: a local "
+        "store under <data dir>/tracking/mlflow.",
+    )
 
     @model_validator(mode="after")
     def _map_deprecated_durations(self) -> TrainerSettings:
@@ -87,7 +94,8 @@ class TrainerSettings(SharedSettings):
 
     @property
     def tracking_dir(self) -> Path:
-        """Experiment-tracking output kept after a job (TensorBoard: ``tensorboard/<run>``)."""
+        """Experiment-tracking output kept after a job: ``tensorboard/<run>``, ``wandb/<run>``
+        (offline runs) and ``mlflow/`` (the local MLflow store)."""
         return self.data_dir / "tracking"
 
     @property
