@@ -150,8 +150,10 @@ class JobSpec(BaseModel):
     integrations: list[Integration] | None = Field(
         default=None,
         max_length=4,
-        description="Experiment tracking: [{'type': 'tensorboard'}] writes TensorBoard event "
-        "files of the job's metrics under the trainer's tracking directory.",
+        description="Experiment tracking, default none: 'tensorboard' (event files), 'mlflow' "
+        "(the trainer's LORAPLEX_MLFLOW_TRACKING_URI, else a local store) and 'wandb' (offline "
+        "run folder), each under the trainer's tracking directory; where they write and any "
+        "credential come from the trainer's settings, never from the job.",
     )
     lora: LoraSpec = Field(default_factory=LoraSpec)
     data: DataSpec = Field(default_factory=DataSpec)
