@@ -100,3 +100,47 @@ def test_a_full_candidate_is_scored_on_its_own_weights_against_its_base(
     assert [i.output for i in again.result.candidate.items] == [
         i.output for i in (again.result.baseline or cand).items
     ]
+
+
+def test_lm_eval_runs_a_full_fine_tune_from_its_folder(
+    base_model: ResolvedBaseModel, tmp_path: Path
+) -> None:
+    """lm-eval's hf backend with ``pretrained=<folder>`` scores the full model's own weights: its
+    rolling NLL per text equals our scorer's on the full model, and differs from the base's."""
+    from services.evaluator import lmeval_runner
+    from services.evaluator.data import EvalItem, load_data
+    from services.evaluator.local_model import LocalModels
+    from services.evaluator.perplexity import PerplexitySettings, score_items
+    from services.evaluator.plan import RunPlan
+    from services.evaluator.results import SubjectResult
+    from services.evaluator.subjects import Subject
+    from services.evaluator.suite import Suite
+    from tests.evaluator.conftest import EXAMPLES
+
+    folder = write_full_model(base_model, tmp_path / "full", seed=3, noise=0.05)
+    full = Subject(
+        label="ft@v1",
+        base=base_model,
+        version_id="ft@v1",
+        adapter_path=folder,
+        adapter_sha256="1" * 64,
+        manifest={"kind": "full"},
+        weights_sha256="2" * 64,
+    )
+    data = load_data(EXAMPLES / "test.jsonl", limit=3)
+    suite = Suite(lmeval={"enabled": True, "tasks": ["loraplex_extract_ppl"], "limit": 3})
+    plan = RunPlan(
+        run_id="t", candidate=full, baseline=None, data=data, suite=suite, cache_dir=tmp_path
+    )
+    res = SubjectResult(role="candidate", model=full.label)
+    out = lmeval_runner.run_tasks(plan, full, res, lambda n: None)
+    assert res.metrics["lmeval.loraplex_extract_ppl.bits_per_byte"].ok
+    theirs = {s["doc"]["id"]: -s["resps"][0][0] for s in out["samples"]["loraplex_extract_ppl"]}
+    texts = [EvalItem(i.item_id, (), i.reference, i.location) for i in data.items]
+    models = LocalModels(full)
+    window = PerplexitySettings(window=2048, stride=2048)
+    ours = score_items(models, full, texts, window)
+    base = score_items(models, Subject(label=base_model.name, base=base_model), texts, window)
+    for item, mine, bare in zip(data.items, ours, base, strict=True):
+        assert mine.nll == pytest.approx(theirs[item.item_id], rel=2e-3)
+        assert bare.nll != pytest.approx(theirs[item.item_id], rel=2e-3)
