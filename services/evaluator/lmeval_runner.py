@@ -1,5 +1,6 @@
-"""lm-eval tasks through its Python API, in-process (``hf`` + ``peft=``) or against our server
-(``local-completions``), with per-sample records turned into our item records.
+"""lm-eval tasks through its Python API, in-process (``hf`` + ``peft=``, or ``pretrained=`` the
+version's folder for a full fine-tune) or against our server (``local-completions``), with
+per-sample records turned into our item records.
 
 * Shipped tasks live in ``tasks/*.yaml`` (local JSONL, ``dataset_path: json``, no hub). Their data
   is re-materialised per run from the run's items with the base model's own chat template, so the
@@ -108,12 +109,14 @@ def task_configs(plan: Any, names: list[str], work: Path) -> list[dict[str, Any]
 def model_args(plan: Any, subject: Subject, rolling: bool) -> tuple[str, dict[str, Any]]:
     part = plan.suite.lmeval
     if part.backend == "hf":
+        # A full fine-tune is a model folder of its own; a LoRA version is applied on its base.
+        full = subject.is_full and subject.adapter_path is not None
         args: dict[str, Any] = {
-            "pretrained": str(subject.base.path),
+            "pretrained": str(subject.adapter_path if full else subject.base.path),
             "dtype": plan.suite.dtype,
             "device": "cpu",
         }
-        if subject.adapter_path is not None:
+        if subject.adapter_path is not None and not full:
             args["peft"] = str(subject.adapter_path)
         return "hf", args
     if not plan.server_url:

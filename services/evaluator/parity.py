@@ -102,7 +102,7 @@ def run(
         "max_new_tokens": part.max_new_tokens,
         "logprob_tolerance": part.logprob_tolerance,
         "decoding": "greedy",
-        "local": models.describe(),
+        "local": models.describe(subject),
     }
     conf = plan.suite.confidence
     result.add_metric(catalogue.spec("parity.greedy_agreement"), agree, settings, confidence=conf)

@@ -30,7 +30,7 @@ from services.evaluator.report_sections import (
     pii_summary,
     shown_output,
 )
-from services.evaluator.results import JudgeReliability, RunResult, paired_arrays
+from services.evaluator.results import JudgeReliability, RunResult, SubjectResult, paired_arrays
 
 
 def result_json(result: RunResult, gate: GateResult | None) -> dict[str, Any]:
@@ -262,6 +262,13 @@ font-size:12px}img{max-width:100%}code{font-size:12px}
 """
 
 
+def _named(subject: SubjectResult) -> str:
+    """A subject as the report's title names it: a full fine-tune says so (its identity names the
+    kind and the weights' hash), since its version id reads like an adapter's."""
+    full = subject.identity.get("kind") == "full"
+    return f"{subject.model} (full fine-tune)" if full else subject.model
+
+
 def html_report(
     result: RunResult, gate: GateResult | None, judge_limits: dict[str, float] | None = None
 ) -> str:
@@ -269,8 +276,8 @@ def html_report(
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>Evaluation {escape(result.run_id)}</title><style>{CSS}</style></head><body>",
-        f"<h1>Evaluation {escape(result.run_id)}: {escape(result.candidate.model)} vs "
-        f"{escape(result.baseline.model if result.baseline else 'no baseline')}</h1>",
+        f"<h1>Evaluation {escape(result.run_id)}: {escape(_named(result.candidate))} vs "
+        f"{escape(_named(result.baseline) if result.baseline else 'no baseline')}</h1>",
         f"<p><span class='badge {decision}' id='decision'>{escape(decision.upper())}</span> "
         f"data {escape(result.data.get('source', ''))} ({escape(result.data.get('n_used', ''))} items, "
         f"sha256 <code>{escape(str(result.data.get('sha256', ''))[:16])}</code>)</p>",

@@ -64,6 +64,13 @@ def resolve(settings: SharedSettings, session: Any, name: str | None) -> RewardM
             f"reward model {name!r} is a base model; name a version trained with method 'reward'",
             param=PARAM,
         )
+    if subject.is_full:
+        raise ValidationError(
+            f"{subject.version_id} is a full fine-tune; a reward model is a version trained with "
+            "method 'reward' (a LoRA adapter with a score head). The answers it scores may come "
+            "from a full model",
+            param=PARAM,
+        )
     reasons = reward_models.problems(subject.manifest)
     if reasons:
         raise ValidationError(

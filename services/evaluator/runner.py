@@ -123,7 +123,7 @@ class Runner:
                 concurrency=part.concurrency,
             )
         else:
-            settings.update(self.models.describe(), batch_size=part.batch_size)
+            settings.update(self.models.describe(subject), batch_size=part.batch_size)
         return [answers[ResponseCache.key(i)] for i in items], settings
 
     def run(self) -> RunResult:
@@ -169,7 +169,7 @@ class Runner:
                         self.models, subject, asked, suite.perplexity, progress=tick
                     )
                 self.timings[f"perplexity_{role}_s"] = time.perf_counter() - t0
-                ppl_settings = {**suite.perplexity.describe(), **self.models.describe()}
+                ppl_settings = {**suite.perplexity.describe(), **self.models.describe(subject)}
                 perplexity_metrics(res, items, scores, ppl_settings, conf)
             if "forgetting" in run:
                 label, units = stage_label("forgetting", role), stage_units(plan, "forgetting")

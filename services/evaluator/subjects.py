@@ -3,6 +3,10 @@
 A subject's identity is what makes a cached answer reusable: base weights hash, adapter content
 hash, and (added by the caller) decoding settings and the serving endpoint. lm-eval's own cache key
 lacks the model (lm-eval issue 2715), so every cache here is keyed by this identity.
+
+A version is a LoRA adapter on its base or a full fine-tune (``kind: full`` in its manifest,
+``shared.registry.versions``): a complete model folder that replaces the base's weights, so its
+identity also names its kind and the hash of its weight files.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shared.artifacts import open_store
+from shared.artifacts import TREE_INDEX, file_sha256, open_store, tree_sha256
 from shared.basemodel import ResolvedBaseModel, resolve_base_model
 from shared.datasets.records import Message
 from shared.errors import NotFoundError, ValidationError
 from shared.registry import adapters
 from shared.registry.models import AdapterVersionRow, BaseModelRow
+from shared.registry.versions import FULL_KIND, version_kind
 from shared.settings import SharedSettings
 
 BASE_KEYWORDS = ("base",)
@@ -39,10 +44,17 @@ class Subject:
     requested: str = ""
     # A few-shot base (``base+fewshot:K``, fewshot.py): K worked examples put before each prompt.
     shots: tuple[tuple[Message, ...], ...] = ()
+    # A full fine-tune's weight files (the safetensors in its folder), hashed together.
+    weights_sha256: str | None = None
 
     @property
     def is_base(self) -> bool:
         return self.version_id is None
+
+    @property
+    def is_full(self) -> bool:
+        """A full fine-tune: ``adapter_path`` is a whole model folder, not a PEFT adapter."""
+        return self.version_id is not None and version_kind(self.manifest) == FULL_KIND
 
     @property
     def adapter_name(self) -> str | None:
@@ -68,6 +80,9 @@ class Subject:
         }
         if self.shots:  # only then, so the zero-shot base keeps its cached answers
             out["fewshot_sha256"] = self.shots_sha256
+        if self.is_full:  # only then, so LoRA versions keep their cached answers
+            out["kind"] = FULL_KIND
+            out["weights_sha256"] = self.weights_sha256
         return out
 
     @property
@@ -101,15 +116,46 @@ def _from_version(
             param="candidate",
         )
     path = open_store(settings).get_dir(row.sha256)
+    manifest = dict(row.manifest or {})
+    full = version_kind(manifest) == FULL_KIND
     return Subject(
         label=row.id,
         base=base,
         version_id=row.id,
         adapter_path=path,
         adapter_sha256=row.sha256,
-        manifest=dict(row.manifest or {}),
+        manifest=manifest,
         requested=requested,
+        weights_sha256=full_weights_sha256(path, row.sha256) if full else None,
     )
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def full_weights_sha256(folder: Path, tree_sha: str) -> str:
+    """One hash over a model folder's weight files (``name\0sha\n`` lines, sorted).
+
+    The store's tree index already lists every file's hash; it is trusted only when it hashes to
+    the tree's key (the store verified the files against that key), else the files are read."""
+    files: dict[str, str] = {}
+    index = folder / TREE_INDEX
+    if index.is_file():
+        listed = json.loads(index.read_text()).get("files") or {}
+        if isinstance(listed, dict) and tree_sha256(listed) == tree_sha:
+            files = listed
+    if not files:
+        files = {
+            p.relative_to(folder).as_posix(): file_sha256(p)
+            for p in folder.rglob("*")
+            if p.is_file()
+        }
+    weights = {k: v for k, v in files.items() if k.endswith(WEIGHT_SUFFIXES)}
+    if not weights:
+        raise ValidationError(
+            f"full model folder {folder} holds no weight files (*.safetensors)", param="candidate"
+        )
+    return tree_sha256(weights)
 
 
 def resolve_subject(

@@ -118,7 +118,12 @@ def import_cmd(
 def export_cmd(
     model: Annotated[str, typer.Argument(help="Version id (name@vN) or alias (name:alias).")],
     merged: Annotated[
-        Path, typer.Option("--merged", help="Write base + adapter merged into this folder.")
+        Path,
+        typer.Option(
+            "--merged",
+            help="Write base + adapter merged into this folder (a full fine-tune: its own "
+            "folder, copied).",
+        ),
     ],
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
     quantize: Annotated[
@@ -129,7 +134,8 @@ def export_cmd(
         ),
     ] = None,
 ) -> None:
-    """Write the base model with the adapter merged in, loadable without LoRA support."""
+    """Write the base model with the adapter merged in, loadable without LoRA support; a full
+    fine-tune is written as it is stored."""
     from services.server.gguf_export import check_quant_type, export_gguf
     from services.server.importer import export_merged
     from shared.artifacts import open_store
@@ -164,6 +170,7 @@ def list_cmd(
     """Registered adapter versions with their aliases and pins."""
     from shared.registry import adapters as reg
     from shared.registry.db import open_registry
+    from shared.registry.versions import version_kind
 
     registry = open_registry(_settings())
     try:
@@ -177,6 +184,7 @@ def list_cmd(
             rows: list[dict[str, Any]] = [
                 {
                     "id": v.id,
+                    "kind": version_kind(v.manifest or {}),
                     "rank": v.rank,
                     "base_model": v.base_model,
                     "sha256": v.sha256,
@@ -192,7 +200,10 @@ def list_cmd(
         return
     for row in rows:
         extra = " ".join(row["aliases"]) + (" [pinned]" if row["pinned"] else "")
-        typer.echo(f"{row['id']:40} r={row['rank']:<4} {row['sha256'][:12]}  {extra}".rstrip())
+        typer.echo(
+            f"{row['id']:40} {row['kind']:<4} r={row['rank']:<4} {row['sha256'][:12]}  "
+            f"{extra}".rstrip()
+        )
 
 
 # After the commands above, so `loraplex adapters --help` lists them in their old order.

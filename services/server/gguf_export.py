@@ -7,6 +7,10 @@ quantization, the file's own sha256). The source version and adapter hash are al
 (``general.source.version``, ``general.source.adapter_sha256``), so the file names its origin
 after it is separated from the JSON.
 
+A full fine-tune (``kind: full``) has nothing to merge: its own folder is loaded in float32 and
+converted, with its own tokenizer files; its lineage and metadata name its kind and its folder's
+hash (``general.source.kind``, ``general.source.sha256``) instead of an adapter's.
+
 Tensor names and metadata keys follow llama.cpp's ``convert_hf_to_gguf.py`` for the Llama
 architecture, including its permutation of the q and k projections (llama.cpp applies rotary
 embeddings to interleaved pairs, transformers to two halves; readers undo the permutation).
@@ -29,6 +33,7 @@ from typing import Any
 from shared.artifacts import ArtifactStore
 from shared.errors import ConflictError, ValidationError
 from shared.registry.db import Registry
+from shared.registry.versions import FULL_KIND, LORA_KIND
 from shared.settings import SharedSettings
 
 log = logging.getLogger(__name__)
@@ -123,9 +128,11 @@ def write_gguf(
     metadata: dict[str, str],
     *,
     permute: bool = True,
+    pre_tokenizer: str | None = None,
 ) -> Counter[str]:
     """Write ``merged`` (a transformers Llama model) and the tokenizer in ``tokenizer_dir`` to
     ``path`` as GGUF; ``metadata``: extra string keys. Returns the count of tensors per type.
+    ``pre_tokenizer``: llama.cpp's name for it, when ``tokenizer_dir`` is not the base's folder.
 
     ``permute=False`` skips the q/k permutation: only for tests showing that it matters."""
     import gguf
@@ -167,7 +174,7 @@ def write_gguf(
     )
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_source_pre_tokenizer(tokenizer_dir))
+    writer.add_tokenizer_pre(pre_tokenizer or _source_pre_tokenizer(tokenizer_dir))
     writer.add_token_list(tok["tokens"])
     writer.add_token_types(tok["types"])
     writer.add_token_merges(tok["merges"])
@@ -227,6 +234,11 @@ def write_gguf(
     return counts
 
 
+def _same_tokenizer(folder: Path, base_path: Path) -> bool:
+    theirs, ours = folder / "tokenizer.json", base_path / "tokenizer.json"
+    return theirs.is_file() and ours.is_file() and file_sha256(theirs) == file_sha256(ours)
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -249,7 +261,7 @@ def export_gguf(
 
     Both are written under temporary names and renamed at the end, so a failed export leaves
     nothing behind; an existing file is replaced only with ``force``."""
-    from services.server.importer import merge_fp32
+    from services.server.importer import is_full_version, merge_fp32
 
     qname = check_quant_type(quantize)
     target = out / gguf_name(qname)
@@ -257,27 +269,38 @@ def export_gguf(
     if target.exists() and not force:
         raise ConflictError(f"{target} exists; pass --force", param="out")
     version, base, merged = merge_fp32(settings, registry, store, model)
+    full = is_full_version(version)
+    kind = FULL_KIND if full else LORA_KIND
+    # A full model reads prompts with the tokenizer stored beside its weights; the pre-tokenizer
+    # name comes from its base when that tokenizer is the base's own.
+    tokenizer_dir = store.get_dir(version.sha256) if full else base.path
+    pre = _source_pre_tokenizer(base.path) if _same_tokenizer(tokenizer_dir, base.path) else None
     out.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     tmp_lineage = lineage_path.with_name(f".{lineage_path.name}.tmp")
     metadata = {
         "general.source.version": version.id,
-        "general.source.adapter_sha256": version.sha256,
+        "general.source.kind": kind,
+        "general.source.sha256": version.sha256,
         "general.source.base_model": base.name,
-        "general.source.base_model_sha256": base.weights_sha256,
+        "general.source.base_model_sha256": version.base_model_sha256,
     }
+    if not full:
+        metadata["general.source.adapter_sha256"] = version.sha256
     try:
         start = time.perf_counter()
-        counts = write_gguf(merged, base.path, tmp, qname, metadata)
+        counts = write_gguf(merged, tokenizer_dir, tmp, qname, metadata, pre_tokenizer=pre)
         lineage: dict[str, Any] = {
             "format": "gguf",
             "file": target.name,
             "quantization": qname,
             "tensor_types": dict(counts),
             "source_version": version.id,
-            "adapter_sha256": version.sha256,
+            "kind": kind,
+            "source_sha256": version.sha256,
+            **({} if full else {"adapter_sha256": version.sha256}),
             "base_model": base.name,
-            "base_model_sha256": base.weights_sha256,
+            "base_model_sha256": version.base_model_sha256,
             "file_sha256": file_sha256(tmp),
             "size_bytes": tmp.stat().st_size,
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

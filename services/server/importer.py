@@ -5,7 +5,9 @@ folder enters the artifact store and the registry, so a registered version is a 
 adapter that declares another base than the served one is refused unless an operator states it is
 this base (:mod:`services.server.declared_base`), which the version's manifest records.
 Export writes the base model with the adapter merged in (peft ``merge_and_unload``): a plain
-transformers folder that vLLM and transformers load without LoRA support.
+transformers folder that vLLM and transformers load without LoRA support. A full fine-tune
+(``kind: full``, :mod:`shared.registry.versions`) already is such a folder: it is exported as a
+copy, never loaded as a PEFT adapter, and a full model folder is refused by import.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from services.server.config import ServerSettings
 from services.server.declared_base import BaseStatement, check_declared_base
 from services.server.names import VersionInfo
 from services.server.validation import AdapterValidator, BaseIdentity
-from shared.artifacts import ArtifactStore
+from shared.artifacts import TREE_INDEX, ArtifactStore
 from shared.basemodel import ResolvedBaseModel, known_names, register_base_model, resolve_base_model
 from shared.errors import ConflictError, IntegrityError, NotFoundError, ValidationError
 from shared.registry import adapters as reg
 from shared.registry.db import Registry
+from shared.registry.versions import FULL_KIND, LORA_KIND, version_kind
 from shared.servability import read_adapter_config
 from shared.settings import SharedSettings
 
@@ -53,6 +56,14 @@ def import_adapter(
     reg.check_adapter_name(name, "name")
     if not folder.is_dir():
         raise NotFoundError(f"{folder} is not a directory", param="path")
+    if is_full_model_folder(folder):
+        raise ValidationError(
+            f"{folder} is a full model (config.json and weights, no adapter_config.json), not a "
+            "LoRA adapter; import registers PEFT LoRA adapters only (a full fine-tune is "
+            "registered by the trainer)",
+            param="path",
+            code="adapter_not_servable",
+        )
     reasons = validator.check_files(folder)
     if reasons:
         raise ValidationError(
@@ -97,6 +108,26 @@ def import_adapter(
     return info, created
 
 
+def is_full_model_folder(folder: Path) -> bool:
+    """A complete model folder (a full fine-tune, or any transformers checkpoint) rather than a
+    PEFT adapter: its manifest says ``kind: full``, or it has a model config and weights but no
+    adapter config."""
+    manifest = folder / "loraplex_manifest.json"
+    if manifest.is_file():
+        try:
+            if version_kind(json.loads(manifest.read_text())) == FULL_KIND:
+                return True
+        except (ValueError, AttributeError):
+            pass  # an unreadable manifest is the adapter checks' business
+    if (folder / "adapter_config.json").exists() or not (folder / "config.json").is_file():
+        return False
+    return any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+
+
+def is_full_version(version: VersionInfo) -> bool:
+    return version_kind(dict(version.manifest)) == FULL_KIND
+
+
 def import_folder(
     settings: ServerSettings, folder: Path, name: str, *, statement: BaseStatement | None = None
 ) -> tuple[VersionInfo, bool]:
@@ -120,7 +151,8 @@ def merge_fp32(
     """Resolve ``model`` (version id or alias) and merge it into its base in float32.
 
     Returns ``(version, base, merged transformers model)``; refuses when the base's weights are
-    no longer the ones the version was trained on."""
+    no longer the ones the version was trained on. A full fine-tune has nothing to merge: it is
+    its own folder loaded in float32, whatever the base's weights are now."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -129,6 +161,9 @@ def merge_fp32(
         version = VersionInfo.from_row(reg.resolve(session, model))
         base = resolve_base_model(settings, version.base_model, session=session)
         register_base_model(session, base)
+    if is_full_version(version):
+        folder = store.get_dir(version.sha256)
+        return version, base, AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     if base.weights_sha256 != version.base_model_sha256:
         raise IntegrityError(
             f"{version.id} was trained on base weights {version.base_model_sha256[:12]}, but "
@@ -156,6 +191,10 @@ def export_merged(
 
     if out.exists() and any(out.iterdir()) and not force:
         raise ConflictError(f"{out} exists and is not empty; pass --force", param="out")
+    with registry.session() as session:
+        found = VersionInfo.from_row(reg.resolve(session, model))
+    if is_full_version(found):
+        return _copy_full(store, found, out)
     version, base, merged = merge_fp32(settings, registry, store, model)
     config = json.loads((base.path / "config.json").read_text())
     dtype = getattr(torch, str(config.get("dtype") or config.get("torch_dtype") or "float32"))
@@ -169,6 +208,7 @@ def export_merged(
         json.dumps(
             {
                 "merged_from": version.id,
+                "kind": LORA_KIND,
                 "adapter_sha256": version.sha256,
                 "base_model": base.name,
                 "base_model_sha256": base.weights_sha256,
@@ -182,6 +222,36 @@ def export_merged(
         shutil.rmtree(out)
     tmp.rename(out)
     log.info("exported %s merged into %s", version.id, out)
+    return out
+
+
+def _copy_full(store: ArtifactStore, version: VersionInfo, out: Path) -> Path:
+    """A full fine-tune's stored folder is the merged model: copied as it is (verified against
+    the registry's hash on the way out of the store), with the export marker added."""
+    folder = store.get_dir(version.sha256)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(
+        folder, tmp, ignore=shutil.ignore_patterns(TREE_INDEX), copy_function=shutil.copyfile
+    )
+    (tmp / EXPORT_MARKER).write_text(
+        json.dumps(
+            {
+                "merged_from": version.id,
+                "kind": FULL_KIND,
+                "source_sha256": version.sha256,
+                "base_model": version.base_model,
+                "base_model_sha256": version.base_model_sha256,
+                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            indent=2,
+        )
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    log.info("exported full model %s (a copy of its folder) into %s", version.id, out)
     return out
 
 

@@ -79,3 +79,30 @@ def test_a_continued_adapter_is_checked_against_its_parents_training_pii_too(
     why = prepared(orphan).training_files
     assert isinstance(why, str) and "pii@v99" in why
     assert training_pii(why).error == why
+
+
+def test_a_full_fine_tune_s_lineage_is_read_from_its_manifest_like_an_adapter_s(
+    ev_settings: EvaluatorSettings, ev_registry: Registry, tmp_path: Path
+) -> None:
+    from services.evaluator.contamination import TrainingData
+    from shared.artifacts import open_store
+
+    store = open_store(ev_settings)
+    name, path = training_file(tmp_path)
+    sha = store.put_file(path)
+    folder = tmp_path / "full"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")  # preparing a run loads no model
+    (folder / "config.json").write_text("{}")
+    manifest = {
+        "kind": "full",
+        "datasets": {"training_file": {"id": None, "name": name, "sha256": sha}},
+    }
+    full = register_adapter(ev_settings, ev_registry, folder, "ft", manifest)
+    request = EvaluationCreate(candidate=full, data=str(path))
+    plan = service.prepare(ev_settings, ev_registry, request, local=True).plan
+    assert plan.candidate.is_full and plan.candidate.weights_sha256 is not None
+    files = plan.training_files
+    assert isinstance(files, list) and [n for n, _p in files] == [name]
+    assert isinstance(plan.training, TrainingData)
+    assert plan.training.source["sha256"] == sha and plan.training.rows

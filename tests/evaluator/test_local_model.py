@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -75,3 +77,97 @@ def test_adapters_are_attached_once_and_switched_by_name() -> None:
         models.activate(other),
     ):
         pass
+
+
+class FakeTokenizer:
+    def __init__(self, vocab: dict[str, int], template: str = "T") -> None:
+        self.vocab, self.chat_template = vocab, template
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.vocab
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Model loads by folder; each returns a model named after its folder."""
+    import transformers
+
+    calls: list[str] = []
+
+    class Loaded:
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def eval(self) -> Loaded:
+            return self
+
+    def load(path: str, **_kw: Any) -> Loaded:
+        calls.append(path)
+        return Loaded(path)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", load)
+    return calls
+
+
+def full_subject(tmp_path: Path, vid: str) -> Any:
+    folder = tmp_path / vid
+    folder.mkdir(exist_ok=True)
+    return replace(
+        CANDIDATE, version_id=vid, label=vid, adapter_path=folder, manifest={"kind": "full"}
+    )
+
+
+def test_a_full_fine_tune_is_its_own_model_loaded_once(tmp_path: Path, loads: list[str]) -> None:
+    peft = FakePeft()
+    models = bare_models(peft)
+    models.dtype = "float32"
+    models._full = {}
+    f1, f2 = full_subject(tmp_path, "f@v1"), full_subject(tmp_path, "f@v2")
+    for subject in (f1, f2, f1, BARE, f2):
+        with models.activate(subject) as model:
+            if subject.is_base:
+                assert model is peft and peft.disabled  # the base stays the base
+            else:
+                assert model.path == str(subject.adapter_path)
+    assert loads == [str(f1.adapter_path), str(f2.adapter_path)]
+    assert peft.loaded == []  # never attached as a PEFT adapter
+    models.renderer = SimpleNamespace(template_sha256="t")  # type: ignore[assignment]
+    assert models.describe(f1)["weights"] == "full fine-tune"
+    assert "weights" not in models.describe(BARE)
+    other = replace(f1, version_id="g@v1", base=replace(BASE, weights_sha256="9" * 64))
+    with (
+        pytest.raises(ValidationError, match="uses base m, not the loaded m"),
+        models.activate(other),
+    ):
+        pass
+
+
+def test_a_full_model_with_another_tokenizer_is_refused(
+    tmp_path: Path, loads: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    models = bare_models()
+    models.dtype = "float32"
+    models._full = {}
+    models.tokenizer = FakeTokenizer({"a": 0, "b": 1})
+    own: dict[str, Any] = {"tok": FakeTokenizer({"a": 0, "b": 1})}
+    monkeypatch.setattr(
+        transformers.AutoTokenizer, "from_pretrained", lambda _path, **_kw: own["tok"]
+    )
+    f1, f2, f3 = (full_subject(tmp_path, v) for v in ("f@v1", "f@v2", "f@v3"))
+    for subject in (f1, f2, f3):
+        assert subject.adapter_path is not None
+        (subject.adapter_path / "tokenizer_config.json").write_text("{}")
+    with models.activate(f1):
+        pass
+    own["tok"] = FakeTokenizer({"a": 0, "c": 1})
+    with (
+        pytest.raises(ValidationError, match="another vocabulary than its base"),
+        models.activate(f2),
+    ):
+        pass
+    own["tok"] = FakeTokenizer({"a": 0, "b": 1}, template="other")
+    with pytest.raises(ValidationError, match="another chat template"), models.activate(f3):
+        pass
+    assert loads == [str(f1.adapter_path)]  # refused before any weights load

@@ -27,7 +27,7 @@ class Tokenizer:
 MODELS: Any = SimpleNamespace(
     tokenizer=Tokenizer(),
     prompt_ids=lambda messages: [1, 2],
-    describe=lambda: {"backend": "fake"},
+    describe=lambda subject=None: {"backend": "fake"},
 )
 
 

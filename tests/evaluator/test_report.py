@@ -132,3 +132,11 @@ def test_html_report_opens_in_headless_chromium(tmp_path: Path) -> None:
     artifacts = Path(__file__).resolve().parents[2] / ".loraplex" / "test-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, artifacts / "evaluator-report.png")
+
+
+def test_the_title_says_when_the_candidate_is_a_full_fine_tune() -> None:
+    res, decision = _result()
+    assert "(full fine-tune)" not in report.html_report(res, decision)
+    res.candidate.identity = {"adapter": "a@v2", "kind": "full", "weights_sha256": "7" * 64}
+    html = report.html_report(res, decision)
+    assert f"{res.candidate.model} (full fine-tune) vs" in html

@@ -58,6 +58,22 @@ def test_what_is_not_a_reward_model_is_refused_naming_the_field(
     assert 400 <= caught.value.status_code < 500
 
 
+def test_a_full_fine_tune_is_refused_as_a_reward_model(
+    ev_settings: EvaluatorSettings, ev_registry: Registry, tmp_path: Path
+) -> None:
+    folder = tmp_path / "full"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")  # never loaded: refused before
+    manifest = {**_manifest(), "kind": "full"}
+    version = register_adapter(ev_settings, ev_registry, folder, "rm", manifest)
+    with (
+        pytest.raises(ValidationError, match="is a full fine-tune; a reward model") as caught,
+        ev_registry.read_session() as session,
+    ):
+        reward.resolve(ev_settings, session, version)
+    assert caught.value.param == "suite.reward.model"
+
+
 @pytest.mark.slow
 def test_answers_are_scored_by_the_reward_model_and_paired_by_the_gate(
     ev_settings: EvaluatorSettings, ev_registry: Registry, tmp_path: Path

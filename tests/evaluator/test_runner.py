@@ -24,7 +24,7 @@ GENERATE: dict[str, Any] = {
 
 
 class FakeModels:
-    def describe(self) -> dict[str, Any]:
+    def describe(self, subject: Subject | None = None) -> dict[str, Any]:
         return {"backend": "fake in-process"}
 
 

@@ -3,6 +3,7 @@ registry replaced by fakes: base names, unknown names, the default baseline)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
@@ -118,3 +119,68 @@ def test_the_default_baseline_is_the_base_unless_another_version_is_prod(
     row.base_model_sha256 = "9" * 64
     with pytest.raises(ValidationError, match="was trained on base weights 999999999999"):
         default_baseline(SETTINGS, session, CANDIDATE)
+
+
+FULL = replace(
+    CANDIDATE, version_id="f@v1", label="f@v1", manifest={"kind": "full"}, weights_sha256="7" * 64
+)
+
+
+def test_a_full_fine_tune_is_identified_by_its_kind_and_weights() -> None:
+    assert FULL.is_full and not CANDIDATE.is_full and not BARE.is_full
+    assert not replace(BARE, manifest={"kind": "full"}).is_full  # the base is never a version
+    assert FULL.identity()["kind"] == "full" and FULL.identity()["weights_sha256"] == "7" * 64
+    assert "kind" not in CANDIDATE.identity()  # LoRA versions keep their cached answers
+    other_weights = replace(FULL, weights_sha256="8" * 64)
+    assert other_weights.identity_hash() != FULL.identity_hash()
+    # The same folder read as a LoRA version is another subject: its answers are not shared.
+    assert replace(FULL, manifest={}).identity_hash() != FULL.identity_hash()
+
+
+def _stored(folder: Any, files: dict[str, bytes]) -> str:
+    """``folder`` written as the artifact store writes a tree (files and its index); its key."""
+    from shared.artifacts import TREE_INDEX, tree_files, tree_sha256
+
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    listed = tree_files(folder)
+    key = tree_sha256(listed)
+    (folder / TREE_INDEX).write_text(json.dumps({"sha256": key, "files": listed}))
+    return key
+
+
+def test_the_weights_hash_covers_the_weight_files_only(tmp_path: Any) -> None:
+    from shared.artifacts import TREE_INDEX
+
+    files = {"model.safetensors": b"w1", "config.json": b"{}", "loraplex_manifest.json": b"{}"}
+    key = _stored(tmp_path / "a", files)
+    first = subjects.full_weights_sha256(tmp_path / "a", key)
+    same = _stored(tmp_path / "b", {**files, "loraplex_manifest.json": b'{"other": 1}'})
+    assert subjects.full_weights_sha256(tmp_path / "b", same) == first
+    changed = _stored(tmp_path / "c", {**files, "model.safetensors": b"w2"})
+    assert subjects.full_weights_sha256(tmp_path / "c", changed) != first
+    # An index that does not hash to the tree's key is not trusted: the files are read.
+    (tmp_path / "c" / TREE_INDEX).write_text((tmp_path / "a" / TREE_INDEX).read_text())
+    assert subjects.full_weights_sha256(tmp_path / "c", changed) != first
+    empty = _stored(tmp_path / "d", {"config.json": b"{}"})
+    with pytest.raises(ValidationError, match="holds no weight files"):
+        subjects.full_weights_sha256(tmp_path / "d", empty)
+
+
+def test_a_full_version_resolves_with_its_weights_hash(
+    registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    key = _stored(tmp_path / "f", {"model.safetensors": b"w", "config.json": b"{}"})
+    row = SimpleNamespace(
+        id="f@v1", base_model="m", base_model_sha256="0" * 64, sha256=key, manifest={"kind": "full"}
+    )
+    monkeypatch.setattr(adapters, "resolve", lambda _s, _n: row)
+    store = SimpleNamespace(get_dir=lambda sha: tmp_path / "f")
+    monkeypatch.setattr(subjects, "open_store", lambda _settings: store)
+    session: Any = Session()
+    full = resolve_subject(SETTINGS, session, "f:prod")
+    assert full.is_full and full.adapter_path == tmp_path / "f" and full.requested == "f:prod"
+    assert full.weights_sha256 == subjects.full_weights_sha256(tmp_path / "f", key)
+    row.manifest = {}  # the same row as a LoRA version: no weights hash is read
+    assert resolve_subject(SETTINGS, session, "f@v1").weights_sha256 is None

@@ -37,3 +37,28 @@ def test_import_validates_registers_and_lists(env: Path) -> None:
     assert listed.exit_code == 0
     rows = json.loads(listed.output)
     assert [r["id"] for r in rows] == ["bot@v1"] and rows[0]["base_model"] == "tiny-base"
+
+
+def test_list_shows_each_version_s_kind_and_export_copies_a_full_one(env: Path) -> None:
+    import shutil
+
+    from services.server.config import ServerSettings
+    from shared.basemodel import resolve_base_model
+    from tests.full_models import register_full_version
+
+    runner = CliRunner()
+    assert runner.invoke(adapters_app, ["import", str(make_adapter(env / "a")), "--name", "bot"])
+    folder = env / "full"
+    shutil.copytree(env / "tiny-base", folder)  # a model folder; never loaded here
+    settings = ServerSettings()
+    full = register_full_version(settings, resolve_base_model(settings), folder, name="ft")
+    rows = json.loads(runner.invoke(adapters_app, ["list", "--json"]).output)
+    assert {r["id"]: r["kind"] for r in rows} == {"bot@v1": "lora", full: "full"}
+    text = runner.invoke(adapters_app, ["list"]).output
+    assert any(line.split()[:2] == [full, "full"] for line in text.splitlines()), text
+    out = env / "exported"
+    result = runner.invoke(adapters_app, ["export", full, "--merged", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output
+    assert (out / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    assert json.loads((out / "loraplex_export.json").read_text())["kind"] == "full"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -112,3 +113,61 @@ def test_gguf_exports_load_in_transformers_within_the_perplexity_bound(
     assert abs(gaps["q8_0"]) < Q8_0_BOUND
     assert abs(gaps["q4_0"]) < Q4_0_BOUND
     assert unpermuted > 5.0  # more than six times the perplexity
+
+
+# Slow, not heavy: one float32 load and one q8_0 conversion of the 135M model, nothing scored.
+@pytest.mark.slow
+def test_a_full_version_exports_its_own_weights_with_its_lineage(
+    model_settings: object, base_model: object, tmp_path: Path
+) -> None:
+    import gguf
+    import numpy as np
+    from gguf.quants import dequantize
+    from safetensors import safe_open
+
+    from services.server.gguf_export import _source_pre_tokenizer, file_sha256
+    from shared.basemodel import ResolvedBaseModel
+    from shared.settings import SharedSettings
+    from tests.full_models import register_full_version, write_full_model
+
+    assert isinstance(base_model, ResolvedBaseModel)
+    settings = SharedSettings()
+    # Noise well above q8_0's rounding, so the file's weights tell the fine-tune from its base.
+    folder = write_full_model(base_model, tmp_path / "full", seed=5, noise=0.2)
+    version = register_full_version(settings, base_model, folder, name="full-ft")
+    out = tmp_path / "export"
+    result = CliRunner().invoke(
+        adapters_app, ["export", version, "--merged", str(out), "--quantize", "q8_0"]
+    )
+    assert result.exit_code == 0, result.output
+    path = out / "model-q8_0.gguf"
+    lineage = json.loads((out / "model-q8_0.gguf.lineage.json").read_text())
+    assert lineage["source_version"] == version and lineage["kind"] == "full"
+    assert lineage["quantization"] == "q8_0" and lineage["file_sha256"] == file_sha256(path)
+    assert lineage["base_model_sha256"] == base_model.weights_sha256
+    assert len(lineage["source_sha256"]) == 64 and "adapter_sha256" not in lineage
+    reader = gguf.GGUFReader(str(path))
+
+    def field(key: str) -> object:
+        found = reader.get_field(key)
+        assert found is not None, key
+        return found.contents()
+
+    assert field("general.source.version") == version
+    assert field("general.source.kind") == "full"
+    assert field("general.source.sha256") == lineage["source_sha256"]
+    assert reader.get_field("general.source.adapter_sha256") is None
+    # Its tokenizer is the base's, so llama.cpp's pre-tokenizer name is the base's too.
+    assert field("tokenizer.ggml.pre") == _source_pre_tokenizer(base_model.path)
+
+    tensor = next(t for t in reader.tensors if t.name == "blk.0.attn_v.weight")
+    written = dequantize(tensor.data, tensor.tensor_type).reshape(-1)
+
+    def weight(model_dir: Path) -> Any:  # stored in bfloat16, which numpy cannot read
+        with safe_open(str(model_dir / "model.safetensors"), framework="pt") as fh:
+            return fh.get_tensor("model.layers.0.self_attn.v_proj.weight").float().numpy()
+
+    off_full = float(np.abs(written - weight(folder).reshape(-1)).mean())
+    off_base = float(np.abs(written - weight(base_model.path).reshape(-1)).mean())
+    print(f"\nmean |gguf - full| {off_full:.5f}, |gguf - base| {off_base:.5f}")
+    assert off_full < off_base / 4, (off_full, off_base)
