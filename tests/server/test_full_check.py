@@ -19,7 +19,9 @@ def make_full(base: Path, folder: Path, *, seed: int = 1) -> Path:
     shutil.copytree(base, folder)
     rng = np.random.default_rng(seed)
     tensors = load_file(str(folder / "model.safetensors"))
-    noisy = {k: (v + 0.01 * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in tensors.items()}
+    noisy = {
+        k: (v + 0.01 * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in tensors.items()
+    }
     save_file(noisy, str(folder / "model.safetensors"))
     (folder / "tokenizer.json").write_text("{}")
     (folder / "chat_template.jinja").write_text("{{ messages }}")

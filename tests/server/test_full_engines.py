@@ -23,8 +23,8 @@ from services.server.validation import BaseIdentity
 from shared.artifacts import open_store
 from shared.errors import ValidationError
 from shared.registry import adapters as reg
-from shared.registry import move_rules
 from shared.registry.versions import FULL_KIND
+from shared.servability import check_registered_version
 from tests.server.conftest import ADMIN, Stack, build_stack, stop_stack
 from tests.server.fakes import FakeEngine, ThreadServer, make_base, make_info
 from tests.server.test_full_check import make_full
@@ -196,12 +196,11 @@ def allow_full_aliases(monkeypatch: pytest.MonkeyPatch) -> None:
     (``check_registered_version``, LoRA settings: rank >= 1) applies to adapters only, a full
     version is checked from its files by the server. Until ``shared`` has it, an alias cannot be
     set to a full version at all."""
-    check = move_rules.check_registered_version
 
     def lora_only(rank: int, manifest: Mapping[str, Any]) -> list[str]:
-        return [] if manifest.get("kind") == FULL_KIND else check(rank, manifest)
+        return [] if manifest.get("kind") == FULL_KIND else check_registered_version(rank, manifest)
 
-    monkeypatch.setattr(move_rules, "check_registered_version", lora_only)
+    monkeypatch.setattr("shared.registry.move_rules.check_registered_version", lora_only)
 
 
 @pytest.fixture
@@ -280,9 +279,7 @@ def test_hot_swap_between_full_versions_fails_no_request(full_stack: FullStack) 
     def traffic() -> None:
         with stack.client() as c:
             while not stop.is_set():
-                r = c.post(
-                    "/v1/completions", json={"model": "big", "prompt": "x", "stream": True}
-                )
+                r = c.post("/v1/completions", json={"model": "big", "prompt": "x", "stream": True})
                 answers.append((r.status_code, r.headers.get(VERSION_HEADER, "")))
 
     threads = [threading.Thread(target=traffic) for _ in range(4)]
