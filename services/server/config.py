@@ -86,15 +86,18 @@ class ServerSettings(SharedSettings):
         "and the one a swap starts (about 1.5 GiB each on CPU with the small models, plus KV "
         "cache).",
     )
-    full_kv_cache_gib: float = Field(
-        default=1.0,
-        gt=0,
-        description="KV cache of each full fine-tune's engine on CPU (VLLM_CPU_KVCACHE_SPACE).",
+    full_kv_cache_gib: int = Field(
+        default=1,
+        ge=1,
+        description="KV cache of each full fine-tune's engine on CPU in whole GiB "
+        "(VLLM_CPU_KVCACHE_SPACE, which vLLM reads as an integer).",
     )
     full_engine_urls: dict[str, str] = Field(
         default_factory=dict,
-        description="Attach mode: full version id -> base URL of the engine that serves it (one "
-        'Deployment per served model), JSON, e.g. {"support-full@v2": "http://full-v2:8000"}.',
+        description="Full version id -> base URL of a running engine that serves it under its "
+        "version id (one engine Deployment per served model; it is watched, not started). Other "
+        "full versions get an engine started here (or are refused in attach mode). JSON, e.g. "
+        '{"support-full@v2": "http://full-v2:8000"}.',
     )
     dtype: str = Field(default="auto", description="vLLM --dtype.")
 

@@ -82,7 +82,7 @@ def engine_command(
 
 
 def engine_env(
-    settings: ServerSettings, *, kv_cache_gib: float | None = None
+    settings: ServerSettings, *, kv_cache_gib: int | None = None
 ) -> tuple[dict[str, str], str]:
     """The engine's environment, and on a CPU engine which cores its model threads use.
 
@@ -92,7 +92,7 @@ def engine_env(
     env = dict(os.environ)
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     if kv_cache_gib is not None:
-        env["VLLM_CPU_KVCACHE_SPACE"] = f"{kv_cache_gib:g}"
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.kv_cache_gib:g}")
     cpus = ""
     if vllm_on_cpu():

@@ -147,14 +147,15 @@ class FullEngines:
     def _engine(self, version: VersionInfo, number: int) -> Engine:
         engine_id = f"full-{number}"
         url = self.settings.full_engine_urls.get(version.id)
-        if self.settings.attach_mode:
-            if url is None:
-                raise ValidationError(
-                    f"full version {version.id} has no engine: attach mode needs its URL in "
-                    "full_engine_urls (one engine Deployment per served model)",
-                    param="model",
-                )
+        if url is not None:
+            # Its own Deployment (Kubernetes): watched, never started here.
             return Engine(id=engine_id, url=url, managed=False, served_name=version.id)
+        if self.settings.attach_mode:
+            raise ValidationError(
+                f"full version {version.id} has no engine: attach mode needs its URL in "
+                "full_engine_urls (one engine Deployment per served model)",
+                param="model",
+            )
         port = free_port(self.settings.engine_host)
         url = f"http://{self.settings.engine_host}:{port}"
         return Engine(id=engine_id, url=url, managed=True, served_name=version.id)
@@ -162,7 +163,7 @@ class FullEngines:
     def checked_folder(self, version: VersionInfo) -> Path | None:
         """The verified stored folder of a full version (None in attach mode: the engine's pod
         has its own copy); ValidationError listing every reason it cannot be served."""
-        if self.settings.attach_mode:
+        if self.settings.attach_mode or version.id in self.settings.full_engine_urls:
             return None
         reasons: list[str] = []
         if version.base_model != self.base.name:

@@ -4,7 +4,7 @@ requests stream, and none fails.
 
 Engines: the base's (with an adapter on it) and the full version's; the hot swap starts the
 second full version's engine before the switch, so three run for the minute it takes to start
-(max_model_engines=3). Each is kept small: 512 tokens of context, 0.25 GiB of KV cache, 8
+(max_model_engines=3). Each is kept small: 512 tokens of context, 1 GiB of KV cache (the least vLLM CPU takes), 8
 sequences. Full versions are the base with seeded noise (``tests/full_models.py``).
 """
 
@@ -83,8 +83,8 @@ def served(
         admin_key="admin-key",
         engine_count=1,
         max_model_engines=3,
-        kv_cache_gib=0.25,
-        full_kv_cache_gib=0.25,
+        kv_cache_gib=1,  # vLLM CPU reads whole GiB
+        full_kv_cache_gib=1,
         max_model_len=512,
         max_num_seqs=8,
         max_loras=1,

@@ -348,3 +348,12 @@ def test_past_the_engine_limit_the_alias_is_named_and_keeps_nothing_half_done(
         r = c.put("/admin/aliases/big/prod", json={"version": "big@v2"}, headers=ADMIN)
     assert r.status_code == 422 and "max_model_engines" in r.text
     assert stack.service.names.table.aliases[("big", "prod")] == "big@v1"
+
+
+def test_a_version_with_an_engine_url_is_attached_even_when_the_base_is_managed(
+    tmp_path: Path,
+) -> None:
+    pool, log, _ = make_pool(tmp_path, full_engine_urls={"big@v1": "http://big-v1:8000"})
+    asyncio.run(pool.ensure(full_info("big@v1", "c" * 64)))  # no folder here: its pod has it
+    assert [(e.url, e.managed) for e in pool.serving("big@v1")] == [("http://big-v1:8000", False)]
+    assert log == ["start big@v1"]
