@@ -74,6 +74,11 @@ def engine_command(
             "--max-lora-rank",
             str(settings.max_lora_rank),
         ]
+    elif vllm_on_cpu():
+        # What a LoRA engine gets on CPU anyway (vLLM turns compilation off with LoRA there):
+        # no torch.compile. Its Inductor warm-up took over five minutes on a busy 2-core
+        # machine, against about ten seconds eager, for a model this size.
+        cmd.append("--enforce-eager")
     if settings.engine_executor_backend:
         cmd += ["--distributed-executor-backend", settings.engine_executor_backend]
     if settings.gpu_memory_utilization != 0.9:
