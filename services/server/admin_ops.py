@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,13 @@ class AdminOperations:
     async def load(self, model: str, engine_ids: list[str] | None) -> ResidencyList:
         version = await asyncio.to_thread(self._version, model)
         self._check_base(version)
+        if version.is_full:
+            raise ValidationError(
+                f"{version.id} is a full fine-tune, served by an engine of its own while an alias "
+                "or a pin names it: pin it or point an alias at it",
+                param="model",
+                code="model_not_loadable",
+            )
         for engine in self._engines_named(engine_ids):
             await self.manager.ensure_loaded(engine, version)
         return self.catalog.residency(OPEN)
@@ -155,7 +163,9 @@ class AdminOperations:
         # before the registry moves, and the switch itself is then instant.
         self.reconciler.pending.add(version.id)
         try:
-            for engine in [e for e in self.engines if e.ready]:
+            if version.is_full:
+                await self._start_full(version)
+            for engine in [e for e in self.engines if e.ready and not version.is_full]:
                 await self.manager.ensure_loaded(engine, version, desired=True)
 
             def write() -> tuple[str | None, bool]:
@@ -304,6 +314,22 @@ class AdminOperations:
             created=created,
             declared_base=info.manifest.get("declared_base"),
         )
+
+    async def _start_full(self, version: VersionInfo) -> None:
+        """Start the full version's engine and wait until it is healthy (the alias moves only
+        then, so the switch is a table swap); a refusal (its folder, the engine limit) is 422."""
+        full = self.reconciler.full
+        if full is None:
+            raise ValidationError(f"{version.id} is a full fine-tune; this server serves none")
+        await full.ensure(version)
+        deadline = time.monotonic() + self.settings.engine_startup_timeout_s
+        while version.id not in full.ready_versions():
+            if time.monotonic() > deadline or version.id not in full.slots:
+                raise Unavailable(
+                    f"the engine of full version {version.id} did not become ready; nothing moved",
+                    retry_after=self.settings.retry_after_s,
+                )
+            await asyncio.sleep(0.5)
 
     def _check_base(self, version: VersionInfo) -> None:
         if version.base_model != self.base.name:

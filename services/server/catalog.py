@@ -48,7 +48,8 @@ class Catalog:
         aliases_of = _aliases_of(self.names.table)
         pins = self.reconciler.desired.pins
         data = []
-        for engine in self.engines:
+        full = self.reconciler.full
+        for engine in [*self.engines, *(full.engines() if full is not None else [])]:
             entries = [
                 ResidencyEntry(
                     id=vid,
@@ -138,6 +139,9 @@ def _version_meta(info: VersionInfo) -> dict[str, Any]:
         "adapter": info.adapter,
         "version": info.version,
         "version_id": info.id,
+        # lora: an adapter on its base's engines; full: a model of its own (its own engine),
+        # whose parent is the base it was fine-tuned from.
+        "version_kind": info.kind,
         "base_model": info.base_model,
         "base_model_sha256": info.base_model_sha256,
         "rank": info.rank,

@@ -75,6 +75,30 @@ class ServerSettings(SharedSettings):
         default=2.0, gt=0, description="KV cache per engine on CPU (VLLM_CPU_KVCACHE_SPACE)."
     )
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    # -- full fine-tunes: models with engines of their own ------------------------------------
+    max_model_engines: int = Field(
+        default=3,
+        ge=1,
+        le=64,
+        description="Engines this server runs at once, the base model's included. A full "
+        "fine-tune an alias or pin names gets an engine of its own, and a hot swap between two "
+        "full versions runs both until the switch: the default 3 is the base, one full model "
+        "and the one a swap starts (about 1.5 GiB each on CPU with the small models, plus KV "
+        "cache).",
+    )
+    full_kv_cache_gib: int = Field(
+        default=1,
+        ge=1,
+        description="KV cache of each full fine-tune's engine on CPU in whole GiB "
+        "(VLLM_CPU_KVCACHE_SPACE, which vLLM reads as an integer).",
+    )
+    full_engine_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description="Full version id -> base URL of a running engine that serves it under its "
+        "version id (one engine Deployment per served model; it is watched, not started). Other "
+        "full versions get an engine started here (or are refused in attach mode). JSON, e.g. "
+        '{"support-full@v2": "http://full-v2:8000"}.',
+    )
     dtype: str = Field(default="auto", description="vLLM --dtype.")
 
     base_model_aliases: Annotated[list[str], NoDecode] = Field(
@@ -169,6 +193,14 @@ class ServerSettings(SharedSettings):
                 f"max_cpu_loras ({self.max_cpu_loras}) must be at least max_loras "
                 f"({self.max_loras}), as vLLM requires"
             )
+        if not self.attach_mode and self.engine_count > self.max_model_engines:
+            raise ValueError(
+                f"engine_count ({self.engine_count}) is above max_model_engines "
+                f"({self.max_model_engines})"
+            )
+        for vid, url in self.full_engine_urls.items():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"full_engine_urls[{vid!r}] {url!r} must start with http(s)://")
         for key, names in self.api_keys.items():
             if not key:
                 raise ValueError("api_keys holds an empty key")

@@ -39,8 +39,11 @@ def free_port(host: str) -> int:
 
 
 def engine_command(
-    settings: ServerSettings, base_path: Path, base_name: str, port: int
+    settings: ServerSettings, base_path: Path, base_name: str, port: int, *, lora: bool = True
 ) -> list[str]:
+    """The vLLM command line of one engine. ``lora=False`` for a full fine-tune's engine: it
+    serves that one model, so no adapter slots are reserved (vLLM's LoRA buffers cost memory
+    and every step pays for them)."""
     cmd = [
         settings.engine_python or sys.executable,
         "-m",
@@ -53,13 +56,6 @@ def engine_command(
         settings.engine_host,
         "--port",
         str(port),
-        "--enable-lora",
-        "--max-loras",
-        str(settings.max_loras),
-        "--max-cpu-loras",
-        str(settings.max_cpu_loras),
-        "--max-lora-rank",
-        str(settings.max_lora_rank),
         "--max-model-len",
         str(settings.max_model_len),
         "--max-num-seqs",
@@ -68,6 +64,21 @@ def engine_command(
         engine_dtype(settings.dtype)[0],
         "--disable-uvicorn-access-log",
     ]
+    if lora:
+        cmd += [
+            "--enable-lora",
+            "--max-loras",
+            str(settings.max_loras),
+            "--max-cpu-loras",
+            str(settings.max_cpu_loras),
+            "--max-lora-rank",
+            str(settings.max_lora_rank),
+        ]
+    elif vllm_on_cpu():
+        # What a LoRA engine gets on CPU anyway (vLLM turns compilation off with LoRA there):
+        # no torch.compile. Its Inductor warm-up took over five minutes on a busy 2-core
+        # machine, against about ten seconds eager, for a model this size.
+        cmd.append("--enforce-eager")
     if settings.engine_executor_backend:
         cmd += ["--distributed-executor-backend", settings.engine_executor_backend]
     if settings.gpu_memory_utilization != 0.9:
@@ -75,10 +86,18 @@ def engine_command(
     return cmd + list(settings.engine_extra_args)
 
 
-def engine_env(settings: ServerSettings) -> tuple[dict[str, str], str]:
-    """The engine's environment, and on a CPU engine which cores its model threads use."""
+def engine_env(
+    settings: ServerSettings, *, kv_cache_gib: int | None = None
+) -> tuple[dict[str, str], str]:
+    """The engine's environment, and on a CPU engine which cores its model threads use.
+
+    ``kv_cache_gib``: this engine's KV cache on CPU (a full fine-tune's engine has its own
+    setting, so that several model engines fit one machine's memory).
+    """
     env = dict(os.environ)
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    if kv_cache_gib is not None:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.kv_cache_gib:g}")
     cpus = ""
     if vllm_on_cpu():

@@ -102,7 +102,7 @@ class AdapterManager:
         """A lease if ``engine`` can serve ``target`` right now (no waiting)."""
         if not engine.ready:
             return None
-        if target.is_base:
+        if target.is_base or target.is_full:
             return Lease(engine, None)
         res = engine.usable(target.key)
         return Lease(engine, res) if res is not None else None

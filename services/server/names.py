@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from shared.registry.adapters import DEFAULT_ALIAS, VERSION_ID_RE
 from shared.registry.models import AdapterVersionRow
+from shared.registry.versions import FULL_KIND, LORA_KIND, version_kind
 
 NameKind = Literal["base", "version", "alias"]
 
@@ -34,6 +35,8 @@ class VersionInfo:
     size_bytes: int
     created: datetime
     manifest: Mapping[str, Any] = field(default_factory=dict)
+    kind: str = LORA_KIND
+    """``lora`` (an adapter) or ``full`` (a full fine-tune, served by an engine of its own)."""
 
     @classmethod
     def from_row(cls, row: AdapterVersionRow) -> VersionInfo:
@@ -48,7 +51,12 @@ class VersionInfo:
             size_bytes=row.size_bytes,
             created=row.created_at,
             manifest=MappingProxyType(dict(row.manifest or {})),
+            kind=version_kind(row.manifest or {}),
         )
+
+    @property
+    def is_full(self) -> bool:
+        return self.kind == FULL_KIND
 
 
 @dataclass(frozen=True)
@@ -93,8 +101,13 @@ class Target:
         return self.version is None
 
     @property
+    def is_full(self) -> bool:
+        return self.version is not None and self.version.is_full
+
+    @property
     def key(self) -> str:
-        """The residency key: the version id, or '' for the base model."""
+        """The residency key: the version id, or '' for the base model. A full version's engine
+        serves it under this name too."""
         return self.version.id if self.version is not None else ""
 
 

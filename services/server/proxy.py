@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from services.server.auth import Access
 from services.server.config import ServerSettings
 from services.server.engines import Engine
 from services.server.errors import ModelNotFound, Unavailable
+from services.server.full_engines import FullEngines
 from services.server.manager import AdapterManager, Lease
 from services.server.metrics import AdapterSeries, ServerMetrics
 from services.server.names import Names, Target, VersionInfo, parse_name
@@ -63,6 +64,10 @@ class Proxy:
         self._unknown: dict[str, float] = {}
         self._versions: dict[str, VersionInfo] = {}
         self._pools: dict[str, EnginePool] = {}
+        self.full: FullEngines | None = None
+        """Engines of full fine-tunes (set by the service)."""
+        self.refusal: Callable[[str], str | None] = lambda _: None
+        """Why the server does not serve a version now (the reconciler's refusal), if it knows."""
 
     def close(self) -> None:
         for pool in self._pools.values():
@@ -115,6 +120,8 @@ class Proxy:
                     self._unknown.clear()
                 self._unknown[model] = time.monotonic() + _NEGATIVE_TTL_S
                 raise self._not_found(model) from None
+        if info.is_full:
+            raise self._full_not_served(model, info)
         if info.base_model != table.base_name:
             raise ValidationError(
                 f"model {model!r} is an adapter for base model {info.base_model!r}; this server "
@@ -130,6 +137,28 @@ class Proxy:
         self._versions[info.id] = info
         return info
 
+    def _full_not_served(self, model: str, info: VersionInfo) -> LoraplexError:
+        """A full fine-tune is never started on demand (its engine takes minutes and gigabytes):
+        an alias or a pin names it, then it is served; meanwhile say which state it is in."""
+        refused = self.refusal(info.id)
+        if refused is not None:
+            return ValidationError(
+                f"model {model!r} ({info.id}) is not served: {refused}",
+                param="model",
+                code="model_not_servable",
+            )
+        if self.full is not None and info.id in self.full.slots:
+            return Unavailable(
+                f"the engine of full version {info.id} is starting; retry shortly",
+                retry_after=self.settings.retry_after_s,
+            )
+        return ValidationError(
+            f"model {model!r} is the full fine-tune {info.id}, served only while an alias or a "
+            "pin names it (its engine is started then)",
+            param="model",
+            code="model_not_served",
+        )
+
     def _not_found(self, model: str) -> ModelNotFound:
         return ModelNotFound(
             f"the model {model!r} does not exist: use the base model "
@@ -139,8 +168,11 @@ class Proxy:
 
     # -- engines ---------------------------------------------------------------------------------
     async def _lease(self, target: Target) -> Lease:
+        engines = self.engines
+        if target.version is not None and target.version.is_full:
+            engines = self.full.serving(target.version.id) if self.full is not None else []
         for _ in range(3):
-            picked = choose(self.engines, target, self.settings.max_num_seqs)
+            picked = choose(engines, target, self.settings.max_num_seqs)
             if picked is None:
                 raise Unavailable(
                     "no engine is ready; retry shortly", retry_after=self.settings.retry_after_s

@@ -22,6 +22,7 @@ from services.server.config import ServerSettings
 from services.server.engine_client import EngineClient
 from services.server.engines import Engine
 from services.server.errors import EngineError, Unavailable
+from services.server.full_engines import EngineLimit, FullEngines
 from services.server.manager import AdapterManager
 from services.server.metrics import ServerMetrics
 from services.server.names import Names, NameTable, VersionInfo
@@ -40,13 +41,19 @@ class DesiredState:
     aliases: dict[tuple[str, str], str] = field(default_factory=dict)
     pins: frozenset[str] = frozenset()
     versions: dict[str, VersionInfo] = field(default_factory=dict)
+    """Adapter versions to load on the base's engines."""
     foreign: dict[str, str] = field(default_factory=dict)
     """Needed versions trained on another base model: never loadable here (version -> base)."""
+    full: dict[str, VersionInfo] = field(default_factory=dict)
+    """Full fine-tunes of the served base to run an engine for (named by an alias or a pin)."""
 
     @property
     def needed(self) -> set[str]:
         wanted = set(self.aliases.values()) | set(self.pins)
         return {vid for vid in wanted if vid in self.versions}
+
+    def aliases_of(self, vid: str) -> list[str]:
+        return sorted(f"{a}:{al}" for (a, al), v in self.aliases.items() if v == vid)
 
 
 def read_desired(registry: Registry, base_name: str, cache: dict[str, VersionInfo]) -> DesiredState:
@@ -59,14 +66,17 @@ def read_desired(registry: Registry, base_name: str, cache: dict[str, VersionInf
                 cache[vid] = VersionInfo.from_row(reg.get_version(session, vid))
     versions: dict[str, VersionInfo] = {}
     foreign: dict[str, str] = {}
+    full: dict[str, VersionInfo] = {}
     for vid in {v for _, _, v in alias_rows} | pins:
         info = cache[vid]
-        if info.base_model == base_name:
-            versions[vid] = info
-        else:
+        if info.base_model != base_name:
             foreign[vid] = info.base_model
-    aliases = {(a, al): v for a, al, v in alias_rows if v in versions}
-    return DesiredState(aliases, pins, versions, foreign)
+        elif info.is_full:
+            full[vid] = info
+        else:
+            versions[vid] = info
+    aliases = {(a, al): v for a, al, v in alias_rows if v in versions or v in full}
+    return DesiredState(aliases, pins, versions, foreign, full)
 
 
 @dataclass
@@ -106,6 +116,9 @@ class Reconciler:
         self._pass_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._generation = 0
+        self.full: FullEngines | None = None
+        """Engines of full fine-tunes (set by the service; None: adapters only)."""
+        self._retiring: set[asyncio.Task[None]] = set()
         manager.on_change = self.rebuild_table
 
     # -- running ---------------------------------------------------------------------------------
@@ -177,6 +190,7 @@ class Reconciler:
                         retry_in_s=FAILURE_RETRY_S,
                     )
                     break
+        await self._converge_full(desired, retry_failed)
         self.rebuild_table()
         self._retire()
         converged = self.converged()
@@ -201,6 +215,44 @@ class Reconciler:
             "other_base": dict(sorted(desired.foreign.items())),
         }
         return self.last_pass
+
+    async def _converge_full(self, desired: DesiredState, retry_failed: bool) -> None:
+        """Start an engine for every needed full version (they become ready later; the table
+        switches an alias to one only then)."""
+        if self.full is None:
+            for vid in desired.full:
+                self._refuse(vid, f"full version {vid} cannot be served: no full-model engines")
+            return
+        for vid, info in sorted(desired.full.items()):
+            failure = self.failures.get(vid)
+            if failure is not None and time.time() - failure.at < FAILURE_RETRY_S:
+                continue
+            try:
+                await self.full.ensure(info)
+                self.failures.pop(vid, None)
+            except LoraplexError as exc:
+                # The limit is checked again on the next pass (an engine may have stopped).
+                at = 0.0 if isinstance(exc, EngineLimit) else time.time()
+                self._refuse(vid, exc.message, list(exc.details), at=at)
+
+    def _refuse(
+        self, vid: str, message: str, details: Sequence[str] = (), *, at: float | None = None
+    ) -> None:
+        aliases = self.desired.aliases_of(vid)
+        if aliases:
+            message = f"{', '.join(aliases)} -> {message}"
+        known = self.failures.get(vid)
+        self.failures[vid] = Failure(message, list(details), time.time() if at is None else at)
+        if known is None or known.message != message:
+            event(
+                log,
+                "reconcile.refused",
+                logging.WARNING,
+                version=vid,
+                aliases=aliases,
+                reason=message,
+                details=list(details)[:5],
+            )
 
     async def _check_drift(self, engine: Engine) -> None:
         """Forget adapters the engine no longer lists (it restarted behind our back)."""
@@ -232,6 +284,8 @@ class Reconciler:
                 for vid, res in engine.adapters.items():
                     if res.usable:
                         loaded[vid] = res.version
+        if self.full is not None:
+            loaded |= self.full.ready_versions()
         aliases: dict[tuple[str, str], str] = {}
         for key, vid in self.desired.aliases.items():
             if vid in loaded:
@@ -258,7 +312,12 @@ class Reconciler:
 
     def _retire(self) -> None:
         """Mark what no alias or pin needs; unload it once its requests finish."""
-        keep = self.desired.needed | set(self.names.table.aliases.values()) | self.pending
+        keep = (
+            self.desired.needed
+            | set(self.desired.full)
+            | set(self.names.table.aliases.values())
+            | self.pending
+        )
         for engine in self.engines:
             for vid, res in list(engine.adapters.items()):
                 if vid in keep:
@@ -269,6 +328,11 @@ class Reconciler:
                     if not res.retiring:
                         res.retiring = True
                     self.manager.schedule_unload(engine, vid)
+        if self.full is not None:
+            for vid in [v for v in self.full.slots if v not in keep]:
+                task = asyncio.create_task(self.full.retire(vid), name=f"retire-{vid}")
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
 
     def converged(self) -> bool:
         table = self.names.table
@@ -281,7 +345,13 @@ class Reconciler:
                 continue
             if not any(e.ready and e.usable(vid) for e in self.engines):
                 return False
+        if self._missing_full():
+            return False
         return any(e.ready for e in self.engines)
+
+    def _missing_full(self) -> list[str]:
+        served = self.full.ready_versions() if self.full is not None else {}
+        return [v for v in sorted(self.desired.full) if v not in self.failures and v not in served]
 
     def ready_report(self) -> tuple[bool, dict[str, Any]]:
         engines_ready = [e.id for e in self.engines if e.ready]
@@ -289,12 +359,13 @@ class Reconciler:
             vid
             for vid in sorted(self.desired.needed)
             if vid not in self.failures and not any(e.ready and e.usable(vid) for e in self.engines)
-        ]
+        ] + self._missing_full()
         ready = bool(engines_ready) and not missing and bool(self.last_pass)
         return ready, {
             "ready": ready,
             "engines_ready": engines_ready,
             "missing": missing,
             "refused": sorted(self.failures),
+            "reasons": {vid: f.message for vid, f in sorted(self.failures.items())},
             "reconciled": bool(self.last_pass),
         }

@@ -15,12 +15,14 @@ from services.server.names import Target
 
 
 def choose(engines: Sequence[Engine], target: Target, overload: int) -> tuple[Engine, bool] | None:
-    """(engine, already holds the adapter) or None when no engine is ready."""
+    """(engine, already holds the adapter) or None when no engine is ready. ``engines`` are the
+    engines of the model the target runs on (the base's, or a full version's own)."""
     ready = [e for e in engines if e.ready]
     if not ready:
         return None
     least = min(ready, key=_load)
-    if target.is_base:
+    if target.is_base or target.is_full:
+        # Every engine of the group holds the model itself: no residency to prefer.
         return least, True
     holders = [e for e in ready if e.usable(target.key) is not None]
     if not holders:

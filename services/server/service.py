@@ -25,6 +25,7 @@ from services.server.config import ServerSettings
 from services.server.engine_client import ControlSession, EngineClient
 from services.server.engine_process import engine_command, engine_env, free_port
 from services.server.engines import Engine
+from services.server.full_engines import FullEngines
 from services.server.importer import base_identity
 from services.server.manager import AdapterManager
 from services.server.metrics import RequestSummary, ServerMetrics
@@ -107,6 +108,20 @@ class ServerService:
             self.reconciler,
             self.catalog,
         )
+        # Full fine-tunes: an engine of their own each, beside the base's (same limit, same
+        # supervision); the reconciler starts and retires them, the proxy routes to them.
+        self.full = FullEngines(
+            settings,
+            self.store,
+            self.base,
+            self.control,
+            base_engines=len(self.engines),
+            on_ready=self.reconciler.trigger,
+            on_change=self.reconciler.rebuild_table,
+        )
+        self.reconciler.full = self.full
+        self.proxy.full = self.full
+        self.proxy.refusal = self._refusal
         self.supervisors = [self._make_supervisor(engine) for engine in self.engines]
         self._summary_task: asyncio.Task[None] | None = None
 
@@ -147,6 +162,10 @@ class ServerService:
             on_restart=self._on_restart,
         )
 
+    def _refusal(self, vid: str) -> str | None:
+        failure = self.reconciler.failures.get(vid)
+        return failure.message if failure is not None else None
+
     def _engine_path(self, folder: Path) -> str:
         mapped = self.settings.engine_artifact_dir
         if not mapped:
@@ -180,6 +199,7 @@ class ServerService:
             self._summary_task.cancel()
         await self.reconciler.stop()
         await asyncio.gather(*(s.stop() for s in self.supervisors), return_exceptions=True)
+        await self.full.stop()
         self.proxy.close()
         await self.control.close()
         self.registry.dispose()

@@ -35,3 +35,13 @@ def test_settings_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monke
     assert s.admin_key is not None and s.admin_key.get_secret_value() == "adm"
     monkeypatch.setenv("LORAPLEX_ENGINE_URLS", '["http://c:3"]')
     assert load_settings(ServerSettings).engine_urls == ["http://c:3"]
+
+
+def test_engine_limit_and_full_engine_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="max_model_engines"):
+        load_settings(ServerSettings, data_dir=tmp_path, engine_count=3, max_model_engines=2)
+    with pytest.raises(ConfigError, match="full_engine_urls"):
+        load_settings(ServerSettings, data_dir=tmp_path, full_engine_urls={"a@v1": "a:1"})
+    monkeypatch.setenv("LORAPLEX_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LORAPLEX_FULL_ENGINE_URLS", '{"big@v2": "http://big-v2:8000"}')
+    assert load_settings(ServerSettings).full_engine_urls == {"big@v2": "http://big-v2:8000"}

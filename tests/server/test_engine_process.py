@@ -10,6 +10,7 @@ import pytest
 from services.server.config import ServerSettings
 from services.server.engine_process import engine_command, engine_env, plugin_reports_safe
 from services.server.vllm_plugin import MARKER
+from shared.doctor import vllm_on_cpu
 
 
 # -- which engines need isolation ----------------------------------------------------------------
@@ -57,3 +58,17 @@ def test_the_engine_inherits_no_loraplex_setting(
     env, _cpus = engine_env(ServerSettings(data_dir=tmp_path))
     assert not [k for k in env if k.startswith("LORAPLEX_")]
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_a_full_models_engine_reserves_no_adapter_slots_and_has_its_own_kv_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    settings = ServerSettings(data_dir=tmp_path, kv_cache_gib=2, full_kv_cache_gib=1)
+    full = engine_command(settings, tmp_path, "big@v1", 8001, lora=False)
+    assert "--enable-lora" not in full and "--max-loras" not in full
+    assert ("--enforce-eager" in full) is vllm_on_cpu()
+    assert full[full.index("--served-model-name") + 1] == "big@v1"
+    assert "--enable-lora" in engine_command(settings, tmp_path, "base", 8000)
+    assert engine_env(settings, kv_cache_gib=1)[0]["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert engine_env(settings)[0]["VLLM_CPU_KVCACHE_SPACE"] == "2"

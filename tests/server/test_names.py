@@ -25,3 +25,13 @@ def test_table_lookup() -> None:
     assert table.lookup("bot@v2") is None
     assert table.lookup("bot:canary") is None
     assert [n for n, _, _ in table.alias_names()] == ["bot:prod", "bot"]
+
+
+def test_a_full_version_is_a_target_of_its_own_kind() -> None:
+    import dataclasses
+
+    full = dataclasses.replace(make_info("big@v1"), kind="full")
+    assert Target(full).is_full and not Target(full).is_base
+    assert not Target(make_info("bot@v1")).is_full and not BASE.is_full
+    table = NameTable("base", {"big@v1": full}, {("big", "prod"): "big@v1"})
+    assert table.lookup("big") == Target(full)

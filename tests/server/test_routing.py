@@ -19,3 +19,12 @@ def test_routing_prefers_residency_then_fewest_in_flight() -> None:
     # Nobody holds it: least busy, load needed.
     assert choose([e0], target, overload=64) == (e0, False)
     assert choose([make_engine("d", 0, [], ready=False)], target, overload=64) is None
+
+
+def test_a_full_version_goes_to_the_least_busy_engine_of_its_own() -> None:
+    import dataclasses
+
+    target = Target(dataclasses.replace(make_info("big@v1"), kind="full"))
+    engines = [make_engine("full-1", 3, []), make_engine("full-2", 1, [])]
+    assert choose(engines, target, overload=8) == (engines[1], True)
+    assert choose([make_engine("full-3", 0, [], ready=False)], target, overload=8) is None
