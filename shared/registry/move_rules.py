@@ -21,6 +21,7 @@ from shared.registry.models import (
     ProtectedAliasRow,
 )
 from shared.registry.names import BASE_BASELINE, first_baselines, parse_fewshot
+from shared.registry.versions import is_full_model
 from shared.servability import check_registered_version
 
 
@@ -58,6 +59,10 @@ def check_target(
             code="base_model_mismatch",
             details=differs,
         )
+    if is_full_model(target):
+        # The LoRA settings rule does not apply; a full model's files are checked against its
+        # base by the trainer before registering and by the server before an engine starts.
+        return
     reasons = check_registered_version(target.rank, target.manifest or {})
     if reasons:
         raise ValidationError(

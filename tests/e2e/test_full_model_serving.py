@@ -35,7 +35,6 @@ from shared.registry.db import open_registry
 from tests.full_models import register_full_version, write_full_model
 from tests.server.conftest import ADMIN
 from tests.server.fakes import ThreadServer
-from tests.server.test_full_engines import allow_full_aliases
 from tests.server.test_real_engine import build_peft_adapters
 
 # Three vLLM starts: about 15 minutes on the loaded 2-core machine (7.5 min set-up, 6 min for the
@@ -73,8 +72,6 @@ class Served:
 def served(
     tmp_path_factory: pytest.TempPathFactory, base_model: ResolvedBaseModel
 ) -> Iterator[Served]:
-    patch = pytest.MonkeyPatch()
-    allow_full_aliases(patch)
     tmp = Path(tmp_path_factory.mktemp("multi"))
     models = tmp / "data" / "models" / base_model.path.name
     models.mkdir(parents=True)
@@ -127,7 +124,6 @@ def served(
         yield live
     finally:
         server.stop()
-        patch.undo()
 
 
 def greedy(client: openai.OpenAI, model: str) -> tuple[str, str, str]:

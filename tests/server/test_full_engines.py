@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from shared.artifacts import open_store
 from shared.errors import ValidationError
 from shared.registry import adapters as reg
 from shared.registry.versions import FULL_KIND
-from shared.servability import check_registered_version
 from tests.server.conftest import ADMIN, Stack, build_stack, stop_stack
 from tests.server.fakes import FakeEngine, ThreadServer, make_base, make_info
 from tests.server.test_full_check import make_full
@@ -191,21 +190,8 @@ def register_full(stack: Stack, name: str, folder: Path) -> str:
         return row.id
 
 
-def allow_full_aliases(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stand-in for the registry change full fine-tunes need: the move rule's servability check
-    (``check_registered_version``, LoRA settings: rank >= 1) applies to adapters only, a full
-    version is checked from its files by the server. Until ``shared`` has it, an alias cannot be
-    set to a full version at all."""
-
-    def lora_only(rank: int, manifest: Mapping[str, Any]) -> list[str]:
-        return [] if manifest.get("kind") == FULL_KIND else check_registered_version(rank, manifest)
-
-    monkeypatch.setattr("shared.registry.move_rules.check_registered_version", lora_only)
-
-
 @pytest.fixture
 def full_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FullStack]:
-    allow_full_aliases(monkeypatch)
     # Version ids are assigned in order, so the engines can be named before registration.
     fakes = {vid: FakeEngine(base=vid) for vid in ("big@v1", "big@v2")}
     servers = [ThreadServer(f.app()).start() for f in fakes.values()]

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import ConflictError, ForbiddenError
+from shared.errors import ConflictError, ForbiddenError, ValidationError
 from shared.registry.db import Registry
 from shared.registry.models import AdapterVersionRow, EvaluationRunRow, ProtectedAliasRow
 from shared.registry.move_rules import check_evidence, check_target
-from tests.shared.registry.seed import SHA_A, add_version, seed_base
+from shared.registry.versions import FULL_KIND
+from tests.shared.registry.seed import SHA_A, SHA_B, add_version, seed_base
 
 PROTECTION = ProtectedAliasRow(
     adapter_name="bot",
@@ -37,6 +38,26 @@ def test_a_target_on_another_base_is_refused_and_each_difference_listed(
         "adapter name 'bot' is bound to 'other' (weights 000000000000), the base of its first "
         "version"
     ]
+
+
+def test_a_full_model_is_a_target_without_lora_settings_but_not_a_rank_zero_adapter(
+    registry: Registry,
+) -> None:
+    seed_base(registry)
+    full = add_version(registry, SHA_A, "big", rank=0, manifest={"kind": FULL_KIND})
+    broken = add_version(registry, SHA_B, "bot", rank=0)
+    with registry.session() as s:
+        target = s.get(AdapterVersionRow, full)
+        assert target is not None
+        check_target(s, "big:prod", target, None, None)  # its files are checked elsewhere
+        # The base identity rule still holds for it.
+        with pytest.raises(ConflictError, match="bound to"):
+            check_target(s, "big:prod", target, None, ("other", "0" * 64))
+        adapter = s.get(AdapterVersionRow, broken)
+        assert adapter is not None
+        with pytest.raises(ValidationError) as caught:
+            check_target(s, "bot:prod", adapter, None, None)
+    assert caught.value.code == "adapter_not_servable"
 
 
 @pytest.mark.parametrize(
