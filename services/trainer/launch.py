@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +108,14 @@ class RankGroup:
     def poll(self) -> int | None:
         return self.process.poll()
 
+    def wait(self, timeout_s: float) -> int:
+        """Its exit code once it exits by itself, else (after ``timeout_s``) once killed."""
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.process.wait()
+
     def kill(self) -> None:
         """SIGTERM to the whole group (torchrun and every rank), SIGKILL after a grace period."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -138,7 +145,9 @@ class RankReporter:
     def __init__(self, rank: int) -> None:
         self.rank = rank
 
-    def event(self, message: str, *, level: str = "info", type: Any = None, data: Any = None) -> None:
+    def event(
+        self, message: str, *, level: str = "info", type: Any = None, data: Any = None
+    ) -> None:
         if level == "error":
             log.error("rank %d: %s", self.rank, message)
 
@@ -220,15 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         code = (
-            _run_rank0(settings, job_id)
-            if rank == 0
-            else _run_other_rank(settings, job_id, rank)
+            _run_rank0(settings, job_id) if rank == 0 else _run_other_rank(settings, job_id, rank)
         )
     except BaseException as exc:
         log.exception("rank %d of job %s failed", rank, job_id)
         _record_error(rank, exc)
         return 1
-    log.info("rank %d of job %s done in %.1f s (exit %d)", rank, job_id, time.monotonic() - started, code)
+    log.info(
+        "rank %d of job %s done in %.1f s (exit %d)", rank, job_id, time.monotonic() - started, code
+    )
     return code
 
 

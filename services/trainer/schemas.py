@@ -10,7 +10,6 @@ SDK sends them with ``extra_body``).
 from __future__ import annotations
 
 import os
-import os
 import re
 from datetime import UTC, datetime
 from typing import Any, Literal

@@ -36,7 +36,7 @@ from services.trainer.job_reporter import WORKER_STOPPING, JobReporter
 from services.trainer.jobs import add_event, job_dir
 from services.trainer.k8s_jobs import KubernetesJobSettings
 from services.trainer.k8s_runner import KubernetesJobRunner
-from services.trainer.launch import RankGroup
+from services.trainer.launch import STOP_GRACE_S, RankGroup
 from services.trainer.methods import get_method
 from services.trainer.recipes.context import RecipeResult, Stopped
 from services.trainer.statuses import ACTIVE, WAITING, JobStatus
@@ -247,10 +247,15 @@ class Worker:
             add_event(session, job.id, f"training in {n} processes (torchrun, DDP)")
         reason = None
         while (code := group.poll()) is None:
-            if reason := reporter.should_stop():
+            time.sleep(min(1.0, self.settings.worker_heartbeat_s))
+            reason = reporter.should_stop()
+            if reason and self._ended(job.id):
+                # Rank 0 finished the job (which ends the claim): the group is exiting.
+                reason, code = None, group.wait(STOP_GRACE_S)
+                break
+            if reason:
                 group.kill()
                 break
-            time.sleep(min(1.0, self.settings.worker_heartbeat_s))
         if reason == JobStatus.CANCELLED:
             shutil.rmtree(out, ignore_errors=True)
             self._finish(job.id, JobStatus.CANCELLED, "job cancelled; nothing was saved")
@@ -280,15 +285,17 @@ class Worker:
         if code == 0:
             shutil.rmtree(out, ignore_errors=True)
 
+    def _ended(self, job_id: str) -> bool:
+        with self.registry.session() as session:
+            job = session.get(TrainingJobRow, job_id)
+            return job is None or job.status not in ACTIVE
+
     def _process_in_kubernetes(self, job_id: str, processes: int = 1) -> None:
         """Train in a Kubernetes Job whose ``run-job`` acts as this worker; follow it here (and
         keep heartbeating), then fail the job if the pod ended without finishing it."""
         assert self.kubernetes is not None
         runner = self.kubernetes
-        if processes > 1:
-            name = runner.submit(job_id, worker_id=self.worker_id, processes=processes)
-        else:
-            name = runner.submit(job_id, worker_id=self.worker_id)
+        name = runner.submit(job_id, worker_id=self.worker_id, processes=processes)
         with self.registry.session() as session:
             add_event(session, job_id, f"training in Kubernetes Job {name}")
         state = runner.follow(name)

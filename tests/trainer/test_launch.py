@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -65,7 +64,11 @@ def test_ranks_get_the_workers_settings_and_one_thread_each(tmp_path: Path) -> N
     given = TrainerSettings(**json.loads(env[SETTINGS_ENV]))
     assert given.data_dir == tmp_path and given.database_url == "sqlite:///x.db"
     assert given.torch_threads == 1 and env["OMP_NUM_THREADS"] == "1"
-    assert (env[WORKER_ENV], env[ATTEMPT_ENV], env[ERRORS_ENV]) == ("w-1", "3", str(tmp_path / "ranks"))
+    assert (env[WORKER_ENV], env[ATTEMPT_ENV], env[ERRORS_ENV]) == (
+        "w-1",
+        "3",
+        str(tmp_path / "ranks"),
+    )
 
 
 def test_other_ranks_report_nothing_and_never_stop_on_their_own() -> None:
@@ -183,12 +186,16 @@ def _train(settings: TrainerSettings, spec: JobSpec) -> tuple[list[list[float]],
         with worker.registry.session() as session:
             job_id = create_job(session, settings, spec).id
         assert worker.claim(only=job_id) == job_id
+        started = time.monotonic()
         worker.process(job_id)
+        print(f"{spec.processes} process(es), seed {spec.seed}: {time.monotonic() - started:.0f} s")
         with worker.registry.session() as session:
             row = session.get(TrainingJobRow, job_id)
             assert row is not None
             events = [e.message for e in session.query(JobEventRow).filter_by(job_id=job_id)]
             assert row.status == JobStatus.SUCCEEDED, (row.error, events[-5:])
+            if spec.processes > 1:
+                assert f"training in {spec.processes} processes (torchrun, DDP)" in events
             assert row.result_version_id is not None
             version = get_version(session, row.result_version_id)
             manifest = version.manifest
@@ -222,14 +229,18 @@ def test_two_processes_train_the_one_process_loss_curve(
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two usable cores")
     settings = trainer_model_settings
-    train = _upload(settings, write_jsonl(tmp_path / "orders.jsonl", [order_chat(i) for i in range(16)]))
+    train = _upload(
+        settings, write_jsonl(tmp_path / "orders.jsonl", [order_chat(i) for i in range(16)])
+    )
 
     one, one_version = _train(settings, _spec(train, processes=1, seed=7))
     two, two_version = _train(settings, _spec(train, processes=2, seed=7))
     assert len(one) == 3 and one_version != two_version
     gap = _worst_relative_gap(one, two)
+    print(f"1 process {one}\n2 processes {two}\nworst relative gap {gap:.2e}")
     assert gap <= LOSS_RTOL, f"1 process {one} vs 2 processes {two}"
 
     # The control: the same run on other batches (another seed) fails the same comparison.
     other, _ = _train(settings, _spec(train, processes=1, seed=8))
+    print(f"control (seed 8) {other}: gap {_worst_relative_gap(one, other):.2e}")
     assert _worst_relative_gap(one, other) > LOSS_RTOL, f"{one} vs {other}"

@@ -5,8 +5,8 @@ each recipe, which keeps reading top to bottom."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,11 +92,17 @@ def split_batch(common: dict[str, Any], hp: ResolvedHyperparameters, processes: 
     if processes == 1:
         return
     share = hp.batch_size // processes
-    micro = max(d for d in range(1, share + 1) if share % d == 0 and d <= common["per_device_train_batch_size"])
+    micro = max(
+        d
+        for d in range(1, share + 1)
+        if share % d == 0 and d <= common["per_device_train_batch_size"]
+    )
     common["per_device_train_batch_size"] = common["per_device_eval_batch_size"] = micro
     common["gradient_accumulation_steps"] = hp.gradient_accumulation_steps * (share // micro)
     # Gloo on CPU; NCCL is the default where the ranks have GPUs.
     common["ddp_backend"] = None if common.get("use_cpu") is False else "gloo"
+    # Every LoRA weight takes part in every forward pass: no extra autograd traversal per step.
+    common["ddp_find_unused_parameters"] = False
 
 
 @dataclass(frozen=True)
