@@ -23,15 +23,18 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from services.trainer.config import TrainerSettings
+from services.trainer.schemas import JobSpec
 
 log = logging.getLogger("loraplex.trainer.launch")
 
@@ -39,22 +42,21 @@ SETTINGS_ENV = "LORAPLEX_RANK_SETTINGS"  # the worker's settings, as JSON, for e
 ERRORS_ENV = "LORAPLEX_RANK_ERRORS"  # folder where a failing rank leaves its error
 WORKER_ENV = "LORAPLEX_WORKER_ID"
 ATTEMPT_ENV = "LORAPLEX_ATTEMPT"
+RUN_WORK_ENV = "LORAPLEX_RUN_WORK"  # ``loraplex train run --nproc``: the ranks' shared folder
 STOP_GRACE_S = 10.0
 
 
-def rank_command(job_id: str, processes: int, *, python: str | None = None) -> list[str]:
+def torchrun(processes: int, module: str, *args: str, python: str | None = None) -> list[str]:
     """``torchrun`` (as ``python -m torch.distributed.run``: the same interpreter as the worker,
-    whatever PATH says) with one rank per process on this machine."""
-    return [
-        python or sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={processes}",
-        "-m",
-        "services.trainer.launch",
-        job_id,
-    ]
+    whatever PATH says) running ``python -m module args`` once per process on this machine."""
+    interpreter = python or sys.executable
+    run = [interpreter, "-m", "torch.distributed.run", "--standalone"]
+    return [*run, f"--nproc-per-node={processes}", "-m", module, *args]
+
+
+def rank_command(job_id: str, processes: int, *, python: str | None = None) -> list[str]:
+    """The ranks of registry job ``job_id``."""
+    return torchrun(processes, "services.trainer.launch", job_id, python=python)
 
 
 def rank_environment(
@@ -137,6 +139,23 @@ class RankGroup:
             with contextlib.suppress(OSError, ValueError):
                 found.append(json.loads(path.read_text()))
         return sorted(found, key=lambda e: int(e.get("rank", 0)))
+
+
+def run_ranks(spec: JobSpec, adapter_name: str) -> int:
+    """``loraplex train run --nproc N``: the same ``run`` as ranks of ``torchrun``, from ``spec``
+    (its data files already registered, by id), sharing one scratch folder; rank 0 prints the
+    result. Returns torchrun's exit code."""
+    work = Path(tempfile.mkdtemp(prefix="loraplex-run-"))
+    try:
+        config = work / "job.json"
+        config.write_text(spec.model_dump_json(exclude_none=True))
+        cli = ["run", str(config), "--adapter-name", adapter_name]
+        command = torchrun(spec.processes, "services.trainer.cli", *cli)
+        env = {**os.environ, RUN_WORK_ENV: str(work), "OMP_NUM_THREADS": "1"}
+        env["LORAPLEX_TORCH_THREADS"] = "1"
+        return subprocess.run(command, env=env, check=False).returncode
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class RankReporter:

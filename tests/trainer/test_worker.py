@@ -152,7 +152,6 @@ def _multi_process_job(
     w: Worker, monkeypatch: pytest.MonkeyPatch, rank_script: str, groups: list[Any] | None = None
 ) -> str:
     """A claimed job with ``processes: 2`` whose rank group is ``rank_script`` (no model)."""
-    from services.trainer import worker as worker_module
     from services.trainer.launch import RankGroup
 
     (job_id,) = make_jobs(w, 1)
@@ -173,7 +172,7 @@ def _multi_process_job(
             groups.append(group)
         return group
 
-    monkeypatch.setattr(worker_module.RankGroup, "start", start)
+    monkeypatch.setattr(RankGroup, "start", staticmethod(start))
     assert w.claim() == job_id
     return job_id
 
