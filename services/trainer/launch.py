@@ -44,6 +44,7 @@ WORKER_ENV = "LORAPLEX_WORKER_ID"
 ATTEMPT_ENV = "LORAPLEX_ATTEMPT"
 RUN_WORK_ENV = "LORAPLEX_RUN_WORK"  # ``loraplex train run --nproc``: the ranks' shared folder
 STOP_GRACE_S = 10.0
+FINISHED_GRACE_S = 120.0  # for torchrun to exit by itself once rank 0 finished the job
 
 
 def torchrun(processes: int, module: str, *args: str, python: str | None = None) -> list[str]:
