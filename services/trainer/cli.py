@@ -84,30 +84,45 @@ class ConsoleReporter:
 def run(
     config: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Job YAML.")],
     adapter_name: Annotated[str | None, typer.Option(help="Defaults to suffix.")] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(help="Training processes under torchrun (DDP); default: the job's processes."),
+    ] = None,
 ) -> None:
     """Run the job in this process (no service needed); registers the adapter version."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from services.trainer.adapters import store_and_register
     from services.trainer.jobs import default_adapter_name
+    from services.trainer.launch import RUN_WORK_ENV, RankReporter, run_ranks
     from services.trainer.methods import get_method
-    from services.trainer.recipes.context import RecipeContext
+    from services.trainer.recipes.context import RecipeContext, Stopped
+    from services.trainer.recipes.training import RankDone, world
 
+    rank, _ = world()
     try:
         settings = load_settings(TrainerSettings)
         spec, root = load_spec(config)
+        if nproc is not None and nproc != spec.processes:
+            spec = _with_processes(spec, nproc)
         name = adapter_name or default_adapter_name(spec)
 
         train, validation, base_dir, lineage = _job_inputs(settings, spec, root)
-        work = Path(tempfile.mkdtemp(prefix="loraplex-run-"))
+        if spec.processes > 1 and RUN_WORK_ENV not in os.environ:
+            # The data files are registered now, once; the ranks read them by id.
+            ids = {"training_file": train.file_id}
+            if validation is not None:
+                ids["validation_file"] = validation.file_id
+            raise typer.Exit(run_ranks(spec.model_copy(update=ids), name))
+        work = Path(os.environ.get(RUN_WORK_ENV) or tempfile.mkdtemp(prefix="loraplex-run-"))
         columns = [
             TextColumn("{task.description}"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
             TimeRemainingColumn(),
         ]
-        with Progress(*columns) as progress:
-            reporter = ConsoleReporter(progress)
+        with Progress(*columns, disable=rank != 0) as progress:
+            reporter: Any = ConsoleReporter(progress) if rank == 0 else RankReporter(rank)
             ctx = RecipeContext(
                 spec=spec,
                 settings=settings,
@@ -122,11 +137,27 @@ def run(
                 base_adapter_dir=base_dir,
                 base_adapter_lineage=lineage,
             )
-            result = get_method(spec.method.type).load_recipe()(ctx)
+            try:
+                result = get_method(spec.method.type).load_recipe()(ctx)
+            except (RankDone, Stopped):
+                if rank == 0:
+                    raise
+                return  # rank 0 saves, registers and reports
         shutil.rmtree(work, ignore_errors=True)
         typer.echo(json.dumps({"version_id": result.version_id, "metrics": result.metrics}))
     except LoraplexError as exc:
         _fail(exc)
+
+
+def _with_processes(spec: JobSpec, processes: int) -> JobSpec:
+    """The spec with ``--nproc`` as its ``processes``, checked like the field itself."""
+    import pydantic
+
+    try:
+        return JobSpec.model_validate({**spec.model_dump(), "processes": processes})
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValidationError(f"--nproc (processes): {first['msg']}", param="processes") from exc
 
 
 def _job_inputs(

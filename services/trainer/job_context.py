@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydantic
 from sqlalchemy.orm import Session
 
 from services.trainer.adapters import store_and_register
@@ -36,7 +37,13 @@ def job_context(
     register: Register,
 ) -> RecipeContext:
     """The context the job's recipe runs in; a ValidationError if its stored spec is refused."""
-    spec = JobSpec.model_validate(job.config)
+    try:
+        spec = JobSpec.model_validate(job.config)
+    except pydantic.ValidationError as exc:
+        # Accepted at creation, refused here: e.g. more processes than this worker's cores.
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        raise ValidationError(f"{field}: {first['msg']}", param=field) from exc
     # Jobs queued before target_modules was checked at creation must not reach peft.
     if problem := target_modules_problem(spec.lora.target_modules):
         raise ValidationError(problem, param="lora.target_modules")

@@ -129,6 +129,11 @@ def job_name(job_id: str) -> str:
     return f"{JOB_NAME_PREFIX}{readable}-{digest}" if readable else JOB_NAME_PREFIX + digest
 
 
+def cpu_cores(quantity: str) -> float:
+    """A CPU quantity (``2``, ``500m``) in cores."""
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
 def job_labels(job_id: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "loraplex",
@@ -146,8 +151,13 @@ def job_manifest(
     namespace: str,
     data_dir: str = "/var/lib/loraplex",
     worker_id: str | None = None,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """The Kubernetes Job that runs training job ``job_id`` (``loraplex train run-job <id>``).
+
+    ``processes``: the job's training processes. ``run-job`` starts them as ranks of ``torchrun
+    --nproc-per-node <processes>`` in the pod (``services/trainer/launch.py``), so a GPU Job gets
+    one GPU per process and a CPU Job at least one core per process.
 
     ``data_dir`` is where LORAPLEX_DATA_DIR points inside the Job: a claim in
     ``settings.volume_claims`` mounted there is used (the trainer's shared data volume), else a
@@ -181,11 +191,17 @@ def job_manifest(
     )
     mounts.append({"name": "shm", "mountPath": "/dev/shm"})
 
-    requests: dict[str, str] = {"cpu": settings.cpu, "memory": settings.memory}
+    if processes < 1:
+        raise ConfigError(f"{processes} training processes; at least 1", param="processes")
+    gpus = processes if settings.gpus and processes > 1 else settings.gpus
+    cpu = settings.cpu
+    if not gpus and cpu_cores(cpu) < processes:
+        cpu = str(processes)
+    requests: dict[str, str] = {"cpu": cpu, "memory": settings.memory}
     limits: dict[str, str] = {"memory": settings.memory}
     tolerations: list[dict[str, str]] = []
-    if settings.gpus:
-        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(settings.gpus)
+    if gpus:
+        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(gpus)
         tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
 
     env_from: list[dict[str, Any]] = [{"configMapRef": {"name": n}} for n in settings.config_maps]

@@ -146,16 +146,18 @@ class KubernetesJobRunner:
             to_dict=api.sanitize_for_serialization,
         )
 
-    def submit(self, job_id: str, *, worker_id: str | None = None) -> str:
+    def submit(self, job_id: str, *, worker_id: str | None = None, processes: int = 1) -> str:
         """Create the Job of ``job_id``, or adopt the one a previous worker created; its name.
 
-        ``worker_id`` is the claiming worker's id, under which the Job's ``run-job`` works."""
+        ``worker_id`` is the claiming worker's id, under which the Job's ``run-job`` works;
+        ``processes``: the job's training processes (one GPU each on a GPU Job)."""
         body = job_manifest(
             job_id,
             self.settings,
             namespace=self.namespace,
             data_dir=self.data_dir,
             worker_id=worker_id,
+            processes=processes,
         )
         name: str = body["metadata"]["name"]
         try:

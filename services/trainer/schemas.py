@@ -9,11 +9,19 @@ SDK sends them with ``extra_body``).
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from services.trainer.hyperparameters import (
     DEFAULT_BATCH_SIZE,
@@ -162,6 +170,12 @@ class JobSpec(BaseModel):
         description="Adapter version (name@vN) or alias (name:alias) to continue from, e.g. SFT "
         "before DPO; an alias is resolved to its version when the job is created.",
     )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        description="Training processes (torchrun, DDP): one per GPU, or CPU processes of one "
+        "thread each; each trains an equal share of every batch, so batch_size must divide by it.",
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -172,6 +186,31 @@ class JobSpec(BaseModel):
             for k, v in value.items():
                 if len(k) > 64 or len(v) > 512:
                     raise ValueError(f"metadata {k!r}: keys up to 64 and values up to 512 chars")
+        return value
+
+    @field_validator("processes")
+    @classmethod
+    def _processes_fit(cls, value: int, info: ValidationInfo) -> int:
+        # Checked at creation and again by the worker that trains the job (its own cores).
+        method, lora = info.data.get("method"), info.data.get("lora")
+        if value == 1 or method is None or lora is None:
+            return value  # a bad method or lora block has its own error
+        if value > (cores := len(os.sched_getaffinity(0))):
+            raise ValueError(f"{value} processes but this machine has {cores} usable cores")
+        if method.type != "supervised":
+            raise ValueError("more than one process is supported for method 'supervised' only")
+        if lora.quantization != "none":
+            raise ValueError("more than one process is not supported with QLoRA (nf4)")
+        block = getattr(method, method.type)
+        hp = info.data.get("hyperparameters") or (
+            block.hyperparameters if block else get_method(method.type).hyperparameters()
+        )
+        batch = DEFAULT_BATCH_SIZE if hp.batch_size == "auto" else hp.batch_size
+        if batch % value:
+            raise ValueError(
+                f"{value} processes do not divide the batch size {batch}: each process trains "
+                "an equal share of every batch"
+            )
         return value
 
     @model_validator(mode="after")

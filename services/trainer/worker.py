@@ -36,6 +36,7 @@ from services.trainer.job_reporter import WORKER_STOPPING, JobReporter
 from services.trainer.jobs import add_event, job_dir
 from services.trainer.k8s_jobs import KubernetesJobSettings
 from services.trainer.k8s_runner import KubernetesJobRunner
+from services.trainer.launch import FINISHED_GRACE_S, RankGroup
 from services.trainer.methods import get_method
 from services.trainer.recipes.context import RecipeResult, Stopped
 from services.trainer.statuses import ACTIVE, WAITING, JobStatus
@@ -58,6 +59,8 @@ class Worker:
         self.registry: Registry = open_registry(settings)
         self.stopping = threading.Event()
         self.claims: dict[str, queue.Claim] = {}  # job id -> this worker's claim (fencing token)
+        # True in rank 0 of a multi-process job (launch.py): it trains, never starts ranks itself.
+        self.in_rank = False
         # With LORAPLEX_K8S_ENABLED each job trains in its own Kubernetes Job (k8s_jobs.py).
         self.kubernetes: KubernetesJobRunner | None = None
         k8s = KubernetesJobSettings()
@@ -101,10 +104,12 @@ class Worker:
         log_claimed(log, "job.claimed", claim, key="job")
         return claim.row_id
 
-    def hold(self, job: TrainingJobRow) -> None:
+    def hold(self, job: TrainingJobRow, attempt: int | None = None) -> None:
         """Act under the claim this worker's id already holds on ``job`` (``run-job`` in the
-        Kubernetes Job of the worker that claimed it): same id, same attempt, same fence."""
-        self.claims[job.id] = queue.Claim(job.id, self.worker_id, job.attempts, status=job.status)
+        Kubernetes Job of the worker that claimed it, rank 0 of its multi-process training):
+        same id, same attempt (``attempt``: the claimer's, when it is known), same fence."""
+        held = job.attempts if attempt is None else attempt
+        self.claims[job.id] = queue.Claim(job.id, self.worker_id, held, status=job.status)
 
     def _beat(self, session: Session, job_id: str) -> bool:
         claim = self.claims.get(job_id)
@@ -176,8 +181,12 @@ class Worker:
         every_s = self.settings.worker_heartbeat_s
         with heartbeating(self.registry, beat, every_s, reporter.lost, label=job_id, log=log):
             try:
+                processes = int((job.config or {}).get("processes") or 1)
                 if self.kubernetes is not None:
-                    self._process_in_kubernetes(job_id)
+                    self._process_in_kubernetes(job_id, processes)
+                    return
+                if processes > 1 and not self.in_rank:
+                    self._process_in_ranks(job, reporter, processes)
                     return
                 ctx = job_context(
                     self.settings,
@@ -224,12 +233,71 @@ class Worker:
                     job_id, JobStatus.FAILED, f"job failed: {error['message']}", error=error
                 )
 
-    def _process_in_kubernetes(self, job_id: str) -> None:
+    def _process_in_ranks(self, job: TrainingJobRow, reporter: JobReporter, n: int) -> None:
+        """Train under torchrun (launch.py): rank 0 acts as this worker; follow the group here
+        (and keep heartbeating); kill it on cancel, shutdown or a lost claim; fail the job with
+        the failing rank's error if the group ended without finishing it."""
+        out = job_dir(self.settings, job.id)
+        claim = self.claims[job.id]
+        group = RankGroup.start(
+            self.settings, job.id, n, worker_id=self.worker_id, attempt=claim.attempt, scratch=out
+        )
+        event(log, "job.ranks_started", job=job.id, processes=n, pid=group.process.pid)
+        with self.registry.session() as session:
+            add_event(session, job.id, f"training in {n} processes (torchrun, DDP)")
+        reason = None
+        while (code := group.poll()) is None:
+            time.sleep(min(1.0, self.settings.worker_heartbeat_s))
+            reason = reporter.should_stop()
+            if reason and self._ended(job.id):
+                # Rank 0 finished the job (which ends the claim): the group is exiting.
+                # torchrun takes a while to wind down after its ranks exit (over 10 s measured
+                # on a loaded 2-core machine); the job is done, so waiting costs nothing.
+                reason, code = None, group.wait(FINISHED_GRACE_S)
+                break
+            if reason:
+                group.kill()
+                break
+        if reason == JobStatus.CANCELLED:
+            shutil.rmtree(out, ignore_errors=True)
+            self._finish(job.id, JobStatus.CANCELLED, "job cancelled; nothing was saved")
+            return
+        if reason == WORKER_STOPPING:
+            self._release(job.id)
+            return
+        if reason is not None:
+            event(log, "job.abandoned", logging.WARNING, job=job.id, reason=reason)
+            return
+        errors = group.rank_errors()
+        first = errors[0] if errors else {"rank": None, "error": f"torchrun exited with {code}"}
+        rank = "a rank" if first["rank"] is None else f"rank {first['rank']}"
+        # Rank 0 finished the job itself (succeeded, or failed with its own error) unless the
+        # group died around it; then the job still looks active and is failed here.
+        self._finish(
+            job.id,
+            JobStatus.FAILED,
+            f"job failed: {rank}: {first['error']}",
+            error={
+                "code": "rank_failed",
+                "message": f"training failed in {rank} of {n}: {first['error']}",
+                "type": "system_error",
+                "details": [f"rank {e['rank']}: {e['error']}" for e in errors[:8]],
+            },
+        )
+        if code == 0:
+            shutil.rmtree(out, ignore_errors=True)
+
+    def _ended(self, job_id: str) -> bool:
+        with self.registry.session() as session:
+            job = session.get(TrainingJobRow, job_id)
+            return job is None or job.status not in ACTIVE
+
+    def _process_in_kubernetes(self, job_id: str, processes: int = 1) -> None:
         """Train in a Kubernetes Job whose ``run-job`` acts as this worker; follow it here (and
         keep heartbeating), then fail the job if the pod ended without finishing it."""
         assert self.kubernetes is not None
         runner = self.kubernetes
-        name = runner.submit(job_id, worker_id=self.worker_id)
+        name = runner.submit(job_id, worker_id=self.worker_id, processes=processes)
         with self.registry.session() as session:
             add_event(session, job_id, f"training in Kubernetes Job {name}")
         state = runner.follow(name)

@@ -101,3 +101,52 @@ def test_submit_reports_every_data_problem(api: TestClient, tmp_path: Path) -> N
     assert result.exit_code == 2
     assert "line 1: missing field `completion`" in result.output
     assert "line 2: invalid JSON" in result.output
+
+
+def test_run_nproc_out_of_range_exits_2_naming_processes(
+    trainer_settings: Any, tmp_path: Path
+) -> None:
+    import os
+
+    write_jsonl(tmp_path / "train.jsonl", [order_chat(i) for i in range(4)])
+    (tmp_path / "job.yaml").write_text("training_file: train.jsonl\n")
+    too_many = len(os.sched_getaffinity(0)) + 1
+    for nproc in (0, too_many):
+        result = CliRunner().invoke(
+            cli.app, ["run", str(tmp_path / "job.yaml"), "--nproc", str(nproc)]
+        )
+        assert result.exit_code == 2, result.output
+        assert "--nproc" in result.output and "processes" in result.output
+    from shared.registry.db import open_registry
+    from shared.registry.models import DatasetRow
+
+    registry = open_registry(trainer_settings)
+    with registry.session() as session:
+        assert session.query(DatasetRow).count() == 0, "nothing stored"
+    registry.dispose()
+
+
+def test_run_nproc_starts_ranks_on_the_registered_files(
+    trainer_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from services.trainer import launch
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two usable cores")
+    started: list[tuple[JobSpec, str]] = []
+
+    def run_ranks(spec: JobSpec, name: str) -> int:
+        started.append((spec, name))
+        return 0
+
+    monkeypatch.setattr(launch, "run_ranks", run_ranks)
+    write_jsonl(tmp_path / "train.jsonl", [order_chat(i) for i in range(4)])
+    (tmp_path / "job.yaml").write_text(
+        "training_file: train.jsonl\nsuffix: shop\nhyperparameters: {batch_size: 4}\n"
+    )
+    result = CliRunner().invoke(cli.app, ["run", str(tmp_path / "job.yaml"), "--nproc", "2"])
+    assert result.exit_code == 0, result.output
+    ((spec, name),) = started
+    assert spec.processes == 2 and spec.training_file.startswith("file-") and name == "shop"

@@ -131,6 +131,18 @@ def test_a_stored_spec_is_checked_again(reg: Registry, tset: TrainerSettings) ->
     assert gone.value.param == "training_file"
 
 
+def test_a_stored_spec_this_worker_cannot_train_is_a_user_error(
+    reg: Registry, tset: TrainerSettings
+) -> None:
+    import os
+
+    too_many = len(os.sched_getaffinity(0)) + 1
+    job = add_job(reg, {"training_file": "file-x", "processes": too_many})
+    with pytest.raises(ValidationError) as caught:
+        job_context(tset, reg, job, RecordingReporter(), never)
+    assert caught.value.param == "processes" and "usable cores" in caught.value.message
+
+
 class Fence:
     """A stand-in for Worker.guarded_update: records the writes, holds the claim or not."""
 

@@ -146,6 +146,37 @@ def test_gpu_resources_are_optional() -> None:
     assert gpu["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
 
 
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_a_multi_process_gpu_job_gets_one_gpu_per_process(version: str) -> None:
+    """``processes: 4`` on the gpu overlay: the pod's ``run-job`` starts ``torchrun
+    --nproc-per-node=4`` (services/trainer/launch.py), so the Job asks for four GPUs."""
+    from services.trainer.launch import rank_command
+
+    job = job_manifest("ftjob-ddp", gpu_settings(gpus=1), namespace="ns", processes=4)
+    kubernetes_validate.validate(job, version, strict=True)
+    resources = container(job)["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "4"
+    assert container(job)["args"] == ["train", "run-job", "ftjob-ddp"]
+    gpus = int(resources["limits"]["nvidia.com/gpu"])
+    assert f"--nproc-per-node={gpus}" in rank_command("ftjob-ddp", gpus)
+    one = job_manifest("ftjob-ddp", gpu_settings(gpus=2), namespace="ns")
+    assert container(one)["resources"]["limits"]["nvidia.com/gpu"] == "2", "one process: as set"
+
+
+def test_a_multi_process_cpu_job_gets_a_core_per_process() -> None:
+    cpu = KubernetesJobSettings(image=IMAGE, cpu="500m")
+    job = job_manifest("j", cpu, namespace="ns", processes=3)
+    assert container(job)["resources"]["requests"]["cpu"] == "3"
+    assert "nvidia.com/gpu" not in str(job)
+    roomy = job_manifest(
+        "j", KubernetesJobSettings(image=IMAGE, cpu="8"), namespace="ns", processes=3
+    )
+    assert container(roomy)["resources"]["requests"]["cpu"] == "8"
+    with pytest.raises(ConfigError) as caught:
+        job_manifest("j", cpu, namespace="ns", processes=0)
+    assert caught.value.param == "processes"
+
+
 def test_shared_data_claim_replaces_the_scratch_directory() -> None:
     shared = job_manifest("j", gpu_settings(), namespace="ns")
     mounts = {m["mountPath"]: m["name"] for m in container(shared)["volumeMounts"]}
@@ -230,6 +261,10 @@ def test_gpu_overlay_configures_a_job_that_fits_the_overlay(
     worker = named(docs, "Deployment")["loraplex-trainer-worker"]
     worker_image = worker["spec"]["template"]["spec"]["containers"][0]["image"]
     assert container(job)["image"] == worker_image
+    # A job with processes: 2 on this overlay: one GPU per rank, still a valid Job.
+    ddp = job_manifest("ftjob-2", settings, namespace=namespace, data_dir=data_dir, processes=2)
+    kubernetes_validate.validate(ddp, K8S_VERSIONS[-1], strict=True)
+    assert container(ddp)["resources"]["limits"]["nvidia.com/gpu"] == "2"
 
 
 def test_namespace_comes_from_settings_or_the_pod(tmp_path: Path) -> None:

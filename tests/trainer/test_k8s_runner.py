@@ -163,6 +163,12 @@ def test_submit_creates_the_job(api: tuple[FakeBatch, FakeCore]) -> None:
     assert {"name": "LORAPLEX_WORKER_ID", "value": "worker-7"} in created["env"]
 
 
+def test_submit_sizes_a_multi_process_job(api: tuple[FakeBatch, FakeCore]) -> None:
+    name = runner(api).submit("ftjob-2", worker_id="worker-7", processes=3)
+    cpu = container(api[0].jobs[name])["resources"]["requests"]["cpu"]
+    assert float(cpu) >= 3, "one core per rank at least"
+
+
 def test_submit_adopts_the_job_of_a_previous_worker(api: tuple[FakeBatch, FakeCore]) -> None:
     first = runner(api).submit("ftjob-1")
     assert runner(api).submit("ftjob-1") == first

@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -119,10 +122,10 @@ def test_kubernetes_mode_follows_the_job_and_fails_it_if_the_pod_did_not_finish(
 
     class FakeRunner:
         def __init__(self) -> None:
-            self.submitted: list[tuple[str, str | None]] = []
+            self.submitted: list[tuple[str, str | None, int]] = []
 
-        def submit(self, job_id: str, *, worker_id: str | None = None) -> str:
-            self.submitted.append((job_id, worker_id))
+        def submit(self, job_id: str, *, worker_id: str | None = None, processes: int = 1) -> str:
+            self.submitted.append((job_id, worker_id, processes))
             return "loraplex-train-x"
 
         def follow(self, name: str) -> JobState:
@@ -137,11 +140,85 @@ def test_kubernetes_mode_follows_the_job_and_fails_it_if_the_pod_did_not_finish(
     (job_id,) = make_jobs(w, 1)
     assert w.claim() == job_id
     w.process(job_id)
-    assert runner.submitted == [(job_id, "w")]
+    assert runner.submitted == [(job_id, "w", 1)]
     with w.registry.session() as s:
         row = s.get(TrainingJobRow, job_id)
         assert row is not None and row.status == "failed" and row.error is not None
         assert row.error["type"] == "system_error" and "OOMKilled" in row.error["details"][0]
+    w.registry.dispose()
+
+
+def _multi_process_job(
+    w: Worker, monkeypatch: pytest.MonkeyPatch, rank_script: str, groups: list[Any] | None = None
+) -> str:
+    """A claimed job with ``processes: 2`` whose rank group is ``rank_script`` (no model)."""
+    from services.trainer.launch import RankGroup
+
+    (job_id,) = make_jobs(w, 1)
+    with w.registry.session() as s:
+        s.execute(
+            update(TrainingJobRow)
+            .where(TrainingJobRow.id == job_id)
+            .values(config={"training_file": "file-x", "processes": 2})
+        )
+
+    def start(settings: Any, job: str, n: int, *, scratch: Path, **_: Any) -> RankGroup:
+        assert (job, n) == (job_id, 2)
+        errors = scratch / "ranks"
+        errors.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-c", rank_script, str(errors)]
+        group = RankGroup(subprocess.Popen(command, start_new_session=True), errors)
+        if groups is not None:
+            groups.append(group)
+        return group
+
+    monkeypatch.setattr(RankGroup, "start", staticmethod(start))
+    assert w.claim() == job_id
+    return job_id
+
+
+def test_a_failing_rank_fails_the_job_with_its_error(
+    tsettings: TrainerSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = Worker(tsettings, "w")
+    script = (
+        "import json, sys, pathlib; pathlib.Path(sys.argv[1], 'rank-1.json').write_text("
+        "json.dumps({'rank': 1, 'error': 'RuntimeError: out of memory'})); sys.exit(1)"
+    )
+    job_id = _multi_process_job(w, monkeypatch, script)
+    w.process(job_id)
+    with w.registry.session() as s:
+        row = s.get(TrainingJobRow, job_id)
+        assert row is not None and row.status == "failed" and row.error is not None
+        assert row.error["code"] == "rank_failed"
+        assert "rank 1 of 2: RuntimeError: out of memory" in row.error["message"]
+    w.registry.dispose()
+
+
+def test_cancel_kills_the_rank_group(
+    tsettings: TrainerSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = Worker(tsettings, "w")
+    groups: list[Any] = []
+    job_id = _multi_process_job(w, monkeypatch, "import time; time.sleep(600)", groups)
+
+    def cancel_soon() -> None:
+        time.sleep(1.5)
+        with w.registry.session() as s:
+            s.execute(
+                update(TrainingJobRow)
+                .where(TrainingJobRow.id == job_id)
+                .values(cancel_requested=True)
+            )
+
+    threading.Thread(target=cancel_soon, daemon=True).start()
+    started = time.monotonic()
+    w.process(job_id)
+    assert time.monotonic() - started < 30
+    with w.registry.session() as s:
+        row = s.get(TrainingJobRow, job_id)
+        assert row is not None and row.status == "cancelled"
+    assert groups[0].poll() is not None  # the whole group was killed, not left running
     w.registry.dispose()
 
 

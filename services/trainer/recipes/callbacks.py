@@ -10,6 +10,18 @@ from typing import Any
 from services.trainer.recipes.context import EventKind, Reporter
 
 
+def agreed(reason: str | None) -> str | None:
+    """Rank 0's stop decision on every rank of a multi-process job (a no-op in one process): a
+    rank that stopped alone would leave the others waiting in their next gradient all-reduce."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return reason
+    box = [reason]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def make_progress_callback(reporter: Reporter) -> Any:
     from transformers import TrainerCallback
 
@@ -33,9 +45,12 @@ def make_progress_callback(reporter: Reporter) -> Any:
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             now = time.monotonic()
-            if now - self.last_check >= 0.5 or state.global_step >= state.max_steps:
+            # Under several processes every rank checks at every step (the check is a
+            # collective, so all must call it at the same steps; wall clocks differ).
+            distributed = args.world_size > 1
+            if distributed or now - self.last_check >= 0.5 or state.global_step >= state.max_steps:
                 self.last_check = now
-                reason = reporter.should_stop()
+                reason = agreed(reporter.should_stop() if state.is_world_process_zero else None)
                 if reason:
                     self.stop_reason = reason
                     control.should_training_stop = True

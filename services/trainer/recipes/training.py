@@ -5,6 +5,7 @@ each recipe, which keeps reading top to bottom."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,38 @@ def fit_memory(
     return Fit(micro_batch, plan, gradient_checkpointing)
 
 
+class RankDone(Exception):
+    """Training finished on a rank other than 0 of a multi-process job: rank 0 alone saves,
+    writes the manifest and registers (``services/trainer/launch.py``)."""
+
+
+def world() -> tuple[int, int]:
+    """(this process's rank, how many processes train the job): torchrun's RANK and WORLD_SIZE."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def split_batch(common: dict[str, Any], hp: ResolvedHyperparameters, processes: int) -> None:
+    """Make the ``processes`` ranks together train ``hp.batch_size`` examples per optimizer step,
+    as one process would: each takes ``batch_size / processes`` of them (micro-batches of the
+    chosen size or the largest divisor of the share below it, accumulated). The loss stays
+    normalised over all the step's tokens on every rank (transformers counts them across ranks),
+    so the gradient is the one-process gradient up to summation order."""
+    if processes == 1:
+        return
+    share = hp.batch_size // processes
+    micro = max(
+        d
+        for d in range(1, share + 1)
+        if share % d == 0 and d <= common["per_device_train_batch_size"]
+    )
+    common["per_device_train_batch_size"] = common["per_device_eval_batch_size"] = micro
+    common["gradient_accumulation_steps"] = hp.gradient_accumulation_steps * (share // micro)
+    # Gloo on CPU; NCCL is the default where the ranks have GPUs.
+    common["ddp_backend"] = None if common.get("use_cpu") is False else "gloo"
+    # Every LoRA weight takes part in every forward pass: no extra autograd traversal per step.
+    common["ddp_find_unused_parameters"] = False
+
+
 @dataclass(frozen=True)
 class Trained:
     """A finished (or stopped) ``trainer.train()``; ``epochs``: how many epochs its steps make."""
@@ -109,6 +142,8 @@ def train(
     common = common_args(
         ctx, hp, n_train, setup.precision, fit.gradient_checkpointing, has_eval, fit.micro_batch
     )
+    rank, processes = world()
+    split_batch(common, hp, processes)
     # ``config`` may override a common argument (GRPO counts its batch in completions).
     args = config_cls(**{**common, **config})
     callback = make_progress_callback(ctx.reporter)
@@ -135,6 +170,8 @@ def train(
         )
         restore_trained_adapter(trainer.model, resume)
     trainer.train(resume_from_checkpoint=resume)
+    if rank != 0:
+        raise RankDone(f"rank {rank} trained its share")
     steps = total_steps(n_train, hp)
     return Trained(trainer, callback, steps, steps / steps_per_epoch(n_train, hp))
 

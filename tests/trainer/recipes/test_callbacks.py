@@ -43,15 +43,22 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return clock
 
 
-def state(step: int, total: int = 10, history: list[dict[str, Any]] | None = None) -> Any:
-    return SimpleNamespace(global_step=step, max_steps=total, log_history=history or [])
+def state(
+    step: int, total: int = 10, history: list[dict[str, Any]] | None = None, rank: int = 0
+) -> Any:
+    return SimpleNamespace(
+        global_step=step,
+        max_steps=total,
+        log_history=history or [],
+        is_world_process_zero=rank == 0,
+    )
 
 
 def control() -> Any:
     return SimpleNamespace(should_training_stop=False, should_save=True, should_evaluate=True)
 
 
-ARGS = SimpleNamespace(output_dir="/work/job")
+ARGS = SimpleNamespace(output_dir="/work/job", world_size=1)
 
 
 def test_training_start_is_an_event_with_the_step(clock: Clock) -> None:
@@ -192,3 +199,66 @@ def test_a_grpo_log_carries_the_reward_its_spread_and_the_kl(clock: Clock) -> No
     data = reporter.events[-1]["data"]
     assert (data["reward"], data["reward_std"], data["kl"]) == (0.5, 0.25, 0.003)
     assert "entropy" not in data
+
+
+def test_under_several_processes_rank_0_decides_at_every_step(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every rank takes part in the (collective) stop decision at every step, whatever its clock
+    says; only rank 0 asks its reporter, and what it answers is every rank's answer."""
+    from services.trainer.recipes import callbacks
+
+    said: list[str | None] = []
+
+    def broadcast(reason: str | None) -> str | None:  # rank 0's answer reaches every rank
+        said.append(reason)
+        return "cancelled"
+
+    monkeypatch.setattr(callbacks, "agreed", broadcast)
+    two = SimpleNamespace(output_dir="/work/job", world_size=2)
+    other = AskingReporter(None)
+    callback = make_progress_callback(other)
+    callback.on_step_end(two, state(1, rank=1), control())
+    callback.on_step_end(two, state(2, rank=1), control())  # same instant: asked again
+    assert said == [None, None] and other.asked == 0
+    assert callback.stop_reason == "cancelled"
+    first = AskingReporter("cancelled")
+    make_progress_callback(first).on_step_end(two, state(1), control())
+    assert said[-1] == "cancelled" and first.asked == 1
+
+
+def test_one_process_decides_alone() -> None:
+    from services.trainer.recipes.callbacks import agreed
+
+    assert agreed("cancelled") == "cancelled" and agreed(None) is None
+
+
+def _agree(rank: int, port: int, answers: Any) -> None:
+    import torch.distributed as dist
+
+    from services.trainer.recipes.callbacks import agreed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        answers[rank] = agreed("cancelled" if rank == 0 else None)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_agree_on_rank_0s_stop_decision() -> None:
+    import multiprocessing
+
+    from tests.trainer.conftest import free_port
+
+    spawn = multiprocessing.get_context("spawn")
+    port = free_port()
+    with spawn.Manager() as manager:
+        answers = manager.dict()
+        ranks = [spawn.Process(target=_agree, args=(r, port, answers)) for r in (0, 1)]
+        for rank in ranks:
+            rank.start()
+        for rank in ranks:
+            rank.join(120)
+        assert [rank.exitcode for rank in ranks] == [0, 0]
+        assert dict(answers) == {0: "cancelled", 1: "cancelled"}

@@ -206,3 +206,32 @@ def test_fit_memory_plans_the_chosen_pass_and_keeps_pinned_checkpointing(
     assert fit.micro_batch == 2 and fit.gradient_checkpointing is True
     assert fit.plan.summary() == reporter.events[-1]["data"]["memory"]
     assert reporter.events[-1]["message"].startswith("memory plan: about ")
+
+
+@pytest.mark.parametrize(
+    ("batch", "micro", "accumulation", "processes"),
+    [(8, 4, 1, 2), (8, 8, 1, 2), (12, 3, 2, 2), (12, 6, 1, 3), (16, 1, 1, 4), (6, 6, 1, 1)],
+)
+def test_processes_share_the_batch_and_train_the_same_global_batch(
+    batch: int, micro: int, accumulation: int, processes: int
+) -> None:
+    from services.trainer.recipes.training import split_batch
+    from services.trainer.schemas import JobSpec
+
+    hp = JobSpec(
+        training_file="f",
+        hyperparameters={"batch_size": batch, "gradient_accumulation_steps": accumulation},
+    ).resolved()
+    common: dict[str, Any] = {
+        "per_device_train_batch_size": micro,
+        "per_device_eval_batch_size": micro,
+        "gradient_accumulation_steps": accumulation * batch // micro,
+        "use_cpu": True,
+    }
+    split_batch(common, hp, processes)
+    per_device = common["per_device_train_batch_size"]
+    assert per_device <= micro, "never a bigger pass than memory planning chose"
+    assert per_device * common["gradient_accumulation_steps"] * processes == batch * accumulation
+    if processes > 1:
+        assert common["ddp_backend"] == "gloo"
+        assert common["ddp_find_unused_parameters"] is False
