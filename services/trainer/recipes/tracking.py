@@ -19,6 +19,7 @@ All three log what the trainer logs, under the same names (``train/loss``,
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -245,7 +246,9 @@ def callbacks(ctx: RecipeContext) -> list[Any]:
             continue
         seen.add(integration.type)
         if integration.type == "tensorboard":
-            out.append(_tensorboard(ctx))
+            # A SummaryWriter writes its (empty) event file when made: rank 0's only.
+            if int(os.environ.get("RANK", "0")) == 0:
+                out.append(_tensorboard(ctx))
         elif integration.type == "mlflow":
             experiment = integration.mlflow.experiment_name if integration.mlflow else "loraplex"
             out.append(tracker_callback(ctx, MlflowTracker(ctx, experiment), "mlflow"))

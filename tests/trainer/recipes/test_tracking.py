@@ -41,6 +41,19 @@ def test_runs_are_named_by_the_job_and_outlive_its_scratch_folder(tmp_path: Path
     assert tracking.run_name(ctx).startswith(f"{ctx.adapter_name}-")
 
 
+def test_only_rank_zero_of_a_multi_process_job_writes_tensorboard_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_ctx(tmp_path, {**sft_spec(), "integrations": [{"type": "tensorboard"}]})
+    ctx.job_id = "ftjob-ranks"
+    monkeypatch.setenv("RANK", "1")
+    assert tracking.callbacks(ctx) == []
+    assert not tracking.tensorboard_dir(ctx).exists()
+    monkeypatch.setenv("RANK", "0")
+    assert len(tracking.callbacks(ctx)) == 1
+    assert any(tracking.tensorboard_dir(ctx).iterdir())
+
+
 def test_mlflow_goes_to_the_configured_server_else_a_local_store(tmp_path: Path) -> None:
     local = TrainerSettings(data_dir=tmp_path)
     assert tracking.mlflow_uri(local) == f"sqlite:///{tmp_path / 'tracking/mlflow/mlflow.db'}"
