@@ -17,8 +17,8 @@ from shared.memory import (
     PlanInput,
     estimate_plan,
     peak_resident_bytes,
-    plan_or_refuse,
 )
+from shared.memory_fit import plan_or_refuse
 from shared.model_shapes import KNOWN_MODELS
 
 SHAPE = ModelShape.from_config(KNOWN_MODELS["SmolLM2-135M"])
