@@ -91,6 +91,7 @@ def train_one(args: argparse.Namespace) -> dict[str, Any]:
     recipe_seconds = time.perf_counter() - start
     peak = peak_resident_bytes()
     folder = work / "out" / "final"
+    folder_mib = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1024**2
     exact = exact_match(data_dir / "models" / "smollm2-135m-instruct", folder, args)
     shutil.rmtree(data_dir, ignore_errors=True)
     manifest = run.manifest
@@ -110,7 +111,7 @@ def train_one(args: argparse.Namespace) -> dict[str, Any]:
         "trainable_params": plan["trainable_params"],
         "learning_rate": manifest["config"]["hyperparameters"]["learning_rate"],
         "precision": manifest["config"]["decisions"]["precision"],
-        "folder_mib": round(sum(p.stat().st_size for p in folder.rglob("*")) / 1024**2, 1),
+        "folder_mib": round(folder_mib, 1),
     }
 
 
@@ -203,9 +204,9 @@ def main() -> None:
         },
         notes=(
             "Each method at its own default learning rate (full 2e-5, LoRA 2e-4). A short run: "
-            "it shows the cost of training every weight (memory, speed, a 260 MiB model folder "
-            "instead of a few MiB adapter) and where each stands after the same steps, not the "
-            "quality either reaches when trained to convergence."
+            "it shows the cost of training every weight (memory, speed, the size of what is "
+            "stored) and where each stands after the same steps, not the quality either reaches "
+            "when trained to convergence."
         ),
         extra={"runs": runs},
     )
