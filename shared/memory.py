@@ -9,8 +9,12 @@ framework overhead. It is deliberately a little pessimistic: refusing a job that
 costs a retry with a suggested setting; a job that dies out of memory costs the whole run. A test
 checks it against the peak RSS of a real CPU run (tests/trainer/test_memory.py).
 
-- The trainer plans a job with :func:`estimate_plan` / :func:`plan_or_refuse`, which refuses with
-  the settings that would fit.
+Full fine-tuning (``PlanInput.full``) trains every weight: fp32 master weights (plus the bf16
+copies autocast makes of them for a bf16 step), an fp32 gradient and two AdamW moments for each.
+
+- The trainer plans a job with :func:`estimate_plan` and ``shared.memory_fit.plan_or_refuse``,
+  which refuses with the settings that would fit (for full fine-tuning: the LoRA and QLoRA jobs
+  that would).
 - ``loraplex doctor`` shows which methods fit with :func:`estimate` (full, LoRA, QLoRA).
 """
 
@@ -18,11 +22,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-from shared.errors import ValidationError
 
 GIB = 1024**3
 GiB = GIB  # the doctor's spelling
@@ -30,10 +32,10 @@ GiB = GIB  # the doctor's spelling
 FRAMEWORK_OVERHEAD = int(1.0 * GIB)
 ADAM_BYTES_PER_TRAINABLE = 16  # fp32 weight + grad + two Adam moments
 GRAD_BYTES = 4  # of those 16, the fp32 gradient
+FULL_MASTER_BYTES = 4  # of those 16, the fp32 weight: a full fine-tune's model itself
 NF4_BITS = 4.127  # 4 bits + ~0.127 bits of double-quantised scales per quantised weight
 
 Method = Literal["full", "lora", "qlora"]
-QLORA_SETTING = "QLoRA: lora.quantization = 'nf4'"
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class PlanInput:
     gradient_checkpointing: bool
     weight_bytes: int  # 2 for bf16 weights, 4 for fp32
     sequences_per_example: int = 1  # 2 for DPO: the chosen and the rejected answer
+    full: bool = False  # every weight trains (a job's ``adapter: none``); r and targets unused
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,19 @@ class MemoryPlan:
 
 
 def estimate_plan(shape: ModelShape, p: PlanInput, available: int | None = None) -> MemoryPlan:
-    """Peak training memory of a LoRA / QLoRA job, in bytes, by part."""
+    """Peak training memory of a full, LoRA or QLoRA job, in bytes, by part."""
+    activations, logits = _activations(shape, p)
+    if p.full:
+        # The weights train in fp32 whatever the step computes in (bf16 weights would round
+        # away AdamW's small updates); a bf16 step adds autocast's bf16 copy of each weight.
+        weights = shape.params * (FULL_MASTER_BYTES + (p.weight_bytes if p.weight_bytes < 4 else 0))
+        trainable = shape.params
+        # The master weight is counted above: its gradient and two moments remain.
+        optimizer = trainable * (ADAM_BYTES_PER_TRAINABLE - FULL_MASTER_BYTES)
+        total = weights + optimizer + activations + logits + FRAMEWORK_OVERHEAD
+        return MemoryPlan(
+            weights, trainable, optimizer, activations, logits, FRAMEWORK_OVERHEAD, total, available
+        )
     if p.quantization == "nf4":
         # Quantised linear weights; embeddings, norms and the head stay in bf16.
         weights = int(shape.linear_params * NF4_BITS / 8 + (shape.params - shape.linear_params) * 2)
@@ -162,7 +177,6 @@ def estimate_plan(shape: ModelShape, p: PlanInput, available: int | None = None)
     ]
     trainable = sum(p.r * (i + o) for i, o in dims)
     optimizer = trainable * ADAM_BYTES_PER_TRAINABLE
-    activations, logits = _activations(shape, p)
     total = weights + optimizer + activations + logits + FRAMEWORK_OVERHEAD
     return MemoryPlan(
         weights, trainable, optimizer, activations, logits, FRAMEWORK_OVERHEAD, total, available
@@ -248,72 +262,6 @@ def peak_resident_bytes() -> int:
     raise OSError("no VmHWM in /proc/self/status (not Linux?)")
 
 
-def plan_or_refuse(
-    shape: ModelShape, p: PlanInput, available: int | None, *, may_checkpoint: bool = True
-) -> tuple[MemoryPlan, PlanInput]:
-    """The plan for ``p`` (gradient checkpointing switched on if that makes it fit, unless the job
-    pinned it off: ``may_checkpoint`` False), or a refusal that lists the settings which would
-    fit with their estimates, QLoRA among them when a LoRA job does not fit."""
-    plan = estimate_plan(shape, p, available)
-    if plan.fits:
-        return plan, p
-    first: list[tuple[str, PlanInput]] = []
-    if not p.gradient_checkpointing:
-        with_gc = replace(p, gradient_checkpointing=True)
-        plan_gc = estimate_plan(shape, with_gc, available)
-        if plan_gc.fits and may_checkpoint:
-            return plan_gc, with_gc
-        first.append(("gradient_checkpointing true", with_gc))
-    smaller: list[tuple[str, PlanInput]] = []
-    bs = p.batch_size
-    while bs > 1:
-        bs //= 2
-        factor = p.batch_size // bs
-        smaller.append(
-            (
-                f"micro_batch_size {bs} (batch_size unchanged: {factor} accumulated passes per "
-                "step) with gradient checkpointing",
-                replace(p, batch_size=bs, gradient_checkpointing=True),
-            )
-        )
-    shorter = []
-    length = p.seq_len
-    while length > 128:
-        length //= 2
-        shorter.append((f"max_length {length}", replace(p, seq_len=length)))
-    # Same results first (checkpointing, smaller passes), then QLoRA, then shorter sequences.
-    plans = [(text, estimate_plan(shape, o, available)) for text, o in first + smaller]
-    qlora: list[tuple[str, MemoryPlan]] = []
-    if p.quantization != "nf4":
-        # A LoRA job that does not fit may fit as QLoRA: the first QLoRA setting that fits (as it
-        # is, with checkpointing, with smaller passes) is offered with its own estimate.
-        variants = [(f"{QLORA_SETTING} with {text}", o) for text, o in first + smaller]
-        qlora = [
-            (text, estimate_plan(shape, replace(o, quantization="nf4"), available))
-            for text, o in [(QLORA_SETTING, p), *variants]
-        ]
-        plans += [q for q in qlora if q[1].fits][:1]
-    plans += [(text, estimate_plan(shape, o, available)) for text, o in shorter]
-    suggestions = [f"{text} (about {o.total / GIB:.1f} GiB)" for text, o in plans if o.fits]
-    need, have = plan.total / GIB, (available or 0) / GIB
-    if suggestions:
-        advice = f"try: {suggestions[0]}"
-    elif qlora:
-        least = min(o.total for _, o in qlora) / GIB
-        advice = f"nothing fits this machine, not even QLoRA (about {least:.1f} GiB)"
-    else:
-        advice = "nothing fits this machine"
-    raise ValidationError(
-        f"this job needs about {need:.1f} GiB but only {have:.1f} GiB is available; {advice}",
-        param="hyperparameters",
-        code="insufficient_memory",
-        details=[
-            f"estimate (GiB): {plan.summary()}",
-            *(f"would fit: {s}" for s in suggestions),
-        ],
-    )
-
-
 # -- loraplex doctor: which methods fit ------------------------------------------------------
 @dataclass(frozen=True)
 class MemoryEstimate:
@@ -361,15 +309,11 @@ def estimate(
             seq_len=seq_len,
             gradient_checkpointing=gradient_checkpointing,
             weight_bytes=compute_bytes,
+            full=method == "full",
         ),
     )
-    if method == "full":
-        # Every weight trains: its gradient, two Adam moments, and fp32 master weights under bf16.
-        trainable = shape.params
-        optimizer = trainable * (8 + (4 if compute_bytes < 4 else 0))
-    else:
-        trainable = plan.trainable_params
-        optimizer = trainable * (ADAM_BYTES_PER_TRAINABLE - GRAD_BYTES)
+    trainable = plan.trainable_params
+    optimizer = plan.optimizer - trainable * GRAD_BYTES  # the gradients are shown on their own
     return MemoryEstimate(
         method=method,
         weights_gib=plan.weights / GIB,

@@ -244,3 +244,137 @@ def adapter_is_noop(folder: Path) -> bool:
     tensors = load_file(str(folder / ADAPTER_WEIGHTS))
     b_mats = [t for k, t in tensors.items() if ".lora_B" in k]
     return bool(b_mats) and all(not bool(t.any()) for t in b_mats)
+
+
+# -- full models (a full fine-tune: a complete model folder, served by an engine of its own) ---
+# config.json fields that fix a decoder's architecture and its tensors' shapes.
+_ARCHITECTURE_KEYS = (
+    "architectures",
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+)
+_SHOWN = 5  # names listed per kind of mismatch; the count says how many more
+
+
+def _read_config(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        return None, f"config.json is missing from {folder}"
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, f"config.json in {folder} is unreadable: {exc}"
+    if not isinstance(config, dict):
+        return None, f"config.json in {folder} must hold a JSON object"
+    text = config.get("text_config")
+    return {**config, **text} if isinstance(text, dict) else config, None
+
+
+def _tensor_headers(folder: Path) -> tuple[dict[str, tuple[tuple[int, ...], str]], list[str]]:
+    """Tensor name -> (shape, dtype) over every safetensors file of ``folder``."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return {}, [f"no *.safetensors weights in {folder}"]
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                for key in fh.keys():  # noqa: SIM118 - safe_open is not a dict
+                    part = fh.get_slice(key)
+                    out[key] = (tuple(part.get_shape()), str(part.get_dtype()))
+        except Exception as exc:  # safetensors raises several types for truncated files
+            return out, [f"{file.name} is unreadable or truncated: {exc}"]
+    return out, []
+
+
+def _listed(names: list[str]) -> str:
+    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+    return ", ".join(sorted(names)[:_SHOWN]) + more
+
+
+def _non_finite(folder: Path) -> list[str]:
+    import torch
+    from safetensors import safe_open
+
+    bad: list[str] = []
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 - safe_open is not a dict
+                tensor = fh.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    bad.append(key)
+    return bad
+
+
+def _has_chat_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("chat_template"))
+
+
+def check_full_model_dir(folder: Path, base_folder: Path) -> list[str]:
+    """Every reason the full model in ``folder`` cannot stand in for ``base_folder``'s model
+    (empty list: servable): the same architecture (``config.json``), the same tensor names with
+    the same shapes and dtypes, only finite weights, and the files a server needs to load and
+    prompt it (tokenizer, chat template and generation config where the base has them)."""
+    reasons: list[str] = []
+    config, problem = _read_config(folder)
+    base_config, base_problem = _read_config(base_folder)
+    reasons += [p for p in (problem, base_problem) if p]
+    if config is not None and base_config is not None:
+        for key in _ARCHITECTURE_KEYS:
+            if config.get(key) != base_config.get(key):
+                reasons.append(
+                    f"config.json {key} is {config.get(key)!r}, the base model's is "
+                    f"{base_config.get(key)!r}"
+                )
+    tensors, problems = _tensor_headers(folder)
+    base_tensors, base_problems = _tensor_headers(base_folder)
+    reasons += problems + [f"base model: {p}" for p in base_problems]
+    if problems or base_problems:
+        return reasons
+    missing = [k for k in base_tensors if k not in tensors]
+    extra = [k for k in tensors if k not in base_tensors]
+    if missing:
+        reasons.append(f"{len(missing)} tensors of the base model are missing: {_listed(missing)}")
+    if extra:
+        reasons.append(f"{len(extra)} tensors the base model lacks: {_listed(extra)}")
+    shapes = [k for k in tensors if k in base_tensors and tensors[k][0] != base_tensors[k][0]]
+    for key in sorted(shapes)[:_SHOWN]:
+        reasons.append(
+            f"tensor {key} has shape {tensors[key][0]}, the base model's {base_tensors[key][0]}"
+        )
+    if len(shapes) > _SHOWN:
+        reasons.append(f"{len(shapes) - _SHOWN} more tensors differ in shape from the base's")
+    dtypes = [k for k in tensors if k in base_tensors and tensors[k][1] != base_tensors[k][1]]
+    if dtypes:
+        key = sorted(dtypes)[0]
+        reasons.append(
+            f"{len(dtypes)} tensors are stored in another dtype than the base model's (e.g. "
+            f"{key}: {tensors[key][1]}, the base's {base_tensors[key][1]})"
+        )
+    if not reasons and (bad := _non_finite(folder)):
+        reasons.append(f"{len(bad)} tensors hold NaN or infinite values: {_listed(bad)}")
+    if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file()):
+        reasons.append(
+            f"the tokenizer (tokenizer.json or tokenizer.model) is missing from {folder}"
+        )
+    if _has_chat_template(base_folder) and not _has_chat_template(folder):
+        reasons.append(f"the chat template (chat_template.jinja) is missing from {folder}")
+    if (base_folder / "generation_config.json").is_file() and not (
+        folder / "generation_config.json"
+    ).is_file():
+        reasons.append(f"generation_config.json is missing from {folder}")
+    return reasons

@@ -1,4 +1,5 @@
-"""Store a finished adapter folder and register it as an immutable, content-addressed version."""
+"""Store a finished adapter (or full model) folder and register it as an immutable,
+content-addressed version."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from shared.basemodel import ResolvedBaseModel, register_base_model
 from shared.registry.adapters import NewVersion, register_version
 from shared.registry.db import open_registry
 from shared.registry.models import AdapterVersionRow
+from shared.registry.versions import FULL_KIND, version_kind
 from shared.settings import SharedSettings
 
 InSession = Callable[[Session, AdapterVersionRow, bool], None]
@@ -37,7 +39,9 @@ def store_and_register(
     """
     sha = open_store(settings).put_dir(folder)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    rank = int(json.loads((folder / "adapter_config.json").read_text())["r"])
+    # A full model has no rank: it is not a low-rank update but the whole model.
+    full = version_kind(manifest) == FULL_KIND
+    rank = 0 if full else int(json.loads((folder / "adapter_config.json").read_text())["r"])
     registry = open_registry(settings)
     try:
         with registry.session() as session:

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.trainer.capacity import check_full_fits
 from services.trainer.config import TrainerSettings
 from services.trainer.files import FINE_TUNE, file_path, get_file, pii_problem
 from services.trainer.graders import check_item_fields
@@ -52,7 +53,9 @@ def default_adapter_name(spec: JobSpec) -> str:
     if spec.suffix:
         return spec.suffix.lower()
     suffix = get_method(spec.method.type).adapter_suffix
-    return f"{spec.model.lower()}-{suffix}"[:63]
+    name = f"{spec.model.lower()}-{suffix}"
+    # A full model gets a name of its own: no alias moves between LoRA and full versions.
+    return f"{name[:58]}-full" if spec.adapter == "none" else name[:63]
 
 
 def check_base_model(session: Session, name: str) -> None:
@@ -200,6 +203,7 @@ def validate_spec(session: Session, settings: TrainerSettings, spec: JobSpec) ->
     attempt("suffix", check_adapter_name, default_adapter_name(spec), "suffix")
     if spec.base_adapter:
         attempt("base_adapter", resolve_base_adapter, session, spec)
+    attempt("adapter", check_full_fits, session, settings, spec)
     if spec.data.pii == "refuse":
         for param, file_id in (
             ("training_file", spec.training_file),

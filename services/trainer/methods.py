@@ -41,6 +41,9 @@ class TrainingMethod:
     recipe: str  # "module:function" of its recipe, imported when a job runs
     sequences_per_example: int  # sequences in one forward pass per example (memory plan)
     openai_hyperparameters: tuple[str, ...] = ()  # resolved knobs shown beside OpenAI's three
+    # The default learning rate when every weight trains (a job's ``adapter: none``); None: the
+    # method trains adapters only.
+    full_learning_rate: float | None = None
 
     def load_recipe(self) -> Recipe:
         """The recipe function, imported now (looked up on every call, so tests can patch it)."""
@@ -70,6 +73,9 @@ METHODS: dict[str, TrainingMethod] = {
             hyperparameters=Hyperparameters,
             recipe="services.trainer.recipes.sft:run_sft",
             sequences_per_example=1,
+            # TRL's SFT default and the curriculum's full-SFT rate: a tenth of LoRA's, since every
+            # weight moves rather than a small update added beside frozen ones.
+            full_learning_rate=2e-5,
         ),
         TrainingMethod(
             type="dpo",

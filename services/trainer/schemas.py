@@ -3,8 +3,8 @@
 ``JobSpec`` is what ``POST /v1/fine_tuning/jobs`` takes and what ``loraplex train run config.yaml``
 reads: the same fields, the same validation, the same defaults. OpenAI's fields (``model``,
 ``training_file``, ``method``, ``hyperparameters`` with ``"auto"``, ``suffix``, ``seed``,
-``metadata``) keep their meaning; ``lora``, ``data`` and ``base_adapter`` are our extensions (the
-SDK sends them with ``extra_body``).
+``metadata``) keep their meaning; ``adapter``, ``lora``, ``data`` and ``base_adapter`` are our
+extensions (the SDK sends them with ``extra_body``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -163,6 +165,12 @@ class JobSpec(BaseModel):
         "run folder), each under the trainer's tracking directory; where they write and any "
         "credential come from the trainer's settings, never from the job.",
     )
+    # Before ``lora`` and ``base_adapter``: their validators read it.
+    adapter: Literal["lora", "none"] = Field(
+        default="lora",
+        description="'none': full fine-tuning, every weight trains and the result is a complete "
+        "model (method 'supervised' only; no lora block, no base_adapter).",
+    )
     lora: LoraSpec = Field(default_factory=LoraSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     base_adapter: str | None = Field(
@@ -201,6 +209,9 @@ class JobSpec(BaseModel):
             raise ValueError("more than one process is supported for method 'supervised' only")
         if lora.quantization != "none":
             raise ValueError("more than one process is not supported with QLoRA (nf4)")
+        if info.data.get("adapter") == "none":
+            # Not yet measured under DDP (a full model's gradients are all-reduced whole).
+            raise ValueError("more than one process is not supported with full fine-tuning yet")
         block = getattr(method, method.type)
         hp = info.data.get("hyperparameters") or (
             block.hyperparameters if block else get_method(method.type).hyperparameters()
@@ -212,6 +223,39 @@ class JobSpec(BaseModel):
                 "an equal share of every batch"
             )
         return value
+
+    @field_validator("adapter")
+    @classmethod
+    def _full_weights_need_a_method_that_trains_them(cls, value: str, info: ValidationInfo) -> str:
+        method = info.data.get("method")  # absent when the method itself was refused
+        if value == "none" and method and get_method(method.type).full_learning_rate is None:
+            full = [m for m, e in METHODS.items() if e.full_learning_rate is not None]
+            raise ValueError(
+                f"adapter 'none' (full fine-tuning) is not available for method "
+                f"{method.type!r}; methods that train every weight: {', '.join(full)}"
+            )
+        return value
+
+    @field_validator("lora", "base_adapter")
+    @classmethod
+    def _no_adapter_settings_for_full_weights(cls, value: Any, info: ValidationInfo) -> Any:
+        # Runs only for a value the job gave (defaults are not validated).
+        if value is not None and info.data.get("adapter") == "none":
+            raise ValueError(
+                f"{info.field_name} is set but adapter is 'none': full fine-tuning trains every "
+                "weight of the base model itself, with no LoRA and no starting adapter; remove "
+                f"{info.field_name} or use adapter 'lora'"
+            )
+        return value
+
+    @model_serializer(mode="wrap")
+    def _no_lora_block_when_full(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A stored full fine-tuning job must validate again (the worker reads it back), and an
+        # unused LoRA block in its manifest would only mislead.
+        out: dict[str, Any] = handler(self)
+        if self.adapter == "none":
+            out.pop("lora", None)
+        return out
 
     @model_validator(mode="after")
     def _reward_needs_held_out_pairs(self) -> JobSpec:
@@ -254,9 +298,17 @@ class JobSpec(BaseModel):
         block: MethodParams | ReinforcementParams | None = getattr(self.method, method.type)
         return block.hyperparameters if block is not None else method.hyperparameters()
 
+    @property
+    def default_learning_rate(self) -> float:
+        """What ``learning_rate_multiplier`` multiplies: the method's, or its full-weights one."""
+        method = get_method(self.method.type)
+        if self.adapter == "none" and method.full_learning_rate is not None:
+            return method.full_learning_rate
+        return method.default_learning_rate
+
     def resolved(self) -> ResolvedHyperparameters:
         hp = self.params
-        default_lr = get_method(self.method.type).default_learning_rate
+        default_lr = self.default_learning_rate
         multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
         return ResolvedHyperparameters(
             n_epochs=DEFAULT_EPOCHS if hp.n_epochs == "auto" else hp.n_epochs,
@@ -284,7 +336,7 @@ class JobSpec(BaseModel):
         out: dict[str, Any] = {
             "n_epochs": r.n_epochs,
             "batch_size": r.batch_size,
-            "learning_rate_multiplier": r.learning_rate / method.default_learning_rate,
+            "learning_rate_multiplier": r.learning_rate / self.default_learning_rate,
         }
         for name in method.openai_hyperparameters:
             out[name] = getattr(r, name)
@@ -368,6 +420,7 @@ class FineTuningJob(BaseModel):
     user_provided_suffix: str | None = None
     # Ours.
     lora: dict[str, Any] | None = None
+    adapter: str = "lora"  # "none": a full fine-tune
     adapter_name: str | None = None
     progress: float | None = None
     cancel_requested: bool = False

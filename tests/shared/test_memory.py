@@ -15,10 +15,11 @@ from shared.memory import (
     GIB,
     ModelShape,
     PlanInput,
+    estimate,
     estimate_plan,
     peak_resident_bytes,
-    plan_or_refuse,
 )
+from shared.memory_fit import plan_or_refuse
 from shared.model_shapes import KNOWN_MODELS
 
 SHAPE = ModelShape.from_config(KNOWN_MODELS["SmolLM2-135M"])
@@ -75,3 +76,34 @@ def test_the_peak_of_a_child_does_not_count_its_parents() -> None:
     )
     assert int(out.stdout) < 256 * 1024**2
     del ballast
+
+
+FULL = replace(LORA, full=True, weight_bytes=4)
+
+
+def test_full_fine_tuning_counts_fp32_weights_gradients_and_adamw_states_for_every_weight() -> None:
+    plan = estimate_plan(SHAPE, FULL)
+    # fp32 master weights (4 bytes), then an fp32 gradient and two fp32 AdamW moments (12).
+    assert plan.trainable_params == SHAPE.params
+    assert plan.weights == 4 * SHAPE.params and plan.optimizer == 12 * SHAPE.params
+    assert (
+        plan.total == plan.weights + plan.optimizer + plan.activations + plan.logits + plan.overhead
+    )
+    # A bf16 step keeps the fp32 weights and adds autocast's bf16 copy; activations halve.
+    bf16 = estimate_plan(SHAPE, replace(FULL, weight_bytes=2))
+    assert bf16.weights == 6 * SHAPE.params and bf16.optimizer == plan.optimizer
+    assert bf16.activations * 2 == plan.activations
+    # Activations are the same model as LoRA's; the LoRA settings do not enter a full plan.
+    lora = estimate_plan(SHAPE, replace(LORA, weight_bytes=4))
+    assert (plan.activations, plan.logits) == (lora.activations, lora.logits)
+    assert estimate_plan(SHAPE, replace(FULL, r=64, target_modules="all-linear")) == plan
+    assert plan.total > lora.total
+
+
+def test_the_doctor_full_row_is_the_planner_full_plan() -> None:
+    for compute_bytes in (2, 4):
+        row = estimate(SHAPE, "full", batch_size=4, seq_len=1024, compute_bytes=compute_bytes)
+        plan = estimate_plan(SHAPE, replace(FULL, weight_bytes=compute_bytes, r=16))
+        assert row.total_gib == pytest.approx(plan.total / GIB)
+        assert row.trainable_params == SHAPE.params
+        assert row.gradients_gib == pytest.approx(4 * SHAPE.params / GIB)

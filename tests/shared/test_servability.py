@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from shared.basemodel import ResolvedBaseModel
 from shared.servability import (
@@ -16,6 +16,7 @@ from shared.servability import (
     adapter_is_noop,
     base_linear_shapes,
     check_adapter_dir,
+    check_full_model_dir,
     check_lora_settings,
 )
 
@@ -130,3 +131,83 @@ def test_settings_check_before_training() -> None:
     )
     assert len(reasons) == 5
     assert check_lora_settings(r=32, limits=LoraLimits(max_rank=64)) == []
+
+
+# -- full models -----------------------------------------------------------------------------------
+TINY: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 128,
+    "tie_word_embeddings": True,
+}
+
+
+def tiny_model_dir(
+    folder: Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16, **config: Any
+) -> Path:
+    """A complete tiny Llama folder: weights, config, generation config, tokenizer stand-ins."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model: Any = LlamaForCausalLM(LlamaConfig(**{**TINY, **config}))
+    model.to(dtype).save_pretrained(str(folder))
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "tokenizer_config.json").write_text("{}")
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
+    return folder
+
+
+def test_a_fine_tune_of_the_base_has_no_reasons(tmp_path: Path) -> None:
+    base = tiny_model_dir(tmp_path / "base")
+    tuned = tiny_model_dir(tmp_path / "tuned", seed=1)  # other weights, same architecture
+    assert check_full_model_dir(tuned, base) == []
+
+
+def test_another_architecture_is_refused_by_config_and_by_tensor_shapes(tmp_path: Path) -> None:
+    base = tiny_model_dir(tmp_path / "base")
+    wider = tiny_model_dir(tmp_path / "wider", hidden_size=64)
+    reasons = check_full_model_dir(wider, base)
+    assert "config.json hidden_size is 64, the base model's is 32" in reasons
+    assert any(
+        r.startswith("tensor model.embed_tokens.weight has shape (128, 64)") for r in reasons
+    )
+    deeper = tiny_model_dir(tmp_path / "deeper", num_hidden_layers=3)
+    reasons = check_full_model_dir(deeper, base)
+    assert any("tensors the base model lacks: model.layers.2." in r for r in reasons)
+    shallower = check_full_model_dir(base, deeper)
+    assert any(r.startswith("9 tensors of the base model are missing") for r in shallower)
+
+
+def test_another_dtype_and_non_finite_weights_are_refused(tmp_path: Path) -> None:
+    base = tiny_model_dir(tmp_path / "base")
+    fp32 = tiny_model_dir(tmp_path / "fp32", dtype=torch.float32)
+    (reason,) = check_full_model_dir(fp32, base)
+    assert "stored in another dtype than the base model's" in reason and "F32" in reason
+    broken = tiny_model_dir(tmp_path / "nan", seed=1)
+    weights = load_file(broken / "model.safetensors")
+    weights["model.layers.0.mlp.up_proj.weight"][3, 3] = float("inf")
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    (reason,) = check_full_model_dir(broken, base)
+    assert reason == "1 tensors hold NaN or infinite values: model.layers.0.mlp.up_proj.weight"
+
+
+def test_missing_files_and_truncated_weights_are_reported_not_raised(tmp_path: Path) -> None:
+    base = tiny_model_dir(tmp_path / "base")
+    bare = tiny_model_dir(tmp_path / "bare", seed=1)
+    for name in ("tokenizer.json", "chat_template.jinja", "generation_config.json"):
+        (bare / name).unlink()
+    reasons = check_full_model_dir(bare, base)
+    assert [r.split(" (")[0].split(" is missing")[0] for r in reasons] == [
+        "the tokenizer",
+        "the chat template",
+        "generation_config.json",
+    ]
+    (bare / "config.json").unlink()
+    truncated = bare / "model.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    reasons = check_full_model_dir(bare, base)
+    assert any(r.startswith("config.json is missing") for r in reasons)
+    assert any("model.safetensors is unreadable or truncated" in r for r in reasons)

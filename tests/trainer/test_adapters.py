@@ -15,6 +15,7 @@ from shared.basemodel import ResolvedBaseModel
 from shared.registry.adapters import list_versions
 from shared.registry.db import open_registry
 from shared.registry.models import AdapterVersionRow, BaseModelRow
+from shared.registry.versions import is_full_model
 from shared.settings import SharedSettings
 from tests.trainer.conftest import BASE
 
@@ -96,3 +97,21 @@ def test_a_failing_in_session_write_rolls_the_registration_back(
         store_and_register(settings, folder, {}, base, "shop", in_session=refuse)
     assert versions(settings, "shop") == []
     assert store_and_register(settings, folder, {}, base, "shop") == "shop@v1"
+
+
+def test_a_full_model_is_registered_with_rank_0_and_its_kind(
+    settings: SharedSettings, base: ResolvedBaseModel, tmp_path: Path
+) -> None:
+    folder = tmp_path / "full"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"m" * 100)  # no adapter_config.json: no rank
+    version = store_and_register(settings, folder, {"kind": "full"}, base, "shop-full")
+    (row,) = versions(settings, "shop-full")
+    assert row.id == version and row.rank == 0 and is_full_model(row)
+    # A LoRA folder without its adapter_config.json is still an error, not a rank-0 version.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "adapter_model.safetensors").write_bytes(b"w")
+    with pytest.raises(FileNotFoundError):
+        store_and_register(settings, bare, {}, base, "shop")

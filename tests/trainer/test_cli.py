@@ -150,3 +150,21 @@ def test_run_nproc_starts_ranks_on_the_registered_files(
     assert result.exit_code == 0, result.output
     ((spec, name),) = started
     assert spec.processes == 2 and spec.training_file.startswith("file-") and name == "shop"
+
+
+def test_submit_a_full_fine_tune_from_yaml(api: TestClient, tmp_path: Path) -> None:
+    """``adapter: none`` in the config is the same field as over HTTP; the CLI's body carries no
+    LoRA block for it (the API refuses one)."""
+    write_jsonl(tmp_path / "train.jsonl", [order_chat(i) for i in range(6)])
+    (tmp_path / "job.yaml").write_text("training_file: train.jsonl\nadapter: none\n")
+    result = CliRunner().invoke(cli.app, ["submit", str(tmp_path / "job.yaml")])
+    assert result.exit_code == 0, result.output
+    job = api.get(f"/v1/fine_tuning/jobs/{json.loads(result.output.splitlines()[-1])['id']}")
+    assert job.json()["adapter"] == "none" and job.json()["lora"] is None
+    (tmp_path / "bad.yaml").write_text("training_file: train.jsonl\nadapter: none\nlora: {r: 8}\n")
+    refused = CliRunner().invoke(cli.app, ["run", str(tmp_path / "bad.yaml")])
+    assert (
+        refused.exit_code == 2
+        and "lora" in refused.output
+        and "adapter is 'none'" in refused.output
+    )

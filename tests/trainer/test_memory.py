@@ -21,8 +21,8 @@ from shared.memory import (
     PlanInput,
     estimate,
     estimate_plan,
-    plan_or_refuse,
 )
+from shared.memory_fit import plan_or_refuse
 from tests.trainer.conftest import order_chat, tiny_hyperparameters, write_jsonl
 
 # SmolLM2-135M-Instruct's config.json (the embedded base model), as far as the estimate reads it.

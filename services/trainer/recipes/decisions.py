@@ -14,13 +14,8 @@ from services.trainer.schemas import ResolvedHyperparameters
 from shared.basemodel import ResolvedBaseModel
 from shared.datasets import PreparedData
 from shared.doctor import cpu_prefers_bf16
-from shared.memory import (
-    MemoryPlan,
-    ModelShape,
-    PlanInput,
-    available_memory,
-    plan_or_refuse,
-)
+from shared.memory import MemoryPlan, ModelShape, PlanInput, available_memory
+from shared.memory_fit import plan_or_refuse
 
 
 def cuda_available() -> bool:
@@ -80,6 +75,7 @@ def plan_memory(
         seq_len=min(hp.max_length, longest_sequence(data)),
         gradient_checkpointing=want_gc,
         weight_bytes=2 if precision == "bf16" else 4,
+        full=ctx.spec.adapter == "none",
     )
     available = available_memory(ctx.settings.memory_limit_bytes)
     # Pinned off: plan exactly that, refused (with checkpointing among the suggestions) rather

@@ -1,5 +1,6 @@
 """Steps 4 and 5 of a recipe: resume from a checkpoint, save the PEFT folder (checked with the
-server's own rules), write the lineage manifest, and register the version."""
+server's own rules; a full fine-tune saves its model folder, see ``full_model``), write the
+lineage manifest, and register the version."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from shared.artifacts import file_sha256
 from shared.basemodel import ResolvedBaseModel
 from shared.datasets import ChatRenderer, PreparedData
 from shared.errors import SystemFailure
+from shared.registry.versions import FULL_KIND
 from shared.servability import LoraLimits, base_linear_shapes, check_adapter_dir
 
 if TYPE_CHECKING:  # training.py imports latest_checkpoint from here
@@ -24,6 +26,13 @@ if TYPE_CHECKING:  # training.py imports latest_checkpoint from here
 
 MANIFEST = "loraplex_manifest.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# A checkpoint's trained weights: an adapter's, or a full fine-tune's whole model (one file, or
+# the index of its shards).
+CHECKPOINT_WEIGHTS = (
+    "adapter_model.safetensors",
+    "model.safetensors",
+    "model.safetensors.index.json",
+)
 LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
 
 
@@ -35,9 +44,9 @@ def latest_checkpoint(output_dir: Path) -> str | None:
             step = int(path.name.rsplit("-", 1)[1])
         except ValueError:
             continue
-        complete = (path / "trainer_state.json").is_file() and (
-            path / "adapter_model.safetensors"
-        ).is_file()
+        complete = (path / "trainer_state.json").is_file() and any(
+            (path / weights).is_file() for weights in CHECKPOINT_WEIGHTS
+        )
         if complete and (best is None or step > best[0]):
             best = (step, path)
     return str(best[1]) if best else None
@@ -160,6 +169,9 @@ def write_manifest(
 
     manifest = {
         "schema": "loraplex.adapter/v1",
+        # A LoRA manifest stays without the key (the registry reads its absence as "lora"), so
+        # re-running an adapter job still gives the bytes, and the version, it gave before.
+        **({"kind": FULL_KIND} if ctx.spec.adapter == "none" else {}),
         "adapter_name": ctx.adapter_name,
         "method": ctx.spec.method.type,
         "base_model": {"name": base.name, "weights_sha256": base.weights_sha256},
@@ -221,6 +233,7 @@ def finish(
         manifest.update(extra or {})
         manifest["metrics"].update(extra_metrics or {})
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    ctx.reporter.event("adapter saved; registering", data={"metrics": manifest["metrics"]})
+    saved = "model" if manifest.get("kind") == FULL_KIND else "adapter"
+    ctx.reporter.event(f"{saved} saved; registering", data={"metrics": manifest["metrics"]})
     version_id = ctx.register(folder, manifest, setup.base)
     return RecipeResult(version_id, folder, manifest, manifest["metrics"], trained_tokens)

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning with LoRA or QLoRA on TRL's ``SFTTrainer``.
+"""Supervised fine-tuning with LoRA, QLoRA or every weight (``adapter: none``, see
+``full_model``) on TRL's ``SFTTrainer``.
 
 Reads top to bottom: set up the model, set up the data, train, save, register.
 
@@ -11,9 +12,17 @@ little compute goes to padding (padding-free rows are available with ``batching:
 
 from __future__ import annotations
 
+from typing import Any
+
 from services.trainer.recipes.context import RecipeContext, RecipeResult
 from services.trainer.recipes.data import longest_sequence, mean_sequence, prepare_data
 from services.trainer.recipes.decisions import choose_attention
+from services.trainer.recipes.full_model import (
+    load_full_model,
+    save_full_model,
+    trainable_parameters,
+    trains_full_model,
+)
 from services.trainer.recipes.saving import finish
 from services.trainer.recipes.setup import check_lora_servable, load_model
 from services.trainer.recipes.training import decisions, fit_memory, setup_model, train
@@ -24,9 +33,11 @@ def run_sft(ctx: RecipeContext) -> RecipeResult:
     from trl.trainer.sft_trainer import SFTTrainer
 
     hp = ctx.spec.resolved()
+    full = trains_full_model(ctx.spec)
 
     # 1. Model: the base, its tokenizer and template, the LoRA settings the server accepts.
-    check_lora_servable(ctx.spec, ctx.settings)
+    if not full:
+        check_lora_servable(ctx.spec, ctx.settings)
     setup = setup_model(ctx, hp)
 
     # 2. Data: load, clean, split, render with label masks, validate (blocking).
@@ -38,7 +49,14 @@ def run_sft(ctx: RecipeContext) -> RecipeResult:
     train_rows = [{"input_ids": r.input_ids, "labels": r.labels} for r in data.train_rendered]
     eval_rows = [{"input_ids": r.input_ids, "labels": r.labels} for r in data.validation_rendered]
     attention = choose_attention(longest_sequence(data), batching)
-    model = load_model(ctx, setup.base, setup.precision, attention)
+    if full:
+        model = load_full_model(setup.base, attention)
+        ctx.reporter.event(
+            f"full fine-tuning: all {trainable_parameters(model):,} weights train (fp32 master "
+            f"weights; steps in {setup.precision})"
+        )
+    else:
+        model = load_model(ctx, setup.base, setup.precision, attention)
 
     # 3. Train.
     sampling = "group_by_length" if batching == "group_by_length" else "random"
@@ -63,6 +81,18 @@ def run_sft(ctx: RecipeContext) -> RecipeResult:
 
     # 4. Save and 5. register (skipped if training was stopped on request).
     per_epoch = sum(r.n_trained for r in data.train_rendered)
-    chosen = decisions(setup, fit, attention, trained, batching=batching)
+    own: dict[str, Any] = {"batching": batching}
+    if full:
+        own["trainable_params"] = trainable_parameters(trained.trainer.model)
+    chosen = decisions(setup, fit, attention, trained, **own)
     tokens = int(per_epoch * trained.epochs)
-    return finish(ctx, trained, setup, data=data, hp=hp, decisions=chosen, trained_tokens=tokens)
+    return finish(
+        ctx,
+        trained,
+        setup,
+        data=data,
+        hp=hp,
+        decisions=chosen,
+        trained_tokens=tokens,
+        save=save_full_model if full else None,
+    )

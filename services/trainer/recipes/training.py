@@ -148,8 +148,10 @@ def train(
     args = config_cls(**{**common, **config})
     callback = make_progress_callback(ctx.reporter)
     # A recipe may pass its own peft_config (the reward model's LoRA is a SEQ_CLS one).
+    # No LoRA on a starting adapter (it is trained on) or when every weight trains.
     trainer_kwargs.setdefault(
-        "peft_config", None if ctx.base_adapter_dir else lora_config(ctx.spec)
+        "peft_config",
+        None if ctx.base_adapter_dir or ctx.spec.adapter == "none" else lora_config(ctx.spec),
     )
     trainer = trainer_cls(
         model=model,

@@ -196,6 +196,68 @@ def test_openai_sdk_drives_a_full_sft_job(
 
 
 @pytest.mark.slow
+def test_openai_sdk_drives_a_full_fine_tuning_job(
+    procs: Processes, trainer_model_settings: TrainerSettings, sft_file: Path
+) -> None:
+    """``adapter: none`` through the SDK's ``extra_body``: the worker trains every weight and
+    registers a complete model folder as a version of kind full, which transformers loads alone
+    (no base model, no peft) and generates with."""
+    import openai
+
+    from shared.registry.versions import is_full_model
+
+    url = procs.api()
+    procs.worker()
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="not-needed", max_retries=0)
+    with sft_file.open("rb") as fh:
+        uploaded = client.files.create(file=fh, purpose="fine-tune")
+    # One step, no checkpoint and no validation pass: the recipe's own checks are in
+    # tests/trainer/recipes/test_full_model.py; this is the path from the SDK to the registry.
+    hyperparameters = tiny_hyperparameters(max_steps=1, save_steps=100)
+    job = client.fine_tuning.jobs.create(
+        model=BASE,
+        training_file=uploaded.id,
+        method=cast(
+            Any, {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
+        ),
+        extra_body={"adapter": "none", "data": {"validation_fraction": 0}},
+    )
+    assert cast(Any, job).adapter == "none" and cast(Any, job).lora is None
+    final = wait_for(
+        lambda: (
+            (j := client.fine_tuning.jobs.retrieve(job.id)).status
+            in ("succeeded", "failed", "cancelled")
+            and j
+        ),
+        600,
+        "the job to finish",
+    )
+    assert final.status == "succeeded", (final.error, procs.logs())
+    name = f"{BASE}-sft-full"
+    assert final.fine_tuned_model == f"{name}@v1"
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    registry = open_registry(trainer_model_settings)
+    with registry.session() as s:
+        (version,) = list_versions(s, name)
+        assert version.rank == 0 and is_full_model(version) and version.job_id == job.id
+        folder = open_store(trainer_model_settings).get_dir(version.sha256)
+    registry.dispose()
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids: Any = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+@pytest.mark.slow
 def test_openai_sdk_drives_a_reinforcement_job_whose_output_the_evaluator_scores(
     procs: Processes, trainer_model_settings: TrainerSettings, tmp_path: Path
 ) -> None:

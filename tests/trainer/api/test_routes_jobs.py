@@ -110,3 +110,24 @@ def test_every_job_problem_is_listed_at_once(client: TestClient) -> None:
 def test_unknown_job_and_file_are_404(client: TestClient) -> None:
     assert_refused(client.get("/v1/fine_tuning/jobs/ftjob-nope"), 404, "does not exist")
     assert_refused(client.get("/v1/files/file-nope"), 404, "does not exist")
+
+
+FULL_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
+    "dpo": ({"method": {"type": "dpo"}}, "adapter", "not available for method 'dpo'"),
+    "lora_block": ({"lora": {"r": 8}}, "lora", "lora is set but adapter is 'none'"),
+    "base_adapter": ({"base_adapter": "orders@v1"}, "base_adapter", "no starting adapter"),
+    "unknown_kind": ({"adapter": "full"}, "adapter", "'lora' or 'none'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FULL_CASES))
+def test_a_full_fine_tune_is_refused_naming_the_field_and_nothing_is_stored(
+    client: TestClient, trainer_settings: TrainerSettings, case: str
+) -> None:
+    file_id = upload(client, GOOD_SFT).json()["id"]
+    extra, param, fragment = FULL_CASES[case]
+    before = snapshot(trainer_settings)
+    body = _job(file_id, **{"adapter": "none", **extra})
+    error = assert_refused(client.post("/v1/fine_tuning/jobs", json=body), 422, fragment)
+    assert error["param"] == param
+    assert snapshot(trainer_settings) == before
