@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.trainer.schemas import FileObject, unix_time
+from services.trainer.responses import FileObject, unix_time
 from shared.artifacts import open_store
 from shared.datasets import parse_file
 from shared.datasets.pii import describe_kinds, pii_report, scan_examples

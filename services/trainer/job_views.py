@@ -8,15 +8,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.trainer.schemas import (
+from services.trainer.responses import (
     Checkpoint,
     CheckpointMetrics,
     FineTuningJob,
     JobError,
     JobEvent,
-    JobSpec,
     unix_time,
 )
+from services.trainer.schemas import JobSpec
 from services.trainer.statuses import JobStatus
 from shared.errors import ValidationError
 from shared.registry.models import JobEventRow, TrainingJobRow

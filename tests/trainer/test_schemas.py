@@ -3,12 +3,10 @@ the job fields OpenAI has but we refuse."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
-
 import pydantic
 import pytest
 
-from services.trainer.schemas import JobSpec, target_modules_problem, unix_time
+from services.trainer.schemas import JobSpec, target_modules_problem
 
 
 @pytest.mark.parametrize("value", ["all-linear", "q_proj", ["q_proj", "model.layers.0.v_proj"]])
@@ -30,13 +28,6 @@ def test_regular_expressions_and_odd_lists_are_refused(
 ) -> None:
     found = target_modules_problem(value)
     assert found is not None and problem in found and "all-linear" in found
-
-
-def test_unix_time_reads_naive_datetimes_as_utc() -> None:
-    assert unix_time(None) is None
-    assert unix_time(datetime(1970, 1, 1, 0, 1)) == 60
-    assert unix_time(datetime(1970, 1, 1, 1, 1, tzinfo=timezone(timedelta(hours=1)))) == 60
-    assert unix_time(datetime(1970, 1, 1, 0, 1, tzinfo=UTC)) == 60
 
 
 def test_oversized_metadata_is_refused() -> None:

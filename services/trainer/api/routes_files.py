@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect
 from services.trainer import files
 from services.trainer.api.deps import ReadSessionDep, RegistryDep, SettingsDep
 from services.trainer.config import TrainerSettings
-from services.trainer.schemas import FileList, FileObject
+from services.trainer.responses import FileList, FileObject
 from shared.errors import LoraplexError, TooLarge, ValidationError
 from shared.registry.db import Registry
 

@@ -15,13 +15,8 @@ from sqlalchemy.orm import Session
 
 from services.trainer import job_views, jobs
 from services.trainer.api.deps import ReadSessionDep, RegistryDep, SessionDep, SettingsDep
-from services.trainer.schemas import (
-    CheckpointList,
-    EventList,
-    FineTuningJob,
-    JobList,
-    JobSpec,
-)
+from services.trainer.responses import CheckpointList, EventList, FineTuningJob, JobList
+from services.trainer.schemas import JobSpec
 from services.trainer.statuses import TERMINAL
 from shared.auth import principal_of
 from shared.registry.db import Registry
