@@ -27,7 +27,7 @@ from services.server.config import ServerSettings
 from services.server.engine_client import ControlSession, EngineClient
 from services.server.engine_process import engine_command, engine_env, free_port
 from services.server.engines import Engine
-from services.server.full_check import check_full_model_dir
+from shared.servability import check_full_model_dir
 from services.server.names import VersionInfo
 from services.server.supervisor import EngineSupervisor
 from services.server.validation import BaseIdentity

@@ -26,7 +26,7 @@ from shared.registry import adapters as reg
 from shared.registry.versions import FULL_KIND
 from tests.server.conftest import ADMIN, Stack, build_stack, stop_stack
 from tests.server.fakes import FakeEngine, ThreadServer, make_base, make_info
-from tests.server.test_full_check import make_full
+from tests.shared.test_full_model_dir import make_full
 
 
 class FakeSupervisor:
@@ -86,6 +86,8 @@ def test_a_checked_version_gets_an_engine_serving_it_under_its_id(tmp_path: Path
 
 def test_a_bad_folder_or_another_base_is_refused_before_any_start(tmp_path: Path) -> None:
     pool, log, store = make_pool(tmp_path)
+    # A base with a chat template: its fine-tune must carry one too (the chat route needs it).
+    (pool.base.path / "chat_template.jinja").write_text("{{ messages }}")  # type: ignore[operator]
     folder = make_full(pool.base.path, tmp_path / "full")  # type: ignore[arg-type]
     (folder / "chat_template.jinja").unlink()
     sha = store.put_dir(folder)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from services.server.full_check import check_full_model_dir
+from shared.servability import check_full_model_dir
 from tests.server.fakes import make_base
 
 
@@ -30,7 +30,10 @@ def make_full(base: Path, folder: Path, *, seed: int = 1) -> Path:
 
 @pytest.fixture
 def base(tmp_path: Path) -> Path:
-    return make_base(tmp_path / "base")
+    # With a chat template: a folder must carry what its base has (the chat route needs it).
+    folder = make_base(tmp_path / "base")
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
+    return folder
 
 
 def test_a_noisy_copy_of_the_base_is_servable(base: Path, tmp_path: Path) -> None:
@@ -43,7 +46,7 @@ def test_a_tensor_of_another_shape_is_named(base: Path, tmp_path: Path) -> None:
     tensors["model.layers.0.self_attn.q_proj.weight"] = np.zeros((8, 16), np.float32)
     save_file(tensors, str(folder / "model.safetensors"))
     reasons = check_full_model_dir(folder, base)
-    assert any("q_proj" in r and "[8, 16]" in r and "[16, 16]" in r for r in reasons), reasons
+    assert any("q_proj" in r and "(8, 16)" in r and "(16, 16)" in r for r in reasons), reasons
 
 
 def test_missing_and_extra_tensors_are_named(base: Path, tmp_path: Path) -> None:
@@ -54,7 +57,7 @@ def test_missing_and_extra_tensors_are_named(base: Path, tmp_path: Path) -> None
     save_file(tensors, str(folder / "model.safetensors"))
     reasons = check_full_model_dir(folder, base)
     assert any("v_proj" in r and "missing" in r for r in reasons), reasons
-    assert any("layers.9.mlp.up_proj" in r and "not in the base" in r for r in reasons), reasons
+    assert any("layers.9.mlp.up_proj" in r and "base model lacks" in r for r in reasons), reasons
 
 
 def test_non_finite_weights_are_refused(base: Path, tmp_path: Path) -> None:
@@ -63,7 +66,7 @@ def test_non_finite_weights_are_refused(base: Path, tmp_path: Path) -> None:
     tensors["model.embed_tokens.weight"][3, 2] = np.nan
     save_file(tensors, str(folder / "model.safetensors"))
     assert check_full_model_dir(folder, base) == [
-        "weight model.embed_tokens.weight holds NaN or infinity"
+        "1 tensors hold NaN or infinite values: model.embed_tokens.weight"
     ]
 
 
@@ -73,16 +76,19 @@ def test_another_architecture_and_no_chat_template_are_named(base: Path, tmp_pat
     (folder / "config.json").write_text(json.dumps(config | {"model_type": "qwen2"}))
     (folder / "chat_template.jinja").unlink()
     reasons = check_full_model_dir(folder, base)
-    assert any("model_type is 'qwen2', the base's is 'llama'" in r for r in reasons), reasons
+    assert any("model_type is 'qwen2', the base model's is 'llama'" in r for r in reasons), reasons
     assert any("chat template" in r for r in reasons), reasons
 
 
 def test_a_folder_without_config_or_weights(base: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert check_full_model_dir(empty, base) == ["config.json is missing"]
+    reasons = check_full_model_dir(empty, base)
+    assert any(r.startswith("config.json is missing") for r in reasons), reasons
     folder = make_full(base, tmp_path / "full")
     (folder / "model.safetensors").unlink()
-    assert check_full_model_dir(folder, base) == ["no *.safetensors weights"]
+    assert [r.split(" in ")[0] for r in check_full_model_dir(folder, base)] == [
+        "no *.safetensors weights"
+    ]
     (folder / "model.safetensors").write_bytes(b"not safetensors")
-    assert any("not readable safetensors" in r for r in check_full_model_dir(folder, base))
+    assert any("unreadable or truncated" in r for r in check_full_model_dir(folder, base))
