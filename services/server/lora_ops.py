@@ -9,12 +9,13 @@ model's own work (``bench/lora_profile.py`` measures both).
 Here the token -> adapter layout of a step is computed once (:func:`group_rows`, cached on the
 step's index tensor) and every op is a fixed handful of calls whatever the number of adapters:
 the rows are gathered into a padded ``(slots, length, features)`` block, sorted by adapter, and
-multiplied against the stacked weights ``(max_loras, 1, out, in)`` as a view (no weight copy) with
-one ``torch.bmm``; the result goes back to its rows with one indexed add. ``slots`` spans only
-the adapters present (lowest to highest slot) and ``length`` is the most rows any of them has,
-so the padding never costs more than multiplying every row by every present adapter, and
-nothing when the rows are spread evenly (the mixed decode batch) or one adapter has them all.
-Rows with slot ``-1`` (no adapter) get no delta.
+multiplied with one ``torch.bmm`` against the present adapters' weights, repacked once per
+adapter load (:func:`packed`: float32, contiguous, cut to the rank in use); the result goes back
+to row order with one ``index_select`` and a dense add (``index_add_`` into a column slice of the
+output is ~5x slower on CPU). ``slots`` spans only the adapters present (lowest to highest slot)
+and ``length`` is the most rows any of them has, so the padding never costs more than
+multiplying every row by every present adapter, and nothing when the rows are spread evenly (the
+mixed decode batch) or one adapter has them all. Rows with slot ``-1`` (no adapter) get no delta.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ import torch
 
 _CACHE_ATTR = "_loraplex_groups"
 _CACHE_SIZE = 4
+_PACK_ATTR = "_loraplex_packed"
+
+
+COMPUTE = torch.float32
+"""LoRA math runs in float32 on repacked weights: on CPU, the tiny batched matmuls of a LoRA
+(rank 8-16) are markedly slower in bfloat16 than in float32 (``bench/lora_profile.py``), and the
+float32 shrink result is exactly what vLLM's float32 intermediate buffer holds."""
 
 
 @dataclass(frozen=True)
@@ -37,8 +45,8 @@ class Grouping:
     slots: int  # 0 when no row has an adapter
     length: int
     gather: torch.Tensor  # (slots * length,) source row of each padded position (pads -> 0)
-    rows: torch.Tensor  # (m,) rows that have an adapter
-    pos: torch.Tensor  # (m,) padded position of each of those rows
+    row_pos: torch.Tensor  # (rows_total,) padded position of each row (0 for rows without one)
+    mask: torch.Tensor | None  # (rows_total, 1) 1.0 where the row has an adapter; None: all do
     identity: bool  # padded block == the rows as they are: no gather or scatter needed
 
     @property
@@ -50,11 +58,12 @@ def group_rows(indices: torch.Tensor) -> Grouping:
     """The padded layout of rows ``indices`` (one LoRA slot per row, ``-1`` = none)."""
     idx = indices.reshape(-1).to(torch.long)
     n = idx.numel()
-    rows = (idx >= 0).nonzero().squeeze(1)
+    has = idx >= 0
+    rows = has.nonzero().squeeze(1)
     m = rows.numel()
     if m == 0:
-        none = torch.empty(0, dtype=torch.long, device=idx.device)
-        return Grouping(n, 0, 0, 0, none, none, none, False)
+        none = torch.zeros(n, dtype=torch.long, device=idx.device)
+        return Grouping(n, 0, 0, 0, none[:0], none, None, False)
     slot_of = idx.index_select(0, rows)
     lo_t, hi_t = torch.aminmax(slot_of)
     lo, hi = int(lo_t), int(hi_t)
@@ -70,8 +79,11 @@ def group_rows(indices: torch.Tensor) -> Grouping:
     pos[order] = sorted_rel * length + rank
     gather = torch.zeros(slots * length, dtype=torch.long, device=idx.device)
     gather[pos] = rows
+    row_pos = torch.zeros(n, dtype=torch.long, device=idx.device)
+    row_pos[rows] = pos
+    mask = None if m == n else has.to(COMPUTE).unsqueeze(1)
     identity = m == n and slots * length == n and bool(torch.equal(pos, rows))
-    return Grouping(n, lo, slots, length, gather, rows, pos, identity)
+    return Grouping(n, lo, slots, length, gather, row_pos, mask, identity)
 
 
 def cached_grouping(owner: Any, indices: torch.Tensor) -> Grouping:
@@ -91,17 +103,58 @@ def cached_grouping(owner: Any, indices: torch.Tensor) -> Grouping:
     return found
 
 
-def _slot_weights(stacked: torch.Tensor, g: Grouping) -> torch.Tensor:
-    """``(slots, in, out)`` view of the present adapters' weights, stored ``(..., out, in)``."""
-    if stacked.dim() == 4:
-        stacked = stacked.squeeze(1)
-    return stacked[g.lo : g.lo + g.slots].transpose(1, 2)
+def packed(stacked: torch.Tensor, *, expand: bool) -> torch.Tensor:
+    """vLLM's stacked weights ``(max_loras, 1, out, in)`` as float32 ``(max_loras, in, out)``,
+    contiguous, cut to the rank the loaded adapters use (``in`` for expand, ``out`` for shrink:
+    vLLM pads every adapter to max_lora_rank with zeros, and multiplying zeros is half the work
+    of a rank-8 adapter under the default rank 16). Cached on the tensor until vLLM writes to it
+    (loading or evicting an adapter bumps its version)."""
+    held = getattr(stacked, _PACK_ATTR, None)
+    if held is not None and held[0] == stacked._version:
+        pack: torch.Tensor = held[1]
+        return pack
+    w = stacked.squeeze(1) if stacked.dim() == 4 else stacked
+    rank_dim = 2 if expand else 1
+    used = (w != 0).any(dim=3 - rank_dim).any(dim=0).nonzero()
+    rank = int(used.max()) + 1 if used.numel() else 0
+    cut = w[:, :, :rank] if expand else w[:, :rank, :]
+    pack = cut.transpose(1, 2).to(COMPUTE).contiguous()
+    setattr(stacked, _PACK_ATTR, (stacked._version, pack))
+    return pack
 
 
-def padded(g: Grouping, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``(slots, length, features)``: the rows in adapter order, converted to ``dtype``."""
+def packed_shrink(stacked: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, int]:
+    """The A weights of every slice of a layer side by side, ``(max_loras, in, slices * rank)``
+    with one ``rank`` (the largest any slice uses), so a merged layer (qkv, gate_up) shrinks with
+    one matmul. Cached on the first tensor until vLLM writes to any of them."""
+    versions = tuple((id(t), t._version) for t in stacked)
+    held = getattr(stacked[0], _PACK_ATTR + "_cat", None)
+    if held is not None and held[0] == versions:
+        found: tuple[torch.Tensor, int] = held[1]
+        return found
+    parts = [packed(t, expand=False) for t in stacked]
+    rank = max(p.size(-1) for p in parts)
+    width = stacked[0].size(-2)
+    cat = torch.cat([torch.nn.functional.pad(p, (0, rank - p.size(-1))) for p in parts], -1)
+    found = (cat.contiguous(), min(rank, width))
+    setattr(stacked[0], _PACK_ATTR + "_cat", (versions, found))
+    return found
+
+
+def padded(g: Grouping, rows: torch.Tensor) -> torch.Tensor:
+    """``(slots, length, features)``: the rows in adapter order, in the compute dtype."""
     block = rows if g.identity else rows.index_select(0, g.gather)
-    return block.to(dtype).view(g.slots, g.length, rows.size(-1))
+    return block.to(COMPUTE).view(g.slots, g.length, rows.size(-1))
+
+
+def _to_rows(g: Grouping, flat: torch.Tensor) -> torch.Tensor:
+    """Padded rows ``(slots * length, k)`` back in row order, zero for rows without adapter."""
+    if g.identity:
+        return flat
+    out = flat.index_select(0, g.row_pos)
+    if g.mask is not None:
+        out.mul_(g.mask)
+    return out
 
 
 def shrink_into(
@@ -109,16 +162,17 @@ def shrink_into(
 ) -> None:
     """``out[r, :rank] = scale * x[r] @ A[slot(r)].T`` (zeros for rows without an adapter), from
     ``x_padded`` = :func:`padded` of the inputs."""
-    h = torch.bmm(x_padded, _slot_weights(a_stacked, g)).view(-1, a_stacked.size(-2))
+    a = packed(a_stacked, expand=False)
+    width = a_stacked.size(-2)
+    used = a.size(-1)
+    if used < width:
+        out[:, used:width].zero_()
+    if used == 0:
+        return
+    h = torch.bmm(x_padded, a[g.lo : g.lo + g.slots]).view(-1, used)
     if scale != 1.0:
         h = h * scale
-    target = out[:, : h.size(1)]
-    if g.identity:
-        target.copy_(h)
-        return
-    if g.rows.numel() != g.rows_total:
-        target.zero_()
-    target.index_copy_(0, g.rows, h.index_select(0, g.pos).to(out.dtype))
+    out[:, :used].copy_(_to_rows(g, h))
 
 
 def expand_add(
@@ -132,20 +186,20 @@ def expand_add(
     """``out[r] (+)= h[r] @ B[slot(r)].T`` over the common width, from ``h_padded`` =
     :func:`padded` of the shrunk rows; rows without an adapter get no delta (zeros when ``add``
     is false)."""
-    rank = b_stacked.size(-1)
-    y = torch.bmm(h_padded[..., :rank], _slot_weights(b_stacked, g))
-    common = min(y.size(-1), out.size(1))
-    y = y.view(-1, y.size(-1))[:, :common]
+    b = packed(b_stacked, expand=True)
+    common = min(b.size(-1), out.size(1))
     target = out[:, :common]
-    if g.identity:
-        if add:
-            target.add_(y)
-        else:
-            target.copy_(y)
+    used = min(b.size(1), h_padded.size(-1))
+    if used == 0 or g.empty:
+        if not add:
+            target.zero_()
         return
-    if not add:
-        target.zero_()
-    target.index_add_(0, g.rows, y.index_select(0, g.pos).to(out.dtype))
+    y = torch.bmm(h_padded[..., :used], b[g.lo : g.lo + g.slots, :used])
+    rows = _to_rows(g, y.view(-1, y.size(-1))[:, :common])
+    if add:
+        target.add_(rows)
+    else:
+        target.copy_(rows)
 
 
 def fused_add(
@@ -160,10 +214,13 @@ def fused_add(
     block without writing the rank-sized intermediate back to row order in between."""
     if g.empty:
         return
-    h = torch.bmm(padded(g, x, a_stacked.dtype), _slot_weights(a_stacked, g))
+    a = packed(a_stacked, expand=False)
+    if a.size(-1) == 0:
+        return  # e.g. the logits layer of adapters that do not train lm_head
+    h = torch.bmm(padded(g, x), a[g.lo : g.lo + g.slots])
     if scale != 1.0:
         h = h * scale
-    expand_add(g, h.to(b_stacked.dtype), b_stacked, out)
+    expand_add(g, h, b_stacked, out)
 
 
 def per_row(
@@ -199,16 +256,16 @@ def per_row(
             output.copy_(one.expand_as(output))
         return
     g = group_rows(indices)
-    if mode == "shrink":
-        shrink_into(g, _padded_or_empty(g, inputs, weights.dtype), weights, output, scale)
-    else:
-        expand_add(g, _padded_or_empty(g, inputs, weights.dtype), weights, output, add=add)
-
-
-def _padded_or_empty(g: Grouping, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if g.empty:
-        return torch.empty((0, 0, rows.size(-1)), dtype=dtype, device=rows.device)
-    return padded(g, rows, dtype)
+        if mode == "shrink":
+            output[:, : weights.size(-2)].zero_()
+        elif not add:
+            output.zero_()
+        return
+    if mode == "shrink":
+        shrink_into(g, padded(g, inputs), weights, output, scale)
+    else:
+        expand_add(g, padded(g, inputs), weights, output, add=add)
 
 
 # -- PunicaWrapperCPU methods ------------------------------------------------------------------
@@ -242,9 +299,22 @@ def add_shrink(
         return
     if g.empty:
         return  # vLLM's callers pass zeroed buffers, and expand adds nothing either
-    x_padded = padded(g, x, lora_a_stacked[0].dtype)
-    for i, a in enumerate(lora_a_stacked):
-        shrink_into(g, x_padded, a, y[i], scale)
+    a_cat, rank = packed_shrink(lora_a_stacked)
+    slices = len(lora_a_stacked)
+    for i in range(slices):
+        if rank < y[i].size(-1):
+            y[i][:, rank:].zero_()  # vLLM's buffers come zeroed; stay exact if one does not
+    if rank == 0:
+        return
+    h = torch.bmm(padded(g, x), a_cat[g.lo : g.lo + g.slots])
+    if scale != 1.0:
+        h = h * scale
+    rows = _to_rows(g, h.view(-1, slices * rank)).view(-1, slices, rank)
+    if isinstance(y, torch.Tensor):
+        y[..., :rank].copy_(rows.transpose(0, 1))
+    else:
+        for i in range(slices):
+            y[i][:, :rank].copy_(rows[:, i])
 
 
 def add_expand(
@@ -267,17 +337,37 @@ def add_expand(
             offset += output_slices[i]
         return
     if g.empty:
+        if not add_inputs:
+            y[:, offset : offset + sum(output_slices)].zero_()
         return
-    dtype = lora_b_stacked[0].dtype
-    if isinstance(x, torch.Tensor) and not g.identity:
-        # One gather for every slice: (slices, rows, rank) -> (slices, slots, length, rank).
-        blocks = x.index_select(1, g.gather).to(dtype).view(x.size(0), g.slots, g.length, -1)
+    packs = [packed(b, expand=True) for b in lora_b_stacked]
+    rank = min(max(p.size(1) for p in packs), x[0].size(-1))
+    widths = [p.size(-1) for p in packs]
+    if rank == 0:
+        if not add_inputs:
+            y[:, offset : offset + sum(output_slices)].zero_()
+        return
+    if not isinstance(x, torch.Tensor) or list(output_slices) != widths:
+        for i, b in enumerate(lora_b_stacked):
+            expand_add(
+                g, padded(g, x[i]), b, y[:, offset : offset + output_slices[i]], add=add_inputs
+            )
+            offset += output_slices[i]
+        return
+    # One gather for every slice: (slices, rows, rank) -> (slices, slots, length, rank).
+    h = x[..., :rank]
+    h = h.contiguous() if g.identity else h.index_select(1, g.gather)
+    h = h.to(COMPUTE).view(x.size(0), g.slots, g.length, rank)
+    parts = [
+        torch.bmm(h[i][..., : p.size(1)], p[g.lo : g.lo + g.slots]) for i, p in enumerate(packs)
+    ]
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+    rows = _to_rows(g, out.view(-1, out.size(-1)))
+    target = y[:, offset : offset + rows.size(1)]
+    if add_inputs:
+        target.add_(rows)
     else:
-        blocks = [padded(g, part, dtype) for part in x]  # type: ignore[assignment]
-    for i, b in enumerate(lora_b_stacked):
-        part = y[:, offset : offset + output_slices[i]]
-        expand_add(g, blocks[i], b, part, add=add_inputs)
-        offset += output_slices[i]
+        target.copy_(rows)
 
 
 def add_lora_linear(
