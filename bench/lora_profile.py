@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -88,14 +87,15 @@ def variant(name: str) -> Iterator[type]:
 
         yield Grouped
         return
-    saved = (cpu.bgmv_shrink, cpu.bgmv_expand_slice)
+    # punica_cpu calls the ops it imported by name; swap them for the previous plugin's.
+    ops: dict[str, Any] = vars(cpu)
+    saved = (ops["bgmv_shrink"], ops["bgmv_expand_slice"])
     if name == "previous":
-        cpu.bgmv_shrink = _previous_shrink  # type: ignore[assignment]
-        cpu.bgmv_expand_slice = _previous_expand_slice  # type: ignore[assignment]
+        ops["bgmv_shrink"], ops["bgmv_expand_slice"] = _previous_shrink, _previous_expand_slice
     try:
         yield cpu.PunicaWrapperCPU
     finally:
-        cpu.bgmv_shrink, cpu.bgmv_expand_slice = saved
+        ops["bgmv_shrink"], ops["bgmv_expand_slice"] = saved
 
 
 def make_weights(

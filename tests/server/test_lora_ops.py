@@ -18,7 +18,7 @@ SLICES = (20, 8, 8)  # a merged layer like qkv: three outputs side by side
 RANKS = (4, 8, 16, 8, 1, 12)  # per slot: adapters of several ranks, zero-padded like vLLM's
 
 
-class Grouped(punica_cpu.PunicaWrapperCPU):  # type: ignore[misc]
+class Grouped(punica_cpu.PunicaWrapperCPU):  # type: ignore[misc,name-defined]
     add_shrink = lora_ops.add_shrink
     add_expand = lora_ops.add_expand
     add_lora_linear = lora_ops.add_lora_linear
@@ -154,7 +154,7 @@ def test_group_rows_layout() -> None:
 
 
 def test_packing_cuts_to_the_rank_in_use() -> None:
-    a, b = stacked()
+    a, _ = stacked()
     assert lora_ops.packed(a[0], expand=False).shape == (MAX_LORAS, IN, max(RANKS))
     half = a[0].clone()
     half[:, :, 8:] = 0
