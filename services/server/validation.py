@@ -19,6 +19,7 @@ from typing import Any
 from services.server.names import VersionInfo
 from shared.artifacts import ArtifactStore
 from shared.errors import IntegrityError, LoraplexError, NotFoundError, ValidationError
+from shared.registry.versions import FULL_KIND
 from shared.servability import (
     LoraLimits,
     adapter_is_noop,
@@ -72,6 +73,13 @@ class AdapterValidator:
 
         Blocking (it hashes files): call it from a worker thread.
         """
+        if version.kind == FULL_KIND:
+            raise ValidationError(
+                f"{version.id} is a full fine-tune, not a LoRA adapter: an engine of its base "
+                "cannot load it as an adapter; it is served by an engine of its own",
+                param="model",
+                code="adapter_not_servable",
+            )
         reasons: list[str] = []
         if version.base_model != self.base.name:
             reasons.append(

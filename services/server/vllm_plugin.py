@@ -17,9 +17,10 @@ vLLM loads ``vllm.general_plugins`` entry points in every engine process; ``regi
    *last* slot. In a batch that mixes base-model and adapter requests, base rows therefore get an
    adapter's delta once the last slot is occupied. The replacement ops treat ``-1`` as "no delta".
 
-The replacement ops multiply once per distinct adapter in the batch instead of gathering one
-weight matrix per token, which is also far less memory for long prompts (the logits LoRA B matrix
-is vocab x rank per row). Semantics are otherwise those of the originals.
+The replacement ops and wrapper methods (``lora_ops``) group the rows of a step by adapter and
+multiply each layer with one batched matmul over the stacked weights, instead of gathering one
+weight matrix per token (also far less memory for long prompts: the logits LoRA B matrix is
+vocab x rank per row). Semantics are otherwise those of the originals.
 
 Nothing is patched on other platforms: the GPU path uses different kernels.
 """
@@ -38,6 +39,9 @@ from types import ModuleType
 from typing import Any
 
 import torch
+
+from services.server import lora_ops
+from services.server.lora_ops import per_row
 
 log = logging.getLogger(__name__)
 
@@ -78,36 +82,6 @@ def register() -> None:
 # -- ops ---------------------------------------------------------------------------------------
 
 
-def _per_row(
-    inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    """``out[r] = inputs[r] @ weights[indices[r]].T``; zero where ``indices[r] < 0``."""
-    if weights.dim() == 4:
-        weights = weights.squeeze(dim=1)
-    rows = max(inputs.size(0), indices.size(0))
-    # The originals broadcast a single row or a single index through einsum; keep that.
-    if inputs.size(0) != rows:
-        if inputs.size(0) != 1:
-            raise ValueError(f"LoRA op: {inputs.size(0)} input rows but {rows} indices")
-        inputs = inputs.expand(rows, -1)
-    if indices.size(0) != rows:
-        if indices.size(0) != 1:
-            raise ValueError(f"LoRA op: {rows} input rows but {indices.size(0)} indices")
-        indices = indices.expand(rows)
-    out = torch.zeros((rows, weights.size(-2)), dtype=dtype, device=inputs.device)
-    for slot in torch.unique(indices).tolist():
-        if slot < 0:
-            continue
-        weight_t = weights[slot].to(dtype).t()
-        mask = indices == slot
-        if bool(mask.all()):
-            out = inputs.to(dtype) @ weight_t
-        else:
-            sel = mask.nonzero().squeeze(1)
-            out[sel] = inputs[sel].to(dtype) @ weight_t
-    return out
-
-
 def bgmv_shrink(
     inputs: torch.Tensor,
     lora_b_weights: torch.Tensor,
@@ -115,8 +89,9 @@ def bgmv_shrink(
     lora_indices_tensor: torch.Tensor,
     scaling: float = 1.0,
 ) -> None:
-    outputs = _per_row(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    output_tensor[:, : outputs.shape[1]] = scaling * outputs
+    per_row(
+        inputs, lora_b_weights, lora_indices_tensor, output_tensor, mode="shrink", scale=scaling
+    )
 
 
 def bgmv_expand(
@@ -126,16 +101,9 @@ def bgmv_expand(
     lora_indices_tensor: torch.Tensor,
     add_inputs: bool = True,
 ) -> None:
-    outputs = _per_row(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    limit = output_tensor.shape[0]
-    if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
-        limit = 1
-    # LoRA adapter and model may pad the output dimension differently.
-    common = min(outputs.shape[1], output_tensor.shape[1])
-    if add_inputs:
-        output_tensor[:, :common] += outputs[:limit, :common]
-    else:
-        output_tensor[:, :common] = outputs[:limit, :common]
+    per_row(
+        inputs, lora_b_weights, lora_indices_tensor, output_tensor, mode="expand", add=add_inputs
+    )
 
 
 def bgmv_expand_slice(
@@ -147,11 +115,8 @@ def bgmv_expand_slice(
     slice_size: int,
     add_inputs: bool = True,
 ) -> None:
-    outputs = _per_row(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
-    if add_inputs:
-        output_tensor[:, slice_offset : slice_offset + slice_size] += outputs
-    else:
-        output_tensor[:, slice_offset : slice_offset + slice_size] = outputs
+    part = output_tensor[:, slice_offset : slice_offset + slice_size]
+    per_row(inputs, lora_b_weights, lora_indices_tensor, part, mode="expand", add=add_inputs)
 
 
 def _patch_ops() -> None:
@@ -206,17 +171,19 @@ def _add_lora_logits(
 ) -> None:
     y = y.view(-1, y.shape[-1])  # a view: the in-place updates below land in the caller's tensor
     x = x.view(-1, x.shape[-1])
-    indices = logits_indices(self, x.size(0))
-    if buffer is None:
-        buffer = torch.zeros((x.size(0), lora_b_stacked.size(-1)), dtype=torch.float32)
-    bgmv_shrink(x, lora_a_stacked, buffer, indices, scale)
-    bgmv_expand(buffer, lora_b_stacked, y, indices, add_inputs=True)
+    lora_ops.add_logits(
+        self, y, x, lora_a_stacked, lora_b_stacked, scale, logits_indices(self, x.size(0))
+    )
 
 
 def _patch_punica() -> None:
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
     PunicaWrapperCPU.add_lora_logits = _add_lora_logits  # type: ignore[method-assign]
+    # The layers call these per linear layer; the grouped versions reuse one token layout per
+    # step instead of vLLM's per-token weight gather (or sgmv's per-call re-expansion).
+    for name in ("add_shrink", "add_expand", "add_lora_linear", "add_lora_embedding"):
+        setattr(PunicaWrapperCPU, name, getattr(lora_ops, name))
 
 
 # -- model runner ------------------------------------------------------------------------------

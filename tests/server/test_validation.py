@@ -117,6 +117,22 @@ def test_same_base_name_with_other_weights_is_refused(one_engine: Stack) -> None
     assert "same name, different model" in str(exc.value)
 
 
+def test_a_full_fine_tune_is_never_loaded_as_an_adapter(one_engine: Stack) -> None:
+    from dataclasses import replace
+
+    from services.server.names import VersionInfo
+    from shared.errors import ValidationError
+    from shared.registry.models import AdapterVersionRow
+
+    s = one_engine
+    vid = s.register(s.adapter(), "shop")
+    with s.registry.session() as session:
+        info = VersionInfo.from_row(session.get(AdapterVersionRow, vid))  # type: ignore[arg-type]
+    s.service.validator.check_version(info)  # the adapter itself loads
+    with pytest.raises(ValidationError, match="full fine-tune, not a LoRA adapter"):
+        s.service.validator.check_version(replace(info, kind="full"))
+
+
 def test_files_changed_after_registration_are_refused(one_engine: Stack) -> None:
     s = one_engine
     folder = s.adapter()
