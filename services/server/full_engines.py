@@ -27,13 +27,13 @@ from services.server.config import ServerSettings
 from services.server.engine_client import ControlSession, EngineClient
 from services.server.engine_process import engine_command, engine_env, free_port
 from services.server.engines import Engine
-from shared.servability import check_full_model_dir
 from services.server.names import VersionInfo
 from services.server.supervisor import EngineSupervisor
 from services.server.validation import BaseIdentity
 from shared.artifacts import ArtifactStore
 from shared.errors import IntegrityError, LoraplexError, NotFoundError, ValidationError
 from shared.logs import event
+from shared.servability import check_full_model_dir
 
 log = logging.getLogger(__name__)
 

@@ -317,7 +317,8 @@ def test_openai_sdk_drives_a_reinforcement_job_whose_output_the_evaluator_scores
     assert final.fine_tuned_model == "rl-sdk@v1"
     assert final.method is not None and final.method.type == "reinforcement"
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
-    rewards = [dict(cast(Any, e.data)) for e in events if e.data and "reward" in dict(e.data)]
+    data = [dict(cast(Any, e.data)) for e in events if e.data]
+    rewards = [d for d in data if "reward" in d]
     assert rewards and all(0.0 <= r["reward"] <= 1.0 for r in rewards)
 
     registry = open_registry(trainer_model_settings)
