@@ -9,8 +9,11 @@ registry); ``trainer.train()`` is wrapped so the figures are TRL's own (``train_
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,3 +126,22 @@ def run_child(script: str, args: list[str], label: str) -> dict[str, Any]:
         if line.startswith(_RESULT):
             return dict(json.loads(line[len(_RESULT) :]))
     raise RuntimeError(f"{label} run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def prepared_data_dir(cache: Path, prefix: str = "bench-") -> Path:
+    """A fresh data dir (its own registry) with the embedded model linked in from ``cache``,
+    prepared there once."""
+    from shared.basemodel import prepare_embedded_model
+    from shared.settings import SharedSettings
+
+    cache.mkdir(parents=True, exist_ok=True)
+    model = prepare_embedded_model(SharedSettings(data_dir=cache)).path
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    target = data_dir / "models" / model.name
+    target.mkdir(parents=True)
+    for item in model.iterdir():
+        if item.is_file():
+            os.link(item, target / item.name)
+        else:
+            shutil.copytree(item, target / item.name)
+    return data_dir

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,27 +32,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _recipe import REPO, emit_result, run_child, run_sft_in_process
+from _recipe import REPO, emit_result, prepared_data_dir, run_child, run_sft_in_process
 from _report import record
 
 DATA = REPO / "examples" / "extraction" / "sft_train.jsonl"
 TEST = REPO / "examples" / "extraction" / "test.jsonl"
 METHODS = ("full", "lora")
-
-
-def prepared_data_dir(cache: Path) -> Path:
-    """A fresh data dir (its own registry) with the embedded model linked in from ``cache``."""
-    from shared.basemodel import prepare_embedded_model
-    from shared.settings import SharedSettings
-
-    cache.mkdir(parents=True, exist_ok=True)
-    model = prepare_embedded_model(SharedSettings(data_dir=cache)).path
-    data_dir = Path(tempfile.mkdtemp(prefix="bench-full-ft-"))
-    target = data_dir / "models" / model.name
-    target.mkdir(parents=True)
-    for item in model.iterdir():
-        os.link(item, target / item.name)
-    return data_dir
 
 
 def train_one(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,7 +46,7 @@ def train_one(args: argparse.Namespace) -> dict[str, Any]:
     from services.trainer.schemas import JobSpec
     from shared.memory import peak_resident_bytes
 
-    data_dir = prepared_data_dir(Path(args.cache))
+    data_dir = prepared_data_dir(Path(args.cache), "bench-full-ft-")
     settings = TrainerSettings(data_dir=data_dir, torch_threads=args.threads or None)
     spec = JobSpec.model_validate(
         {

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from shared.registry.db import open_registry
     from tests.trainer.conftest import RecordingReporter, run_in_process
 
-    data_dir = prepared_data_dir(Path(args.cache))
+    data_dir = prepared_data_dir(Path(args.cache), "bench-grpo-")
     os.environ["LORAPLEX_DATA_DIR"] = str(data_dir)
     settings = TrainerSettings(data_dir=data_dir, torch_threads=args.threads or None)
     lora = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0}

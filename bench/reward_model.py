@@ -21,35 +21,19 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _recipe import prepared_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "extraction" / "dpo_train.jsonl"
 RESULTS = REPO / "bench" / "results" / "reward_model.json"
 TARGET = 0.8
-
-
-def prepared_data_dir(cache: Path) -> Path:
-    """A fresh data dir (its own registry) with the embedded model linked in from ``cache``."""
-    from shared.basemodel import prepare_embedded_model
-    from shared.settings import SharedSettings
-
-    cache.mkdir(parents=True, exist_ok=True)
-    model = prepare_embedded_model(SharedSettings(data_dir=cache)).path
-    data_dir = Path(tempfile.mkdtemp(prefix="bench-reward-"))
-    target = data_dir / "models" / model.name
-    target.mkdir(parents=True)
-    for item in model.iterdir():
-        if item.is_file():
-            os.link(item, target / item.name)
-        else:
-            shutil.copytree(item, target / item.name)
-    return data_dir
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,7 +46,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from services.trainer.recipes.reward import run_reward
     from services.trainer.schemas import JobSpec
 
-    data_dir = prepared_data_dir(Path(args.cache))
+    data_dir = prepared_data_dir(Path(args.cache), "bench-reward-")
     settings = TrainerSettings(data_dir=data_dir, torch_threads=args.threads or None)
     hyperparameters: dict[str, Any] = {
         "n_epochs": args.epochs,
@@ -163,7 +147,7 @@ def random_heads(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    data_dir = prepared_data_dir(Path(args.cache))
+    data_dir = prepared_data_dir(Path(args.cache), "bench-reward-")
     base = data_dir / "models" / "smollm2-135m-instruct"
     tokenizer = AutoTokenizer.from_pretrained(base)
     pad_id = int(tokenizer.pad_token_id)
