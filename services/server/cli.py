@@ -20,6 +20,7 @@ from services.server.cli_aliases import (
     protect_cmd,
     unprotect_cmd,
 )
+from services.server.full_manifests import engine_manifest_cmd
 from shared.errors import LoraplexError
 
 serve_app = typer.Typer(help="Serve adapters behind an OpenAI-compatible API.")
@@ -209,3 +210,4 @@ def list_cmd(
 # After the commands above, so `loraplex adapters --help` lists them in their old order.
 adapters_app.command("protect")(protect_cmd)
 adapters_app.command("unprotect")(unprotect_cmd)
+adapters_app.command("engine-manifest")(engine_manifest_cmd)

@@ -65,7 +65,16 @@ SERVICE_OF_COMMAND = {
     ("train",): "trainer",
     ("eval",): "evaluator",
     ("model",): "shared",
+    ("adapters",): "server",
 }
+# A full fine-tune's engine (services/server/full_manifests.py): vLLM's OpenAI server run from the
+# loraplex image under tini, which stays PID 1. Its pods carry the engine component label, which
+# the base NetworkPolicy loraplex-engines opens to the server pods only.
+INIT_PREFIX = ["/usr/bin/tini", "--"]
+ENGINE_COMMAND = [*INIT_PREFIX, "python", "-m", "vllm.entrypoints.openai.api_server"]
+ENGINE = "engine"
+ENGINE_LABEL = {"app.kubernetes.io/component": "engine"}
+SERVER_POD = {"app.kubernetes.io/name": "loraplex", "app.kubernetes.io/component": "server"}
 SERVICE_PORTS = {"server": 8000, "trainer": 8001, "evaluator": 8002}
 # Every service serves /metrics on its API port (shared/service_app.py, the server's app).
 METRICS_PORTS = SERVICE_PORTS
@@ -161,6 +170,8 @@ def is_loraplex(container: Mapping[str, Any]) -> bool:
 
 
 def service_of(container: Mapping[str, Any]) -> str | None:
+    if list(container.get("command") or ()) == ENGINE_COMMAND:
+        return ENGINE
     args = tuple(container.get("args") or ())
     for prefix, service in SERVICE_OF_COMMAND.items():
         if args[: len(prefix)] == prefix:
@@ -366,7 +377,7 @@ def check_security(docs: Iterable[Mapping[str, Any]]) -> list[str]:
             problems.append(f"{ref(doc)} container {c['name']}: allowPrivilegeEscalation not false")
         if "ALL" not in (sc.get("capabilities") or {}).get("drop", []):
             problems.append(f"{ref(doc)} container {c['name']}: capabilities not dropped")
-        if c.get("command"):
+        if c.get("command") and list(c["command"][:2]) != INIT_PREFIX:
             problems.append(
                 f"{ref(doc)} container {c['name']}: sets command, replacing the image's entrypoint"
             )
@@ -653,7 +664,8 @@ def check_keys(docs: Iterable[Mapping[str, Any]]) -> list[str]:
             if (volumes.get(m["name"], {}).get("secret") or {}).get("secretName") == KEYS_SECRET
         ]
         path = env.get(KEYS_FILE_ENV, ("", ""))[1]
-        listens = bool(c.get("ports")) and not init
+        # An engine checks no key: the NetworkPolicy keeps everyone but the server out.
+        listens = bool(c.get("ports")) and not init and service_of(c) != ENGINE
         if listens:
             port = c["ports"][0].get("containerPort")
             found = mounted_secret(doc, c, path) if path else None
@@ -892,8 +904,8 @@ def check_ports(docs: Iterable[Mapping[str, Any]]) -> list[str]:
     docs = list(docs)
     problems = []
     for doc, c, init in containers(docs, init=False):
-        if init or not is_loraplex(c) or not c.get("ports"):
-            continue
+        if init or not is_loraplex(c) or not c.get("ports") or service_of(c) == ENGINE:
+            continue  # an engine binds through its arguments: check_engines
         where = f"{ref(doc)} container {c['name']}"
         service = service_of(c)
         expected = SERVICE_PORTS.get(service or "")
@@ -912,6 +924,56 @@ def check_ports(docs: Iterable[Mapping[str, Any]]) -> list[str]:
     return problems
 
 
+def _arg(args: list[str], flag: str) -> str | None:
+    """The value after ``flag`` in a command line (None: absent)."""
+    return args[args.index(flag) + 1] if flag in args[:-1] else None
+
+
+def check_engines(docs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """A full fine-tune's engine pod: labelled as an engine, serving on its declared port on every
+    address under a model name, without LoRA slots, with no loraplex setting or credential in its
+    environment (it checks no key), and reachable from the server pods only: no other loraplex
+    pod, no other namespace."""
+    docs = list(docs)
+    problems = []
+    for doc, c, init in containers(docs, init=False):
+        if init or service_of(c) != ENGINE:
+            continue
+        where = f"{ref(doc)} container {c['name']}"
+        args = [str(a) for a in c.get("args") or []]
+        ports = [p["containerPort"] for p in c.get("ports") or []]
+        if not selector_matches(ENGINE_LABEL, pod_labels(doc)):
+            problems.append(f"{where}: its pods lack {ENGINE_LABEL}; loraplex-engines misses them")
+        if _arg(args, "--host") not in {"0.0.0.0", "::"}:
+            problems.append(f"{where}: --host is {_arg(args, '--host')}; the server is elsewhere")
+        port = _arg(args, "--port")
+        if port is None or [int(port)] != ports:
+            problems.append(f"{where}: --port {port} is not its containerPort {ports}")
+        if not _arg(args, "--served-model-name") or not _arg(args, "--model"):
+            problems.append(f"{where}: no --model/--served-model-name; the server routes by it")
+        if "--enable-lora" in args:
+            problems.append(f"{where}: --enable-lora; a full model's engine needs no LoRA slots")
+        for name, (source, _value) in env_sources(docs, c).items():
+            if name.startswith("LORAPLEX_") or source.startswith("Secret/"):
+                problems.append(f"{where}: gets {name} from {source}; an engine needs neither")
+        if not ports:
+            continue
+        wanted = {(TCP, ports[0])}
+        from_server = ingress_ports(docs, doc, source_pod=SERVER_POD)
+        if from_server is not None and not wanted <= from_server:
+            problems.append(f"{where}: the server pods cannot reach port {ports[0]}")
+        others = [
+            ("another loraplex pod", None, {"app.kubernetes.io/name": "loraplex"}),
+            ("another namespace", {"kubernetes.io/metadata.name": "elsewhere"}, SERVER_POD),
+        ]
+        for label, namespace, pod in others:
+            reach = ingress_ports(docs, doc, namespace, pod)
+            if reach is None or reach:
+                shown = "every port" if reach is None else sorted(p for _, p in reach)
+                problems.append(f"{where}: {label} reaches {shown}; only the server may")
+    return problems
+
+
 ALL_CHECKS = (
     check_probes,
     check_server,
@@ -925,6 +987,7 @@ ALL_CHECKS = (
     check_ports,
     check_keys,
     check_monitoring_network,
+    check_engines,
 )
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from services.server import full_manifests
+from services.server.config import ServerSettings
 from services.trainer import k8s_jobs
 from tests.deploy.manifests import OVERLAYS, containers, is_loraplex, rendered
 
@@ -25,11 +27,14 @@ COMMANDS = [
     ("eval", "worker"),
     ("model", "prepare"),
     ("model", "register", "ARG"),
+    ("adapters", "export", "ARG"),
 ]
 
 
 def _shape(args: list[str]) -> tuple[str, ...]:
-    """The command words of ``args`` with positional values replaced by ARG."""
+    """The command words of ``args`` with positional values replaced by ARG (options, from the
+    first ``--``, left out)."""
+    args = args[: next((i for i, a in enumerate(args) if a.startswith("--")), len(args))]
     for command in COMMANDS:
         words = [w for w in command if w != "ARG"]
         if args[: len(words)] == words and len(args) == len(command):
@@ -48,6 +53,10 @@ def test_manifests_use_only_the_listed_commands() -> None:
         "ftjob-1", k8s_jobs.KubernetesJobSettings(image="x:1.0"), namespace="ns"
     )
     used.add(_shape(job["spec"]["template"]["spec"]["containers"][0]["args"]))
+    engine = full_manifests.full_engine_manifests("m@v1", ServerSettings(), image="x:1.0")
+    for _doc, c, _init in containers(engine):
+        if not c.get("command"):  # the engine runs vLLM, not a loraplex command
+            used.add(_shape(c["args"]))
     assert used <= set(COMMANDS), used - set(COMMANDS)
     assert used == set(COMMANDS), f"listed but unused: {set(COMMANDS) - used}"
 
