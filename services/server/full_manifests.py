@@ -120,7 +120,6 @@ def full_engine_manifests(
         meta["namespace"] = namespace
     claims = dict(volume_claims or {})
     scratch = [
-        {"name": "data", "mountPath": "/var/lib/loraplex"},
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "home", "mountPath": "/home/loraplex"},
     ]
@@ -134,7 +133,11 @@ def full_engine_manifests(
         + [{"secretRef": {"name": n}} for n in secrets],
         "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
         "securityContext": dict(_RESTRICTED),
-        "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR}, *scratch]
+        "volumeMounts": [
+            {"name": "model", "mountPath": MODEL_DIR},
+            {"name": "data", "mountPath": "/var/lib/loraplex"},
+            *scratch,
+        ]
         + [{"name": f"claim-{i}", "mountPath": p} for i, p in enumerate(claims.values())],
     }
     probe = {"httpGet": {"path": "/health", "port": "http"}, "timeoutSeconds": 5}
@@ -168,7 +171,9 @@ def full_engine_manifests(
     }
     volumes: list[dict[str, Any]] = [
         {"name": "model", "emptyDir": {"sizeLimit": model_size}},
-        {"name": "data", "emptyDir": {"sizeLimit": "5Gi"}},
+        # LORAPLEX_DATA_DIR of the fetch step: an S3 store reads the folder through its cache
+        # there before the copy, so it can hold a whole model too.
+        {"name": "data", "emptyDir": {"sizeLimit": model_size}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "5Gi"}},
         {"name": "home", "emptyDir": {"sizeLimit": "5Gi"}},
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
