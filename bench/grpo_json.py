@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "num_generations": args.generations,
                     "max_completion_length": 64,
                     "max_length": 256,
-                    "temperature": 1.0,
+                    "temperature": args.temperature,
                     "learning_rate": args.rl_learning_rate,
                     "warmup_ratio": 0,
                     "logging_steps": 1,
@@ -195,6 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "prompts_per_step": args.prompts,
         "generations_per_prompt": args.generations,
         "rl_learning_rate": args.rl_learning_rate,
+        "temperature": args.temperature,
         "heldout_items": cand["json_match"].n,
         "json_match_sft": cand_value(base, "json_match"),
         "json_match_grpo": cand_value(cand, "json_match"),
@@ -222,6 +223,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4, help="prompts per GRPO step")
     parser.add_argument("--generations", type=int, default=4, help="completions per prompt")
     parser.add_argument("--rl-learning-rate", type=float, default=5e-5)
+    parser.add_argument("--temperature", type=float, default=0.7, help="GRPO sampling")
     parser.add_argument("--limit", type=int, default=None, help="held-out items (default: all)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=0)
