@@ -14,10 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from shared.artifacts import open_store
-from shared.basemodel import ResolvedBaseModel, register_base_model
-from shared.registry.adapters import NewVersion, register_version
-from shared.registry.db import open_registry
+from services.trainer.adapters import store_and_register
+from shared.basemodel import ResolvedBaseModel
 from shared.registry.versions import FULL_KIND
 from shared.settings import SharedSettings
 
@@ -74,23 +72,4 @@ def register_full_version(
         **(manifest or {}),
     }
     (folder / "loraplex_manifest.json").write_text(json.dumps(body, indent=2))
-    sha = open_store(settings).put_dir(folder)
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    registry = open_registry(settings)
-    try:
-        with registry.session() as session:
-            register_base_model(session, base)
-            row, _ = register_version(
-                session,
-                NewVersion(
-                    adapter_name=name,
-                    sha256=sha,
-                    base_model=base.name,
-                    rank=0,
-                    size_bytes=size,
-                    manifest=body,
-                ),
-            )
-            return row.id
-    finally:
-        registry.dispose()
+    return store_and_register(settings, folder, body, base, name)
