@@ -2,8 +2,8 @@
 
 Runs the LoRA calls of one decode step of the embedded model (SmolLM2-135M: 30 layers, each with
 qkv and gate_up as merged column-parallel layers and o and down as row-parallel ones) exactly as
-vLLM's layers make them: a zeroed float32 buffer, ``add_shrink``, ``add_expand`` on a real
-``PunicaWrapperCPU`` whose metadata came from a ``LoRAMapping``. The base linears of the same
+vLLM's layers make them: ``add_lora_linear`` (vLLM's own shrinks into zeroed float32 buffers and
+expands) on a real ``PunicaWrapperCPU`` whose metadata came from a ``LoRAMapping``. The base linears of the same
 step (the same shapes, no LoRA) are timed alongside as the yardstick; attention, norms and
 sampling are not, so the real step is longer (the base figure of ``bench/multi_adapter.py``).
 
@@ -84,6 +84,7 @@ def variant(name: str) -> Iterator[type]:
         class Grouped(cpu.PunicaWrapperCPU):
             add_shrink = lora_ops.add_shrink
             add_expand = lora_ops.add_expand
+            add_lora_linear = lora_ops.add_lora_linear
 
         yield Grouped
         return
@@ -143,9 +144,7 @@ def one_step(
             t0 = time.perf_counter()
             y = torch.nn.functional.linear(inp, base)
             t1 = time.perf_counter()
-            buffer = torch.zeros((len(slices), inp.size(0), a[0].size(2)), dtype=torch.float32)
-            wrapper.add_shrink(buffer, inp, a, 1.0)
-            wrapper.add_expand(y, buffer, b, slices, offset_start=0)
+            wrapper.add_lora_linear(y, inp, a, b, 1.0, slices)
             t2 = time.perf_counter()
             clock["base linears"] += t1 - t0
             clock["lora"] += t2 - t1

@@ -141,6 +141,33 @@ def packed_shrink(stacked: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, int]
     return found
 
 
+def packed_expand(stacked: tuple[torch.Tensor, ...], rank: int) -> torch.Tensor:
+    """The B weights of every slice of a layer as one block-diagonal float32 matrix per slot,
+    ``(max_loras, slices * rank, sum(widths))``: block ``i`` maps slice ``i``'s ``rank`` columns
+    of :func:`packed_shrink`'s output to its output columns, so one matmul expands every slice
+    (the zero blocks cost a few percent of the expand's multiply-adds, a merged layer's extra
+    calls cost more). Cached on the first tensor until vLLM writes to any of them."""
+    key = (tuple((id(t), t._version) for t in stacked), rank)
+    held = getattr(stacked[0], _PACK_ATTR + "_diag", None)
+    if held is not None and held[0] == key:
+        found: torch.Tensor = held[1]
+        return found
+    weights = [t.squeeze(1) if t.dim() == 4 else t for t in stacked]  # (max_loras, out, rank)
+    widths = [w.size(1) for w in weights]
+    diag = torch.zeros(
+        (weights[0].size(0), len(weights) * rank, sum(widths)),
+        dtype=COMPUTE,
+        device=weights[0].device,
+    )
+    offset = 0
+    for i, (w, width) in enumerate(zip(weights, widths, strict=True)):
+        used = min(rank, w.size(-1))
+        diag[:, i * rank : i * rank + used, offset : offset + width] = w[..., :used].transpose(1, 2)
+        offset += width
+    setattr(stacked[0], _PACK_ATTR + "_diag", (key, diag))
+    return diag
+
+
 def padded(g: Grouping, rows: torch.Tensor) -> torch.Tensor:
     """``(slots, length, features)``: the rows in adapter order, in the compute dtype."""
     block = rows if g.identity else rows.index_select(0, g.gather)
@@ -370,6 +397,22 @@ def add_expand(
         target.copy_(rows)
 
 
+def _linear_packs(
+    a: tuple[torch.Tensor, ...],
+    b: tuple[torch.Tensor, ...],
+    output_slices: tuple[int, ...],
+    out_width: int,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`packed_shrink` and :func:`packed_expand` of a layer, or None when its output
+    slices are not its B widths side by side within the output."""
+    a_cat, rank = packed_shrink(a)
+    b_diag = packed_expand(b, rank)
+    width = b_diag.size(-1)
+    if width != sum(output_slices) or width > out_width:
+        return None
+    return a_cat, b_diag
+
+
 def add_lora_linear(
     self: Any,
     y: torch.Tensor,
@@ -382,22 +425,38 @@ def add_lora_linear(
     buffer: tuple[torch.Tensor, ...] | None = None,
     **kwargs: Any,
 ) -> None:
+    """The call every LoRA linear layer makes: two batched matmuls and one add for all its
+    slices (the A weights side by side, the B weights block-diagonal, :func:`packed_expand`),
+    so a merged qkv costs what a plain o_proj does in calls; the per-call overhead, not the
+    multiply-adds, was most of the LoRA time of a decode step (``bench/lora_profile.py``)."""
     x = x.view(-1, x.shape[-1])
     y2 = y.view(-1, y.shape[-1])
     g = _step(self, x.size(0))
-    if g is None or y2.size(0) != x.size(0):
-        rank = lora_b_stacked[0].size(-1)
+    if g is not None and g.empty:
+        return
+    packs = None
+    if g is not None and y2.size(0) == x.size(0):
+        packs = _linear_packs(lora_a_stacked, lora_b_stacked, output_slices, y2.size(1))
+    if g is None or packs is None:
+        # Rows not one per token, or slices that are not the B widths side by side: the
+        # general ops apply vLLM's broadcasting rules (or say what does not fit).
+        width = lora_b_stacked[0].size(-1)
         buffers = buffer or tuple(
-            torch.zeros((x.size(0), rank), dtype=torch.float32, device=x.device)
+            torch.zeros((x.size(0), width), dtype=torch.float32, device=x.device)
             for _ in output_slices
         )
         add_shrink(self, buffers, x, lora_a_stacked, scale)
         add_expand(self, y2, buffers, lora_b_stacked, output_slices)
         return
-    offset = 0
-    for a, b, size in zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True):
-        fused_add(g, x, a, b, y2[:, offset : offset + size], scale)
-        offset += size
+    a_cat, b_diag = packs
+    total = b_diag.size(-1)
+    window = slice(g.lo, g.lo + g.slots)
+    h = torch.bmm(padded(g, x), a_cat[window])
+    if scale != 1.0:
+        h.mul_(scale)
+    delta = torch.bmm(h, b_diag[window])
+    rows = _to_rows(g, delta.view(-1, total))
+    (y2 if total == y2.size(1) else y2[:, :total]).add_(rows)
 
 
 def add_lora_embedding(

@@ -160,3 +160,22 @@ def test_packing_cuts_to_the_rank_in_use() -> None:
     half[:, :, 8:] = 0
     assert lora_ops.packed(half, expand=False).shape == (MAX_LORAS, IN, 8)
     assert lora_ops.packed(torch.zeros(2, 1, 16, IN), expand=False).shape[-1] == 0
+
+
+def test_slices_of_one_layer_may_use_different_ranks() -> None:
+    """The block-diagonal B pack puts each slice's B under its own rank columns of the shrink:
+    slices that use fewer ranks than the widest still get exactly their own delta."""
+    a, b = stacked()
+    a[1][:, :, 3:] = 0  # slice 1 (a kv projection, say) uses rank 3 in every slot
+    b[1][..., 3:] = 0
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(len(MIXED), IN, generator=gen)
+    y0 = torch.randn(len(MIXED), sum(SLICES), generator=gen)
+    y = y0.clone()
+    wrapper(MIXED).add_lora_linear(y, x, a, b, 1.0, SLICES)
+    want = reference(y0, x, a, b, MIXED)
+    assert torch.allclose(y.double(), want, atol=1e-3), (y.double() - want).abs().max()
+    # Control: the two equally wide slices' B weights swapped must disagree.
+    y_bad = y0.clone()
+    wrapper(MIXED).add_lora_linear(y_bad, x, a, (b[0], b[2], b[1]), 1.0, SLICES)
+    assert not torch.allclose(y_bad.double(), want, atol=1e-3)
