@@ -19,6 +19,7 @@ All three log what the trainer logs, under the same names (``train/loss``,
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -28,6 +29,8 @@ from typing import Any, Protocol
 from services.trainer.config import TrainerSettings
 from services.trainer.recipes.context import RecipeContext
 from shared.logs import mask_url
+
+log = logging.getLogger(__name__)
 
 # Tags an MLflow run carries; ``RUN_TAG`` finds the run again when a job resumes.
 JOB_TAG = "loraplex.job_id"
@@ -203,7 +206,8 @@ class WandbTracker:
 
 def tracker_callback(ctx: RecipeContext, tracker: Tracker, key: str) -> Any:
     """A trainer callback that starts ``tracker`` with the job's parameters, logs each logging
-    step under transformers' names, and ends the run (KILLED when the job was asked to stop)."""
+    step under transformers' names, and ends the run (KILLED when the job was asked to stop,
+    FAILED through :func:`fail` when training raised: transformers calls no callback then)."""
     from transformers import TrainerCallback
     from transformers.integrations.integration_utils import rewrite_logs
 
@@ -234,7 +238,26 @@ def tracker_callback(ctx: RecipeContext, tracker: Tracker, key: str) -> Any:
                 tracker.end("KILLED" if ctx.reporter.should_stop() else "FINISHED")
                 self.started = False
 
+        def on_failure(self) -> None:
+            if self.started:
+                self.started = False
+                tracker.end("FAILED")
+
     return TrackerCallback()
+
+
+def fail(callbacks: list[Any]) -> None:
+    """End the started runs of ``callbacks`` as FAILED after training raised, so a tracker never
+    shows a dead job as RUNNING; a tracker that cannot be told is logged, and the training error
+    is what the caller raises."""
+    for callback in callbacks:
+        on_failure = getattr(callback, "on_failure", None)
+        if on_failure is None:
+            continue
+        try:
+            on_failure()
+        except Exception:
+            log.exception("could not mark the tracker run failed")
 
 
 def callbacks(ctx: RecipeContext) -> list[Any]:

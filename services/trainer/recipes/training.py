@@ -147,6 +147,7 @@ def train(
     # ``config`` may override a common argument (GRPO counts its batch in completions).
     args = config_cls(**{**common, **config})
     callback = make_progress_callback(ctx.reporter)
+    trackers = tracking.callbacks(ctx)
     # A recipe may pass its own peft_config (the reward model's LoRA is a SEQ_CLS one).
     # No LoRA on a starting adapter (it is trained on) or when every weight trains.
     trainer_kwargs.setdefault(
@@ -159,7 +160,7 @@ def train(
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_rows) if has_eval else None,
         processing_class=setup.tokenizer,
-        callbacks=[callback, *tracking.callbacks(ctx)],
+        callbacks=[callback, *trackers],
         **trainer_kwargs,
     )
     trainer.remove_callback(PrinterCallback)  # our callback reports; no raw dicts on stdout
@@ -171,7 +172,11 @@ def train(
             f"resuming from {resume.rsplit('/', 1)[-1]}", data={"checkpoint": resume}
         )
         restore_trained_adapter(trainer.model, resume)
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except BaseException:
+        tracking.fail(trackers)
+        raise
     if rank != 0:
         raise RankDone(f"rank {rank} trained its share")
     steps = total_steps(n_train, hp)

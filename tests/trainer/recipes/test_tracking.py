@@ -311,3 +311,21 @@ def test_mlflow_uses_the_configured_store_and_a_resumed_job_continues_its_run(
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 2.0), (2, 1.0)]
     assert not settings.tracking_dir.exists()  # nothing went to the local store
+
+
+def test_a_run_whose_training_raised_ends_failed_once(tmp_path: Path) -> None:
+    """transformers calls no callback when ``train`` raises; ``fail`` ends the run FAILED so the
+    tracker does not show a dead job as RUNNING, and a tracker that cannot be told is logged."""
+    tracker = FakeTracker()
+    callback = tracking.tracker_callback(make_ctx(tmp_path), tracker, "fake")
+    args = SimpleNamespace(to_dict=lambda: {"learning_rate": 0.1})
+    callback.on_train_begin(args, SimpleNamespace(is_world_process_zero=True, global_step=0), None)
+
+    class Broken:
+        def on_failure(self) -> None:
+            raise RuntimeError("tracking server down")
+
+    tracking.fail([object(), Broken(), callback])
+    tracking.fail([callback])
+    assert tracker.calls == [("start", 0.1), ("end", "FAILED")]
+

@@ -235,3 +235,30 @@ def test_processes_share_the_batch_and_train_the_same_global_batch(
     if processes > 1:
         assert common["ddp_backend"] == "gloo"
         assert common["ddp_find_unused_parameters"] is False
+
+
+def test_training_that_raises_ends_the_tracker_runs_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers calls no callback when ``train`` raises: the recipe hands its trackers to
+    ``tracking.fail`` and the error still reaches the caller."""
+    from services.trainer.recipes import tracking
+
+    class Tracker:
+        def on_failure(self) -> None:
+            ended.append("FAILED")
+
+    class Exploding(FakeTrainer):
+        def train(self, resume_from_checkpoint: str | None = None) -> None:
+            raise RuntimeError("out of memory at step 3")
+
+    ended: list[str] = []
+    monkeypatch.setattr(tracking, "callbacks", lambda ctx: [Tracker()])
+    ctx = make_ctx(tmp_path)
+    setup, fit = parts(tmp_path)
+    kwargs: dict[str, Any] = {"model": "m", "train_rows": ROWS, "eval_rows": [], "config": {}}
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(ctx, ctx.spec.resolved(), setup, fit, Exploding, FakeConfig, **kwargs)
+    assert ended == ["FAILED"]
+    train(ctx, ctx.spec.resolved(), setup, fit, FakeTrainer, FakeConfig, **kwargs)
+    assert ended == ["FAILED"]  # a run that trained is not failed
