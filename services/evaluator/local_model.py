@@ -1,4 +1,5 @@
-"""The base model in memory once, with adapters attached by peft and switched per subject.
+"""The base model in memory once (when a subject needs it), with adapters attached by peft and
+switched per subject.
 
 Candidate and baseline usually share a base, so one load serves both: adapters are added with
 ``load_adapter`` and chosen with ``set_adapter``; the base model itself is scored inside
@@ -32,7 +33,7 @@ class LocalModels:
 
     def __init__(self, subject: Subject, *, dtype: str = "float32", threads: int | None = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         if dtype not in DTYPES:
             raise ValidationError(f"dtype must be one of {', '.join(DTYPES)}", param="dtype")
@@ -44,13 +45,29 @@ class LocalModels:
         self.tokenizer: Any = AutoTokenizer.from_pretrained(str(self.base.path))
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model: Any = AutoModelForCausalLM.from_pretrained(
-            str(self.base.path), dtype=getattr(torch, dtype)
-        ).eval()
+        self._base_model: Any = None  # loaded on first use (see ``model``)
         self.renderer = ChatRenderer(self.tokenizer, None)
         self._peft: Any = None
         self._names: dict[str, str] = {}
         self._full: dict[str, Any] = {}  # version id -> its own model
+
+    @property
+    def model(self) -> Any:
+        """The base model, loaded on first use: an evaluation of two full fine-tunes never
+        needs it (their prompts only need the base's tokenizer)."""
+        if self._base_model is None:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            log.info("loading base model %s from %s", self.base.name, self.base.path)
+            self._base_model = AutoModelForCausalLM.from_pretrained(
+                str(self.base.path), dtype=getattr(torch, self.dtype)
+            ).eval()
+        return self._base_model
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self._base_model = value
 
     def describe(self, subject: Subject | None = None) -> dict[str, Any]:
         out = {

@@ -37,9 +37,9 @@ from tests.server.conftest import ADMIN
 from tests.server.fakes import ThreadServer
 from tests.server.test_real_engine import build_peft_adapters
 
-# Three vLLM starts: about 15 minutes on the loaded 2-core machine (7.5 min set-up, 6 min for the
-# swap's engine), so kept out of `make test`'s time budget; `make test-all` runs it.
-pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+# Two vLLM engines for the side-by-side test (`make test`); the hot swap starts a third, about 6
+# more minutes on a loaded 2-core machine, so it is `heavy` (`make test-all`).
+pytestmark = [pytest.mark.slow]
 
 BASE = "smollm2-135m-instruct"
 QUESTION: list[ChatCompletionMessageParam] = [
@@ -156,6 +156,7 @@ def test_base_adapter_and_full_model_answer_side_by_side(served: Served) -> None
     assert cards[served.full[0]].model_extra["loraplex"]["version_kind"] == "full"  # type: ignore[index]
 
 
+@pytest.mark.heavy
 def test_full_alias_hot_swap_under_a_stream_of_requests_fails_none(served: Served) -> None:
     client = served.client()
     v1, v2 = served.full

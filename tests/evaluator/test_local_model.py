@@ -171,3 +171,26 @@ def test_a_full_model_with_another_tokenizer_is_refused(
     with pytest.raises(ValidationError, match="another chat template"), models.activate(f3):
         pass
     assert loads == [str(f1.adapter_path)]  # refused before any weights load
+
+
+def test_two_full_fine_tunes_never_load_the_base(
+    tmp_path: Path, loads: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base's weights are loaded on first use: a full-vs-full evaluation skips them."""
+    import transformers
+
+    tokenizer = SimpleNamespace(
+        chat_template="T", pad_token_id=0, eos_token_id=1, all_special_tokens=[]
+    )
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *_a, **_k: tokenizer)
+    models = LocalModels(CANDIDATE)
+    f1, f2 = full_subject(tmp_path, "f@v1"), full_subject(tmp_path, "f@v2")
+    for subject in (f1, f2):
+        with models.activate(subject):
+            pass
+    assert loads == [str(f1.adapter_path), str(f2.adapter_path)]
+    with models.activate(BARE) as model:
+        assert model.path == str(BASE.path)
+    with models.activate(BARE):
+        pass
+    assert loads[2:] == [str(BASE.path)]  # loaded once, when the base was asked for
