@@ -11,13 +11,15 @@ pair's content hash (the base's weights hash for the base), so counts join to ex
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+
+from services.server.engines import EngineState
 
 if TYPE_CHECKING:
     from services.server.engines import Engine
@@ -168,7 +170,9 @@ class ServerMetrics:
                 self.version_info.labels(*labels, sha256).set(1)
         return found
 
-    def attach_engines(self, engines: Sequence[Engine]) -> None:
+    def attach_engines(self, engines: Callable[[], Iterable[Engine]]) -> None:
+        """``engines`` gives the engines of the moment: the base's and every full version's,
+        which start and stop with the aliases."""
         self.engine_collector.engines = engines
 
     def render(self, engine_texts: dict[str, str]) -> bytes:
@@ -180,20 +184,27 @@ class EngineCollector(Collector):
     """Engine state gauges, plus each engine's own metrics re-labelled with ``engine``."""
 
     def __init__(self) -> None:
-        self.engines: Sequence[Engine] = ()
+        self.engines: Callable[[], Iterable[Engine]] = tuple
         self.texts: dict[str, str] = {}
 
     def collect(self) -> Iterator[Metric]:
         up = Metric("loraplex_engine_up", "1 when the engine answers and is ready.", "gauge")
+        starting = Metric(
+            "loraplex_engine_starting",
+            "1 while the engine starts (a full version's engine during a hot swap, a restart).",
+            "gauge",
+        )
         loaded = Metric("loraplex_adapters_loaded", "Adapter versions loaded per engine.", "gauge")
         inflight = Metric("loraplex_engine_in_flight", "Requests in flight per engine.", "gauge")
-        for engine in self.engines:
+        for engine in self.engines():
             labels = {"engine": engine.id}
             up.add_sample("loraplex_engine_up", labels, 1.0 if engine.ready else 0.0)
+            is_starting = engine.state == EngineState.STARTING
+            starting.add_sample("loraplex_engine_starting", labels, 1.0 if is_starting else 0.0)
             count = sum(1 for res in engine.adapters.values() if res.usable)
             loaded.add_sample("loraplex_adapters_loaded", labels, float(count))
             inflight.add_sample("loraplex_engine_in_flight", labels, float(engine.in_flight))
-        yield from (up, loaded, inflight)
+        yield from (up, starting, loaded, inflight)
         yield from relabel_engine_metrics(self.texts)
 
 

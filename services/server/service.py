@@ -59,7 +59,7 @@ class ServerService:
         self.names = Names(self.base.name)
         self.validator = AdapterValidator(self.store, self.base, settings.max_lora_rank)
         self.engines = self._make_engines()
-        self.metrics.attach_engines(self.engines)
+        self.metrics.attach_engines(self.all_engines)
         # Control calls only (health, loads, metrics, canary); requests go through
         # services.server.upstream. The session opens on the event loop, in start().
         self.control = ControlSession()
@@ -208,14 +208,19 @@ class ServerService:
     def ready(self) -> tuple[bool, dict[str, Any]]:
         return self.reconciler.ready_report()
 
+    def all_engines(self) -> list[Engine]:
+        """The base's engines and the full versions' engines of the moment."""
+        return [*self.engines, *self.full.engines()]
+
     async def metrics_text(self) -> bytes:
         async def fetch(engine: Engine) -> tuple[str, str]:
-            if not engine.ready:
+            client = self.clients.get(engine.id) or self.full.clients.get(engine.id)
+            if not engine.ready or client is None:
                 return engine.id, ""
             try:
-                return engine.id, await self.clients[engine.id].metrics_text()
+                return engine.id, await client.metrics_text()
             except Exception:
                 return engine.id, ""
 
-        texts = dict(await asyncio.gather(*(fetch(e) for e in self.engines)))
+        texts = dict(await asyncio.gather(*(fetch(e) for e in self.all_engines())))
         return self.metrics.render(texts)

@@ -81,6 +81,12 @@ def test_alert_rules_are_well_formed() -> None:
 def test_required_alerts_exist() -> None:
     exprs = {r["alert"]: " ".join(r["expr"].split()) for r in all_rules()}
     assert any("loraplex_engine_up" in e and "== 0" in e for e in exprs.values()), "engine down"
+    # A starting engine (a full version's during a hot swap) is not down; one stuck starting is.
+    down = exprs["LoraplexEngineDown"]
+    assert "unless on (namespace, pod, engine)" in down and "loraplex_engine_starting" in down
+    assert any(
+        k != "LoraplexEngineDown" and "loraplex_engine_starting" in e for k, e in exprs.items()
+    ), "engine stuck starting"
     assert any("loraplex_reconcile_lag_seconds" in e for e in exprs.values()), "reconcile lag"
     per_adapter_errors = [
         e

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.server.config import ServerSettings
 from services.server.engine_client import ControlSession, EngineClient
@@ -245,6 +246,15 @@ def test_a_full_alias_routes_to_its_own_engine_and_adapters_to_the_base(
     with stack.client() as c:
         engines = [e["engine"] for e in c.get("/v1/adapters").json()["data"]]
     assert engines == ["engine-0", "full-1"]
+    # /metrics: the full version's engine has its state gauges and its own series, by engine.
+    with stack.client() as c:
+        families = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
+    up = {s.labels["engine"]: s.value for s in families["loraplex_engine_up"].samples}
+    assert up == {"engine-0": 1.0, "full-1": 1.0}
+    served = {
+        s.labels["engine"]: s.labels["model_name"] for s in families["vllm:prompt_tokens"].samples
+    }
+    assert served == {"engine-0": "tiny-base", "full-1": "big@v1"}
 
 
 def test_a_full_version_no_alias_names_is_not_started_on_demand(full_stack: FullStack) -> None:

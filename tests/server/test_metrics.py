@@ -53,7 +53,7 @@ def test_metrics_render_parses_and_relabels_engine_series() -> None:
     metrics.requests.labels(*metrics.adapter_labels(a), "chat", "200").inc()
     metrics.requests.labels(*metrics.adapter_labels(b), "chat", "200").inc()
     engine = make_engine("engine-0", 2, ["bot@v1"])
-    metrics.attach_engines([engine])
+    metrics.attach_engines(lambda: [engine])
     text = 'vllm:num_requests_running{engine="0",model_name="base"} 3.0\n'
     texts = {
         "engine-0": "# TYPE vllm:num_requests_running gauge\n" + text,
@@ -76,3 +76,21 @@ def test_metrics_render_parses_and_relabels_engine_series() -> None:
 
 def test_relabel_skips_garbage() -> None:
     assert list(relabel_engine_metrics({"e": "this is { not prometheus"})) == []
+
+
+def test_a_starting_engine_is_told_apart_from_a_down_one() -> None:
+    """The engine-down alert skips engines that are starting (a full version's engine during a
+    hot swap takes minutes on CPU); the starting gauge is what tells them apart."""
+    from services.server.engines import EngineState
+
+    metrics = ServerMetrics("base", max_adapters=1)
+    ready, down, starting = (make_engine(f"e{i}", 0, []) for i in range(3))
+    down.state, starting.state = EngineState.DOWN, EngineState.STARTING
+    metrics.attach_engines(lambda: [ready, down, starting])
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render({}).decode())}
+
+    def gauge(name: str) -> dict[str, float]:
+        return {s.labels["engine"]: s.value for s in families[name].samples}
+
+    assert gauge("loraplex_engine_up") == {"e0": 1.0, "e1": 0.0, "e2": 0.0}
+    assert gauge("loraplex_engine_starting") == {"e0": 0.0, "e1": 0.0, "e2": 1.0}

@@ -328,4 +328,3 @@ def test_a_run_whose_training_raised_ends_failed_once(tmp_path: Path) -> None:
     tracking.fail([object(), Broken(), callback])
     tracking.fail([callback])
     assert tracker.calls == [("start", 0.1), ("end", "FAILED")]
-
