@@ -544,7 +544,7 @@ def churn_main(args: argparse.Namespace) -> None:
         **data,
         "targets": {"wrong_adapter": 0, "failed": 0},
     }
-    path = write_result("hot_swap_churn_details", result)  # with the examples
+    path = write_result("hot_swap_churn", result)  # with the examples
     publish_churn(result)
     print(
         f"{data['requests']} requests on 2 adapters at {args.concurrency} streams: "

@@ -674,9 +674,11 @@ def machine() -> dict[str, Any]:
 
 
 def write_result(name: str, data: dict[str, Any]) -> Path:
+    """Everything a run measured, as ``bench/results/<name>.details.json``: beside, not over,
+    the ``<name>.json`` that ``_report.record`` writes with the published figures."""
     out = Path(__file__).resolve().parents[1] / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
+    path = out / f"{name}.details.json"
     path.write_text(json.dumps(data, indent=2))
     return path
 

@@ -172,7 +172,12 @@ def publish(name: str, result: dict[str, Any]) -> None:
             "workload": f"{w['requests']} requests x {w['max_tokens']} tokens, "
             f"{w['concurrency']} concurrent, rank {w['rank']}, max_loras {w['max_loras']}, "
             f"median of {w['rounds']} interleaved rounds",
-            **{f"{k} tokens/s": v["tokens_per_s"] for k, v in result["runs"].items()},
+            **{
+                f"{k} tokens/s (median; rounds)": f"{v['tokens_per_s']} ("
+                + ", ".join(str(r) for r in v["tokens_per_s_rounds"])
+                + ")"
+                for k, v in result["runs"].items()
+            },
             "adapter load s (median / max of "
             f"{result['adapter_load_s']['count']})": f"{result['adapter_load_s']['median']} / "
             f"{result['adapter_load_s']['max']}",
@@ -180,10 +185,9 @@ def publish(name: str, result: dict[str, Any]) -> None:
         },
         ratios={f"{k} / base": v for k, v in result["relative_to_base"].items()},
         targets={f"{k} / base": f">= {v}" for k, v in TARGETS.items()},
-        notes="Both modes run in one invocation, one engine after the other, on a shared host: "
-        "each row's tokens/s is the median of its rounds (every round's figure is in "
-        "bench/results). "
-        "compare ratios, not tokens/s across runs. bench/lora_profile.py breaks the LoRA "
+        notes="Both modes run in one invocation, one engine after the other, on a shared host; "
+        "the rows run interleaved, round by round, and each ratio is of the rows' medians. "
+        "Compare ratios, not tokens/s across runs. bench/lora_profile.py breaks the LoRA "
         "time of one decode step down by op.",
     )
 
