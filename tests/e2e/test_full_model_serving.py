@@ -116,10 +116,13 @@ def served(
     live = Served(server.url, base.name, adapter, full, None)
     try:
         live.service = app.state.service
+        # Ready as /ready says it: the base's engine up with the adapter loaded and the full
+        # alias served by its own engine (either engine may be ready first).
         live.wait(
-            "the full alias served",
-            lambda: live.service.names.table.aliases.get(("big", "prod")) == full[0],
-            timeout=600,
+            "the base, its adapter and the full alias served",
+            lambda: live.service.ready()[0]
+            and live.service.names.table.aliases.get(("big", "prod")) == full[0],
+            timeout=900,
         )
         yield live
     finally:
