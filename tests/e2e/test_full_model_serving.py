@@ -120,8 +120,10 @@ def served(
         # alias served by its own engine (either engine may be ready first).
         live.wait(
             "the base, its adapter and the full alias served",
-            lambda: live.service.ready()[0]
-            and live.service.names.table.aliases.get(("big", "prod")) == full[0],
+            lambda: (
+                live.service.ready()[0]
+                and live.service.names.table.aliases.get(("big", "prod")) == full[0]
+            ),
             timeout=900,
         )
         yield live
