@@ -3,9 +3,10 @@
 Runs the LoRA calls of one decode step of the embedded model (SmolLM2-135M: 30 layers, each with
 qkv and gate_up as merged column-parallel layers and o and down as row-parallel ones) exactly as
 vLLM's layers make them: ``add_lora_linear`` (vLLM's own shrinks into zeroed float32 buffers and
-expands) on a real ``PunicaWrapperCPU`` whose metadata came from a ``LoRAMapping``. The base linears of the same
-step (the same shapes, no LoRA) are timed alongside as the yardstick; attention, norms and
-sampling are not, so the real step is longer (the base figure of ``bench/multi_adapter.py``).
+expands) on a real ``PunicaWrapperCPU`` whose metadata came from a ``LoRAMapping``. The base
+linears of the same step (the same shapes, no LoRA) are timed alongside as the yardstick;
+attention, norms and sampling are not, so the real step is longer (the base figure of
+``bench/multi_adapter.py``).
 
     python bench/lora_profile.py [--tokens 32] [--rank 16] [--dtype bfloat16] [--steps 20]
 

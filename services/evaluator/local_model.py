@@ -65,10 +65,6 @@ class LocalModels:
             ).eval()
         return self._base_model
 
-    @model.setter
-    def model(self, value: Any) -> None:
-        self._base_model = value
-
     def describe(self, subject: Subject | None = None) -> dict[str, Any]:
         out = {
             "backend": "transformers+peft (in-process)",

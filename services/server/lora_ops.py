@@ -20,14 +20,16 @@ mixed decode batch) or one adapter has them all. Rows with slot ``-1`` (no adapt
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 _CACHE_ATTR = "_loraplex_groups"
 _CACHE_SIZE = 4
 _PACK_ATTR = "_loraplex_packed"
+_T = TypeVar("_T")
 
 
 COMPUTE = torch.float32
@@ -103,42 +105,53 @@ def cached_grouping(owner: Any, indices: torch.Tensor) -> Grouping:
     return found
 
 
+def _held(owner: torch.Tensor, tag: str, key: object, build: Callable[[], _T]) -> _T:
+    """``build()``, kept on ``owner`` under ``tag`` until ``key`` changes (the versions of the
+    weights it was built from: vLLM bumps them when it loads or evicts an adapter)."""
+    held = getattr(owner, tag, None)
+    if held is not None and held[0] == key:
+        found: _T = held[1]
+        return found
+    value = build()
+    setattr(owner, tag, (key, value))
+    return value
+
+
+def _versions(stacked: tuple[torch.Tensor, ...]) -> tuple[tuple[int, int], ...]:
+    return tuple((id(t), t._version) for t in stacked)
+
+
 def packed(stacked: torch.Tensor, *, expand: bool) -> torch.Tensor:
     """vLLM's stacked weights ``(max_loras, 1, out, in)`` as float32 ``(max_loras, in, out)``,
     contiguous, cut to the rank the loaded adapters use (``in`` for expand, ``out`` for shrink:
     vLLM pads every adapter to max_lora_rank with zeros, and multiplying zeros is half the work
     of a rank-8 adapter under the default rank 16). Cached on the tensor until vLLM writes to it
     (loading or evicting an adapter bumps its version)."""
-    held = getattr(stacked, _PACK_ATTR, None)
-    if held is not None and held[0] == stacked._version:
-        pack: torch.Tensor = held[1]
-        return pack
-    w = stacked.squeeze(1) if stacked.dim() == 4 else stacked
-    rank_dim = 2 if expand else 1
-    used = (w != 0).any(dim=3 - rank_dim).any(dim=0).nonzero()
-    rank = int(used.max()) + 1 if used.numel() else 0
-    cut = w[:, :, :rank] if expand else w[:, :rank, :]
-    pack = cut.transpose(1, 2).to(COMPUTE).contiguous()
-    setattr(stacked, _PACK_ATTR, (stacked._version, pack))
-    return pack
+
+    def build() -> torch.Tensor:
+        w = stacked.squeeze(1) if stacked.dim() == 4 else stacked
+        rank_dim = 2 if expand else 1
+        used = (w != 0).any(dim=3 - rank_dim).any(dim=0).nonzero()
+        rank = int(used.max()) + 1 if used.numel() else 0
+        cut = w[:, :, :rank] if expand else w[:, :rank, :]
+        return cut.transpose(1, 2).to(COMPUTE).contiguous()
+
+    return _held(stacked, _PACK_ATTR, stacked._version, build)
 
 
 def packed_shrink(stacked: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, int]:
     """The A weights of every slice of a layer side by side, ``(max_loras, in, slices * rank)``
     with one ``rank`` (the largest any slice uses), so a merged layer (qkv, gate_up) shrinks with
     one matmul. Cached on the first tensor until vLLM writes to any of them."""
-    versions = tuple((id(t), t._version) for t in stacked)
-    held = getattr(stacked[0], _PACK_ATTR + "_cat", None)
-    if held is not None and held[0] == versions:
-        found: tuple[torch.Tensor, int] = held[1]
-        return found
-    parts = [packed(t, expand=False) for t in stacked]
-    rank = max(p.size(-1) for p in parts)
-    width = stacked[0].size(-2)
-    cat = torch.cat([torch.nn.functional.pad(p, (0, rank - p.size(-1))) for p in parts], -1)
-    found = (cat.contiguous(), min(rank, width))
-    setattr(stacked[0], _PACK_ATTR + "_cat", (versions, found))
-    return found
+
+    def build() -> tuple[torch.Tensor, int]:
+        parts = [packed(t, expand=False) for t in stacked]
+        rank = max(p.size(-1) for p in parts)
+        width = stacked[0].size(-2)
+        cat = torch.cat([torch.nn.functional.pad(p, (0, rank - p.size(-1))) for p in parts], -1)
+        return cat.contiguous(), min(rank, width)
+
+    return _held(stacked[0], _PACK_ATTR + "_cat", _versions(stacked), build)
 
 
 def packed_expand(stacked: tuple[torch.Tensor, ...], rank: int) -> torch.Tensor:
@@ -147,25 +160,24 @@ def packed_expand(stacked: tuple[torch.Tensor, ...], rank: int) -> torch.Tensor:
     of :func:`packed_shrink`'s output to its output columns, so one matmul expands every slice
     (the zero blocks cost a few percent of the expand's multiply-adds, a merged layer's extra
     calls cost more). Cached on the first tensor until vLLM writes to any of them."""
-    key = (tuple((id(t), t._version) for t in stacked), rank)
-    held = getattr(stacked[0], _PACK_ATTR + "_diag", None)
-    if held is not None and held[0] == key:
-        found: torch.Tensor = held[1]
-        return found
-    weights = [t.squeeze(1) if t.dim() == 4 else t for t in stacked]  # (max_loras, out, rank)
-    widths = [w.size(1) for w in weights]
-    diag = torch.zeros(
-        (weights[0].size(0), len(weights) * rank, sum(widths)),
-        dtype=COMPUTE,
-        device=weights[0].device,
-    )
-    offset = 0
-    for i, (w, width) in enumerate(zip(weights, widths, strict=True)):
-        used = min(rank, w.size(-1))
-        diag[:, i * rank : i * rank + used, offset : offset + width] = w[..., :used].transpose(1, 2)
-        offset += width
-    setattr(stacked[0], _PACK_ATTR + "_diag", (key, diag))
-    return diag
+
+    def build() -> torch.Tensor:
+        weights = [t.squeeze(1) if t.dim() == 4 else t for t in stacked]  # (max_loras, out, r)
+        widths = [w.size(1) for w in weights]
+        diag = torch.zeros(
+            (weights[0].size(0), len(weights) * rank, sum(widths)),
+            dtype=COMPUTE,
+            device=weights[0].device,
+        )
+        offset = 0
+        for i, (w, width) in enumerate(zip(weights, widths, strict=True)):
+            used = min(rank, w.size(-1))
+            block = w[..., :used].transpose(1, 2)
+            diag[:, i * rank : i * rank + used, offset : offset + width] = block
+            offset += width
+        return diag
+
+    return _held(stacked[0], _PACK_ATTR + "_diag", (_versions(stacked), rank), build)
 
 
 def padded(g: Grouping, rows: torch.Tensor) -> torch.Tensor:

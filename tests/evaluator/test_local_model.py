@@ -40,7 +40,7 @@ class FakePeft:
 def bare_models(peft: Any = None) -> LocalModels:
     models = LocalModels.__new__(LocalModels)  # no weights: the fields activate() reads
     models.base = BASE
-    models.model = "the base model"
+    models._base_model = "the base model"
     models._peft = peft
     models._names = {}
     return models

@@ -110,19 +110,27 @@ def test_bf16_weights_agree_within_bf16_rounding() -> None:
     assert (y.double() - want).abs().max() < 0.02 * want.abs().max()
 
 
-def test_an_adapter_loaded_into_a_slot_is_used_on_the_next_step() -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["shrink+expand", "add_lora_linear"])
+def test_an_adapter_loaded_into_a_slot_is_used_on_the_next_step(fused: bool) -> None:
     """The repacked weights are cached; writing a slot (vLLM's set_lora) must invalidate them."""
     a, b = stacked()
     slots = [1, 1, 0, 1]
     x = torch.randn(len(slots), IN)
     y0 = torch.zeros(len(slots), sum(SLICES))
     w = wrapper(slots)
-    layer_call(w, y0.clone(), x, a, b)
+
+    def call(y: Any) -> Any:
+        if fused:
+            w.add_lora_linear(y, x, a, b, 1.0, SLICES)
+            return y
+        return layer_call(w, y, x, a, b)
+
+    call(y0.clone())
     a2, b2 = stacked(seed=7)
     for i in range(len(SLICES)):
         a[i][1].copy_(a2[i][1])
         b[i][1].copy_(b2[i][1])
-    got = layer_call(w, y0.clone(), x, a, b)
+    got = call(y0.clone())
     assert torch.allclose(got.double(), reference(y0, x, a, b, slots), atol=1e-3)
 
 
